@@ -1,0 +1,97 @@
+"""The `bench` command: parse, call the Python API, print."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from bench.errors import BenchError
+
+
+class UserError(click.ClickException):
+    """A user mistake: one line on stderr, exit status 2, no traceback."""
+
+    exit_code = 2
+
+
+def reports_user_errors(command):
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except BenchError as exc:
+            raise UserError(str(exc)) from None
+    return wrapper
+
+
+@click.group()
+def main() -> None:
+    """ganbench: which GAN variant, with which hyperparameters, trains best on your data."""
+
+
+@main.command("list")
+@reports_user_errors
+def list_variants() -> None:
+    """Lists the registered variants with their hyperparameters, defaults and valid ranges."""
+    from bench.registry import variants
+
+    for name, cls in variants().items():
+        flags = " [conditional]" if cls.conditional else ""
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.echo(f"{name}{flags}  ({cls.__module__})\n  {summary}")
+        for key, spec in cls.hparams.items():
+            click.echo(f"    {key:<12} default {spec.default!s:<14} valid {spec.describe():<22} {spec.help}")
+
+
+def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
+    """--set key=value pairs, typed and range-checked by the variant's declared hyperparameters."""
+    from bench.errors import ConfigError
+    from bench.registry import get_variant
+
+    cls = get_variant(variant)
+    values = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got '{setting}'")
+        if key not in cls.hparams:
+            raise ConfigError(f"variant '{variant}' has no hyperparameter '{key}'; valid: {', '.join(cls.hparams)}")
+        values[key] = cls.hparams[key].check(key, cls.hparams[key].parse(text))
+    return values
+
+
+@main.command()
+@click.option("--variant", required=True, help="Variant name (see `bench list`).")
+@click.option("--dataset", default="fashion-mnist", show_default=True,
+              help="fashion-mnist, digits, mnist, cifar10 or imagefolder:PATH.")
+@click.option("--steps", default=2000, show_default=True, help="Generator updates.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: results/train/VARIANT].")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a hyperparameter.")
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Where torchvision datasets live.")
+@click.option("--download", is_flag=True, help="Download a missing torchvision dataset (needs internet).")
+@reports_user_errors
+def train(variant, dataset, steps, batch_size, seed, device, out, settings, resume, data_root, download) -> None:
+    """Trains one variant once (no sweep), writing sample grids, losses and a checkpoint to OUT."""
+    from bench.engine import TrainConfig, train as run_training
+
+    config = TrainConfig(variant=variant, dataset=dataset, steps=steps, batch_size=batch_size, seed=seed,
+                         device=device, hparams=parse_settings(variant, settings),
+                         data_root=str(data_root) if data_root else None, download=download)
+    out = out or Path("results/train") / variant
+    result = run_training(config, out, resume=resume, progress=sys.stderr.isatty())
+    last = result.history.iloc[-1].to_dict() if len(result.history) else {}
+    summary = "  ".join(f"{key}={value:.4g}" for key, value in last.items() if key != "step")
+    click.echo(f"{variant}: {len(result.history)} steps, {result.images_per_second:.0f} images/s  {summary}")
+    click.echo(f"samples, losses.csv and checkpoint in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Datasets as one uint8 tensor, and batches drawn from it on the training device.
+
+Every dataset loads once into (N, C, H, W) uint8 images and (N,) int64 labels. The sampler
+keeps them on the training device and scales each batch to [-1, 1] (the range of a Tanh
+generator) there, so the hot loop has no DataLoader, no PIL and no per-image transform.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.errors import ConfigError, DatasetNotFound
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_ROOT = Path("results/data")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A whole split in memory: images (N, C, H, W) uint8, labels (N,) int64."""
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def load_dataset(name: str, split: str = "train", *, root: Path | str | None = None,
+                 download: bool = False) -> ImageDataset:
+    """Loads ``name`` (fashion-mnist, digits, mnist, cifar10, imagefolder:PATH).
+
+    Nothing is downloaded unless ``download=True``; a missing dataset raises DatasetNotFound
+    naming where it looked and the command that gets it.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
+    root = Path(root) if root is not None else DEFAULT_ROOT
+    if name == "fashion-mnist":
+        images, labels = _fashion_mnist(split, root, download)
+    elif name == "digits":
+        images, labels = _digits(split)
+    elif name in ("mnist", "cifar10"):
+        images, labels = _torchvision(name, split, root, download)
+    elif name.startswith("imagefolder:"):
+        images, labels = _image_folder(Path(name.split(":", 1)[1]), split)
+    else:
+        raise ConfigError(f"unknown dataset '{name}'; choose one of: fashion-mnist, digits, mnist, "
+                          "cifar10, imagefolder:PATH")
+    return ImageDataset(name, split, images, labels, int(labels.max()) + 1)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST family's format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _fashion_mnist(split: str, root: Path, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    prefix = "train" if split == "train" else "t10k"
+    candidates = [DEBIAN_FASHION_MNIST, root / "FashionMNIST" / "raw"]
+    for folder in candidates:
+        for suffix in (".gz", ""):
+            images_path = folder / f"{prefix}-images-idx3-ubyte{suffix}"
+            labels_path = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
+            if images_path.exists() and labels_path.exists():
+                images = torch.from_numpy(_read_idx(images_path).copy()).unsqueeze(1)
+                labels = torch.from_numpy(_read_idx(labels_path).astype(np.int64))
+                return images, labels
+    if download:
+        return _torchvision("fashion-mnist", split, root, download=True)
+    looked = ", ".join(str(folder) for folder in candidates)
+    raise DatasetNotFound(
+        f"Fashion-MNIST not found (looked in {looked}); get it with "
+        f"'sudo apt-get install dataset-fashion-mnist' or rerun with --download")
+
+
+def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
+    # scikit-learn ships no split: every fifth image is held out, the same on every machine.
+    keep = (np.arange(len(images)) % 5 == 0) == (split == "test")
+    return torch.from_numpy(images[keep].copy()), torch.from_numpy(digits.target[keep].astype(np.int64))
+
+
+def _torchvision(name: str, split: str, root: Path, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10, "fashion-mnist": datasets.FashionMNIST}[name]
+    try:
+        ds = cls(str(root), train=split == "train", download=download)
+    except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
+        raise DatasetNotFound(f"{name} not found under {root} ({exc}); rerun with --download "
+                              f"(needs internet) or pass --data-root DIR where it already is") from None
+    images = torch.as_tensor(np.asarray(ds.data))
+    images = images.permute(0, 3, 1, 2) if images.dim() == 4 else images.unsqueeze(1)
+    return images.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+
+
+def _image_folder(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """PATH/<class>/*.png, or PATH/train/<class> and PATH/test/<class> when those exist.
+
+    Images are decoded once here; every image must already have the same size.
+    """
+    from torchvision import datasets, transforms
+
+    folder = path / split if (path / split).is_dir() else path
+    if not folder.is_dir():
+        raise DatasetNotFound(f"image folder {folder} does not exist; pass imagefolder:PATH with "
+                              "one sub-folder of images per class")
+    ds = datasets.ImageFolder(str(folder), transform=transforms.PILToTensor())
+    images = [image for image, _ in ds]
+    if len({tuple(image.shape) for image in images}) > 1:
+        raise ConfigError(f"images in {folder} differ in size or channels; resize them to one "
+                          "square size (e.g. 32x32) first")
+    return torch.stack(images), torch.as_tensor(ds.targets, dtype=torch.int64)
+
+
+class BatchSampler:
+    """Random batches without replacement, one shuffled pass (epoch) after another.
+
+    Images stay uint8 on ``device``; a batch is an index into them, scaled to [-1, 1] on the
+    device. Shuffles come from a seeded CPU generator, so a run is reproducible and its state
+    can be checkpointed and restored exactly.
+    """
+
+    def __init__(self, dataset: ImageDataset, device: torch.device, seed: int):
+        self.images = dataset.images.to(device)
+        self.labels = dataset.labels.to(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(len(dataset), generator=self.generator).to(device)
+        self.position = 0
+
+    def next(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of ``n`` images (n, C, H, W) in [-1, 1] and their labels (n,)."""
+        if n > len(self.order):
+            raise ConfigError(f"batch of {n} is larger than the dataset ({len(self.order)} images)")
+        if self.position + n > len(self.order):
+            self.order = torch.randperm(len(self.order), generator=self.generator).to(self.images.device)
+            self.position = 0
+        index = self.order[self.position: self.position + n]
+        self.position += n
+        return to_unit_range(self.images[index]), self.labels[index]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order.cpu(), "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order = state["order"].to(self.images.device)
+        self.position = state["position"]

@@ -1,0 +1,232 @@
+"""The one training loop every variant runs in.
+
+The engine owns what is not a GAN: device, seeds, data, mixed precision, the loss history,
+sample grids, checkpoints and resuming. A variant only supplies ``train_step``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+from bench.data import BatchSampler, load_dataset
+from bench.errors import ConfigError, TrainingDiverged
+from bench.registry import HParamValue, Variant, get_variant
+
+CHECKPOINT = "checkpoint.pt"
+GRID_SIZE = 64
+RUN_IDENTITY = ("variant", "dataset", "batch_size", "seed", "hparams")
+"""What a resumed run must share with the saved one; steps, device and intervals may change."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines one training run; saved whole beside its outputs."""
+
+    variant: str
+    dataset: str = "fashion-mnist"
+    steps: int = 2000
+    """Generator updates."""
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    hparams: dict[str, HParamValue] = field(default_factory=dict)
+    log_every: int = 25
+    """Steps between reads of the losses from the device (the only host sync in the loop)."""
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    amp: bool = True
+    """bfloat16 autocast on a CUDA device that supports it; ignored on the CPU."""
+    data_root: str | None = None
+    download: bool = False
+
+    def validate(self) -> None:
+        for key in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+
+
+@dataclass
+class TrainResult:
+    variant: Variant
+    history: pd.DataFrame
+    """One row per generator step: 'step' and every value train_step returned."""
+    images_per_second: float
+    """Real images through D per second of this call's loop (excluding start-up)."""
+    out: Path | None
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; an explicit device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}' does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+class Trainer:
+    """Runs one variant for ``config.steps`` generator updates, optionally writing to ``out``.
+
+    Example::
+
+        result = Trainer(TrainConfig("dcgan", steps=200), out=None).run()
+        result.history[["loss_d", "loss_g"]].tail()
+    """
+
+    def __init__(self, config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
+                 progress: bool = True):
+        config.validate()
+        self.config = config
+        self.out = Path(out) if out is not None else None
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        variant_cls = get_variant(config.variant)
+        variant_cls.resolve_hparams(config.hparams)  # fail on bad input before loading any data
+        self.data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
+
+        torch.manual_seed(config.seed)
+        self.variant = variant_cls(self.data.image_shape, self.data.num_classes, **config.hparams).to(self.device)
+        self.batches = BatchSampler(self.data, self.device, config.seed)
+        self.fixed_latent = self.variant.latent(GRID_SIZE, torch.Generator().manual_seed(config.seed))
+        self.fixed_labels = torch.arange(GRID_SIZE, device=self.device) % self.data.num_classes
+        self.step = 0
+        self.rows: list[dict[str, float]] = []
+        self._pending: list[torch.Tensor] = []  # per-step losses still on the device
+        self._names: list[str] = []
+        if self.out is not None:
+            self._prepare_out(resume)
+
+    def _prepare_out(self, resume: bool) -> None:
+        checkpoint = self.out / CHECKPOINT
+        if checkpoint.exists() and not resume:
+            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it, "
+                              "or choose another --out")
+        if resume and checkpoint.exists():
+            self._load(checkpoint)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        # bfloat16 keeps float32's exponent range, so no GradScaler is needed; that matters here
+        # because variants step several optimisers and differentiate through gradients (WGAN-GP).
+        if self.config.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def run(self) -> TrainResult:
+        config, variant = self.config, self.variant
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+        batch = config.batch_size * variant.real_batches_per_step
+        start_step, started = self.step, time.perf_counter()
+        self._bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc=variant.name,
+                         unit="step", dynamic_ncols=True)
+        variant.train()
+        while self.step < config.steps:
+            real, labels = self.batches.next(batch)
+            with self._autocast():
+                losses = variant.train_step(real, labels)
+            self._names = list(losses)
+            self._pending.append(torch.stack([value.detach().float() for value in losses.values()]))
+            self.step += 1
+            if self.step % config.log_every == 0:
+                self._flush()
+            if self.out is not None and (self.step % config.sample_every == 0 or self.step == config.steps):
+                self.save_grid()
+            if self.out is not None and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
+                self.save()
+        self._flush()
+        self._bar.close()
+        elapsed = time.perf_counter() - started
+        images = (self.step - start_step) * batch
+        return TrainResult(variant, self.history(), images / elapsed if elapsed > 0 else math.nan, self.out)
+
+    def _flush(self) -> None:
+        """Reads the pending losses in one transfer and stops on the first non-finite one."""
+        if not self._pending:
+            return
+        values = torch.stack(self._pending).cpu()
+        first_step = self.step - len(self._pending) + 1
+        if not torch.isfinite(values).all():
+            row, column = (~torch.isfinite(values)).nonzero()[0].tolist()
+            raise TrainingDiverged(f"{self._names[column]} became {values[row, column].item()} at step "
+                                   f"{first_step + row}; lower the learning rate or check the data range")
+        self.rows += [{"step": first_step + i, **dict(zip(self._names, row))} for i, row in enumerate(values.tolist())]
+        self._pending = []
+        self._bar.update(len(values))
+        self._bar.set_postfix({name: f"{value:.3g}" for name, value in self.rows[-1].items() if name != "step"})
+
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    @torch.no_grad()
+    def save_grid(self) -> Path:
+        """Saves G's images for the fixed noise (and labels) as an 8x8 PNG grid."""
+        self.variant.eval()
+        with self._autocast():
+            images = self.variant.generate(self.fixed_latent, self.fixed_labels)
+        self.variant.train()
+        path = self.out / "samples" / f"step_{self.step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images.float(), path, nrow=8, normalize=True, value_range=(-1, 1))
+        return path
+
+    def save(self) -> None:
+        """Writes a checkpoint that resumes the run exactly (weights, optimisers, every RNG)."""
+        self._flush()
+        state = {
+            "config": dataclasses.asdict(self.config),
+            "step": self.step,
+            "variant": self.variant.state_dict(),
+            "optimizers": {key: opt.state_dict() for key, opt in self.variant.optimizers().items()},
+            "sampler": self.batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "rows": self.rows,
+        }
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / CHECKPOINT)  # never leave a half-written checkpoint behind
+        self.history().to_csv(self.out / "losses.csv", index=False)
+
+    def _load(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        changed = [key for key in RUN_IDENTITY if state["config"][key] != getattr(self.config, key)]
+        if changed:
+            raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ from the saved run; "
+                              "resume with the same settings, or use another --out for a new run")
+        self.variant.load_state_dict(state["variant"])
+        for key, optimizer in self.variant.optimizers().items():
+            optimizer.load_state_dict(state["optimizers"][key])
+        self.batches.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step = state["step"]
+        self.rows = state["rows"]
+
+
+def train(config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Trains ``config.variant`` and returns the trained variant, its loss history and its
+    throughput. With ``out``, writes sample grids, ``losses.csv``, ``config.json`` and a
+    checkpoint there; ``resume=True`` continues the run saved in ``out``."""
+    return Trainer(config, out, resume=resume, progress=progress).run()

@@ -1,0 +1,241 @@
+"""The variant contract, the @register decorator and entry-point discovery.
+
+A variant is a small class that states its networks, losses and paper defaults; the engine
+owns everything else (devices, seeds, the loop, AMP, checkpoints). Variants shipped with
+ganbench and third-party ones are both found through the entry-point group ``bench.variants``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from types import SimpleNamespace
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from bench.errors import ConfigError, DuplicateVariantError
+
+ENTRY_POINT_GROUP = "bench.variants"
+HParamValue = float | int | str
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyperparameter: its paper default and the range a study may search.
+
+    Numbers take ``low``/``high`` (inclusive; ``log`` marks a scale to search on);
+    strings take ``choices``.
+    """
+
+    default: HParamValue
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    log: bool = False
+    help: str = ""
+
+    def parse(self, text: str) -> HParamValue:
+        """Converts command-line text to this hyperparameter's type."""
+        kind = type(self.default)
+        try:
+            value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+        except ValueError:
+            raise ConfigError(f"'{text}' is not a valid {kind.__name__}") from None
+        return value
+
+    def check(self, name: str, value: HParamValue) -> HParamValue:
+        """Returns ``value`` if it is valid for this hyperparameter, else raises ConfigError."""
+        if isinstance(self.default, str):
+            if value not in self.choices:
+                raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(self.choices)}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}={value!r} must be a number in {self.describe()}")
+        if isinstance(self.default, int) and not float(value).is_integer():
+            raise ConfigError(f"{name}={value!r} must be an integer in {self.describe()}")
+        if not math.isfinite(value) or not self.low <= value <= self.high:
+            raise ConfigError(f"{name}={value!r} is out of range; valid: {self.describe()}")
+        return type(self.default)(value)
+
+    def describe(self) -> str:
+        if self.choices:
+            return "{" + ", ".join(self.choices) + "}"
+        return f"[{self.low:g}, {self.high:g}]" + (" (log)" if self.log else "")
+
+
+def adam_hparams(lr: float, beta1: float, beta2: float = 0.999) -> dict[str, HParam]:
+    """The Adam hyperparameters most variants share, with their paper defaults."""
+    return {
+        "lr": HParam(lr, 1e-6, 1e-1, log=True, help="learning rate of G and D"),
+        "beta1": HParam(beta1, 0.0, 0.999, help="Adam first-moment decay"),
+        "beta2": HParam(beta2, 0.0, 0.9999, help="Adam second-moment decay"),
+    }
+
+
+class Variant(nn.Module, abc.ABC):
+    """Base class of a GAN variant.
+
+    A subclass sets ``name`` and ``hparams``, builds its networks and optimisers in
+    :meth:`build`, and implements :meth:`train_step`. ``G`` maps a latent batch to images in
+    [-1, 1]; ``D`` scores images. Example::
+
+        variant = get_variant("dcgan")((1, 28, 28), num_classes=10, lr=1e-4)
+        losses = variant.train_step(real, labels)     # real: (B, 1, 28, 28) in [-1, 1]
+        images = variant.sample(16)                    # (16, 1, 28, 28) in [-1, 1]
+    """
+
+    name: ClassVar[str]
+    hparams: ClassVar[dict[str, HParam]] = {}
+    conditional: ClassVar[bool] = False
+    """True when G and D see class labels."""
+    z_dim: ClassVar[int] = 100
+
+    G: nn.Module
+    D: nn.Module
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, **hparams: HParamValue):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
+        self.hp = SimpleNamespace(**self.resolve_hparams(hparams))
+        self.build()
+
+    @classmethod
+    def resolve_hparams(cls, overrides: dict[str, HParamValue]) -> dict[str, HParamValue]:
+        """The defaults with ``overrides`` applied, every value checked against its range."""
+        unknown = sorted(set(overrides) - set(cls.hparams))
+        if unknown:
+            valid = ", ".join(cls.hparams) or "none"
+            raise ConfigError(f"variant '{cls.name}' has no hyperparameter '{unknown[0]}'; valid: {valid}")
+        values = {key: spec.default for key, spec in cls.hparams.items()}
+        values.update({key: cls.hparams[key].check(key, value) for key, value in overrides.items()})
+        return values
+
+    @abc.abstractmethod
+    def build(self) -> None:
+        """Creates ``self.G``, ``self.D`` (and any other networks) and their optimisers."""
+
+    @abc.abstractmethod
+    def train_step(self, real: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One generator update with its discriminator updates.
+
+        ``real``: (real_batches_per_step * B, C, H, W) in [-1, 1]; ``labels``: matching (N,)
+        class indices. Returns scalar tensors (losses and estimates), never Python floats:
+        reading them would synchronise the device every step.
+        """
+
+    @property
+    def real_batches_per_step(self) -> int:
+        """How many real batches one train_step consumes (n_critic for WGANs)."""
+        return 1
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """G's input for ``n`` samples: (n, z_dim) standard normal noise."""
+        return torch.randn(n, self.z_dim, generator=generator, device=_rng_device(generator)).to(self.device)
+
+    def generate(self, latent: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] from a latent batch; conditional variants use labels."""
+        return self.G(latent)
+
+    def discriminate(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """D's raw scores (N,) for a batch of images; conditional variants use labels."""
+        return self.D(images)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` images in [-1, 1], with G in eval mode; labels default to uniform classes."""
+        if labels is None:
+            labels = torch.randint(self.num_classes, (n,), generator=generator,
+                                   device=_rng_device(generator)).to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            return self.generate(self.latent(n, generator), labels.to(self.device))
+        finally:
+            self.train(was_training)
+
+    def adam(self, *modules: nn.Module) -> torch.optim.Adam:
+        """An Adam optimiser over ``modules`` with this variant's lr and betas."""
+        params = [p for module in modules for p in module.parameters()]
+        return torch.optim.Adam(params, lr=self.hp.lr, betas=(self.hp.beta1, self.hp.beta2))
+
+    @staticmethod
+    def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss``; gradients are cleared first so that none leak
+        between the D and G updates of a step."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers build() created, by attribute name (for checkpoints)."""
+        return {key: value for key, value in vars(self).items() if isinstance(value, torch.optim.Optimizer)}
+
+
+def _rng_device(generator: torch.Generator | None) -> torch.device | None:
+    return generator.device if generator is not None else None
+
+
+_VARIANTS: dict[str, type[Variant]] = {}
+_discovered = False
+
+
+def _source(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def register(cls: type[Variant]) -> type[Variant]:
+    """Class decorator that makes a variant available by its ``name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Variant)):
+        raise TypeError(f"@register expects a Variant subclass, got {cls!r}")
+    existing = _VARIANTS.get(cls.name)
+    if existing is not None and _source(existing) != _source(cls):
+        raise DuplicateVariantError(
+            f"variant name '{cls.name}' is registered twice: by {_source(existing)} and by "
+            f"{_source(cls)}; rename one of them (its `name` attribute) or uninstall one package")
+    _VARIANTS[cls.name] = cls
+    return cls
+
+
+def discover() -> None:
+    """Loads every ``bench.variants`` entry point once. A plugin that fails to import is
+    reported in one warning and skipped, so that the others still load."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry.load()
+        except DuplicateVariantError:
+            raise
+        except Exception as exc:  # a broken plugin must not take the others down
+            warnings.warn(f"variant plugin '{entry.name}' ({entry.value}) failed to import and is "
+                          f"skipped: {type(exc).__name__}: {exc}", stacklevel=2)
+            continue
+        if isinstance(loaded, type) and issubclass(loaded, Variant) and loaded.name not in _VARIANTS:
+            register(loaded)
+
+
+def variants() -> dict[str, type[Variant]]:
+    """All registered variants by name, sorted."""
+    discover()
+    return dict(sorted(_VARIANTS.items()))
+
+
+def get_variant(name: str) -> type[Variant]:
+    """The variant class called ``name``; an unknown name lists the valid ones."""
+    known = variants()
+    if name not in known:
+        raise ConfigError(f"unknown variant '{name}'; choose one of: {', '.join(known)}")
+    return known[name]

@@ -1,0 +1,24 @@
+"""DCGAN (Radford et al. 2016): the GAN game with the all-convolutional architecture rules.
+
+Strided convs instead of pooling, batch norm except at G's output and D's input, ReLU in G
+with a Tanh output, LeakyReLU(0.2) in D, no hidden fully connected layers (variants.blocks).
+"""
+
+from __future__ import annotations
+
+from bench.registry import register
+from variants.blocks import ConvDiscriminator, ConvGenerator
+from variants.gan import GAN
+
+
+@register
+class DCGAN(GAN):
+    """Radford et al. 2016, convolutional networks; Adam 2e-4, beta1 0.5."""
+
+    name = "dcgan"
+
+    def build(self) -> None:
+        self.G = ConvGenerator(self.z_dim, self.image_shape)
+        self.D = ConvDiscriminator(self.image_shape)
+        self.opt_g = self.adam(self.G)
+        self.opt_d = self.adam(self.D)

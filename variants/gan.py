@@ -1,0 +1,66 @@
+"""GAN (Goodfellow et al. 2014): an MLP generator and discriminator playing the minimax game.
+
+The generator's loss is the non-saturating -log D(G(z)) by default, which gives strong
+gradients early in training; ``loss=minimax`` uses the paper's log(1 - D(G(z))).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bench.registry import HParam, Variant, adam_hparams, register
+from variants.blocks import MLPDiscriminator, MLPGenerator
+
+
+def discriminator_bce(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """-log D(x) - log(1 - D(G(z))), averaged: D's cross-entropy, reals labelled 1, fakes 0."""
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def generator_nonsaturating(fake_logits: Tensor) -> Tensor:
+    """-log D(G(z)), averaged."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def generator_minimax(fake_logits: Tensor) -> Tensor:
+    """log(1 - D(G(z))), averaged: the paper's objective, which saturates when D wins."""
+    return -F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+
+
+GENERATOR_LOSSES = {"nonsaturating": generator_nonsaturating, "minimax": generator_minimax}
+
+
+@register
+class GAN(Variant):
+    """Goodfellow et al. 2014, MLP networks; Adam 2e-4, beta1 0.5."""
+
+    name = "gan"
+    hparams = {**adam_hparams(lr=2e-4, beta1=0.5),
+               "loss": HParam("nonsaturating", choices=tuple(GENERATOR_LOSSES), help="generator loss")}
+
+    def build(self) -> None:
+        self.G = MLPGenerator(self.z_dim, self.image_shape)
+        self.D = MLPDiscriminator(self.image_shape)
+        self.opt_g = self.adam(self.G)
+        self.opt_d = self.adam(self.D)
+
+    def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """D's losses on a real batch and a detached fake batch; ``loss_d`` is optimised."""
+        return {"loss_d": discriminator_bce(self.discriminate(real, labels), self.discriminate(fake, labels))}
+
+    def g_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """G's losses on a fake batch that carries its graph; ``loss_g`` is optimised."""
+        return {"loss_g": GENERATOR_LOSSES[self.hp.loss](self.discriminate(fake, labels))}
+
+    def train_step(self, real: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        latent = self.latent(len(real))
+        fake = self.generate(latent, labels)
+        # D learns from a detached fake (no gradient into G); G then needs D's fresh verdict.
+        d_losses = self.d_losses(real, fake.detach(), latent, labels)
+        self.update(self.opt_d, d_losses["loss_d"])
+        g_losses = self.g_losses(real, fake, latent, labels)
+        self.update(self.opt_g, g_losses["loss_g"])
+        return {**d_losses, **g_losses}

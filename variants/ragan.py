@@ -1,0 +1,43 @@
+"""RaGAN (Jolicoeur-Martineau 2019): the relativistic average GAN on DCGAN networks.
+
+D estimates how much more realistic a real image is than the average fake (and the reverse);
+G gets gradient from both terms, so it also learns to make reals look less real.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bench.registry import adam_hparams, register
+from variants.dcgan import DCGAN
+
+
+def ragan_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """-E[log s(C(x_r) - E C(x_f))] - E[log(1 - s(C(x_f) - E C(x_r)))], s the sigmoid."""
+    real_rel = real_logits - fake_logits.mean()
+    fake_rel = fake_logits - real_logits.mean()
+    return (F.binary_cross_entropy_with_logits(real_rel, torch.ones_like(real_rel))
+            + F.binary_cross_entropy_with_logits(fake_rel, torch.zeros_like(fake_rel)))
+
+
+def ragan_g_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """The same with the roles swapped: fakes should look more real than the average real."""
+    return ragan_d_loss(fake_logits, real_logits)
+
+
+@register
+class RaGAN(DCGAN):
+    """Jolicoeur-Martineau 2019, relativistic average loss; Adam 2e-4, beta1 0.5."""
+
+    name = "ragan"
+    hparams = adam_hparams(lr=2e-4, beta1=0.5)
+
+    def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        return {"loss_d": ragan_d_loss(self.D(real), self.D(fake))}
+
+    def g_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():  # D's verdict on reals after its update; no gradient reaches G through it
+            real_logits = self.D(real)
+        return {"loss_g": ragan_g_loss(real_logits, self.D(fake))}

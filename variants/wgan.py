@@ -1,0 +1,63 @@
+"""WGAN (Arjovsky et al. 2017): a critic estimates the Wasserstein-1 distance.
+
+The critic has no sigmoid and no log; it is kept (roughly) 1-Lipschitz by clipping its weights
+to [-c, c] after every update, and it is trained n_critic times per generator update, each
+time on a fresh real batch. RMSprop, because momentum destabilised the paper's training.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bench.registry import HParam, Variant, register
+from variants.blocks import ConvDiscriminator, ConvGenerator
+
+
+def wasserstein_estimate(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """E[C(x_r)] - E[C(x_f)]: the critic maximises it, so its loss is the negative."""
+    return real_scores.mean() - fake_scores.mean()
+
+
+@register
+class WGAN(Variant):
+    """Arjovsky et al. 2017, DCGAN networks; RMSprop 5e-5, c 0.01, n_critic 5."""
+
+    name = "wgan"
+    hparams = {
+        "lr": HParam(5e-5, 1e-6, 1e-2, log=True, help="RMSprop learning rate of G and the critic"),
+        "clip_c": HParam(0.01, 1e-3, 1.0, log=True, help="critic weights are clipped to [-c, c]"),
+        "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
+    }
+
+    def build(self) -> None:
+        self.G = ConvGenerator(self.z_dim, self.image_shape)
+        self.D = ConvDiscriminator(self.image_shape)
+        self.opt_g = torch.optim.RMSprop(self.G.parameters(), lr=self.hp.lr)
+        self.opt_d = torch.optim.RMSprop(self.D.parameters(), lr=self.hp.lr)
+
+    @property
+    def real_batches_per_step(self) -> int:
+        return self.hp.n_critic
+
+    def critic_losses(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
+        """The critic's losses on one real batch and a detached fake batch."""
+        distance = wasserstein_estimate(self.D(real), self.D(fake))
+        return {"loss_d": -distance, "wasserstein": distance}
+
+    def after_critic_update(self) -> None:
+        """Clips every critic weight to [-c, c], the paper's crude Lipschitz constraint."""
+        with torch.no_grad():
+            for param in self.D.parameters():
+                param.clamp_(-self.hp.clip_c, self.hp.clip_c)
+
+    def train_step(self, real: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        for real_batch in real.chunk(self.real_batches_per_step):
+            with torch.no_grad():
+                fake = self.G(self.latent(len(real_batch)))
+            critic_losses = self.critic_losses(real_batch, fake)
+            self.update(self.opt_d, critic_losses["loss_d"])
+            self.after_critic_update()
+        loss_g = -self.D(self.G(self.latent(len(real_batch)))).mean()
+        self.update(self.opt_g, loss_g)
+        return {**critic_losses, "loss_g": loss_g}
