@@ -93,5 +93,49 @@ def train(variant, dataset, steps, batch_size, seed, device, out, settings, resu
     click.echo(f"samples, losses.csv and checkpoint in {out}")
 
 
+@main.command()
+@click.option("--variants", "names", default="", help="Comma-separated variants [default: all].")
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--steps", default=40, show_default=True, help="Generator steps per timed repeat.")
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results/perf.json"), show_default=True)
+@reports_user_errors
+def perf(names, dataset, steps, repeats, device, output) -> None:
+    """Measures training throughput (median images/s at batch 64) and writes it as JSON."""
+    from bench.perf import run_perf
+    from bench.registry import get_variant, variants
+
+    chosen = [name.strip() for name in names.split(",") if name.strip()] or list(variants())
+    for name in chosen:
+        get_variant(name)
+    click.echo(f"{'variant':<10} {'images/s':>9} {'G steps/s':>10}  device")
+    for row in run_perf(chosen, output, dataset=dataset, steps=steps, repeats=repeats, device=device):
+        click.echo(f"{row['variant']:<10} {row['images_per_second']:>9.0f} {row['g_steps_per_second']:>10.2f}  {row['device']}")
+    click.echo(f"wrote {output}")
+
+
+@main.group()
+def features() -> None:
+    """Feature extractors used for scoring."""
+
+
+@features.command("train")
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--epochs", default=8, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@reports_user_errors
+def features_train(dataset, epochs, seed, device) -> None:
+    """Trains the domain classifier for DATASET and writes its weights and card to bench/weights/."""
+    from bench.engine import resolve_device
+    from bench.scoring import save_domain_classifier, train_domain_classifier
+
+    model, card = train_domain_classifier(dataset, epochs=epochs, seed=seed, device=resolve_device(device),
+                                          log=click.echo)
+    path = save_domain_classifier(model, card)
+    click.echo(f"test accuracy {card['test_accuracy']:.2%} in {card['train_seconds']:.0f} s; wrote {path}")
+
+
 if __name__ == "__main__":
     main()

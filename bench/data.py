@@ -149,7 +149,7 @@ class BatchSampler:
     """
 
     def __init__(self, dataset: ImageDataset, device: torch.device, seed: int):
-        self.images = dataset.images.to(device)
+        self.images = dataset.images.to(device, memory_format=torch.channels_last)
         self.labels = dataset.labels.to(device)
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.randperm(len(dataset), generator=self.generator).to(device)

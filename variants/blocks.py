@@ -68,7 +68,7 @@ class ConvGenerator(nn.Module):
     it up to H; batch norm and ReLU everywhere but the Tanh output (Radford et al. 2016).
     """
 
-    def __init__(self, in_dim: int, image_shape: tuple[int, int, int], width: int = 64):
+    def __init__(self, in_dim: int, image_shape: tuple[int, int, int], width: int = 32):
         super().__init__()
         channels, side, _ = image_shape
         base, stages = conv_plan(side)
@@ -94,7 +94,7 @@ class ConvDiscriminator(nn.Module):
     whose gradient penalty is per sample). ``trunk`` is exposed for heads that share it.
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], width: int = 64, *, extra_channels: int = 0,
+    def __init__(self, image_shape: tuple[int, int, int], width: int = 32, *, extra_channels: int = 0,
                  batch_norm: bool = True):
         super().__init__()
         channels, side, _ = image_shape

@@ -1,0 +1,44 @@
+"""`bench train` and its errors: one line, the valid choices, exit status 2, no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(sys.executable).with_name("bench")
+
+
+def bench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BENCH), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "stylegan"], "unknown variant 'stylegan'; choose one of: cgan, dcgan, gan, infogan, ragan"),
+    (["--variant", "wgan", "--set", "beta1=0.5"], "variant 'wgan' has no hyperparameter 'beta1'; valid: lr, clip_c, n_critic"),
+    (["--variant", "wgan_gp", "--set", "gp_lambda=5000"], "gp_lambda=5000.0 is out of range; valid: [0.01, 1000] (log)"),
+    (["--variant", "gan", "--set", "loss=hinge"], "loss='hinge' is not valid; choose one of: nonsaturating, minimax"),
+    (["--variant", "gan", "--set", "lr"], "--set expects key=value, got 'lr'"),
+    (["--variant", "gan", "--dataset", "celeba"], "unknown dataset 'celeba'; choose one of:"),
+    (["--variant", "gan", "--device", "cuda:3"], "device 'cuda:3'"),
+])
+def test_bad_input_is_one_line_with_the_fix_and_exit_status_2(tmp_path, args, message):
+    result = bench("train", *args, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
+
+
+def test_train_writes_its_outputs_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    first = bench("train", "--variant", "gan", "--dataset", "digits", "--steps", "30", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    assert "gan: 30 steps" in first.stdout and "images/s" in first.stdout
+    assert (out / "checkpoint.pt").exists() and list((out / "samples").glob("*.png"))
+    again = bench("train", "--variant", "gan", "--dataset", "digits", "--steps", "30", "--out", str(out))
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    resumed = bench("train", "--variant", "gan", "--dataset", "digits", "--steps", "50", "--out", str(out),
+                    "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "gan: 50 steps" in resumed.stdout

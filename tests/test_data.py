@@ -1,0 +1,85 @@
+"""Datasets load from the real files; batches are in [-1, 1]; missing data says how to get it."""
+
+import pytest
+import torch
+
+from bench import data
+from bench.data import BatchSampler, load_dataset, to_unit_range
+from bench.errors import ConfigError, DatasetNotFound
+
+
+def test_fashion_mnist_train_and_test_splits(fashion_train, fashion_test):
+    assert fashion_train.images.shape == (60000, 1, 28, 28) and fashion_train.images.dtype == torch.uint8
+    assert fashion_test.images.shape == (10000, 1, 28, 28)
+    assert fashion_train.num_classes == 10
+    assert torch.bincount(fashion_test.labels).tolist() == [1000] * 10  # the real test split is balanced
+
+
+def test_digits_are_scikit_learns_real_8x8_images():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert len(train) + len(test) == 1797
+    assert train.image_shape == (1, 8, 8) and train.num_classes == 10
+    assert train.images.max() == 255 and train.images.min() == 0
+
+
+def test_batches_are_in_minus_one_to_one(fashion_train):
+    sampler = BatchSampler(fashion_train, torch.device("cpu"), seed=0)
+    images, labels = sampler.next(512)
+    assert images.dtype == torch.float32 and images.shape == (512, 1, 28, 28)
+    assert images.min().item() == -1.0 and images.max().item() == 1.0
+    assert labels.shape == (512,)
+
+
+def test_sampler_covers_an_epoch_without_repeats_then_reshuffles():
+    dataset = load_dataset("digits", "test")
+    sampler = BatchSampler(dataset, torch.device("cpu"), seed=0)
+    order = sampler.order.clone()
+    assert sorted(order.tolist()) == list(range(len(dataset)))  # a permutation: no image twice per pass
+    batches = [sampler.next(60)[0] for _ in range(len(dataset) // 60)]
+    assert torch.equal(torch.cat(batches), to_unit_range(dataset.images[order[:len(batches) * 60]]))
+    sampler.next(60)  # what is left of the pass is too short: a new shuffled pass begins
+    assert sampler.position == 60 and not torch.equal(order, sampler.order)
+
+
+def test_sampler_state_restores_the_same_batches():
+    dataset = load_dataset("digits", "train")
+    sampler = BatchSampler(dataset, torch.device("cpu"), seed=3)
+    for _ in range(30):
+        sampler.next(64)
+    state = sampler.state_dict()
+    expected = [sampler.next(64)[1] for _ in range(30)]
+    restored = BatchSampler(dataset, torch.device("cpu"), seed=99)
+    restored.load_state_dict(state)
+    assert all(torch.equal(a, restored.next(64)[1]) for a in expected)
+
+
+def test_missing_fashion_mnist_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    with pytest.raises(DatasetNotFound) as error:
+        load_dataset("fashion-mnist", root=tmp_path / "root")
+    message = str(error.value)
+    assert str(tmp_path / "nowhere") in message and str(tmp_path / "root") in message
+    assert "apt-get install dataset-fashion-mnist" in message and "--download" in message
+
+
+def test_missing_torchvision_dataset_is_not_downloaded_unasked(tmp_path):
+    with pytest.raises(DatasetNotFound, match="--download"):
+        load_dataset("cifar10", root=tmp_path)
+    assert not any(tmp_path.rglob("*.tar.gz"))
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    for label in ("cats", "dogs"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), color=(40 * i, 100, 200)).save(tmp_path / label / f"{i}.png")
+    dataset = load_dataset(f"imagefolder:{tmp_path}")
+    assert dataset.images.shape == (6, 3, 8, 8) and dataset.num_classes == 2
+    assert dataset.images[1, 0, 0, 0].item() == 40
+
+
+def test_unknown_dataset_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="choose one of: fashion-mnist, digits"):
+        load_dataset("celeba")

@@ -1,0 +1,100 @@
+"""The engine: seeds, devices, checkpoints that resume exactly, outputs, divergence."""
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.engine import CHECKPOINT, TrainConfig, Trainer, resolve_device, train
+from bench.errors import ConfigError, TrainingDiverged
+from bench.registry import register
+from variants.dcgan import DCGAN
+
+
+def config(**overrides) -> TrainConfig:
+    return TrainConfig(**{"variant": "dcgan", "steps": 12, "log_every": 5, "seed": 0, **overrides})
+
+
+def losses(**overrides) -> pd.DataFrame:
+    return train(config(**overrides), progress=False).history
+
+
+def test_same_seed_same_losses_different_seed_different_losses():
+    first, again, other = losses(), losses(), losses(seed=1)
+    assert list(first["step"]) == list(range(1, 13))
+    pd.testing.assert_frame_equal(first, again)
+    assert not first["loss_g"].equals(other["loss_g"])
+
+
+@pytest.mark.parametrize("variant", ["wgan_gp", "cgan"])
+def test_resume_in_the_middle_equals_an_uninterrupted_run(tmp_path, variant):
+    straight = train(config(variant=variant, steps=8), tmp_path / "straight", progress=False)
+    train(config(variant=variant, steps=4), tmp_path / "halves", progress=False)
+    resumed = train(config(variant=variant, steps=8), tmp_path / "halves", resume=True, progress=False)
+    pd.testing.assert_frame_equal(straight.history, resumed.history)
+    for key, value in straight.variant.state_dict().items():
+        assert torch.equal(value, resumed.variant.state_dict()[key]), key
+
+
+def test_outputs_are_sample_grids_losses_config_and_a_checkpoint(tmp_path):
+    train(config(steps=10, sample_every=4), tmp_path, progress=False)
+    grids = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
+    assert grids == ["step_0000004.png", "step_0000008.png", "step_0000010.png"]
+    assert len(pd.read_csv(tmp_path / "losses.csv")) == 10
+    assert (tmp_path / CHECKPOINT).exists() and (tmp_path / "config.json").exists()
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path):
+    train(config(steps=2), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        Trainer(config(steps=4), tmp_path, progress=False)
+
+
+def test_resume_refuses_changed_hyperparameters(tmp_path):
+    train(config(steps=2), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="hparams differ from the saved run"):
+        Trainer(config(steps=4, hparams={"lr": 1e-3}), tmp_path, resume=True, progress=False)
+
+
+def test_fixed_noise_grid_is_the_same_across_runs_of_one_seed():
+    a, b = Trainer(config(), progress=False), Trainer(config(), progress=False)
+    assert torch.equal(a.fixed_latent, b.fixed_latent)
+    assert torch.equal(a.fixed_labels[:12], torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]))
+
+
+@register
+class ExplodingDCGAN(DCGAN):
+    """A DCGAN whose generator loss turns NaN at its seventh step."""
+
+    name = "test_exploding_dcgan"
+    calls = 0
+
+    def train_step(self, real, labels):
+        losses = super().train_step(real, labels)
+        ExplodingDCGAN.calls += 1
+        return {**losses, "loss_g": losses["loss_g"] * (float("nan") if ExplodingDCGAN.calls >= 7 else 1.0)}
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_loss():
+    ExplodingDCGAN.calls = 0
+    with pytest.raises(TrainingDiverged, match="loss_g became nan at step 7"):
+        train(config(variant="test_exploding_dcgan", steps=20), progress=False)
+    assert ExplodingDCGAN.calls == 10, "found at the first read after the NaN, log_every=5 steps later at most"
+
+
+def test_device_selection():
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="unknown device 'tpu7'"):
+        resolve_device("tpu7")
+
+
+def test_the_loop_reads_losses_from_the_device_only_every_log_every_steps(monkeypatch):
+    trainer = Trainer(config(steps=10, log_every=5), progress=False)
+    reads = []
+    flush = trainer._flush
+    monkeypatch.setattr(trainer, "_flush", lambda: reads.append(trainer.step) or flush())
+    trainer.run()
+    assert reads == [5, 10, 10]  # the final call finds nothing pending

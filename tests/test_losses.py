@@ -1,0 +1,126 @@
+"""Each variant's loss pinned to its formula on small hand-computable inputs."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bench.registry import get_variant
+from variants.gan import discriminator_bce, generator_minimax, generator_nonsaturating
+from variants.infogan import info_loss
+from variants.ragan import ragan_d_loss, ragan_g_loss
+from variants.wgan import wasserstein_estimate
+from variants.wgan_gp import gradient_penalty
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_discriminator_bce_is_minus_log_d_real_minus_log_one_minus_d_fake():
+    # D(x) = sigmoid(2), D(G(z)) = sigmoid(-1): -log s(2) - log(1 - s(-1)) = softplus(-2) + softplus(-1)
+    loss = discriminator_bce(torch.tensor([2.0]), torch.tensor([-1.0]))
+    assert loss.item() == pytest.approx(softplus(-2) + softplus(-1), rel=1e-6)
+
+
+def test_generator_losses_nonsaturating_and_minimax():
+    logits = torch.tensor([0.0, math.log(3.0)])  # D(G(z)) = 1/2 and 3/4
+    assert generator_nonsaturating(logits).item() == pytest.approx(-(math.log(0.5) + math.log(0.75)) / 2)
+    assert generator_minimax(logits).item() == pytest.approx((math.log(0.5) + math.log(0.25)) / 2)
+
+
+def test_ragan_losses():
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([0.0, 2.0])  # means 2 and 1
+    # D: reals relative to the mean fake are [0, 2] (target 1), fakes relative to the mean real [-2, 0] (target 0).
+    expected_d = (softplus(0) + softplus(-2)) / 2 + (softplus(-2) + softplus(0)) / 2
+    # G: the roles swap, fakes relative to the mean real [-2, 0] (target 1), reals [0, 2] (target 0).
+    expected_g = (softplus(2) + softplus(0)) / 2 + (softplus(0) + softplus(2)) / 2
+    assert ragan_d_loss(real, fake).item() == pytest.approx(expected_d, rel=1e-6)
+    assert ragan_g_loss(real, fake).item() == pytest.approx(expected_g, rel=1e-6)
+
+
+def test_wasserstein_estimate_is_mean_real_minus_mean_fake():
+    assert wasserstein_estimate(torch.tensor([1.0, 3.0]), torch.tensor([-1.0, 0.0])).item() == 2.5
+
+
+class LinearCritic(nn.Module):
+    """C(x) = <w, x>: its input gradient is w everywhere, so the penalty is (||w|| - 1)^2."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x):
+        return (x * self.weight).flatten(1).sum(1)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4), (3, 2, 2)])
+def test_gradient_penalty_of_a_linear_critic(shape):
+    weight = torch.zeros(shape)
+    weight.view(-1)[:2] = torch.tensor([1.2, 1.6])  # ||w|| = 2, so the penalty is (2 - 1)^2 = 1
+    real, fake = torch.randn(5, *shape), torch.randn(5, *shape)
+    penalty, norm = gradient_penalty(LinearCritic(weight), real, fake)
+    assert penalty.item() == pytest.approx(1.0, rel=1e-5)
+    assert norm.item() == pytest.approx(2.0, rel=1e-5)
+
+
+def test_gradient_penalty_is_differentiable_in_the_critic():
+    weight = torch.full((1, 2, 2), 1.0, requires_grad=True)  # ||w|| = 2
+    penalty, _ = gradient_penalty(LinearCritic(weight), torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2))
+    penalty.backward()
+    # d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w|| = 2 * 1 * 1 / 2 = 1 per element
+    assert torch.allclose(weight.grad, torch.ones_like(weight))
+
+
+def test_info_loss_is_categorical_cross_entropy_plus_weighted_gaussian_nll():
+    q_output = torch.zeros(2, 12)  # uniform over 10 categories, predicted means 0
+    codes = torch.zeros(2, 12)
+    codes[0, 3] = codes[1, 7] = 1.0
+    codes[:, 10:] = torch.tensor([[0.5, -1.0], [1.0, 0.0]])
+    # CE = log 10; NLL (unit variance, constant dropped) = mean over samples of 0.5 * sum (c - mu)^2
+    gaussian = (0.5 * (0.25 + 1.0) + 0.5 * 1.0) / 2
+    assert info_loss(q_output, codes, lambda_cont=0.1).item() == pytest.approx(math.log(10) + 0.1 * gaussian)
+
+
+def test_info_loss_rewards_recovering_the_codes():
+    codes = torch.zeros(1, 12)
+    codes[0, 4], codes[0, 10:] = 1.0, torch.tensor([0.3, -0.2])
+    good = torch.zeros(1, 12)
+    good[0, 4], good[0, 10:] = 20.0, torch.tensor([0.3, -0.2])
+    assert info_loss(good, codes, 1.0).item() < 1e-6
+
+
+def test_wgan_critic_weights_stay_within_the_clip_bound_after_a_critic_step():
+    torch.manual_seed(0)
+    wgan = get_variant("wgan")((1, 28, 28), 10, lr=1e-2, clip_c=0.05, n_critic=2)
+    wgan.train_step(torch.rand(2 * 8, 1, 28, 28) * 2 - 1, torch.zeros(16, dtype=torch.long))
+    weights = torch.cat([p.flatten() for p in wgan.D.parameters()])
+    assert weights.abs().max().item() <= 0.05 + 1e-7
+    assert (weights.abs() == 0.05).any(), "a large learning rate must push some weights onto the bound"
+
+
+def test_wgan_gp_critic_has_no_batch_norm_and_does_not_clip():
+    torch.manual_seed(0)
+    wgan_gp = get_variant("wgan_gp")((1, 28, 28), 10, lr=1e-2, n_critic=1)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in wgan_gp.D.modules())
+    losses = wgan_gp.train_step(torch.rand(8, 1, 28, 28) * 2 - 1, torch.zeros(8, dtype=torch.long))
+    assert {"wasserstein", "gradient_penalty", "grad_norm"} <= set(losses)
+    assert max(p.abs().max().item() for p in wgan_gp.D.parameters()) > 0.01
+
+
+def test_wgan_critic_has_no_sigmoid():
+    wgan = get_variant("wgan")((1, 28, 28), 10)
+    assert not any(isinstance(m, nn.Sigmoid) for m in wgan.D.modules())
+    assert isinstance(wgan.opt_d, torch.optim.RMSprop)
+
+
+def test_dcgan_architecture_rules():
+    dcgan = get_variant("dcgan")((1, 28, 28), 10)
+    g_layers, d_layers = list(dcgan.G.modules()), list(dcgan.D.modules())
+    assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.Linear)) for m in g_layers + d_layers)
+    assert isinstance(g_layers[-1], nn.Tanh) and not isinstance(g_layers[-2], nn.BatchNorm2d)
+    d_trunk = list(dcgan.D.trunk)
+    assert isinstance(d_trunk[0], nn.Conv2d) and isinstance(d_trunk[1], nn.LeakyReLU)  # no BN on D's input
+    assert all(m.negative_slope == 0.2 for m in d_layers if isinstance(m, nn.LeakyReLU))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in d_trunk)

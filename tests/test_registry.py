@@ -1,0 +1,113 @@
+"""The variant registry: built-ins and third-party plugins through entry points."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import registry
+from bench.errors import ConfigError, DuplicateVariantError
+from bench.registry import HParam, get_variant, register, variants
+
+BUILT_INS = {"gan", "dcgan", "wgan", "wgan_gp", "cgan", "infogan", "ragan"}
+PLUGIN = Path(__file__).parent / "plugins" / "ganbench_test_plugin"
+BENCH = Path(sys.executable).with_name("bench")
+
+
+def test_the_seven_variants_are_registered_through_entry_points():
+    assert BUILT_INS <= set(variants())
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory) -> Path:
+    """The test plugin package, pip-installed (with its entry points) into its own folder."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(PLUGIN)], check=True)
+    return target
+
+
+def bench_list(site: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([str(BENCH), "list"], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_bench_list_shows_an_installed_plugin_beside_the_built_ins(plugin_site):
+    result = bench_list(plugin_site)
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[0] for line in result.stdout.splitlines() if line and not line[0].isspace()}
+    assert listed == BUILT_INS | {"tiny_gan"}
+    assert "ganbench_test_plugin" in result.stdout
+    # hyperparameters with default and valid range
+    assert "gp_lambda    default 10.0" in result.stdout and "[0.01, 1000] (log)" in result.stdout
+
+
+def test_a_plugin_that_fails_to_import_gives_one_warning_naming_it(plugin_site):
+    result = bench_list(plugin_site)
+    warnings = [line for line in result.stderr.splitlines() if "broken_gan" in line]
+    assert len(warnings) == 1
+    assert "ganbench_test_plugin.broken" in warnings[0] and "ganbench_missing_dependency" in warnings[0]
+
+
+def test_two_variants_with_one_name_is_an_error_naming_both():
+    dcgan = get_variant("dcgan")
+    with pytest.raises(DuplicateVariantError) as error:
+        @register
+        class Impostor(dcgan):
+            name = "dcgan"
+    message = str(error.value)
+    assert "variants.dcgan:DCGAN" in message and "test_registry" in message and "Impostor" in message
+    assert registry.variants()["dcgan"] is dcgan
+
+
+def test_unknown_variant_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown variant 'stylegan'; choose one of: cgan, dcgan, gan"):
+        get_variant("stylegan")
+
+
+def test_hyperparameters_are_checked_against_their_ranges():
+    dcgan = get_variant("dcgan")
+    assert dcgan.resolve_hparams({})["lr"] == 2e-4
+    with pytest.raises(ConfigError, match=r"lr=0.5 is out of range; valid: \[1e-06, 0.1\]"):
+        dcgan.resolve_hparams({"lr": 0.5})
+    with pytest.raises(ConfigError, match="has no hyperparameter 'clip_c'; valid: lr, beta1, beta2, loss"):
+        dcgan.resolve_hparams({"clip_c": 0.01})
+    with pytest.raises(ConfigError, match="choose one of: nonsaturating, minimax"):
+        dcgan.resolve_hparams({"loss": "hinge"})
+    with pytest.raises(ConfigError, match="must be an integer"):
+        get_variant("wgan").resolve_hparams({"n_critic": 2.5})
+
+
+def test_hparam_parses_command_line_text_to_its_type():
+    assert HParam(5, 1, 10).parse("7") == 7 and isinstance(HParam(5, 1, 10).parse("7"), int)
+    assert HParam(0.1, 0, 1).parse("1e-2") == 0.01
+    with pytest.raises(ConfigError, match="not a valid float"):
+        HParam(0.1, 0, 1).parse("fast")
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_INS))
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])
+def test_networks_follow_the_dataset_shape(name, shape):
+    torch.manual_seed(0)
+    variant = get_variant(name)(shape, num_classes=10)
+    labels = torch.arange(4) % 10
+    images = variant.sample(4, labels)
+    assert images.shape == (4, *shape)
+    assert images.min() >= -1 and images.max() <= 1
+    real = torch.rand(4 * variant.real_batches_per_step, *shape) * 2 - 1
+    losses = variant.train_step(real, torch.arange(len(real)) % 10)
+    assert "loss_g" in losses and "loss_d" in losses
+    assert all(value.dim() == 0 and torch.isfinite(value) for value in losses.values())
+
+
+def test_cgan_samples_depend_on_the_label():
+    torch.manual_seed(0)
+    cgan = get_variant("cgan")((1, 28, 28), 10)
+    generator = torch.Generator().manual_seed(0)
+    zeros = cgan.sample(4, torch.zeros(4, dtype=torch.long), generator=generator)
+    generator = torch.Generator().manual_seed(0)
+    fives = cgan.sample(4, torch.full((4,), 5), generator=generator)
+    assert not torch.allclose(zeros, fives)
