@@ -93,6 +93,27 @@ def train(variant, dataset, steps, batch_size, seed, device, out, settings, resu
     click.echo(f"samples, losses.csv and checkpoint in {out}")
 
 
+@main.command("eval")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="A run folder from `bench train`, or its checkpoint.pt.")
+@click.option("--features", default="domain", show_default=True, help="Feature extractor: domain or inception.")
+@click.option("--samples", default=10000, show_default=True, help="Generated samples to score.")
+@click.option("--device", default="auto", show_default=True)
+@reports_user_errors
+def evaluate(checkpoint, features, samples, device) -> None:
+    """Scores a trained generator: FID and KID (named by extractor) and class-aware metrics."""
+    from bench.engine import load_trained
+    from bench.scoring import Scorer
+
+    variant, config, step = load_trained(checkpoint, device)
+    scorer = Scorer(config.dataset, features, device=variant.device)
+    scores = scorer.score(variant, samples, seed=config.seed)
+    click.echo(f"{config.variant} on {config.dataset}, step {step}, {samples} samples, "
+               f"real statistics: {scorer.real_split} split ({scorer.real_features_source})")
+    for key, value in scores.items():
+        click.echo(f"  {key:<16} {value:.6g}")
+
+
 @main.command()
 @click.option("--variants", "names", default="", help="Comma-separated variants [default: all].")
 @click.option("--dataset", default="fashion-mnist", show_default=True)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from bench.data import BatchSampler, load_dataset
 from bench.errors import ConfigError, TrainingDiverged
 from bench.registry import HParamValue, Variant, get_variant
+from bench.scoring import EXTRACTORS, Scorer
 
 CHECKPOINT = "checkpoint.pt"
 GRID_SIZE = 64
@@ -46,13 +47,22 @@ class TrainConfig:
     """Steps between reads of the losses from the device (the only host sync in the loop)."""
     sample_every: int = 500
     checkpoint_every: int = 1000
+    eval_every: int = 0
+    """Steps between scorings of the generator (0: only when asked); results in ``scores``."""
+    eval_samples: int = 2000
+    features: str = "domain"
+    """Feature extractor for FID/KID: domain or inception."""
     amp: bool = True
     """bfloat16 autocast on a CUDA device that supports it; ignored on the CPU."""
     data_root: str | None = None
     download: bool = False
 
     def validate(self) -> None:
-        for key in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every"):
+        if self.features not in EXTRACTORS:
+            raise ConfigError(f"unknown feature extractor '{self.features}'; choose one of: {', '.join(EXTRACTORS)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be 0 (off) or positive, got {self.eval_every}")
+        for key in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "eval_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
 
@@ -62,6 +72,8 @@ class TrainResult:
     variant: Variant
     history: pd.DataFrame
     """One row per generator step: 'step' and every value train_step returned."""
+    scores: pd.DataFrame
+    """One row per evaluation: 'step' and every metric (fid_domain, kid_domain, ...)."""
     images_per_second: float
     """Real images through D per second of this call's loop (excluding start-up)."""
     out: Path | None
@@ -113,6 +125,8 @@ class Trainer:
         self.rows: list[dict[str, float]] = []
         self._pending: list[torch.Tensor] = []  # per-step losses still on the device
         self._names: list[str] = []
+        self.evaluations: list[dict[str, float]] = []
+        self._scorer: Scorer | None = None
         if self.out is not None:
             self._prepare_out(resume)
 
@@ -151,6 +165,8 @@ class Trainer:
             self.step += 1
             if self.step % config.log_every == 0:
                 self._flush()
+            if config.eval_every and (self.step % config.eval_every == 0 or self.step == config.steps):
+                self.evaluate()
             if self.out is not None and (self.step % config.sample_every == 0 or self.step == config.steps):
                 self.save_grid()
             if self.out is not None and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
@@ -159,7 +175,17 @@ class Trainer:
         self._bar.close()
         elapsed = time.perf_counter() - started
         images = (self.step - start_step) * batch
-        return TrainResult(variant, self.history(), images / elapsed if elapsed > 0 else math.nan, self.out)
+        return TrainResult(variant, self.history(), pd.DataFrame(self.evaluations),
+                           images / elapsed if elapsed > 0 else math.nan, self.out)
+
+    def evaluate(self) -> dict[str, float]:
+        """Scores the generator now (fixed sampling seed, so the training RNG is untouched)."""
+        if self._scorer is None:
+            self._scorer = Scorer(self.config.dataset, self.config.features, device=self.device)
+        scores = {"step": self.step, **self._scorer.score(self.variant, self.config.eval_samples,
+                                                          seed=self.config.seed)}
+        self.evaluations.append(scores)
+        return scores
 
     def _flush(self) -> None:
         """Reads the pending losses in one transfer and stops on the first non-finite one."""
@@ -197,17 +223,22 @@ class Trainer:
         state = {
             "config": dataclasses.asdict(self.config),
             "step": self.step,
+            "image_shape": self.variant.image_shape,
+            "num_classes": self.variant.num_classes,
             "variant": self.variant.state_dict(),
             "optimizers": {key: opt.state_dict() for key, opt in self.variant.optimizers().items()},
             "sampler": self.batches.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "rows": self.rows,
+            "evaluations": self.evaluations,
         }
         tmp = self.out / (CHECKPOINT + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.out / CHECKPOINT)  # never leave a half-written checkpoint behind
         self.history().to_csv(self.out / "losses.csv", index=False)
+        if self.evaluations:
+            pd.DataFrame(self.evaluations).to_csv(self.out / "scores.csv", index=False)
 
     def _load(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
@@ -224,6 +255,21 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = state["step"]
         self.rows = state["rows"]
+        self.evaluations = state["evaluations"]
+
+
+def load_trained(path: Path | str, device: str = "auto") -> tuple[Variant, TrainConfig, int]:
+    """(variant, its config, its step) from a checkpoint file or a run folder holding one."""
+    path = Path(path)
+    path = path / CHECKPOINT if path.is_dir() else path
+    if not path.exists():
+        raise ConfigError(f"no checkpoint at {path}; pass a run folder written by 'bench train' or its {CHECKPOINT}")
+    device = resolve_device(device)
+    state = torch.load(path, map_location=device, weights_only=False)
+    config = TrainConfig(**state["config"])
+    variant = get_variant(config.variant)(state["image_shape"], state["num_classes"], **config.hparams)
+    variant.load_state_dict(state["variant"])
+    return variant.to(device).eval(), config, state["step"]
 
 
 def train(config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,

@@ -140,11 +140,21 @@ class Variant(nn.Module, abc.ABC):
 
     def latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """G's input for ``n`` samples: (n, z_dim) standard normal noise."""
-        return torch.randn(n, self.z_dim, generator=generator, device=_rng_device(generator)).to(self.device)
+        return torch.randn(n, self.z_dim, generator=generator, device=self.rng_device(generator)).to(self.device)
+
+    def rng_device(self, generator: torch.Generator | None) -> torch.device:
+        """Where to draw random numbers: on the generator's device when one is given (fixed,
+        reproducible noise), else directly on the training device."""
+        return generator.device if generator is not None else self.device
 
     def generate(self, latent: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) in [-1, 1] from a latent batch; conditional variants use labels."""
         return self.G(latent)
+
+    def categorical_code(self, latent: torch.Tensor) -> torch.Tensor | None:
+        """The categorical code (N,) a latent batch carries, for variants that have one
+        (InfoGAN); scoring matches it to the classes the samples are recognised as."""
+        return None
 
     def discriminate(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """D's raw scores (N,) for a batch of images; conditional variants use labels."""
@@ -156,7 +166,7 @@ class Variant(nn.Module, abc.ABC):
         """``n`` images in [-1, 1], with G in eval mode; labels default to uniform classes."""
         if labels is None:
             labels = torch.randint(self.num_classes, (n,), generator=generator,
-                                   device=_rng_device(generator)).to(self.device)
+                                   device=self.rng_device(generator)).to(self.device)
         was_training = self.training
         self.eval()
         try:
@@ -180,10 +190,6 @@ class Variant(nn.Module, abc.ABC):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The optimisers build() created, by attribute name (for checkpoints)."""
         return {key: value for key, value in vars(self).items() if isinstance(value, torch.optim.Optimizer)}
-
-
-def _rng_device(generator: torch.Generator | None) -> torch.device | None:
-    return generator.device if generator is not None else None
 
 
 _VARIANTS: dict[str, type[Variant]] = {}

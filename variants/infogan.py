@@ -54,11 +54,14 @@ class InfoGAN(GAN):
 
     def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """(n, 62 + 10 + 2): z, then a one-hot categorical code, then continuous codes."""
-        device = generator.device if generator is not None else self.device
+        device = self.rng_device(generator)
         z = torch.randn(n, self.z_dim, generator=generator, device=device)
         category = torch.randint(CATEGORIES, (n,), generator=generator, device=device)
         continuous = torch.rand(n, CONTINUOUS, generator=generator, device=device) * 2 - 1
         return torch.cat([z, F.one_hot(category, CATEGORIES).to(z.dtype), continuous], dim=1).to(self.device)
+
+    def categorical_code(self, latent: Tensor) -> Tensor:
+        return latent[:, self.z_dim:self.z_dim + CATEGORIES].argmax(dim=1)
 
     def scores_and_codes(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """D's scores (N,) and Q's code predictions (N, 12) from one pass through the trunk."""

@@ -1,0 +1,121 @@
+"""Scoring: FID/KID on real Fashion-MNIST, the real-feature cache, class-aware metrics,
+the Inception extractor, and `bench eval`."""
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.data import to_unit_range
+from bench.engine import TrainConfig, train
+from bench.scoring import InceptionFeatures, Scorer, code_accuracy, file_sha256, weights_path
+
+BENCH = Path(sys.executable).with_name("bench")
+
+
+def test_domain_classifier_card_matches_its_weights():
+    card = json.loads(weights_path("fashion-mnist").with_suffix(".json").read_text())
+    assert card["test_accuracy"] >= 0.91
+    assert card["sha256"] == file_sha256(weights_path("fashion-mnist"))
+    assert card["command"].startswith("bench features train --dataset fashion-mnist")
+
+
+def test_train_split_against_test_split_is_far_below_noise(scorer, fashion_train):
+    real = to_unit_range(fashion_train.images[:2000])
+    noise = torch.rand(2000, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    floor, noisy = scorer.score_images(real), scorer.score_images(noise)
+    assert floor["fid_domain"] < 0.01 * noisy["fid_domain"], (floor, noisy)
+    assert abs(floor["kid_domain"]) < 0.05 * noisy["kid_domain"]
+    assert floor["classes_covered"] == 10 and floor["class_kl"] < 0.01
+
+
+def test_fid_rises_monotonically_with_added_noise(scorer, fashion_train):
+    real = to_unit_range(fashion_train.images[:2000])
+    generator = torch.Generator().manual_seed(0)
+    fids = [scorer.score_images((real + sigma * torch.randn(real.shape, generator=generator)).clamp(-1, 1))["fid_domain"]
+            for sigma in (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)]
+    assert fids == sorted(fids) and len(set(fids)) == len(fids), fids
+
+
+def test_class_metrics_see_a_collapse_to_one_class(scorer, fashion_test):
+    trousers = to_unit_range(fashion_test.images[fashion_test.labels == 1][:500])  # the least confusable class
+    scores = scorer.score_images(trousers, labels=torch.full((500,), 1), codes=torch.zeros(500, dtype=torch.long))
+    assert scores["classes_covered"] == 1
+    assert scores["class_kl"] > 1.5  # log(10) is the KL of a one-class histogram from a uniform one
+    assert scores["label_accuracy"] > 0.9 and scores["code_accuracy"] > 0.9
+
+
+def test_code_accuracy_uses_the_best_one_to_one_matching():
+    codes = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    classes = torch.tensor([7, 7, 3, 3, 5, 5, 1])  # code 0 -> 7, 1 -> 3, 2 -> 5; one miss
+    assert code_accuracy(codes, classes, 10) == pytest.approx(6 / 7)
+
+
+CACHE_PROBE = """
+import sys, warnings
+from bench.scoring import Scorer
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    scorer = Scorer("fashion-mnist", "domain", real_samples=3000, cache_dir=sys.argv[1])
+print(scorer.real_features_source, sum("real-feature cache" in str(w.message) for w in caught))
+"""
+
+
+def probe_cache(cache_dir: Path) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(cache_dir)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_real_features_are_computed_once_and_shared_across_processes(tmp_path):
+    assert probe_cache(tmp_path) == ["computed", "0"]
+    assert probe_cache(tmp_path) == ["cache", "0"]
+    (cache_file,) = (tmp_path / "real-features").glob("*.pt")
+    assert "fashion-mnist-test-3000-domain" in cache_file.name
+
+    cache_file.write_bytes(b"not a torch file")  # corrupt: detected, warned about, rebuilt
+    assert probe_cache(tmp_path) == ["computed", "1"]
+    assert probe_cache(tmp_path) == ["cache", "0"]
+
+    state = torch.load(cache_file, weights_only=True)
+    state["key"]["checksum"] = "an older classifier"  # mismatched: rebuilt as well
+    torch.save(state, cache_file)
+    assert probe_cache(tmp_path) == ["computed", "1"]
+
+
+def test_inception_features_from_28x28_grayscale_give_a_finite_fid(tmp_path, fashion_train):
+    extractor = InceptionFeatures()
+    with torch.no_grad():
+        features = extractor(to_unit_range(fashion_train.images[:4]))
+    assert features.shape == (4, 2048) and torch.isfinite(features).all()
+    scorer = Scorer("fashion-mnist", "inception", real_samples=48, cache_dir=tmp_path)
+    scores = scorer.score_images(to_unit_range(fashion_train.images[:48]))
+    assert set(scores) >= {"fid_inception", "kid_inception"}
+    assert torch.isfinite(torch.tensor(scores["fid_inception"])) and scores["fid_inception"] > 0
+
+
+def test_engine_scores_every_eval_every_steps_and_bench_eval_scores_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    result = train(TrainConfig("dcgan", steps=20, eval_every=10, eval_samples=200), out, progress=False)
+    assert list(result.scores["step"]) == [10, 20]
+    assert {"fid_domain", "kid_domain", "classes_covered", "class_kl"} <= set(result.scores.columns)
+    assert (out / "scores.csv").exists()
+    shown = subprocess.run([str(BENCH), "eval", "--checkpoint", str(out), "--samples", "200"],
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "dcgan on fashion-mnist, step 20, 200 samples" in shown.stdout
+    fid_line = next(line for line in shown.stdout.splitlines() if line.strip().startswith("fid_domain"))
+    # same generator, same sampling seed, same real statistics: the same number as in training
+    assert float(fid_line.split()[1]) == pytest.approx(result.scores["fid_domain"].iloc[-1], rel=1e-4)
+
+
+def test_bench_eval_errors_are_one_line(tmp_path):
+    missing = subprocess.run([str(BENCH), "eval", "--checkpoint", str(tmp_path / "none")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.startswith("Error: no checkpoint at")
+    assert len(missing.stderr.strip().splitlines()) == 1
