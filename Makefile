@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 .PHONY: run test setup data
 
 run: setup
-	$(BIN)/bench train --variant dcgan --dataset fashion-mnist --steps 1500 --out results/train/dcgan
+	$(BIN)/bench train --variant dcgan --dataset fashion-mnist --steps 1500 --eval-every 500
 
 test: setup
 	$(BIN)/python -m pytest tests

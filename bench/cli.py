@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -72,31 +73,42 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output folder [default: results/train/VARIANT].")
+              help="Output folder [default: results/train/VARIANT-TIMESTAMP].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a hyperparameter.")
+@click.option("--eval-every", default=0, show_default=True, help="Score the generator every N steps (0: off).")
+@click.option("--eval-samples", default=2000, show_default=True)
+@click.option("--features", default="domain", show_default=True, help="Extractor for FID/KID: domain or inception.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Where torchvision datasets live.")
 @click.option("--download", is_flag=True, help="Download a missing torchvision dataset (needs internet).")
 @reports_user_errors
-def train(variant, dataset, steps, batch_size, seed, device, out, settings, resume, data_root, download) -> None:
+def train(variant, dataset, steps, batch_size, seed, device, out, settings, eval_every, eval_samples, features,
+          resume, data_root, download) -> None:
     """Trains one variant once (no sweep), writing sample grids, losses and a checkpoint to OUT."""
     from bench.engine import TrainConfig, train as run_training
 
     config = TrainConfig(variant=variant, dataset=dataset, steps=steps, batch_size=batch_size, seed=seed,
-                         device=device, hparams=parse_settings(variant, settings),
-                         data_root=str(data_root) if data_root else None, download=download)
-    out = out or Path("results/train") / variant
+                         device=device, hparams=parse_settings(variant, settings), eval_every=eval_every,
+                         eval_samples=eval_samples, features=features, data_root=str(data_root) if data_root else None, download=download)
+    if resume and out is None:
+        raise UserError("--resume needs --out: the folder of the run to continue")
+    out = out or Path("results/train") / f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = run_training(config, out, resume=resume, progress=sys.stderr.isatty())
     last = result.history.iloc[-1].to_dict() if len(result.history) else {}
     summary = "  ".join(f"{key}={value:.4g}" for key, value in last.items() if key != "step")
     click.echo(f"{variant}: {len(result.history)} steps, {result.images_per_second:.0f} images/s  {summary}")
-    click.echo(f"samples, losses.csv and checkpoint in {out}")
+    if len(result.scores):
+        scores = result.scores.iloc[-1].to_dict()
+        click.echo("scores at step {}: {}".format(int(scores.pop("step")),
+                                                  "  ".join(f"{key}={value:.4g}" for key, value in scores.items())))
+    click.echo(f"samples, losses.csv, scores.csv and checkpoint in {out}")
 
 
 @main.command("eval")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A run folder from `bench train`, or its checkpoint.pt.")
-@click.option("--features", default="domain", show_default=True, help="Feature extractor: domain or inception.")
+@click.option("--features", default=None,
+              help="Feature extractor: domain or inception [default: inception on a GPU, domain on a CPU].")
 @click.option("--samples", default=10000, show_default=True, help="Generated samples to score.")
 @click.option("--device", default="auto", show_default=True)
 @reports_user_errors
@@ -106,6 +118,8 @@ def evaluate(checkpoint, features, samples, device) -> None:
     from bench.scoring import Scorer
 
     variant, config, step = load_trained(checkpoint, device)
+    # The standard Inception FID is what papers quote, but at a few images/s it is for GPUs only.
+    features = features or ("inception" if variant.device.type == "cuda" else "domain")
     scorer = Scorer(config.dataset, features, device=variant.device)
     scores = scorer.score(variant, samples, seed=config.seed)
     click.echo(f"{config.variant} on {config.dataset}, step {step}, {samples} samples, "
@@ -120,19 +134,26 @@ def evaluate(checkpoint, features, samples, device) -> None:
 @click.option("--steps", default=40, show_default=True, help="Generator steps per timed repeat.")
 @click.option("--repeats", default=3, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--inception", is_flag=True, help="Also measure the Inception extractor (slow on a CPU).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results/perf.json"), show_default=True)
 @reports_user_errors
-def perf(names, dataset, steps, repeats, device, output) -> None:
-    """Measures training throughput (median images/s at batch 64) and writes it as JSON."""
+def perf(names, dataset, steps, repeats, device, inception, output) -> None:
+    """Measures training throughput (median images/s at batch 64) and scoring speed; writes JSON."""
     from bench.perf import run_perf
     from bench.registry import get_variant, variants
 
     chosen = [name.strip() for name in names.split(",") if name.strip()] or list(variants())
     for name in chosen:
         get_variant(name)
+    report = run_perf(chosen, output, inception=inception, dataset=dataset, steps=steps, repeats=repeats,
+                      device=device)
     click.echo(f"{'variant':<10} {'images/s':>9} {'G steps/s':>10}  device")
-    for row in run_perf(chosen, output, dataset=dataset, steps=steps, repeats=repeats, device=device):
+    for row in report["training"]:
         click.echo(f"{row['variant']:<10} {row['images_per_second']:>9.0f} {row['g_steps_per_second']:>10.2f}  {row['device']}")
+    scoring = report["scoring"]
+    click.echo(f"scoring {scoring['samples']} samples (fid_domain, cached real statistics): {scoring['seconds']} s")
+    if inception:
+        click.echo(f"inception features: {report['inception']['images_per_second_by_batch']} images/s by batch size")
     click.echo(f"wrote {output}")
 
 

@@ -75,7 +75,8 @@ class TrainResult:
     scores: pd.DataFrame
     """One row per evaluation: 'step' and every metric (fid_domain, kid_domain, ...)."""
     images_per_second: float
-    """Real images through D per second of this call's loop (excluding start-up)."""
+    """Real images through D per wall-clock second of this call's loop: start-up excluded,
+    periodic evaluations, sample grids and checkpoints included."""
     out: Path | None
 
 

@@ -1,4 +1,4 @@
-"""Training throughput, measured the way a user can rerun it (`bench perf`).
+"""Training throughput and scoring speed, measured the way a user can rerun it (`bench perf`).
 
 The machine is noisy, so every figure is the median of several repeats, each timed after a
 warm-up on the same trainer.
@@ -11,9 +11,14 @@ import platform
 import statistics
 from pathlib import Path
 
+import time
+
 import torch
 
-from bench.engine import TrainConfig, Trainer
+from bench.data import load_dataset, to_unit_range
+from bench.engine import TrainConfig, Trainer, resolve_device
+from bench.registry import get_variant
+from bench.scoring import InceptionFeatures, Scorer
 
 
 def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
@@ -33,11 +38,53 @@ def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: 
             "repeats": [round(rate, 1) for rate in rates]}
 
 
-def run_perf(variants: list[str], out: Path | None, **options) -> list[dict]:
-    rows = [training_throughput(name, **options) for name in variants]
+def scoring_time(*, dataset: str = "fashion-mnist", samples: int = 10000, repeats: int = 3,
+                 device: str = "auto") -> dict:
+    """Median seconds to generate and score ``samples`` DCGAN images with fid_domain (and KID
+    and the class metrics) against cached real statistics."""
+    device = resolve_device(device)
+    scorer = Scorer(dataset, "domain", device=device)  # builds the cache on a first run
+    data = load_dataset(dataset, "test")
+    variant = get_variant("dcgan")(data.image_shape, data.num_classes).to(device, memory_format=torch.channels_last)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        scorer.score(variant, samples)
+        times.append(time.perf_counter() - started)
+    return {"samples": samples, "device": str(device), "seconds": round(statistics.median(times), 2),
+            "repeats": [round(t, 2) for t in times]}
+
+
+def inception_throughput(*, batch_sizes: tuple[int, ...] = (8, 32, 64), images: int = 64,
+                         device: str = "auto") -> dict:
+    """Inception feature extraction images/s for 28x28 grayscale input at several batch sizes."""
+    device = resolve_device(device)
+    extractor = InceptionFeatures().to(device)
+    batch = to_unit_range(load_dataset("fashion-mnist", "test").images[:images]).to(device)
+    rates = {}
+    with torch.no_grad():
+        extractor(batch[:2])  # warm-up
+        for size in batch_sizes:
+            started = time.perf_counter()
+            for chunk in batch.split(size):
+                extractor(chunk)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rates[size] = round(images / (time.perf_counter() - started), 2)
+    return {"device": str(device), "images_per_second_by_batch": rates,
+            "best_batch": max(rates, key=rates.get), "best_images_per_second": max(rates.values())}
+
+
+def run_perf(variants: list[str], out: Path | None, *, inception: bool = False, **options) -> dict:
+    """Every measurement, written to ``out`` as JSON."""
+    report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "machine": platform.machine(), "processor": platform.processor()},
+              "training": [training_throughput(name, **options) for name in variants],
+              "scoring": scoring_time(dataset=options.get("dataset", "fashion-mnist"),
+                                      device=options.get("device", "auto"))}
+    if inception:
+        report["inception"] = inception_throughput(device=options.get("device", "auto"))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-                "processor": platform.processor()}
-        out.write_text(json.dumps({"meta": meta, "training": rows}, indent=2) + "\n")
-    return rows
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
