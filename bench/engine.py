@@ -209,10 +209,8 @@ class Trainer:
     @torch.no_grad()
     def save_grid(self) -> Path:
         """Saves G's images for the fixed noise (and labels) as an 8x8 PNG grid."""
-        self.variant.eval()
-        with self._autocast():
+        with self.variant.evaluating(), self._autocast():
             images = self.variant.generate(self.fixed_latent, self.fixed_labels)
-        self.variant.train()
         path = self.out / "samples" / f"step_{self.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(images.float(), path, nrow=8, normalize=True, value_range=(-1, 1))

@@ -75,12 +75,13 @@ def inception_throughput(*, batch_sizes: tuple[int, ...] = (8, 32, 64), images: 
             "best_batch": max(rates, key=rates.get), "best_images_per_second": max(rates.values())}
 
 
-def run_perf(variants: list[str], out: Path | None, *, inception: bool = False, **options) -> dict:
+def run_perf(variants: list[str], out: Path | None, *, inception: bool = False, scoring_samples: int = 10000,
+             **options) -> dict:
     """Every measurement, written to ``out`` as JSON."""
     report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                        "machine": platform.machine(), "processor": platform.processor()},
               "training": [training_throughput(name, **options) for name in variants],
-              "scoring": scoring_time(dataset=options.get("dataset", "fashion-mnist"),
+              "scoring": scoring_time(dataset=options.get("dataset", "fashion-mnist"), samples=scoring_samples,
                                       device=options.get("device", "auto"))}
     if inception:
         report["inception"] = inception_throughput(device=options.get("device", "auto"))

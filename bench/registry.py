@@ -8,12 +8,13 @@ ganbench and third-party ones are both found through the entry-point group ``ben
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import SimpleNamespace
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -167,10 +168,16 @@ class Variant(nn.Module, abc.ABC):
         if labels is None:
             labels = torch.randint(self.num_classes, (n,), generator=generator,
                                    device=self.rng_device(generator)).to(self.device)
+        with self.evaluating():
+            return self.generate(self.latent(n, generator), labels.to(self.device))
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode (batch norm on its running statistics) for the block, then the mode before."""
         was_training = self.training
         self.eval()
         try:
-            return self.generate(self.latent(n, generator), labels.to(self.device))
+            yield
         finally:
             self.train(was_training)
 

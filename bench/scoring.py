@@ -202,11 +202,12 @@ class Scorer:
 
     def __init__(self, dataset: str, extractor: str = "domain", *, real_split: str = "test",
                  real_samples: int = 10000, device: torch.device | str = "cpu",
-                 cache_dir: Path | str = DEFAULT_CACHE, batch_size: int = 500):
+                 cache_dir: Path | str = DEFAULT_CACHE, batch_size: int | None = None):
         if extractor not in EXTRACTORS:
             raise ConfigError(f"unknown feature extractor '{extractor}'; choose one of: {', '.join(EXTRACTORS)}")
         self.dataset, self.extractor_name, self.device = dataset, extractor, torch.device(device)
-        self.batch_size = batch_size
+        # Inception's 299x299 activations take ~10 MB per image: keep its batches small.
+        self.batch_size = batch_size or (500 if extractor == "domain" else 64)
         self.classifier = load_domain_classifier(dataset, self.device)
         self.extractor = self.classifier.trunk if extractor == "domain" else InceptionFeatures().to(self.device)
         num_features = self.classifier.num_features if extractor == "domain" else InceptionFeatures.num_features
@@ -266,13 +267,9 @@ class Scorer:
         generator = torch.Generator().manual_seed(seed)
         labels = torch.arange(samples) % variant.num_classes
         latent = variant.latent(samples, generator)
-        was_training = variant.training
-        variant.eval()
-        try:
+        with variant.evaluating():
             images = torch.cat([variant.generate(z, y.to(variant.device)).float()
                                 for z, y in zip(latent.split(self.batch_size), labels.split(self.batch_size))])
-        finally:
-            variant.train(was_training)
         return self.score_images(images, labels=labels if variant.conditional else None,
                                  codes=variant.categorical_code(latent))
 
