@@ -89,7 +89,8 @@ def train(variant, dataset, steps, batch_size, seed, device, out, settings, eval
 
     config = TrainConfig(variant=variant, dataset=dataset, steps=steps, batch_size=batch_size, seed=seed,
                          device=device, hparams=parse_settings(variant, settings), eval_every=eval_every,
-                         eval_samples=eval_samples, features=features, data_root=str(data_root) if data_root else None, download=download)
+                         eval_samples=eval_samples, features=features,
+                         data_root=str(data_root) if data_root else None, download=download)
     if resume and out is None:
         raise UserError("--resume needs --out: the folder of the run to continue")
     out = out or Path("results/train") / f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
