@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from bench.data import BatchSampler, load_dataset
@@ -209,6 +208,8 @@ class Trainer:
     @torch.no_grad()
     def save_grid(self) -> Path:
         """Saves G's images for the fixed noise (and labels) as an 8x8 PNG grid."""
+        from torchvision.utils import save_image  # torchvision's import costs seconds: pay it only here
+
         with self.variant.evaluating(), self._autocast():
             images = self.variant.generate(self.fixed_latent, self.fixed_labels)
         path = self.out / "samples" / f"step_{self.step:07d}.png"

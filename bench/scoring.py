@@ -24,10 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 
 from bench.data import BatchSampler, ImageDataset, load_dataset, to_unit_range
 from bench.errors import ConfigError
@@ -181,6 +178,8 @@ def save_domain_classifier(model: DomainClassifier, card: dict) -> Path:
 def code_accuracy(codes: Tensor, predicted: Tensor, num_classes: int) -> float:
     """Accuracy of ``predicted`` classes against ``codes`` under the best one-to-one
     code -> class matching (Hungarian algorithm), as for InfoGAN's unsupervised codes."""
+    from scipy.optimize import linear_sum_assignment
+
     counts = torch.zeros(int(codes.max()) + 1, num_classes, dtype=torch.long)
     counts.index_put_((codes.cpu(), predicted.cpu()), torch.ones(len(codes), dtype=torch.long), accumulate=True)
     rows, cols = linear_sum_assignment(counts.numpy(), maximize=True)
@@ -215,6 +214,10 @@ class Scorer:
         self.real_split = real_split
         self.real_histogram = class_histogram(real.labels, real.num_classes)
         real_features, self.real_features_source = self._real_features(real, real_samples, Path(cache_dir))
+        # torchmetrics takes seconds to import: commands that never score (list, train) skip it.
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # KID's notice that it keeps every feature
             self.fid = FrechetInceptionDistance(PrecomputedFeatures(num_features), reset_real_features=False)
