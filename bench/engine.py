@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -66,6 +67,23 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
 
 
+class Observer:
+    """Watches a run from outside the loop (tracking, pruning, health checks).
+
+    The engine calls these only where it already holds values on the host, so an observer
+    adds no device sync. Raising from one stops the run (an Optuna pruner raises TrialPruned).
+    """
+
+    def on_losses(self, rows: list[dict[str, float]]) -> None:
+        """Each ``log_every`` steps: one row per step, 'step' and every loss."""
+
+    def on_scores(self, scores: dict[str, float]) -> None:
+        """After each evaluation: 'step' and every metric."""
+
+    def on_grid(self, path: Path, step: int) -> None:
+        """After a fixed-noise sample grid was saved."""
+
+
 @dataclass
 class TrainResult:
     variant: Variant
@@ -104,9 +122,10 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, observers: Sequence[Observer] = ()):
         config.validate()
         self.config = config
+        self.observers = list(observers)
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self.device = resolve_device(config.device)
@@ -185,6 +204,8 @@ class Trainer:
         scores = {"step": self.step, **self._scorer.score(self.variant, self.config.eval_samples,
                                                           seed=self.config.seed)}
         self.evaluations.append(scores)
+        for observer in self.observers:
+            observer.on_scores(scores)
         return scores
 
     def _flush(self) -> None:
@@ -197,8 +218,11 @@ class Trainer:
             row, column = (~torch.isfinite(values)).nonzero()[0].tolist()
             raise TrainingDiverged(f"{self._names[column]} became {values[row, column].item()} at step "
                                    f"{first_step + row}; lower the learning rate or check the data range")
-        self.rows += [{"step": first_step + i, **dict(zip(self._names, row))} for i, row in enumerate(values.tolist())]
+        rows = [{"step": first_step + i, **dict(zip(self._names, row))} for i, row in enumerate(values.tolist())]
+        self.rows += rows
         self._pending = []
+        for observer in self.observers:
+            observer.on_losses(rows)
         self._bar.update(len(values))
         self._bar.set_postfix({name: f"{value:.3g}" for name, value in self.rows[-1].items() if name != "step"})
 
@@ -215,6 +239,8 @@ class Trainer:
         path = self.out / "samples" / f"step_{self.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(images.float(), path, nrow=8, normalize=True, value_range=(-1, 1))
+        for observer in self.observers:
+            observer.on_grid(path, self.step)
         return path
 
     def save(self) -> None:
@@ -273,8 +299,8 @@ def load_trained(path: Path | str, device: str = "auto") -> tuple[Variant, Train
 
 
 def train(config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, observers: Sequence[Observer] = ()) -> TrainResult:
     """Trains ``config.variant`` and returns the trained variant, its loss history and its
     throughput. With ``out``, writes sample grids, ``losses.csv``, ``config.json`` and a
     checkpoint there; ``resume=True`` continues the run saved in ``out``."""
-    return Trainer(config, out, resume=resume, progress=progress).run()
+    return Trainer(config, out, resume=resume, progress=progress, observers=observers).run()

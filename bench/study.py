@@ -1,0 +1,207 @@
+"""Study files: what a sweep searches, with which sampler and pruner, on which budget.
+
+A study is a TOML file in ``studies/`` (or any path). Its search space is checked against the
+variant's declared hyperparameters before anything trains, so a typo or an out-of-range bound
+fails in a second with the file, the key and the fix, not after an hour of trials.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from bench.errors import ConfigError
+from bench.registry import HParam, HParamValue, Variant
+from bench.scoring import EXTRACTORS
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+MAXIMISED = ("classes_covered", "label_accuracy", "code_accuracy")
+"""Metrics where higher is better; every other score (fid_*, kid_*, class_kl) is minimised."""
+BUDGET_KEYS = ("steps", "eval_every", "eval_samples", "batch_size")
+TOP_LEVEL_KEYS = {"description", "dataset", "objective", "trials", "sampler", "pruner", "budget", "space",
+                  "space_if_present"}
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched hyperparameter: a numeric range (optionally on a log scale) or a list of choices."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[HParamValue, ...] = ()
+
+    def suggest(self, trial: optuna.Trial, spec: HParam) -> HParamValue:
+        if self.choices:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if isinstance(spec.default, int):
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    path: Path
+    dataset: str = "fashion-mnist"
+    objective: str = "fid_domain"
+    trials: int = 20
+    sampler: str = "tpe"
+    pruner: str = "median"
+    steps: int = 2000
+    eval_every: int = 500
+    eval_samples: int = 2000
+    batch_size: int = 64
+    space: tuple[Dimension, ...] = ()
+    space_if_present: tuple[Dimension, ...] = ()
+    """Searched only for variants that have the hyperparameter (a study spanning variants)."""
+    description: str = ""
+
+    @property
+    def features(self) -> str:
+        """The extractor the objective is measured with (class-aware metrics use the domain one)."""
+        suffix = self.objective.rsplit("_", 1)[-1]
+        return suffix if suffix in EXTRACTORS else "domain"
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.objective in MAXIMISED else "minimize"
+
+    def dimensions(self, variant: type[Variant]) -> list[Dimension]:
+        """The dimensions searched for ``variant``; raises ConfigError naming the file and key when
+        the study asks for something the variant cannot take."""
+        dims = list(self.space) + [dim for dim in self.space_if_present if dim.name in variant.hparams]
+        for dim in dims:
+            where = f"{self.path}: [space] {dim.name}"
+            spec = variant.hparams.get(dim.name)
+            if spec is None:
+                raise ConfigError(f"{where}: variant '{variant.name}' has no hyperparameter '{dim.name}' "
+                                  f"(it has: {', '.join(variant.hparams) or 'none'}); remove the key, move it "
+                                  "to [space_if_present], or run another variant")
+            for bound in (dim.choices or (dim.low, dim.high)):
+                try:
+                    spec.check(dim.name, bound)
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {exc} for variant '{variant.name}'; narrow the range") from None
+            if not dim.choices and isinstance(spec.default, str):
+                raise ConfigError(f"{where}: '{dim.name}' takes choices, not a range; write "
+                                  f"{dim.name} = {{ choices = [...] }}")
+        return dims
+
+    def sampler_for(self, variant: type[Variant], seed: int) -> optuna.samplers.BaseSampler:
+        if self.sampler == "grid":
+            return optuna.samplers.GridSampler({dim.name: list(dim.choices) for dim in self.dimensions(variant)},
+                                               seed=seed)
+        if self.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        if self.pruner == "median":
+            # Each trial's first evaluation is too early to judge a GAN by; compare from the second.
+            return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=self.eval_every)
+        if self.pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=self.eval_every, max_resource=self.steps)
+        return optuna.pruners.NopPruner()
+
+    def grid_size(self, variant: type[Variant]) -> int:
+        return len(list(itertools.product(*(dim.choices for dim in self.dimensions(variant)))))
+
+
+def available_studies() -> list[str]:
+    return sorted(path.stem for path in STUDIES_DIR.glob("*.toml"))
+
+
+def load_study(name_or_path: str | Path) -> StudySpec:
+    """Reads ``studies/NAME.toml`` or a path to a TOML file and checks its shape."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = STUDIES_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        raise ConfigError(f"no study '{name_or_path}': {path} does not exist; available: "
+                          f"{', '.join(available_studies())} (or pass a path to a .toml file)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    budget = raw.get("budget", {})
+    unknown = sorted(set(budget) - set(BUDGET_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key 'budget.{unknown[0]}'; valid: {', '.join(BUDGET_KEYS)}")
+    spec = StudySpec(
+        name=path.stem, path=path,
+        description=_typed(path, raw, "description", str, ""),
+        dataset=_typed(path, raw, "dataset", str, "fashion-mnist"),
+        objective=_typed(path, raw, "objective", str, "fid_domain"),
+        trials=_typed(path, raw, "trials", int, 20),
+        sampler=_typed(path, raw, "sampler", str, "tpe"),
+        pruner=_typed(path, raw, "pruner", str, "median"),
+        **{key: _typed(path, budget, key, int, StudySpec.__dataclass_fields__[key].default, "budget.")
+           for key in BUDGET_KEYS},
+        space=_dimensions(path, raw.get("space", {}), "space"),
+        space_if_present=_dimensions(path, raw.get("space_if_present", {}), "space_if_present"),
+    )
+    _check(spec)
+    return spec
+
+
+def _typed(path: Path, table: dict, key: str, kind: type, default: Any, prefix: str = "") -> Any:
+    value = table.get(key, default)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{path}: '{prefix}{key}' must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _dimensions(path: Path, table: dict, section: str) -> tuple[Dimension, ...]:
+    dims = []
+    for name, entry in table.items():
+        where = f"{path}: [{section}] {name}"
+        if not isinstance(entry, dict) or not ({"choices"} <= set(entry) or {"low", "high"} <= set(entry)):
+            raise ConfigError(f"{where}: write either {name} = {{ low = ..., high = ..., log = true }} "
+                              f"or {name} = {{ choices = [...] }}")
+        extra = sorted(set(entry) - {"low", "high", "log", "choices"})
+        if extra:
+            raise ConfigError(f"{where}: unknown key '{extra[0]}'; valid: low, high, log, choices")
+        if "choices" in entry:
+            if not isinstance(entry["choices"], list) or not entry["choices"]:
+                raise ConfigError(f"{where}: choices must be a non-empty list")
+            dims.append(Dimension(name, choices=tuple(entry["choices"])))
+            continue
+        low, high = entry["low"], entry["high"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+            raise ConfigError(f"{where}: low and high must be numbers with low < high, got {low!r}, {high!r}")
+        if entry.get("log", False) and low <= 0:
+            raise ConfigError(f"{where}: a log scale needs low > 0, got {low!r}")
+        dims.append(Dimension(name, float(low), float(high), bool(entry.get("log", False))))
+    return tuple(dims)
+
+
+def _check(spec: StudySpec) -> None:
+    if spec.sampler not in SAMPLERS:
+        raise ConfigError(f"{spec.path}: sampler '{spec.sampler}' is unknown; choose one of: {', '.join(SAMPLERS)}")
+    if spec.pruner not in PRUNERS:
+        raise ConfigError(f"{spec.path}: pruner '{spec.pruner}' is unknown; choose one of: {', '.join(PRUNERS)}")
+    if not spec.objective.startswith(("fid_", "kid_")) and spec.objective not in MAXIMISED + ("class_kl",):
+        raise ConfigError(f"{spec.path}: objective '{spec.objective}' is not a score; use fid_domain, "
+                          "kid_domain, fid_inception, kid_inception, class_kl or " + ", ".join(MAXIMISED))
+    if spec.objective.startswith(("fid_", "kid_")) and spec.objective.split("_", 1)[1] not in EXTRACTORS:
+        raise ConfigError(f"{spec.path}: objective '{spec.objective}' names no extractor; "
+                          f"use {spec.objective.split('_')[0]}_domain or {spec.objective.split('_')[0]}_inception")
+    if spec.trials < 1 or spec.steps < 1 or spec.eval_samples < 1 or spec.batch_size < 1:
+        raise ConfigError(f"{spec.path}: trials and budget.steps/eval_samples/batch_size must be at least 1")
+    if not 0 < spec.eval_every <= spec.steps:
+        raise ConfigError(f"{spec.path}: budget.eval_every must be in [1, budget.steps={spec.steps}] "
+                          "(the objective is read from the evaluations)")
+    if spec.sampler == "grid" and any(not dim.choices for dim in spec.space + spec.space_if_present):
+        raise ConfigError(f"{spec.path}: the grid sampler needs every [space] entry as choices = [...]")
