@@ -105,6 +105,82 @@ def train(variant, dataset, steps, batch_size, seed, device, out, settings, eval
     click.echo(f"samples, losses.csv, scores.csv and checkpoint in {out}")
 
 
+@main.command()
+@click.option("--variant", required=True, help="Variant name (see `bench list`).")
+@click.option("--study", required=True, help="A study in studies/ (e.g. lr_sweep) or a path to a .toml file.")
+@click.option("--trials", type=int, default=None, help="Complete or pruned trials to reach [default: the study's].")
+@click.option("--workers", default=1, show_default=True, help="Worker processes sharing the study.")
+@click.option("--storage", default=None, help="Optuna storage: an RDB URL, or a journal file path "
+              "[default: results/optuna/journal.log].")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", default=0, show_default=True, help="Trial N trains with seed SEED+N.")
+@reports_user_errors
+def run(variant, study, trials, workers, storage, tracking_uri, device, seed) -> None:
+    """Sweeps a variant's hyperparameters with Optuna; every trial is tracked in MLflow."""
+    from bench.leaderboard import leaderboard
+    from bench.runner import run_study
+    from bench.study import load_study
+
+    spec = load_study(study)
+    result = run_study(variant, study, trials=trials, workers=workers, storage=storage, tracking_uri=tracking_uri,
+                       device=device, seed=seed, progress=sys.stderr.isatty())
+    table = leaderboard(tracking_uri, spec.name, variant)
+    click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
+    click.echo(table[table["metric"] == spec.objective].drop(columns=["best_run_id"]).to_string(index=False))
+    click.echo(f"\ncompare the trials:  bench ui --study {spec.name}\n"
+               f"export the table:    bench leaderboard --study {spec.name} -o results/leaderboard.csv")
+
+
+@main.command("leaderboard")
+@click.option("--study", default=None, help="Only this study [default: all].")
+@click.option("--variant", default=None, help="Only this variant [default: all].")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
+@click.option("--top-k", default=3, show_default=True, help="Mean and std over the best K complete trials.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
+@reports_user_errors
+def leaderboard_command(study, variant, tracking_uri, top_k, output) -> None:
+    """One row per study x variant x dataset x metric: best value, its trial and parameters, trial counts."""
+    from bench.leaderboard import leaderboard
+
+    table = leaderboard(tracking_uri, study, variant, top_k)
+    if table.empty:
+        raise UserError("no finished trials recorded yet; run `bench run --variant V --study S` first")
+    click.echo(table.to_string(index=False))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(output, index=False)
+        click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.option("--study", default=None, help="Open this study's runs table.")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
+@click.option("--port", default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it to the network).")
+@reports_user_errors
+def ui(study, tracking_uri, port, host) -> None:
+    """Starts the MLflow UI on the project's store and prints the address of the runs table."""
+    import subprocess
+
+    from bench.tracking import Tracking, default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise UserError(f"no MLflow store at {uri}; run `bench run --variant V --study S` first")
+    page = f"#/experiments/{Tracking(uri, study).experiment_id}/runs" if study else "#/experiments"
+    click.echo(f"MLflow UI: http://{host}:{port}/{page}   (Ctrl-C stops it)", err=False)
+    sys.stdout.flush()
+    try:
+        subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+                        "--port", str(port)], check=False)
+    except KeyboardInterrupt:
+        pass
+
+
 @main.command("eval")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A run folder from `bench train`, or its checkpoint.pt.")

@@ -1,0 +1,70 @@
+"""The leaderboard: one row per study x variant x dataset x metric, built from what MLflow recorded."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.errors import ConfigError
+from bench.study import MAXIMISED
+from bench.tracking import RUN_PARAMS, default_tracking_uri
+
+KEYS = ["study", "variant", "dataset"]
+COLUMNS = KEYS + ["metric", "direction", "best", "best_trial", "best_run_id", "best_params", "complete", "pruned",
+                  "failed", "top_k", "top_k_mean", "top_k_std"]
+
+
+def is_score(metric: str) -> bool:
+    """Scores compare generators; losses and throughput do not."""
+    return metric.startswith(("fid_", "kid_")) or metric in MAXIMISED + ("class_kl",)
+
+
+def trial_runs(tracking_uri: str | None = None, study: str | None = None) -> pd.DataFrame:
+    """Every trial run of ``study`` (all studies by default) as MLflow's search_runs table."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri or default_tracking_uri())
+    experiments = [e for e in client.search_experiments(max_results=1000) if "bench.study" in e.tags]
+    if study is not None:
+        experiments = [e for e in experiments if e.name == study]
+        if not experiments:
+            raise ConfigError(f"no study '{study}' in the MLflow store {tracking_uri or default_tracking_uri()}; "
+                              "run `bench run --study ...` first, or pass the --tracking-uri it used")
+    if not experiments:
+        return pd.DataFrame()
+    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    return mlflow.search_runs([e.experiment_id for e in experiments], filter_string="tags.`bench.kind` = 'trial'",
+                              max_results=100_000, output_format="pandas")
+
+
+def leaderboard(tracking_uri: str | None = None, study: str | None = None, variant: str | None = None,
+                top_k: int = 3) -> pd.DataFrame:
+    """Best value, its hyperparameters and run, trial counts, and the mean and standard deviation
+    over the best ``top_k`` complete trials, for every score the trials recorded."""
+    runs = trial_runs(tracking_uri, study)
+    if runs.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    runs = runs.rename(columns={f"tags.bench.{key}": key for key in KEYS + ["trial", "state"]})
+    if variant is not None:
+        runs = runs[runs["variant"] == variant]
+    rows = []
+    for (study_name, variant_name, dataset), group in runs.groupby(KEYS):
+        counts = group["state"].value_counts()
+        complete = group[group["state"] == "complete"]
+        params = [column for column in group.columns
+                  if column.startswith("params.") and column.removeprefix("params.") not in RUN_PARAMS]
+        for column in sorted(c for c in group.columns if c.startswith("metrics.") and is_score(c[8:])):
+            scored = complete.dropna(subset=[column])
+            if scored.empty:
+                continue
+            maximise = column[8:] in MAXIMISED
+            ranked = scored.sort_values(column, ascending=not maximise)
+            best, top = ranked.iloc[0], ranked[column].head(top_k)
+            rows.append({
+                "study": study_name, "variant": variant_name, "dataset": dataset, "metric": column[8:],
+                "direction": "max" if maximise else "min", "best": best[column], "best_trial": int(best["trial"]),
+                "best_run_id": best["run_id"],
+                "best_params": " ".join(f"{c[7:]}={best[c]}" for c in params if pd.notna(best[c])),
+                "complete": int(counts.get("complete", 0)), "pruned": int(counts.get("pruned", 0)),
+                "failed": int(counts.get("failed", 0)), "top_k": len(top), "top_k_mean": top.mean(),
+                "top_k_std": top.std(ddof=1) if len(top) > 1 else float("nan")})
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,244 @@
+"""`run_study`: an Optuna sweep over one variant, every trial trained by the engine and tracked in MLflow.
+
+One Optuna study per study file x variant x dataset, shared by any number of worker processes
+through its storage (a journal file by default). Trials are asked for under a lock, so K
+workers run exactly the requested number; a worker that dies leaves a RUNNING trial that the
+next `run_study` on this host marks failed, and the study goes on until the requested number
+of complete or pruned trials exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import multiprocessing
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from bench.engine import Observer, TrainConfig, train
+from bench.errors import ConfigError, TrainingDiverged
+from bench.registry import get_variant
+from bench.study import StudySpec, load_study
+from bench.tracking import HOST, RESULTS, Tracking, pid_alive, redact
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def default_storage() -> str:
+    return str(RESULTS / "optuna" / "journal.log")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage for a database URL, else a journal file at that path."""
+    if "://" in url:
+        return optuna.storages.RDBStorage(url)
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The open(2)-based lock works on every local file system, unlike the default symlink lock.
+    backend = optuna.storages.journal.JournalFileBackend(
+        str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
+    return optuna.storages.JournalStorage(backend)
+
+
+@contextlib.contextmanager
+def ask_lock(storage_url: str):
+    """Serialises 'count the trials, then ask for one' between the workers of one journal file."""
+    if "://" in storage_url:
+        yield
+        return
+    with open(f"{storage_url}.ask-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def study_name(spec: StudySpec, variant: str) -> str:
+    return f"{spec.name}:{variant}:{spec.dataset}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker process needs to take part in a study (picklable for spawn)."""
+
+    variant: str
+    study_path: str
+    trials: int
+    storage: str
+    tracking_uri: str
+    parent_run_id: str
+    device: str
+    seed: int
+    worker: int
+    threads: int
+    progress: bool
+
+
+def run_study(variant: str, study: str | Path, *, trials: int | None = None, workers: int = 1,
+              storage: str | None = None, tracking_uri: str | None = None, device: str = "auto",
+              seed: int = 0, progress: bool = True) -> optuna.Study:
+    """Runs the study file ``study`` for ``variant`` until ``trials`` trials are complete or
+    pruned (the file's count by default), and returns the Optuna study.
+
+    Example::
+
+        study = run_study("dcgan", "lr_sweep", trials=8, workers=2)
+        study.best_params
+    """
+    spec = load_study(study)
+    variant_cls = get_variant(variant)
+    spec.dimensions(variant_cls)  # fail on a bad space before any storage is touched
+    trials = trials if trials is not None else spec.trials
+    if spec.sampler == "grid":
+        trials = min(trials, spec.grid_size(variant_cls))
+    if trials < 1 or workers < 1:
+        raise ConfigError("--trials and --workers must be at least 1")
+    storage = storage or default_storage()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    backend = open_storage(storage)
+    optuna_study = _load(spec, variant, backend, seed)
+    tracking = Tracking(tracking_uri, spec.name)
+    _fail_orphaned_trials(optuna_study, backend, tracking)
+
+    parent = tracking.start_parent(
+        {"bench.study": spec.name, "bench.variant": variant, "bench.dataset": spec.dataset,
+         "bench.extractor": spec.features, "bench.optuna_study": optuna_study.study_name},
+        {"study_file": spec.path, "objective": spec.objective, "direction": spec.direction, "trials": trials,
+         "workers": workers, "sampler": spec.sampler, "pruner": spec.pruner, "storage": redact(storage),
+         "seed": seed, "steps": spec.steps, "eval_every": spec.eval_every, "eval_samples": spec.eval_samples})
+    threads = max(1, torch.get_num_threads() // workers)
+    jobs = [Job(variant, str(spec.path), trials, storage, tracking.uri, parent, device, seed, worker,
+                threads if workers > 1 else torch.get_num_threads(), progress and workers == 1)
+            for worker in range(workers)]
+    try:
+        if workers == 1:
+            work(jobs[0])
+        else:
+            # spawn, not fork: CUDA cannot be re-initialised in a forked child.
+            context = multiprocessing.get_context("spawn")
+            processes = [context.Process(target=work, args=(job,), name=f"bench-worker-{job.worker}")
+                         for job in jobs]
+            for process in processes:
+                process.start()
+            for process in processes:
+                process.join()
+            failed = [p.name for p in processes if p.exitcode != 0]
+            if failed:
+                raise ConfigError(f"worker(s) {', '.join(failed)} stopped with an error (see above); "
+                                  "rerun the same command to finish the study")
+    except BaseException:
+        tracking.end(parent, "killed")
+        raise
+    tracking.end(parent, "complete")
+    return optuna_study
+
+
+def _load(spec: StudySpec, variant: str, backend: optuna.storages.BaseStorage, seed: int,
+          worker: int = 0) -> optuna.Study:
+    variant_cls = get_variant(variant)
+    # Workers of one study get different sampler seeds, or they would propose the same points.
+    return optuna.create_study(
+        storage=backend, study_name=study_name(spec, variant), direction=spec.direction,
+        sampler=spec.sampler_for(variant_cls, seed + 1000 * worker), pruner=spec.make_pruner(),
+        load_if_exists=True)
+
+
+def _fail_orphaned_trials(study: optuna.Study, backend: optuna.storages.BaseStorage, tracking: Tracking) -> None:
+    """Marks failed the RUNNING trials whose worker on this host is gone, and closes their runs."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get("worker", {})
+        if owner.get("host") != HOST or pid_alive(owner.get("pid", 0)):
+            continue
+        reason = f"worker process {owner['pid']} on {HOST} ended during the trial (killed or crashed)"
+        trial_id = backend.get_trial_id_from_study_id_trial_number(
+            backend.get_study_id_from_name(study.study_name), trial.number)
+        backend.set_trial_user_attr(trial_id, "fail_reason", reason)
+        backend.set_trial_state_values(trial_id, TrialState.FAIL)
+        print(f"trial {trial.number} marked failed: {reason}", flush=True)
+    tracking.close_orphans()
+
+
+def work(job: Job) -> None:
+    """One worker: asks for trials until the study holds ``job.trials`` complete or pruned ones."""
+    torch.set_num_threads(job.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_study(job.study_path)
+    study = _load(spec, job.variant, open_storage(job.storage), job.seed, job.worker)
+    tracking = Tracking(job.tracking_uri, spec.name)
+    device = job.device
+    if device == "auto" and torch.cuda.device_count() > 1:
+        device = f"cuda:{job.worker % torch.cuda.device_count()}"  # one GPU per worker
+    failures = 0
+    while failures < job.trials:
+        with ask_lock(job.storage):
+            states = [trial.state for trial in study.get_trials(deepcopy=False)]
+            if sum(state in FINISHED or state == TrialState.RUNNING for state in states) >= job.trials:
+                return
+            trial = study.ask()
+            trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
+        failures += run_trial(study, trial, spec, job, device, tracking) == TrialState.FAIL
+    print(f"worker {job.worker} stops: {failures} trials failed; see the reasons in `bench leaderboard` "
+          "or the MLflow UI, and narrow the study's ranges", flush=True)
+
+
+class ReportToPruner(Observer):
+    """Reports each evaluation's objective to Optuna and stops the run when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, objective: str):
+        self.trial = trial
+        self.objective = objective
+
+    def on_scores(self, scores: dict[str, float]) -> None:
+        self.trial.report(scores[self.objective], int(scores["step"]))
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {int(scores['step'])}")
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Job, device: str,
+              tracking: Tracking) -> TrialState:
+    variant_cls = get_variant(job.variant)
+    hparams = {dim.name: dim.suggest(trial, variant_cls.hparams[dim.name]) for dim in spec.dimensions(variant_cls)}
+    seed = job.seed + trial.number
+    trial.set_user_attr("seed", seed)
+    config = TrainConfig(job.variant, spec.dataset, steps=spec.steps, batch_size=spec.batch_size, seed=seed,
+                         device=device, hparams=hparams, eval_every=spec.eval_every,
+                         eval_samples=spec.eval_samples, features=spec.features, sample_every=spec.eval_every,
+                         checkpoint_every=spec.steps)
+    out = RESULTS / "studies" / re.sub(r"[^\w.-]+", "_", study.study_name) / f"trial-{trial.number:04d}"
+    shutil.rmtree(out, ignore_errors=True)  # left by a study of the same name whose storage was deleted
+    run = tracking.start_trial(job.parent_run_id, trial.number, config, {
+        "bench.study": spec.name, "bench.optuna_study": study.study_name, "bench.objective": spec.objective})
+    trial.set_user_attr("mlflow_run_id", run.run_id)
+    try:
+        result = train(config, out, progress=job.progress, observers=[run, ReportToPruner(trial, spec.objective)])
+        run.log_outcome(result)
+        value = float(result.scores[spec.objective].iloc[-1])
+    except optuna.TrialPruned as exc:
+        tracking.end(run.run_id, "pruned", str(exc))
+        study.tell(trial, state=TrialState.PRUNED)
+        print(f"trial {trial.number} pruned ({exc}) {hparams}", flush=True)
+        return TrialState.PRUNED
+    except TrainingDiverged as exc:
+        trial.set_user_attr("fail_reason", str(exc))
+        tracking.end(run.run_id, "failed", str(exc))
+        study.tell(trial, state=TrialState.FAIL)
+        print(f"trial {trial.number} failed: {exc} {hparams}", flush=True)
+        return TrialState.FAIL
+    except BaseException as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        trial.set_user_attr("fail_reason", reason)
+        tracking.end(run.run_id, "failed", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    tracking.end(run.run_id, "complete")
+    study.tell(trial, value)
+    print(f"trial {trial.number} complete: {spec.objective} {value:.4g} {hparams}", flush=True)
+    return TrialState.COMPLETE

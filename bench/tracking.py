@@ -1,0 +1,202 @@
+"""MLflow tracking: one experiment per study, one parent run per `bench run`, one child run per trial.
+
+Metrics go out in batches (one request per engine flush, asynchronous), never one request per
+scalar per step. Runs carry the host and process that own them, so a later `bench run` can
+close the runs of a process that was killed (kill -9 leaves no chance to do it then).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import subprocess
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+
+from bench.engine import Observer, TrainConfig, TrainResult
+
+RESULTS = Path("results")
+HOST = socket.gethostname()
+BATCH_LIMIT = 1000
+"""MLflow accepts at most 1000 metrics per log_batch request."""
+END_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+RUN_PARAMS = ("steps", "batch_size", "eval_every", "eval_samples", "dataset", "features", "seed")
+"""What a trial run records besides its hyperparameters."""
+PACKAGES = ("ganbench", "torch", "torchvision", "optuna", "mlflow", "torchmetrics")
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(RESULTS / 'mlflow.db').resolve()}"
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ***, safe for params, tags and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit ganbench runs from, with '-dirty' for uncommitted changes; 'unknown' outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def environment_tags() -> dict[str, str]:
+    tags = {"bench.git_commit": git_commit(), "bench.host": HOST, "bench.pid": str(os.getpid()),
+            "bench.python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            tags[f"bench.version.{package}"] = version(package)
+        except PackageNotFoundError:
+            pass
+    return tags
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Tracking:
+    """The MLflow side of a study: its experiment, and the runs in it."""
+
+    def __init__(self, tracking_uri: str | None, study: str):
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri or default_tracking_uri()
+        self.client = MlflowClient(self.uri)
+        self.experiment_id = self._experiment(study)
+
+    def _experiment(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            artifacts = None
+            if urlsplit(self.uri).scheme in ("sqlite", "file", ""):
+                artifacts = (RESULTS / "mlartifacts").resolve().as_uri()
+            try:
+                # The UI opens a 'custom model development' experiment on its runs table, not on
+                # the GenAI trace overview.
+                return self.client.create_experiment(name, artifact_location=artifacts, tags={
+                    "mlflow.experimentKind": "custom_model_development", "bench.study": name})
+            except MlflowException:  # another worker created it between our lookup and now
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+        return experiment.experiment_id
+
+    def start_parent(self, tags: dict[str, str], params: dict[str, object]) -> str:
+        run = self.client.create_run(self.experiment_id, tags={**environment_tags(), **tags, "bench.kind": "study"},
+                                     run_name=f"{tags['bench.study']}-{tags['bench.variant']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def start_trial(self, parent_run_id: str, trial_number: int, config: TrainConfig,
+                    tags: dict[str, str]) -> TrialRun:
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number:04d}", tags={
+            **environment_tags(), **tags, "mlflow.parentRunId": parent_run_id, "bench.kind": "trial",
+            "bench.trial": str(trial_number), "bench.variant": config.variant, "bench.dataset": config.dataset,
+            "bench.extractor": config.features, "bench.seed": str(config.seed), "bench.device": config.device,
+            "bench.state": "running"})
+        self.log_params(run.info.run_id, {**config.hparams, **{key: getattr(config, key) for key in RUN_PARAMS}})
+        return TrialRun(self.client, run.info.run_id)
+
+    def log_params(self, run_id: str, params: dict[str, object]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
+
+    def end(self, run_id: str, state: str, reason: str = "") -> None:
+        from mlflow import flush_async_logging
+
+        flush_async_logging()  # a run is closed only after all its metrics are in
+        tags = {"bench.state": state} | ({"bench.fail_reason": reason[:5000]} if reason else {})
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+        self.client.set_terminated(run_id, status=END_STATUS[state])
+
+    def close_orphans(self) -> list[str]:
+        """Ends the RUNNING runs whose process on this host is gone (a worker killed with -9)."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=(
+            f"attributes.status = 'RUNNING' and tags.`bench.host` = '{HOST}'"), max_results=1000)
+        closed = []
+        for run in runs:
+            pid = int(run.data.tags.get("bench.pid", "0"))
+            if pid and not pid_alive(pid):
+                state = "failed" if run.data.tags.get("bench.kind") == "trial" else "killed"
+                self.end(run.info.run_id, state, f"its process {pid} on {HOST} ended without closing it")
+                closed.append(run.info.run_id)
+        return closed
+
+
+class TrialRun(Observer):
+    """One trial's MLflow run, fed by the engine: losses and scores by step, sample grids."""
+
+    def __init__(self, client, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def _log_rows(self, rows: list[dict[str, float]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, int(row["step"]))
+                   for row in rows for key, value in row.items() if key != "step"]
+        for start in range(0, len(metrics), BATCH_LIMIT):
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + BATCH_LIMIT], synchronous=False)
+
+    def on_losses(self, rows: list[dict[str, float]]) -> None:
+        self._log_rows(rows)
+
+    def on_scores(self, scores: dict[str, float]) -> None:
+        self._log_rows([scores])
+
+    def on_grid(self, path: Path, step: int) -> None:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            self.client.log_image(self.run_id, image.convert("RGB"), key="samples", step=step)
+
+    def log_outcome(self, result: TrainResult) -> None:
+        """The loss and score curves as figures, and the final checkpoint."""
+        self.client.log_figure(self.run_id, curves(result.history, "generator step", "loss"), "loss_curves.png")
+        if not result.scores.empty:
+            self.client.log_figure(self.run_id, curves(result.scores, "generator step", "score"), "score_curves.png")
+        self.client.log_metric(self.run_id, "images_per_second", result.images_per_second)
+        if result.out is not None:
+            self.client.log_artifact(self.run_id, str(result.out / "checkpoint.pt"), "checkpoint")
+
+
+def curves(frame: pd.DataFrame, xlabel: str, ylabel: str):
+    """One panel per column of ``frame`` against its 'step' column."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in worker processes
+
+    columns = [column for column in frame.columns if column != "step"]
+    figure = Figure(figsize=(4 * len(columns), 3), layout="constrained")
+    for axis, column in zip(figure.subplots(1, len(columns), squeeze=False)[0], columns):
+        axis.plot(frame["step"], frame[column], linewidth=0.8)
+        axis.set(title=column, xlabel=xlabel, ylabel=ylabel)
+    return figure
