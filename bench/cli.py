@@ -176,7 +176,7 @@ def ui(study, tracking_uri, port, host) -> None:
     sys.stdout.flush()
     try:
         subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
-                        "--port", str(port)], check=False)
+                        "--port", str(port), "--workers", "1"], check=False)
     except KeyboardInterrupt:
         pass
 

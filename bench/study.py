@@ -106,8 +106,8 @@ class StudySpec:
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         if self.pruner == "median":
-            # Each trial's first evaluation is too early to judge a GAN by; compare from the second.
-            return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=self.eval_every)
+            # A GAN's first evaluation is too early to judge it by: the pruner may act from the second.
+            return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=self.eval_every + 1)
         if self.pruner == "hyperband":
             return optuna.pruners.HyperbandPruner(min_resource=self.eval_every, max_resource=self.steps)
         return optuna.pruners.NopPruner()

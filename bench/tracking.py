@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from bench.engine import Observer, TrainConfig, TrainResult
+from bench.engine import Observer, TrainConfig, TrainResult, resolve_device
 
 RESULTS = Path("results")
 HOST = socket.gethostname()
@@ -83,10 +83,13 @@ class Tracking:
     """The MLflow side of a study: its experiment, and the runs in it."""
 
     def __init__(self, tracking_uri: str | None, study: str):
-        from mlflow import MlflowClient
+        import mlflow
 
         self.uri = tracking_uri or default_tracking_uri()
-        self.client = MlflowClient(self.uri)
+        # Process-wide as well: flush_async_logging() talks to the global store, and left unset
+        # that is a fresh ./mlflow.db in whatever folder the worker happens to run in.
+        mlflow.set_tracking_uri(self.uri)
+        self.client = mlflow.MlflowClient(self.uri)
         self.experiment_id = self._experiment(study)
 
     def _experiment(self, name: str) -> str:
@@ -119,7 +122,7 @@ class Tracking:
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number:04d}", tags={
             **environment_tags(), **tags, "mlflow.parentRunId": parent_run_id, "bench.kind": "trial",
             "bench.trial": str(trial_number), "bench.variant": config.variant, "bench.dataset": config.dataset,
-            "bench.extractor": config.features, "bench.seed": str(config.seed), "bench.device": config.device,
+            "bench.extractor": config.features, "bench.seed": str(config.seed), "bench.device": str(resolve_device(config.device)),
             "bench.state": "running"})
         self.log_params(run.info.run_id, {**config.hparams, **{key: getattr(config, key) for key in RUN_PARAMS}})
         return TrialRun(self.client, run.info.run_id)

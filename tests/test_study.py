@@ -1,0 +1,245 @@
+"""Study files, and `bench run` end to end: real Fashion-MNIST, real journal file, real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from bench.errors import ConfigError
+from bench.registry import get_variant, register, variants
+from bench.runner import open_storage, run_study
+from bench.study import available_studies, load_study
+from variants.dcgan import DCGAN
+
+BENCH = str(Path(sys.executable).with_name("bench"))
+TINY_STUDY = """
+dataset = "fashion-mnist"
+objective = "fid_domain"
+trials = 3
+sampler = "random"
+pruner = "none"
+
+[budget]
+steps = {steps}
+eval_every = {eval_every}
+eval_samples = 300
+
+[space]
+lr = {{ low = 1e-4, high = 1e-3, log = true }}
+"""
+
+
+def write_study(folder: Path, name: str, steps: int = 60, eval_every: int = 30) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(TINY_STUDY.format(steps=steps, eval_every=eval_every))
+    return path
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without the tracking URI that mlflow.set_tracking_uri exports."""
+    return {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+
+
+def bench(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([BENCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=clean_env())
+
+
+def optuna_trials(cwd: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(str(cwd / "results" / "optuna" / "journal.log"))
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def mlflow_runs(cwd: Path, study: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'results' / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=[study])
+
+
+# -- study files -------------------------------------------------------------------------------
+
+def test_every_shipped_study_is_valid_for_the_variants_it_is_meant_for():
+    assert {"quick", "lr_sweep", "beta1_sweep", "clip_sweep", "n_critic_sweep", "gp_lambda_sweep",
+            "lucic_wide"} <= set(available_studies())
+    for name in ("quick", "lr_sweep", "lucic_wide"):
+        for variant in variants().values():
+            load_study(name).dimensions(variant)
+    assert [d.name for d in load_study("clip_sweep").dimensions(get_variant("wgan"))] == ["clip_c"]
+    assert [d.name for d in load_study("lucic_wide").dimensions(get_variant("wgan"))] == ["lr", "n_critic", "clip_c"]
+    assert load_study("lucic_wide").dimensions(get_variant("gan"))[0].low == 1e-5
+
+
+@pytest.mark.parametrize("space, fragment", [
+    ('clip_c = { low = 0.001, high = 0.1 }', "has no hyperparameter 'clip_c'"),
+    ('lr = { low = 1e-5, high = 2.0, log = true }', "out of range"),
+    ('lr = { low = 0.1, high = 0.01 }', "low < high"),
+    ('lr = [1, 2]', "write either"),
+    ('lr = { low = 0.001, high = 0.01, step = 2 }', "unknown key 'step'"),
+])
+def test_bad_space_names_file_key_and_fix(tmp_path, space, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[space]\n{space}\n")
+    with pytest.raises(ConfigError) as info:
+        load_study(path).dimensions(get_variant("dcgan"))
+    assert str(path) in str(info.value) and fragment in str(info.value)
+
+
+def test_malformed_study_file_and_unknown_study_are_user_errors(tmp_path):
+    (tmp_path / "broken.toml").write_text("sampler = tpe\n")  # unquoted string
+    result = bench("run", "--variant", "dcgan", "--study", str(tmp_path / "broken.toml"), cwd=tmp_path)
+    assert result.returncode == 2 and "not valid TOML" in result.stderr and "Traceback" not in result.stderr
+    result = bench("run", "--variant", "wgan", "--study", "beta1_sweep", cwd=tmp_path)
+    assert result.returncode == 2 and "beta1_sweep.toml: [space] beta1" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = bench("run", "--variant", "dcgan", "--study", "no_such_study", cwd=tmp_path)
+    assert result.returncode == 2 and "available: " in result.stderr
+
+
+# -- a real study with two workers -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """`bench run` with 2 worker processes on a 3-trial study, then `bench leaderboard -o`."""
+    cwd = tmp_path_factory.mktemp("study")
+    study = write_study(cwd, "tiny")
+    result = bench("run", "--variant", "dcgan", "--study", str(study), "--workers", "2", "--seed", "7", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    board = bench("leaderboard", "--study", "tiny", "-o", "results/board.csv", cwd=cwd)
+    assert board.returncode == 0, board.stderr[-3000:]
+    return cwd, result
+
+
+def test_two_workers_finish_the_study_without_lost_or_duplicated_trials(finished_study):
+    cwd, result = finished_study
+    trials = optuna_trials(cwd, "tiny:dcgan:fashion-mnist")
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2  # both workers took trials
+    assert sorted(t.user_attrs["seed"] for t in trials) == [7, 8, 9]
+    assert all(t.intermediate_values.keys() == {30, 60} for t in trials)  # reported for the pruner
+    assert "database is locked" not in result.stderr
+    assert "bench ui --study tiny" in result.stdout
+
+
+def test_mlflow_holds_parent_and_child_runs_with_params_metrics_and_images(finished_study):
+    cwd, _ = finished_study
+    runs = mlflow_runs(cwd, "tiny")
+    parents = runs[runs["tags.bench.kind"] == "study"]
+    children = runs[runs["tags.bench.kind"] == "trial"]
+    assert len(parents) == 1 and len(children) == 3
+    assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
+    assert (runs["status"] == "FINISHED").all() and (children["tags.bench.state"] == "complete").all()
+    for key in ("variant", "dataset", "extractor", "seed", "trial", "git_commit", "device", "version.torch"):
+        assert children[f"tags.bench.{key}"].notna().all(), key
+    assert children["params.lr"].astype(float).between(1e-4, 1e-3).all()
+
+    client = mlflow.MlflowClient()
+    run_id = children["run_id"].iloc[0]
+    assert [m.step for m in client.get_metric_history(run_id, "fid_domain")] == [30, 60]
+    assert [m.step for m in client.get_metric_history(run_id, "loss_d")] == list(range(1, 61))
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert {int(m.group(1)) for path in images if (m := re.search(r"samples\+step\+(\d+)\+", path))} == {30, 60}
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"loss_curves.png", "score_curves.png", "checkpoint"} <= artifacts
+
+
+def test_leaderboard_csv_has_one_row_per_metric_with_best_run_and_counts(finished_study):
+    cwd, _ = finished_study
+    board = pd.read_csv(cwd / "results" / "board.csv")
+    assert {"study", "variant", "dataset", "metric", "best", "best_run_id", "best_params", "complete", "pruned",
+            "failed", "top_k_mean", "top_k_std"} <= set(board.columns)
+    fid = board[board["metric"] == "fid_domain"].iloc[0]
+    assert (fid["study"], fid["variant"], fid["dataset"], fid["complete"], fid["failed"]) == (
+        "tiny", "dcgan", "fashion-mnist", 3, 0)
+    children = mlflow_runs(cwd, "tiny").dropna(subset=["metrics.fid_domain"])
+    assert fid["best"] == pytest.approx(children["metrics.fid_domain"].min())
+    assert fid["best_run_id"] == children.loc[children["metrics.fid_domain"].idxmin(), "run_id"]
+    assert fid["best_params"].startswith("lr=")
+    assert fid["top_k_mean"] >= fid["best"]
+    assert set(board["metric"]) >= {"fid_domain", "kid_domain", "classes_covered", "class_kl"}
+    assert not board["metric"].str.startswith("loss").any()
+
+
+# -- resume after kill -9 ------------------------------------------------------------------------
+
+def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(tmp_path):
+    study = write_study(tmp_path, "killed", steps=150, eval_every=75)
+    args = ["run", "--variant", "dcgan", "--study", str(study), "--trials", "2"]
+    process = subprocess.Popen([BENCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True, env=clean_env())
+    lines = []
+    for line in process.stdout:  # wait until trial 0 is complete and trial 1 has started training
+        lines.append(line)
+        if line.startswith("trial 0 complete"):
+            break
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        trials = optuna_trials(tmp_path, "killed:dcgan:fashion-mnist")
+        if len(trials) == 2 and "mlflow_run_id" in trials[1].user_attrs:
+            break
+        time.sleep(0.2)
+    time.sleep(2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = optuna_trials(tmp_path, "killed:dcgan:fashion-mnist")
+    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING], "".join(lines)
+
+    result = bench(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trial 1 marked failed" in result.stdout
+    after = optuna_trials(tmp_path, "killed:dcgan:fashion-mnist")
+    assert [t.state for t in after] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert after[0].value == before[0].value and after[0].params == before[0].params
+    assert "ended during the trial" in after[1].user_attrs["fail_reason"]
+
+    runs = mlflow_runs(tmp_path, "killed")
+    assert "RUNNING" not in set(runs["status"])
+    killed_trial = runs[runs["run_id"] == after[1].user_attrs["mlflow_run_id"]].iloc[0]
+    assert (killed_trial["status"], killed_trial["tags.bench.state"]) == ("FAILED", "failed")
+    parents = runs[runs["tags.bench.kind"] == "study"].sort_values("start_time")
+    assert list(parents["status"]) == ["KILLED", "FINISHED"]
+
+
+# -- a diverging trial fails with its reason; the study goes on ----------------------------------
+
+@register
+class FirstRunDiverges(DCGAN):
+    """A DCGAN whose first instance in this process produces a NaN loss after ten steps."""
+
+    name = "test_first_run_diverges"
+    instances = 0
+
+    def build(self) -> None:
+        super().build()
+        type(self).instances += 1
+        self.poisoned = type(self).instances == 1
+        self.steps = 0
+
+    def train_step(self, real, labels):
+        losses = super().train_step(real, labels)
+        self.steps += 1
+        if self.poisoned and self.steps >= 10:
+            losses["loss_d"] = losses["loss_d"] * float("nan")
+        return losses
+
+
+def test_diverged_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # exported by earlier tests' set_tracking_uri
+    study = run_study("test_first_run_diverges", write_study(tmp_path, "diverging", steps=40, eval_every=20),
+                      trials=2, progress=False)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "loss_d became nan at step" in trials[0].user_attrs["fail_reason"]
+    runs = mlflow_runs(tmp_path, "diverging").set_index("tags.bench.trial")
+    assert runs.loc["0", "status"] == "FAILED" and "loss_d became nan" in runs.loc["0", "tags.bench.fail_reason"]
+    assert (runs.loc[["1", "2"], "status"] == "FINISHED").all()
