@@ -136,7 +136,7 @@ class Tracking:
         from mlflow import flush_async_logging
 
         flush_async_logging()  # a run is closed only after all its metrics are in
-        tags = {"bench.state": state} | ({"bench.fail_reason": reason[:5000]} if reason else {})
+        tags = {"bench.state": state} | ({"bench.end_reason": reason[:5000]} if reason else {})
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
         self.client.set_terminated(run_id, status=END_STATUS[state])

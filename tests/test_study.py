@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -241,5 +244,58 @@ def test_diverged_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, mo
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert "loss_d became nan at step" in trials[0].user_attrs["fail_reason"]
     runs = mlflow_runs(tmp_path, "diverging").set_index("tags.bench.trial")
-    assert runs.loc["0", "status"] == "FAILED" and "loss_d became nan" in runs.loc["0", "tags.bench.fail_reason"]
+    assert runs.loc["0", "status"] == "FAILED" and "loss_d became nan" in runs.loc["0", "tags.bench.end_reason"]
     assert (runs.loc[["1", "2"], "status"] == "FINISHED").all()
+
+
+# -- the MLflow UI, read by a real browser ----------------------------------------------------
+
+def mlflow_display(value: float) -> str:
+    """A metric as the MLflow UI prints it (Utils.formatMetric: fewer decimals for larger values)."""
+    decimals = 3 if abs(value) < 10 else 2 if abs(value) < 100 else 1
+    return str(round(value, decimals)).removesuffix(".0")
+
+
+def browse(url: str) -> str:
+    """The page's text after its scripts ran, from headless Chromium."""
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed (.ci/run installs it: apt-get install chromium)"
+    dom = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                          "--window-size=2400,1600", "--virtual-time-budget=30000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120).stdout
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+
+
+def test_mlflow_ui_shows_the_study_with_its_trials_and_their_fid(finished_study):
+    cwd, _ = finished_study
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen([BENCH, "ui", "--study", "tiny", "--port", str(port)], cwd=cwd, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, start_new_session=True, env=clean_env())
+    try:
+        address = re.search(r"http://\S+", ui.stdout.readline()).group(0)
+        assert address.startswith(f"http://127.0.0.1:{port}/#/experiments/") and address.endswith("/runs")
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the MLflow UI did not answer within 90 s"
+                time.sleep(1)
+        runs_page = browse(address)
+        assert "tiny" in runs_page and "tiny-dcgan-" in runs_page  # the experiment and its parent run
+
+        trials = mlflow_runs(cwd, "tiny").query("`tags.bench.kind` == 'trial'")
+        ids = ",".join(f'"{run_id}"' for run_id in trials["run_id"])
+        experiment = address.split("/experiments/")[1].split("/")[0]
+        compare = browse(f"http://127.0.0.1:{port}/#/compare-runs?runs=[{ids}]&experiments=[\"{experiment}\"]")
+        for _, trial in trials.iterrows():
+            assert trial["tags.mlflow.runName"] in compare
+        section = compare[compare.index("fid_domain"):]
+        for value in trials["metrics.fid_domain"]:
+            assert mlflow_display(value) in section[:400], (mlflow_display(value), section[:400])
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
