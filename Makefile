@@ -1,15 +1,15 @@
-# `make run`: set up, then run the main job on the embedded defaults.
-# `make test`: set up, then run the test suite.
+# `make run`: set up, then run the main job on the embedded defaults (the `quick` study).
+# `make test`: set up, then run the test suite (which also drives a headless Chromium).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup data
+.PHONY: run test setup data browser
 
 run: setup
-	$(BIN)/bench train --variant dcgan --dataset fashion-mnist --steps 1500 --eval-every 500
+	$(BIN)/bench run --variant dcgan --study quick
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest tests
 
 setup: $(VENV)/.installed data
@@ -21,4 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 data:
-	scripts/ensure-data.sh
+	scripts/ensure-debian-package.sh dataset-fashion-mnist /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+browser:
+	scripts/ensure-debian-package.sh chromium /usr/bin/chromium
