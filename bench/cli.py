@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -174,9 +175,11 @@ def ui(study, tracking_uri, port, host) -> None:
     page = f"#/experiments/{Tracking(uri, study).experiment_id}/runs" if study else "#/experiments"
     click.echo(f"MLflow UI: http://{host}:{port}/{page}   (Ctrl-C stops it)", err=False)
     sys.stdout.flush()
+    # The job runner serves MLflow's GenAI features; without it the UI starts in seconds, not tens.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
         subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
-                        "--port", str(port), "--workers", "1"], check=False)
+                        "--port", str(port), "--workers", "1"], check=False, env=env)
     except KeyboardInterrupt:
         pass
 

@@ -4,7 +4,9 @@ shares that run."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -31,9 +33,27 @@ def fashion_test() -> ImageDataset:
 
 
 @pytest.fixture(scope="session")
-def scorer(tmp_path_factory) -> Scorer:
+def feature_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def scorer(feature_cache) -> Scorer:
     """fid_domain and class metrics against Fashion-MNIST's 10,000 test images."""
-    return Scorer("fashion-mnist", "domain", cache_dir=tmp_path_factory.mktemp("cache"))
+    return Scorer("fashion-mnist", "domain", cache_dir=feature_cache)
+
+
+@pytest.fixture(scope="session")
+def project_folder(scorer, feature_cache, tmp_path_factory):
+    """project_folder(name) -> a fresh folder to run `bench` in, its results/cache already holding
+    the real test-split features (computing them is a tested path of its own, not repeated here)."""
+
+    def make(name: str) -> Path:
+        folder = tmp_path_factory.mktemp(name)
+        shutil.copytree(feature_cache, folder / "results" / "cache")
+        return folder
+
+    return make
 
 
 @dataclass

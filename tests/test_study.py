@@ -17,8 +17,10 @@ import mlflow
 import optuna
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from optuna.trial import TrialState
 
+from bench.cli import main
 from bench.errors import ConfigError
 from bench.registry import get_variant, register, variants
 from bench.runner import open_storage, run_study
@@ -100,19 +102,19 @@ def test_malformed_study_file_and_unknown_study_are_user_errors(tmp_path):
     (tmp_path / "broken.toml").write_text("sampler = tpe\n")  # unquoted string
     result = bench("run", "--variant", "dcgan", "--study", str(tmp_path / "broken.toml"), cwd=tmp_path)
     assert result.returncode == 2 and "not valid TOML" in result.stderr and "Traceback" not in result.stderr
-    result = bench("run", "--variant", "wgan", "--study", "beta1_sweep", cwd=tmp_path)
-    assert result.returncode == 2 and "beta1_sweep.toml: [space] beta1" in result.stderr
-    assert "Traceback" not in result.stderr
-    result = bench("run", "--variant", "dcgan", "--study", "no_such_study", cwd=tmp_path)
-    assert result.returncode == 2 and "available: " in result.stderr
+    for args, message in [(["--variant", "wgan", "--study", "beta1_sweep"], "beta1_sweep.toml: [space] beta1"),
+                          (["--variant", "dcgan", "--study", "no_such_study"], "available: "),
+                          (["--variant", "dcgan", "--study", "quick", "--workers", "0"], "at least 1")]:
+        result = CliRunner().invoke(main, ["run", *args])
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit) and message in result.stderr
 
 
 # -- a real study with two workers -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def finished_study(tmp_path_factory):
+def finished_study(project_folder):
     """`bench run` with 2 worker processes on a 3-trial study, then `bench leaderboard -o`."""
-    cwd = tmp_path_factory.mktemp("study")
+    cwd = project_folder("study")
     study = write_study(cwd, "tiny")
     result = bench("run", "--variant", "dcgan", "--study", str(study), "--workers", "2", "--seed", "7", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -174,7 +176,8 @@ def test_leaderboard_csv_has_one_row_per_metric_with_best_run_and_counts(finishe
 
 # -- resume after kill -9 ------------------------------------------------------------------------
 
-def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(tmp_path):
+def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(project_folder):
+    tmp_path = project_folder("killed")
     study = write_study(tmp_path, "killed", steps=150, eval_every=75)
     args = ["run", "--variant", "dcgan", "--study", str(study), "--trials", "2"]
     process = subprocess.Popen([BENCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -235,7 +238,8 @@ class FirstRunDiverges(DCGAN):
         return losses
 
 
-def test_diverged_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, monkeypatch):
+def test_diverged_trial_fails_with_its_reason_and_the_study_goes_on(project_folder, monkeypatch):
+    tmp_path = project_folder("diverging")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # exported by earlier tests' set_tracking_uri
     study = run_study("test_first_run_diverges", write_study(tmp_path, "diverging", steps=40, eval_every=20),
