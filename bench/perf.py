@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-from pathlib import Path
-
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -36,6 +36,35 @@ def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: 
             "images_per_second": round(images_per_second, 1),
             "g_steps_per_second": round(images_per_second / (batch_size * trainer.variant.real_batches_per_step), 2),
             "repeats": [round(rate, 1) for rate in rates]}
+
+
+def tracking_overhead(variant: str = "dcgan", *, dataset: str = "fashion-mnist", steps: int = 200,
+                      repeats: int = 3, device: str = "auto") -> dict:
+    """Median images/s of the engine with full MLflow logging (losses by step, one sample grid
+    per repeat) and without it: same variant, settings and seed, repeats interleaved."""
+    from bench.tracking import Tracking
+
+    with tempfile.TemporaryDirectory() as folder:
+        tracking = Tracking(f"sqlite:///{folder}/mlflow.db", "perf", artifacts=Path(folder) / "artifacts")
+        config = dict(dataset=dataset, steps=5, device=device, sample_every=steps, checkpoint_every=10**9)
+        run = tracking.start_trial(tracking.start_parent({"bench.study": "perf", "bench.variant": variant}, {}), 0,
+                                   TrainConfig(variant, **config), {})
+        trainers = {"tracked": Trainer(TrainConfig(variant, **config), Path(folder) / "tracked", progress=False,
+                                       observers=[run]),
+                    "untracked": Trainer(TrainConfig(variant, **config), Path(folder) / "untracked", progress=False)}
+        rates = {name: [] for name in trainers}
+        for trainer in trainers.values():
+            trainer.run()  # warm-up
+        for _ in range(repeats):
+            for name, trainer in trainers.items():
+                trainer.config.steps = trainer.step + steps
+                rates[name].append(trainer.run().images_per_second)
+        tracking.end(run.run_id, "complete")
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    return {"variant": variant, "steps": steps, **{f"{name}_images_per_second": round(value, 1)
+                                                   for name, value in medians.items()},
+            "ratio": round(medians["tracked"] / medians["untracked"], 3),
+            "repeats": {name: [round(rate, 1) for rate in values] for name, values in rates.items()}}
 
 
 def scoring_time(*, dataset: str = "fashion-mnist", samples: int = 10000, repeats: int = 3,
@@ -76,13 +105,15 @@ def inception_throughput(*, batch_sizes: tuple[int, ...] = (8, 32, 64), images: 
 
 
 def run_perf(variants: list[str], out: Path | None, *, inception: bool = False, scoring_samples: int = 10000,
-             **options) -> dict:
+             tracking_steps: int = 200, **options) -> dict:
     """Every measurement, written to ``out`` as JSON."""
     report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                        "machine": platform.machine(), "processor": platform.processor()},
               "training": [training_throughput(name, **options) for name in variants],
               "scoring": scoring_time(dataset=options.get("dataset", "fashion-mnist"), samples=scoring_samples,
-                                      device=options.get("device", "auto"))}
+                                      device=options.get("device", "auto")),
+              "tracking": tracking_overhead(dataset=options.get("dataset", "fashion-mnist"), steps=tracking_steps,
+                                            repeats=options.get("repeats", 3), device=options.get("device", "auto"))}
     if inception:
         report["inception"] = inception_throughput(device=options.get("device", "auto"))
     if out is not None:

@@ -82,7 +82,7 @@ def pid_alive(pid: int) -> bool:
 class Tracking:
     """The MLflow side of a study: its experiment, and the runs in it."""
 
-    def __init__(self, tracking_uri: str | None, study: str):
+    def __init__(self, tracking_uri: str | None, study: str, artifacts: Path = RESULTS / "mlartifacts"):
         import mlflow
 
         self.uri = tracking_uri or default_tracking_uri()
@@ -90,20 +90,19 @@ class Tracking:
         # that is a fresh ./mlflow.db in whatever folder the worker happens to run in.
         mlflow.set_tracking_uri(self.uri)
         self.client = mlflow.MlflowClient(self.uri)
-        self.experiment_id = self._experiment(study)
+        self.experiment_id = self._experiment(study, artifacts)
 
-    def _experiment(self, name: str) -> str:
+    def _experiment(self, name: str, artifacts: Path) -> str:
         from mlflow.exceptions import MlflowException
 
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
-            artifacts = None
-            if urlsplit(self.uri).scheme in ("sqlite", "file", ""):
-                artifacts = (RESULTS / "mlartifacts").resolve().as_uri()
+            # A local store keeps its artifacts beside it; a server decides for itself.
+            location = artifacts.resolve().as_uri() if urlsplit(self.uri).scheme in ("sqlite", "file", "") else None
             try:
                 # The UI opens a 'custom model development' experiment on its runs table, not on
                 # the GenAI trace overview.
-                return self.client.create_experiment(name, artifact_location=artifacts, tags={
+                return self.client.create_experiment(name, artifact_location=location, tags={
                     "mlflow.experimentKind": "custom_model_development", "bench.study": name})
             except MlflowException:  # another worker created it between our lookup and now
                 experiment = self.client.get_experiment_by_name(name)

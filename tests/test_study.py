@@ -25,6 +25,7 @@ from bench.errors import ConfigError
 from bench.registry import get_variant, register, variants
 from bench.runner import open_storage, run_study
 from bench.study import available_studies, load_study
+from bench.tracking import redact
 from variants.dcgan import DCGAN
 
 BENCH = str(Path(sys.executable).with_name("bench"))
@@ -303,3 +304,9 @@ def test_mlflow_ui_shows_the_study_with_its_trials_and_their_fid(finished_study)
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
+
+
+def test_passwords_in_storage_urls_are_redacted():
+    assert redact("postgresql://bench:s3cret@db.example:5432/studies") == "postgresql://bench:***@db.example:5432/studies"
+    assert redact("postgresql://bench@db.example/studies") == "postgresql://bench@db.example/studies"
+    assert redact("results/optuna/journal.log") == "results/optuna/journal.log"
