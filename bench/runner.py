@@ -10,11 +10,14 @@ of complete or pruned trials exists.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import multiprocessing
 import os
 import re
 import shutil
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from bench.study import StudySpec, load_study
 from bench.tracking import HOST, RESULTS, Tracking, pid_alive, redact
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
 def default_storage() -> str:
@@ -80,6 +84,8 @@ class Job:
     worker: int
     threads: int
     progress: bool
+    worker_process: bool
+    """True in a process of its own (--workers > 1), False when `bench run` itself does the work."""
 
 
 def run_study(variant: str, study: str | Path, *, trials: int | None = None, workers: int = 1,
@@ -115,9 +121,8 @@ def run_study(variant: str, study: str | Path, *, trials: int | None = None, wor
          "workers": workers, "sampler": spec.sampler, "pruner": spec.pruner, "storage": redact(storage),
          "seed": seed, "steps": spec.steps, "eval_every": spec.eval_every, "eval_samples": spec.eval_samples})
     threads = max(1, torch.get_num_threads() // workers)
-    jobs = [Job(variant, str(spec.path), trials, storage, tracking.uri, parent, device, seed, worker,
-                threads if workers > 1 else torch.get_num_threads(), progress and workers == 1)
-            for worker in range(workers)]
+    jobs = [Job(variant, str(spec.path), trials, storage, tracking.uri, parent, device, seed, worker, threads,
+                progress=progress and workers == 1, worker_process=workers > 1) for worker in range(workers)]
     try:
         if workers == 1:
             work(jobs[0])
@@ -166,8 +171,17 @@ def _fail_orphaned_trials(study: optuna.Study, backend: optuna.storages.BaseStor
     tracking.close_orphans()
 
 
+def die_with_parent() -> None:
+    """Linux: a worker process ends when the `bench run` that started it is killed, even by -9,
+    instead of training on unseen (its trial is then failed by the next `bench run`)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def work(job: Job) -> None:
     """One worker: asks for trials until the study holds ``job.trials`` complete or pruned ones."""
+    if job.worker_process:
+        die_with_parent()
     torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_study(job.study_path)
