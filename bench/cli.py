@@ -184,6 +184,42 @@ def ui(study, tracking_uri, port, host) -> None:
         pass
 
 
+@main.command()
+@click.argument("run")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI, for a run id [default: sqlite:///results/mlflow.db].")
+@reports_user_errors
+def doctor(run, tracking_uri) -> None:
+    """What the training doctor found in RUN: a run folder (bench train --out) or an MLflow run id."""
+    import json
+
+    from bench.engine import HEALTH
+
+    folder = Path(run)
+    if folder.is_dir():
+        if not (folder / HEALTH).exists():
+            raise UserError(f"{folder} holds no {HEALTH}: pass a folder written by `bench train` or a study trial")
+        findings = [(row["step"], row["check"], row["message"] + (" (the run was stopped)" if row["fatal"] else ""))
+                    for row in json.loads((folder / HEALTH).read_text())]
+    else:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        from bench.tracking import default_tracking_uri
+
+        try:
+            tags = mlflow.MlflowClient(tracking_uri or default_tracking_uri()).get_run(run).data.tags
+        except MlflowException:
+            raise UserError(f"'{run}' is neither a run folder nor an MLflow run id in "
+                            f"{tracking_uri or default_tracking_uri()}; check the path, or pass --tracking-uri") from None
+        findings = sorted((int(value.split(":")[0].removeprefix("step ")), key.removeprefix("health."),
+                           value.split(": ", 1)[1]) for key, value in tags.items() if key.startswith("health."))
+    if not findings:
+        click.echo(f"{run}: no findings")
+    for step, check, message in findings:
+        click.echo(f"step {step:>6}  {check:<22} {message}")
+
+
 @main.command("eval")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A run folder from `bench train`, or its checkpoint.pt.")

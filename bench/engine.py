@@ -21,11 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.data import BatchSampler, load_dataset
+from bench.doctor import Doctor, Finding
 from bench.errors import ConfigError, TrainingDiverged
+from bench.observer import Observer
 from bench.registry import HParamValue, Variant, get_variant
 from bench.scoring import EXTRACTORS, Scorer
 
 CHECKPOINT = "checkpoint.pt"
+HEALTH = "health.json"
+"""The doctor's findings in a run folder, read by `bench doctor`."""
 GRID_SIZE = 64
 RUN_IDENTITY = ("variant", "dataset", "batch_size", "seed", "hparams")
 """What a resumed run must share with the saved one; steps, device and intervals may change."""
@@ -54,6 +58,8 @@ class TrainConfig:
     """Feature extractor for FID/KID: domain or inception."""
     amp: bool = True
     """bfloat16 autocast on a CUDA device that supports it; ignored on the CPU."""
+    doctor: bool = True
+    """Run the training doctor's checks (bench/doctor.py)."""
     data_root: str | None = None
     download: bool = False
 
@@ -67,23 +73,6 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
 
 
-class Observer:
-    """Watches a run from outside the loop (tracking, pruning, health checks).
-
-    The engine calls these only where it already holds values on the host, so an observer
-    adds no device sync. Raising from one stops the run (an Optuna pruner raises TrialPruned).
-    """
-
-    def on_losses(self, rows: list[dict[str, float]]) -> None:
-        """Each ``log_every`` steps: one row per step, 'step' and every loss."""
-
-    def on_scores(self, scores: dict[str, float]) -> None:
-        """After each evaluation: 'step' and every metric."""
-
-    def on_grid(self, path: Path, step: int) -> None:
-        """After a fixed-noise sample grid was saved."""
-
-
 @dataclass
 class TrainResult:
     variant: Variant
@@ -95,6 +84,8 @@ class TrainResult:
     """Real images through D per wall-clock second of this call's loop: start-up excluded,
     periodic evaluations, sample grids and checkpoints included."""
     out: Path | None
+    findings: list[Finding] = field(default_factory=list)
+    """What the training doctor found, in the order first seen."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,7 +116,7 @@ class Trainer:
                  progress: bool = True, observers: Sequence[Observer] = ()):
         config.validate()
         self.config = config
-        self.observers = list(observers)
+        self.extra_observers = list(observers)
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self.device = resolve_device(config.device)
@@ -146,6 +137,8 @@ class Trainer:
         self._names: list[str] = []
         self.evaluations: list[dict[str, float]] = []
         self._scorer: Scorer | None = None
+        self.doctor = Doctor(self.variant, config.dataset, self._report) if config.doctor else None
+        self.observers = ([self.doctor] if self.doctor else []) + self.extra_observers
         if self.out is not None:
             self._prepare_out(resume)
 
@@ -177,11 +170,15 @@ class Trainer:
         variant.train()
         while self.step < config.steps:
             real, labels = self.batches.next(batch)
+            if self.doctor:
+                self.doctor.before_step(self.step + 1, real)
             with self._autocast():
                 losses = variant.train_step(real, labels)
             self._names = list(losses)
             self._pending.append(torch.stack([value.detach().float() for value in losses.values()]))
             self.step += 1
+            if self.doctor:
+                self.doctor.after_step(self.step)
             if self.step % config.log_every == 0:
                 self._flush()
             if config.eval_every and (self.step % config.eval_every == 0 or self.step == config.steps):
@@ -195,7 +192,21 @@ class Trainer:
         elapsed = time.perf_counter() - started
         images = (self.step - start_step) * batch
         return TrainResult(variant, self.history(), pd.DataFrame(self.evaluations),
-                           images / elapsed if elapsed > 0 else math.nan, self.out)
+                           images / elapsed if elapsed > 0 else math.nan, self.out, self.findings())
+
+    def findings(self) -> list[Finding]:
+        return list(self.doctor.findings.values()) if self.doctor else []
+
+    def _report(self, finding: Finding) -> None:
+        tqdm.write(f"doctor, step {finding.step}: {finding.message}")
+        for observer in self.extra_observers:
+            observer.on_finding(finding)
+        if self.out is not None:
+            self._write_health()
+
+    def _write_health(self) -> None:
+        findings = [finding.as_dict() for finding in self.findings()]
+        (self.out / HEALTH).write_text(json.dumps(findings, indent=2) + "\n")
 
     def evaluate(self) -> dict[str, float]:
         """Scores the generator now (fixed sampling seed, so the training RNG is untouched)."""
@@ -258,11 +269,13 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "rows": self.rows,
             "evaluations": self.evaluations,
+            "findings": [finding.as_dict() for finding in self.findings()],
         }
         tmp = self.out / (CHECKPOINT + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.out / CHECKPOINT)  # never leave a half-written checkpoint behind
         self.history().to_csv(self.out / "losses.csv", index=False)
+        self._write_health()
         if self.evaluations:
             pd.DataFrame(self.evaluations).to_csv(self.out / "scores.csv", index=False)
 
@@ -282,6 +295,8 @@ class Trainer:
         self.step = state["step"]
         self.rows = state["rows"]
         self.evaluations = state["evaluations"]
+        if self.doctor:
+            self.doctor.findings = {row["check"]: Finding(**row) for row in state.get("findings", [])}
 
 
 def load_trained(path: Path | str, device: str = "auto") -> tuple[Variant, TrainConfig, int]:

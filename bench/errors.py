@@ -17,5 +17,13 @@ class DuplicateVariantError(BenchError):
     """Two variants claim the same name."""
 
 
-class TrainingDiverged(BenchError, FloatingPointError):
+class RunStopped(BenchError):
+    """Training was stopped because the run went bad; a study fails the trial and goes on."""
+
+
+class TrainingDiverged(RunStopped, FloatingPointError):
     """A loss became NaN or infinite."""
+
+
+class UnhealthyRun(RunStopped):
+    """The training doctor found a failure that makes going on pointless."""

@@ -94,6 +94,8 @@ class Variant(nn.Module, abc.ABC):
     hparams: ClassVar[dict[str, HParam]] = {}
     conditional: ClassVar[bool] = False
     """True when G and D see class labels."""
+    critic: ClassVar[bool] = False
+    """True when D is a Wasserstein critic (an unbounded score, not a real/fake classifier)."""
     z_dim: ClassVar[int] = 100
 
     G: nn.Module

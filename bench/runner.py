@@ -25,8 +25,9 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from bench.engine import Observer, TrainConfig, train
-from bench.errors import ConfigError, TrainingDiverged
+from bench.engine import TrainConfig, train
+from bench.errors import ConfigError, RunStopped
+from bench.observer import Observer
 from bench.registry import get_variant
 from bench.study import StudySpec, load_study
 from bench.tracking import HOST, RESULTS, Tracking, pid_alive, redact
@@ -240,7 +241,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Jo
         study.tell(trial, state=TrialState.PRUNED)
         print(f"trial {trial.number} pruned ({exc}) {hparams}", flush=True)
         return TrialState.PRUNED
-    except TrainingDiverged as exc:
+    except RunStopped as exc:  # a NaN loss, or a failure the doctor stopped the run for
         trial.set_user_attr("fail_reason", str(exc))
         tracking.end(run.run_id, "failed", str(exc))
         study.tell(trial, state=TrialState.FAIL)

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from bench.engine import Observer, TrainConfig, TrainResult, resolve_device
+from bench.engine import TrainConfig, TrainResult, resolve_device
+from bench.observer import Observer
 
 RESULTS = Path("results")
 HOST = socket.gethostname()
@@ -181,6 +182,12 @@ class TrialRun(Observer):
 
         with Image.open(path) as image:
             self.client.log_image(self.run_id, image.convert("RGB"), key="samples", step=step)
+
+    def on_finding(self, finding) -> None:
+        """The doctor's finding as a `health.<check>` tag (what and when) and metric (the step)."""
+        stopped = " (the run was stopped)" if finding.fatal else ""
+        self.client.set_tag(self.run_id, f"health.{finding.check}", f"step {finding.step}: {finding.message}{stopped}")
+        self.client.log_metric(self.run_id, f"health.{finding.check}", 1.0, step=finding.step)
 
     def log_outcome(self, result: TrainResult) -> None:
         """The loss and score curves as figures, and the final checkpoint."""

@@ -29,6 +29,7 @@ class WGAN(Variant):
         "clip_c": HParam(0.01, 1e-3, 1.0, log=True, help="critic weights are clipped to [-c, c]"),
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
     }
+    critic = True
 
     def build(self) -> None:
         self.G = ConvGenerator(self.z_dim, self.image_shape)

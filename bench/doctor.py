@@ -1,0 +1,169 @@
+"""The training doctor: the classic silent GAN failures, caught while the run is going.
+
+Every check works from outside the variant (its G and D, the real batches, the losses it
+returns), so a third-party variant gets them all without doing anything. The checks read the
+device rarely: once at the start, then one small read every ``every`` steps; the loss-based
+ones use the rows the engine already brought to the host.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from bench.observer import Observer
+from bench.errors import ConfigError, UnhealthyRun
+from bench.registry import Variant
+
+SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    """no_generator_gradient, data_range, nonfinite_weights, discriminator_wins, mode_collapse,
+    few_classes, clipping, gradient_penalty_norm"""
+    step: int
+    """The step it was first seen at."""
+    message: str
+    fatal: bool
+    """True when the run was stopped for it."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Doctor(Observer):
+    """Watches one training run; each kind of finding is reported once, at the step first seen."""
+
+    every = 50
+    """Steps between the weight checks (the first generator step is always checked)."""
+    window = 100
+    """Steps of losses that the loss-based checks compare."""
+    warmup = 200
+    """Steps before the sample checks: an untrained generator's samples all look alike."""
+    collapse_every = 200
+
+    def __init__(self, variant: Variant, dataset: str, report: Callable[[Finding], None]):
+        self.variant = variant
+        self.report = report
+        self.findings: dict[str, Finding] = {}
+        self.rows: deque[dict[str, float]] = deque(maxlen=2 * self.window)
+        self.real_spread: float | None = None
+        self.fixed_latent = variant.latent(SAMPLES, torch.Generator().manual_seed(0))
+        self.fixed_labels = torch.arange(SAMPLES, device=variant.device) % variant.num_classes
+        try:
+            from bench.scoring import load_domain_classifier
+
+            self.classifier = load_domain_classifier(dataset, variant.device)
+        except ConfigError:  # no shipped classifier for this dataset: the class check is skipped
+            self.classifier = None
+        self._before: list[torch.Tensor] | None = None
+
+    def found(self, check: str, step: int, message: str, *, fatal: bool = False) -> None:
+        if check in self.findings:
+            return
+        finding = Finding(check, step, message, fatal)
+        self.findings[check] = finding
+        self.report(finding)
+        if fatal:
+            raise UnhealthyRun(f"stopped at step {step}: {message}")
+
+    # -- called by the engine around each step ---------------------------------------------------
+
+    def before_step(self, step: int, real: torch.Tensor) -> None:
+        if self.real_spread is None:
+            self._check_data(step, real)
+        if step == 1 or step % self.every == 0:
+            self._before = [param.detach().clone() for param in self.variant.G.parameters()]
+
+    def after_step(self, step: int) -> None:
+        if self._before is not None:
+            self._check_weights(step)
+            self._before = None
+        if step >= self.warmup and step % self.collapse_every == 0:
+            self._check_samples(step)
+
+    # -- the checks -----------------------------------------------------------------------------------
+
+    def _check_data(self, step: int, real: torch.Tensor) -> None:
+        low, high = real.float().aminmax()
+        low, high = float(low), float(high)
+        flat = real[:SAMPLES].float().flatten(1)
+        self.real_spread = float(torch.pdist(flat).mean())
+        output = _last_layer(self.variant.G)
+        if low >= -0.05 or high > 1.05 or low < -1.05:
+            scale = "x * 2 - 1 for [0, 1] data, x / 127.5 - 1 for [0, 255]" if high <= 255.5 else "rescale it"
+            self.found("data_range", step, f"real images lie in [{low:.3g}, {high:.3g}] but the generator "
+                       f"(ending in {output}) produces [-1, 1]: D can tell them apart by range alone; "
+                       f"scale the data to [-1, 1] ({scale})", fatal=True)
+
+    @torch.no_grad()
+    def _check_weights(self, step: int) -> None:
+        after = list(self.variant.G.parameters())
+        changed = torch.stack([(old != new).any() for old, new in zip(self._before, after)]).any()
+        finite = torch.stack([torch.isfinite(p).all() for p in self.variant.parameters()]).all()
+        values = [changed, finite]
+        clip = getattr(self.variant.hp, "clip_c", None)
+        if clip is not None:
+            values.append(torch.stack([p.abs().max() for p in self.variant.D.parameters()]).max())
+        values = torch.stack([value.float() for value in values]).tolist()  # the one device read
+        if not values[1]:
+            self.found("nonfinite_weights", step, "a weight of G or D became NaN or infinite (a non-finite "
+                       "gradient); lower the learning rate, or check the loss for log(0) or division by zero",
+                       fatal=True)
+        if not values[0]:
+            self.found("no_generator_gradient", step, "the generator receives no gradient: its weights did not "
+                       "change in a generator step; is the fake batch detached in the generator step (or G's "
+                       "optimiser built over the wrong parameters)?", fatal=True)
+        if clip is not None and values[2] > clip * (1 + 1e-4):
+            self.found("clipping", step, f"critic weights reach {values[2]:.3g}, beyond the clipping bound "
+                       f"c={clip:g}: clip every critic weight to [-c, c] after every critic update")
+
+    @torch.no_grad()
+    def _check_samples(self, step: int) -> None:
+        with self.variant.evaluating():
+            samples = self.variant.generate(self.fixed_latent, self.fixed_labels).float()
+        spread = float(torch.pdist(samples.flatten(1)).mean())
+        if spread < 0.1 * self.real_spread:
+            self.found("mode_collapse", step, f"samples from {SAMPLES} different latent vectors are nearly "
+                       f"identical (mean pairwise distance {spread:.3g}, real images {self.real_spread:.3g}): "
+                       "mode collapse; does G use its latent input? Try a lower lr, or a WGAN-GP/minibatch "
+                       "feature against collapse")
+        if self.classifier is not None:
+            predicted = self.classifier(samples.clamp(-1, 1)).argmax(1)
+            classes = int((torch.bincount(predicted, minlength=self.variant.num_classes) >= 2).sum())
+            if classes <= max(1, self.variant.num_classes // 4):
+                self.found("few_classes", step, f"the classifier sees only {classes} of "
+                           f"{self.variant.num_classes} classes among {SAMPLES} samples: mode collapse")
+
+    def on_losses(self, rows: list[dict[str, float]]) -> None:
+        self.rows.extend(rows)
+        step = int(rows[-1]["step"])
+        if len(self.rows) < self.rows.maxlen:
+            return
+        recent, earlier = list(self.rows)[self.window:], list(self.rows)[:self.window]
+        if not self.variant.critic and "loss_d" in recent[0] and "loss_g" in recent[0]:
+            loss_d = statistics.mean(row["loss_d"] for row in recent)
+            rising = statistics.mean(row["loss_g"] for row in recent) > statistics.mean(r["loss_g"] for r in earlier)
+            if loss_d < 0.05 and rising:
+                self.found("discriminator_wins", step, f"D's loss averaged {loss_d:.3g} over the last "
+                           f"{self.window} steps while G's loss rose: the discriminator wins outright and G "
+                           "gets no useful gradient; lower D's learning rate, use the non-saturating G loss, "
+                           "label smoothing or a smaller D")
+        if "grad_norm" in recent[0] and step >= self.warmup:
+            norm = statistics.mean(row["grad_norm"] for row in recent)
+            if not 0.5 <= norm <= 2.0:
+                self.found("gradient_penalty_norm", step, f"the critic's gradient norm on interpolates averaged "
+                           f"{norm:.3g} over the last {self.window} steps, far from the 1 the penalty enforces; "
+                           "raise gp_lambda or lower the learning rate")
+
+
+def _last_layer(module: nn.Module) -> str:
+    leaves = [child for child in module.modules() if not list(child.children())]
+    return type(leaves[-1]).__name__ if leaves else type(module).__name__

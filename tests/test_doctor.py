@@ -1,0 +1,170 @@
+"""The training doctor: each check fires on a planted failure, on real Fashion-MNIST, within a
+stated number of steps; the seven variants at their defaults raise no finding at all."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from bench.cli import main
+from bench.data import BatchSampler
+from bench.engine import TrainConfig, Trainer
+from bench.errors import UnhealthyRun
+from bench.registry import register
+from bench.runner import run_study
+from tests.conftest import LEARNING_STEPS
+from variants.dcgan import DCGAN
+from variants.wgan import WGAN
+from variants.wgan_gp import WGANGP
+
+
+@register
+class DetachedFake(DCGAN):
+    """The classic bug: the generator step sees a detached fake batch."""
+
+    name = "test_detached_fake"
+
+    def g_losses(self, real, fake, latent, labels):
+        return super().g_losses(real, fake.detach(), latent, labels)
+
+
+@register
+class NaNGradient(DCGAN):
+    """Finite losses, but a NaN gradient flows into G."""
+
+    name = "test_nan_gradient"
+
+    def g_losses(self, real, fake, latent, labels):
+        if fake.requires_grad:
+            fake.register_hook(lambda grad: grad * float("nan"))
+        return super().g_losses(real, fake, latent, labels)
+
+
+@register
+class OverpoweredD(DCGAN):
+    """D at 5x its learning rate, G at 1e-6: D wins outright."""
+
+    name = "test_overpowered_d"
+
+    def build(self):
+        super().build()
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=1e-6, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=1e-3, betas=(0.5, 0.999))
+
+
+@register
+class IgnoresLatent(DCGAN):
+    """G never sees its latent input: every sample is the same image."""
+
+    name = "test_ignores_latent"
+
+    def generate(self, latent, labels):
+        return self.G(torch.zeros_like(latent))
+
+
+@register
+class ForgetsToClip(WGAN):
+    name = "test_forgets_to_clip"
+
+    def after_critic_update(self):
+        pass
+
+
+@register
+class PenaltyLeftOut(WGANGP):
+    """The penalty is computed but left out of the critic's loss, and the critic starts steep."""
+
+    name = "test_penalty_left_out"
+
+    def build(self):
+        super().build()
+        with torch.no_grad():
+            for param in self.D.parameters():
+                param.mul_(3)
+
+    def critic_losses(self, real, fake):
+        losses = super().critic_losses(real, fake)
+        return {**losses, "loss_d": -losses["wasserstein"]}
+
+
+class UnitRangeBatches(BatchSampler):
+    """Real batches left in [0, 1], as a torchvision ToTensor() without Normalize gives them."""
+
+    def next(self, batch_size):
+        real, labels = super().next(batch_size)
+        return (real + 1) / 2, labels
+
+
+def train(variant: str, steps: int, **hparams) -> Trainer:
+    trainer = Trainer(TrainConfig(variant, steps=steps, hparams=hparams), progress=False)
+    trainer.run()
+    return trainer
+
+
+@pytest.mark.parametrize("variant, check", [
+    ("test_detached_fake", "no_generator_gradient"),
+    ("test_nan_gradient", "nonfinite_weights"),
+])
+def test_fatal_findings_stop_the_run_at_the_first_step(variant, check):
+    trainer = Trainer(TrainConfig(variant, steps=100), progress=False)
+    with pytest.raises(UnhealthyRun, match="stopped at step 1: "):
+        trainer.run()
+    assert [(f.check, f.step, f.fatal) for f in trainer.findings()] == [(check, 1, True)]
+    assert trainer.step == 1
+
+
+def test_data_in_unit_range_is_stopped_before_the_first_update():
+    trainer = Trainer(TrainConfig("dcgan", steps=100), progress=False)
+    trainer.batches = UnitRangeBatches(trainer.data, trainer.device, 0)
+    before = [param.clone() for param in trainer.variant.parameters()]
+    with pytest.raises(UnhealthyRun, match=r"real images lie in \[0, 1\].*scale the data to \[-1, 1\]"):
+        trainer.run()
+    assert trainer.findings()[0].check == "data_range"
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.variant.parameters()))
+
+
+@pytest.mark.parametrize("variant, steps, hparams, check, within", [
+    ("test_overpowered_d", 250, {}, "discriminator_wins", 200),
+    ("test_ignores_latent", 200, {}, "mode_collapse", 200),
+    ("test_forgets_to_clip", 5, {"n_critic": 1}, "clipping", 1),
+    ("test_penalty_left_out", 200, {"n_critic": 1}, "gradient_penalty_norm", 200),
+])
+def test_warnings_fire_within_the_stated_steps_and_the_run_goes_on(capsys, variant, steps, hparams, check, within):
+    trainer = train(variant, steps, **hparams)
+    found = {f.check: f for f in trainer.findings()}
+    assert check in found and found[check].step <= within and not found[check].fatal, found
+    assert trainer.step == steps
+    assert capsys.readouterr().out.count(found[check].message) == 1  # said once, not every step
+
+
+@pytest.mark.parametrize("name", sorted(LEARNING_STEPS))
+def test_no_false_alarms_for_the_seven_variants_at_their_defaults(trained, name):
+    assert trained(name).trainer.findings() == []
+
+
+def test_findings_reach_health_json_bench_doctor_and_mlflow_and_fail_the_trial(project_folder, monkeypatch):
+    folder = project_folder("doctor")
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--variant", "test_overpowered_d", "--steps", "250", "--out", "run"])
+    assert result.exit_code == 0, result.output
+    report = runner.invoke(main, ["doctor", "run"])
+    assert report.exit_code == 0 and "discriminator_wins" in report.output and "step    200" in report.output
+
+    (folder / "detached.toml").write_text('trials = 1\npruner = "none"\n[budget]\nsteps = 20\neval_every = 20\n'
+                                          'eval_samples = 200\n[space]\nlr = { low = 1e-4, high = 1e-3 }\n')
+    study = run_study("test_detached_fake", folder / "detached.toml", trials=1, progress=False)
+    # the doctor fails every trial of this variant: the worker stops after as many failures as trials
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
+    assert "receives no gradient" in study.trials[0].user_attrs["fail_reason"]
+    run_id = study.trials[0].user_attrs["mlflow_run_id"]
+    run = mlflow.MlflowClient(f"sqlite:///{folder / 'results' / 'mlflow.db'}").get_run(run_id)
+    assert run.info.status == "FAILED" and "receives no gradient" in run.data.tags["bench.end_reason"]
+    assert run.data.tags["health.no_generator_gradient"].startswith("step 1: ")
+    report = runner.invoke(main, ["doctor", run_id])
+    assert report.exit_code == 0 and "no_generator_gradient" in report.output and "run was stopped" in report.output
+    assert runner.invoke(main, ["doctor", "no-such-run"]).exit_code == 2
