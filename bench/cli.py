@@ -251,12 +251,12 @@ def evaluate(checkpoint, features, samples, device) -> None:
 @click.option("--repeats", default=3, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--scoring-samples", default=10000, show_default=True, help="Generated samples in the scoring timing.")
-@click.option("--tracking-steps", default=200, show_default=True,
-              help="Generator steps per repeat in the tracking-overhead timing.")
+@click.option("--overhead-steps", default=200, show_default=True,
+              help="Generator steps per repeat in the tracking and doctor overhead timings.")
 @click.option("--inception", is_flag=True, help="Also measure the Inception extractor (slow on a CPU).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results/perf.json"), show_default=True)
 @reports_user_errors
-def perf(names, dataset, steps, repeats, device, scoring_samples, tracking_steps, inception, output) -> None:
+def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps, inception, output) -> None:
     """Measures training throughput (median images/s at batch 64) and scoring speed; writes JSON."""
     from bench.perf import run_perf
     from bench.registry import get_variant, variants
@@ -265,16 +265,16 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, tracking_steps
     for name in chosen:
         get_variant(name)
     report = run_perf(chosen, output, inception=inception, scoring_samples=scoring_samples,
-                      tracking_steps=tracking_steps, dataset=dataset, steps=steps, repeats=repeats, device=device)
+                      overhead_steps=overhead_steps, dataset=dataset, steps=steps, repeats=repeats, device=device)
     click.echo(f"{'variant':<10} {'images/s':>9} {'G steps/s':>10}  device")
     for row in report["training"]:
         click.echo(f"{row['variant']:<10} {row['images_per_second']:>9.0f} {row['g_steps_per_second']:>10.2f}  {row['device']}")
     scoring = report["scoring"]
     click.echo(f"scoring {scoring['samples']} samples (fid_domain, cached real statistics): {scoring['seconds']} s")
-    tracking = report["tracking"]
-    click.echo(f"tracking overhead ({tracking['variant']}, {tracking['steps']} steps per repeat): "
-               f"{tracking['tracked_images_per_second']:.0f} images/s with MLflow logging, "
-               f"{tracking['untracked_images_per_second']:.0f} without (ratio {tracking['ratio']})")
+    for name, row in report["overhead"].items():
+        click.echo(f"{name} overhead ({row['variant']}, {row['steps']} steps per repeat): {row['on_images_per_second']:.0f} "
+                   f"images/s with {'MLflow logging and the doctor' if name == 'both' else name}, "
+                   f"{row['off_images_per_second']:.0f} without (ratio {row['ratio']})")
     if inception:
         click.echo(f"inception features: {report['inception']['images_per_second_by_batch']} images/s by batch size")
     click.echo(f"wrote {output}")

@@ -38,20 +38,24 @@ def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: 
             "repeats": [round(rate, 1) for rate in rates]}
 
 
-def tracking_overhead(variant: str = "dcgan", *, dataset: str = "fashion-mnist", steps: int = 200,
-                      repeats: int = 3, device: str = "auto") -> dict:
-    """Median images/s of the engine with full MLflow logging (losses by step, one sample grid
-    per repeat) and without it: same variant, settings and seed, repeats interleaved."""
+def overhead(variant: str = "dcgan", *, tracking: bool, doctor: bool, dataset: str = "fashion-mnist",
+             steps: int = 200, repeats: int = 3, device: str = "auto") -> dict:
+    """Median images/s of the engine with MLflow logging (losses by step, one sample grid per
+    repeat) and/or the doctor's checks on, against both off: same variant, settings and seed,
+    repeats interleaved so that the machine's drift hits both alike."""
     from bench.tracking import Tracking
 
     with tempfile.TemporaryDirectory() as folder:
-        tracking = Tracking(f"sqlite:///{folder}/mlflow.db", "perf", artifacts=Path(folder) / "artifacts")
         config = dict(dataset=dataset, steps=5, device=device, sample_every=steps, checkpoint_every=10**9)
-        run = tracking.start_trial(tracking.start_parent({"bench.study": "perf", "bench.variant": variant}, {}), 0,
-                                   TrainConfig(variant, **config), {})
-        trainers = {"tracked": Trainer(TrainConfig(variant, **config), Path(folder) / "tracked", progress=False,
-                                       observers=[run]),
-                    "untracked": Trainer(TrainConfig(variant, **config), Path(folder) / "untracked", progress=False)}
+        observers, run = [], None
+        if tracking:
+            client = Tracking(f"sqlite:///{folder}/mlflow.db", "perf", artifacts=Path(folder) / "artifacts")
+            parent = client.start_parent({"bench.study": "perf", "bench.variant": variant}, {})
+            run = client.start_trial(parent, 0, TrainConfig(variant, **config), {})
+            observers = [run]
+        trainers = {"on": Trainer(TrainConfig(variant, doctor=doctor, **config), Path(folder) / "on",
+                                  progress=False, observers=observers),
+                    "off": Trainer(TrainConfig(variant, doctor=False, **config), Path(folder) / "off", progress=False)}
         rates = {name: [] for name in trainers}
         for trainer in trainers.values():
             trainer.run()  # warm-up
@@ -59,11 +63,12 @@ def tracking_overhead(variant: str = "dcgan", *, dataset: str = "fashion-mnist",
             for name, trainer in trainers.items():
                 trainer.config.steps = trainer.step + steps
                 rates[name].append(trainer.run().images_per_second)
-        tracking.end(run.run_id, "complete")
+        if run is not None:
+            client.end(run.run_id, "complete")
     medians = {name: statistics.median(values) for name, values in rates.items()}
-    return {"variant": variant, "steps": steps, **{f"{name}_images_per_second": round(value, 1)
-                                                   for name, value in medians.items()},
-            "ratio": round(medians["tracked"] / medians["untracked"], 3),
+    return {"variant": variant, "steps": steps, "tracking": tracking, "doctor": doctor,
+            "on_images_per_second": round(medians["on"], 1), "off_images_per_second": round(medians["off"], 1),
+            "ratio": round(medians["on"] / medians["off"], 3),
             "repeats": {name: [round(rate, 1) for rate in values] for name, values in rates.items()}}
 
 
@@ -105,15 +110,17 @@ def inception_throughput(*, batch_sizes: tuple[int, ...] = (8, 32, 64), images: 
 
 
 def run_perf(variants: list[str], out: Path | None, *, inception: bool = False, scoring_samples: int = 10000,
-             tracking_steps: int = 200, **options) -> dict:
+             overhead_steps: int = 200, **options) -> dict:
     """Every measurement, written to ``out`` as JSON."""
     report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                        "machine": platform.machine(), "processor": platform.processor()},
               "training": [training_throughput(name, **options) for name in variants],
               "scoring": scoring_time(dataset=options.get("dataset", "fashion-mnist"), samples=scoring_samples,
                                       device=options.get("device", "auto")),
-              "tracking": tracking_overhead(dataset=options.get("dataset", "fashion-mnist"), steps=tracking_steps,
-                                            repeats=options.get("repeats", 3), device=options.get("device", "auto"))}
+              "overhead": {name: overhead(tracking=name != "doctor", doctor=name != "tracking", steps=overhead_steps,
+                                          dataset=options.get("dataset", "fashion-mnist"),
+                                          repeats=options.get("repeats", 3), device=options.get("device", "auto"))
+                           for name in ("tracking", "doctor", "both")}}
     if inception:
         report["inception"] = inception_throughput(device=options.get("device", "auto"))
     if out is not None:

@@ -26,7 +26,7 @@ import torch
 from optuna.trial import TrialState
 
 from bench.engine import TrainConfig, train
-from bench.errors import ConfigError, RunStopped
+from bench.errors import BenchError, ConfigError, RunStopped
 from bench.observer import Observer
 from bench.registry import get_variant
 from bench.study import StudySpec, load_study
@@ -34,6 +34,8 @@ from bench.tracking import HOST, RESULTS, Tracking, pid_alive, redact
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+MAX_FAILURES_IN_A_ROW = 10
+"""A worker gives up after this many failed trials in a row: the variant or the ranges are broken."""
 
 
 def default_storage() -> str:
@@ -138,7 +140,7 @@ def run_study(variant: str, study: str | Path, *, trials: int | None = None, wor
                 process.join()
             failed = [p.name for p in processes if p.exitcode != 0]
             if failed:
-                raise ConfigError(f"worker(s) {', '.join(failed)} stopped with an error (see above); "
+                raise BenchError(f"worker(s) {', '.join(failed)} stopped with an error (see above); "
                                   "rerun the same command to finish the study")
     except BaseException:
         tracking.end(parent, "killed")
@@ -191,17 +193,19 @@ def work(job: Job) -> None:
     device = job.device
     if device == "auto" and torch.cuda.device_count() > 1:
         device = f"cuda:{job.worker % torch.cuda.device_count()}"  # one GPU per worker
-    failures = 0
-    while failures < job.trials:
+    failures = 0  # in a row
+    while failures < MAX_FAILURES_IN_A_ROW:
         with ask_lock(job.storage):
             states = [trial.state for trial in study.get_trials(deepcopy=False)]
             if sum(state in FINISHED or state == TrialState.RUNNING for state in states) >= job.trials:
                 return
             trial = study.ask()
             trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
-        failures += run_trial(study, trial, spec, job, device, tracking) == TrialState.FAIL
-    print(f"worker {job.worker} stops: {failures} trials failed; see the reasons in `bench leaderboard` "
-          "or the MLflow UI, and narrow the study's ranges", flush=True)
+        state = run_trial(study, trial, spec, job, device, tracking)
+        failures = failures + 1 if state == TrialState.FAIL else 0
+    print(f"worker {job.worker} stops: {failures} trials in a row failed; see their reasons in the MLflow UI "
+          "(tag bench.end_reason), fix the variant or narrow the study's ranges, then run the same command again",
+          flush=True)
 
 
 class ReportToPruner(Observer):

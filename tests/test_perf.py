@@ -27,12 +27,13 @@ def test_scoring_time_reports_seconds_for_the_requested_samples():
 def test_bench_perf_writes_json(tmp_path):
     out = tmp_path / "perf.json"
     shown = subprocess.run([str(BENCH), "perf", "--variants", "gan", "--steps", "3", "--repeats", "1",
-                            "--scoring-samples", "300", "--tracking-steps", "30", "-o", str(out)], capture_output=True, text=True, timeout=300)
+                            "--scoring-samples", "300", "--overhead-steps", "10", "-o", str(out)], capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr
     report = json.loads(out.read_text())
     assert [row["variant"] for row in report["training"]] == ["gan"]
     assert report["scoring"]["samples"] == 300 and "torch" in report["meta"]
-    tracking = report["tracking"]
-    assert len(tracking["repeats"]["tracked"]) == len(tracking["repeats"]["untracked"]) == 1
-    ratio = tracking["tracked_images_per_second"] / tracking["untracked_images_per_second"]
-    assert abs(tracking["ratio"] - ratio) < 0.01
+    assert set(report["overhead"]) == {"tracking", "doctor", "both"}
+    for name, row in report["overhead"].items():
+        assert (row["tracking"], row["doctor"]) == (name != "doctor", name != "tracking")
+        assert len(row["repeats"]["on"]) == len(row["repeats"]["off"]) == 1
+        assert abs(row["ratio"] - row["on_images_per_second"] / row["off_images_per_second"]) < 0.01

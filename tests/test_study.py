@@ -216,41 +216,52 @@ def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(p
     assert list(parents["status"]) == ["KILLED", "FINISHED"]
 
 
-# -- a diverging trial fails with its reason; the study goes on ----------------------------------
+# -- trials that go bad fail with their reason; the study goes on -------------------------------
 
 @register
-class FirstRunDiverges(DCGAN):
-    """A DCGAN whose first instance in this process produces a NaN loss after ten steps."""
+class GoesBadTwice(DCGAN):
+    """A DCGAN whose first instance in this process diverges (a NaN loss at step 10) and whose
+    second detaches the fake batch in its generator step (the doctor stops it at step 1)."""
 
-    name = "test_first_run_diverges"
+    name = "test_goes_bad_twice"
     instances = 0
 
     def build(self) -> None:
         super().build()
         type(self).instances += 1
-        self.poisoned = type(self).instances == 1
+        self.instance = type(self).instances
         self.steps = 0
 
     def train_step(self, real, labels):
         losses = super().train_step(real, labels)
         self.steps += 1
-        if self.poisoned and self.steps >= 10:
+        if self.instance == 1 and self.steps >= 10:
             losses["loss_d"] = losses["loss_d"] * float("nan")
         return losses
 
+    def g_losses(self, real, fake, latent, labels):
+        return super().g_losses(real, fake.detach() if self.instance == 2 else fake, latent, labels)
 
-def test_diverged_trial_fails_with_its_reason_and_the_study_goes_on(project_folder, monkeypatch):
-    tmp_path = project_folder("diverging")
+
+def test_diverged_and_doctor_stopped_trials_fail_with_their_reasons_and_the_study_goes_on(project_folder,
+                                                                                          monkeypatch):
+    tmp_path = project_folder("going-bad")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # exported by earlier tests' set_tracking_uri
-    study = run_study("test_first_run_diverges", write_study(tmp_path, "diverging", steps=40, eval_every=20),
+    study = run_study("test_goes_bad_twice", write_study(tmp_path, "going_bad", steps=40, eval_every=20),
                       trials=2, progress=False)
     trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert "loss_d became nan at step" in trials[0].user_attrs["fail_reason"]
-    runs = mlflow_runs(tmp_path, "diverging").set_index("tags.bench.trial")
-    assert runs.loc["0", "status"] == "FAILED" and "loss_d became nan" in runs.loc["0", "tags.bench.end_reason"]
-    assert (runs.loc[["1", "2"], "status"] == "FINISHED").all()
+    assert "receives no gradient" in trials[1].user_attrs["fail_reason"]
+    runs = mlflow_runs(tmp_path, "going_bad").set_index("tags.bench.trial")
+    assert (runs.loc[["0", "1"], "status"] == "FAILED").all()
+    assert "loss_d became nan" in runs.loc["0", "tags.bench.end_reason"]
+    assert "receives no gradient" in runs.loc["1", "tags.bench.end_reason"]
+    assert runs.loc["1", "tags.health.no_generator_gradient"].startswith("step 1: ")
+    assert (runs.loc[["2", "3"], "status"] == "FINISHED").all()
+    report = CliRunner().invoke(main, ["doctor", runs.loc["1", "run_id"]])
+    assert report.exit_code == 0 and "no_generator_gradient" in report.output and "run was stopped" in report.output
 
 
 # -- the MLflow UI, read by a real browser ----------------------------------------------------
