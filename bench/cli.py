@@ -266,9 +266,12 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
         get_variant(name)
     report = run_perf(chosen, output, inception=inception, scoring_samples=scoring_samples,
                       overhead_steps=overhead_steps, dataset=dataset, steps=steps, repeats=repeats, device=device)
-    click.echo(f"{'variant':<10} {'images/s':>9} {'G steps/s':>10}  device")
+    click.echo(f"{'variant':<10} {'images/s':>9} {'G steps/s':>10} {'plain loop':>11} {'speedup':>8} "
+               f"{'plain: data share':>18}  device")
     for row in report["training"]:
-        click.echo(f"{row['variant']:<10} {row['images_per_second']:>9.0f} {row['g_steps_per_second']:>10.2f}  {row['device']}")
+        click.echo(f"{row['variant']:<10} {row['images_per_second']:>9.0f} {row['g_steps_per_second']:>10.2f} "
+                   f"{row['plain_images_per_second']:>11.0f} {row['speedup']:>8.2f} {row['plain_data_share']:>18.1%}"
+                   f"  {row['device']}")
     scoring = report["scoring"]
     click.echo(f"scoring {scoring['samples']} samples (fid_domain, cached real statistics): {scoring['seconds']} s")
     for name, row in report["overhead"].items():

@@ -64,6 +64,7 @@ class Doctor(Observer):
         except ConfigError:  # no shipped classifier for this dataset: the class check is skipped
             self.classifier = None
         self._before: list[torch.Tensor] | None = None
+        self._seen: dict[str, int] = {}  # sample checks in a row at which a problem was seen
 
     def found(self, check: str, step: int, message: str, *, fatal: bool = False) -> None:
         if check in self.findings:
@@ -130,17 +131,22 @@ class Doctor(Observer):
         with self.variant.evaluating():
             samples = self.variant.generate(self.fixed_latent, self.fixed_labels).float()
         spread = float(torch.pdist(samples.flatten(1)).mean())
-        if spread < 0.1 * self.real_spread:
-            self.found("mode_collapse", step, f"samples from {SAMPLES} different latent vectors are nearly "
-                       f"identical (mean pairwise distance {spread:.3g}, real images {self.real_spread:.3g}): "
-                       "mode collapse; does G use its latent input? Try a lower lr, or a WGAN-GP/minibatch "
-                       "feature against collapse")
+        self._persisting("mode_collapse", step, spread < 0.05 * self.real_spread,
+                         f"samples from {SAMPLES} different latent vectors are nearly identical (mean pairwise "
+                         f"distance {spread:.3g}, real images {self.real_spread:.3g}): mode collapse; does G use "
+                         "its latent input? Try a lower lr, or WGAN-GP against collapse")
         if self.classifier is not None:
             predicted = self.classifier(samples.clamp(-1, 1)).argmax(1)
             classes = int((torch.bincount(predicted, minlength=self.variant.num_classes) >= 2).sum())
-            if classes <= max(1, self.variant.num_classes // 4):
-                self.found("few_classes", step, f"the classifier sees only {classes} of "
-                           f"{self.variant.num_classes} classes among {SAMPLES} samples: mode collapse")
+            self._persisting("few_classes", step, classes <= 1,
+                             f"the classifier sees a single class among {SAMPLES} samples: mode collapse")
+
+    def _persisting(self, check: str, step: int, seen: bool, message: str) -> None:
+        """Reports ``check`` once it is seen at two sample checks in a row: GANs often pass through
+        a brief collapse early on (the MLP GAN does around step 200) and recover by themselves."""
+        self._seen[check] = self._seen.get(check, 0) + 1 if seen else 0
+        if self._seen[check] >= 2:
+            self.found(check, step, message)
 
     def on_losses(self, rows: list[dict[str, float]]) -> None:
         self.rows.extend(rows)

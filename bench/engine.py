@@ -159,16 +159,19 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def run(self) -> TrainResult:
+    def run(self, until: int | None = None) -> TrainResult:
+        """Trains up to generator step ``until`` (default: ``config.steps``); a later call goes on
+        from there, which is how benchmarks time the same trainer repeatedly."""
         config, variant = self.config, self.variant
+        until = config.steps if until is None else until
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         batch = config.batch_size * variant.real_batches_per_step
         start_step, started = self.step, time.perf_counter()
-        self._bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc=variant.name,
+        self._bar = tqdm(total=until, initial=self.step, disable=not self.progress, desc=variant.name,
                          unit="step", dynamic_ncols=True)
         variant.train()
-        while self.step < config.steps:
+        while self.step < until:
             real, labels = self.batches.next(batch)
             if self.doctor:
                 self.doctor.before_step(self.step + 1, real)
@@ -181,11 +184,11 @@ class Trainer:
                 self.doctor.after_step(self.step)
             if self.step % config.log_every == 0:
                 self._flush()
-            if config.eval_every and (self.step % config.eval_every == 0 or self.step == config.steps):
+            if config.eval_every and (self.step % config.eval_every == 0 or self.step == until):
                 self.evaluate()
-            if self.out is not None and (self.step % config.sample_every == 0 or self.step == config.steps):
+            if self.out is not None and (self.step % config.sample_every == 0 or self.step == until):
                 self.save_grid()
-            if self.out is not None and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
+            if self.out is not None and (self.step % config.checkpoint_every == 0 or self.step == until):
                 self.save()
         self._flush()
         self._bar.close()

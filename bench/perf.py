@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench.data import load_dataset, to_unit_range
+from bench.data import ImageDataset, load_dataset, to_unit_range
 from bench.engine import TrainConfig, Trainer, resolve_device
 from bench.registry import get_variant
 from bench.scoring import InceptionFeatures, Scorer
@@ -23,19 +23,84 @@ from bench.scoring import InceptionFeatures, Scorer
 
 def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
                         batch_size: int = 64, device: str = "auto") -> dict:
-    """Median real images/s (through D) and generator steps/s of the engine for ``variant``."""
+    """Median real images/s (through D) and generator steps/s of the engine for ``variant``, and
+    its speed-up over the plain loop (:func:`plain_loop_throughput`)."""
     trainer = Trainer(TrainConfig(variant, dataset=dataset, steps=5, batch_size=batch_size, device=device,
                                   log_every=steps), progress=False)
     trainer.run()  # warm-up: allocator, oneDNN/cuDNN kernel choice
     rates = []
     for _ in range(repeats):
-        trainer.config.steps = trainer.step + steps
-        rates.append(trainer.run().images_per_second)
+        rates.append(trainer.run(until=trainer.step + steps).images_per_second)
     images_per_second = statistics.median(rates)
+    plain = plain_loop_throughput(variant, dataset=dataset, steps=steps, repeats=repeats, batch_size=batch_size,
+                                  device=device)
     return {"variant": variant, "dataset": dataset, "batch_size": batch_size, "device": str(trainer.device),
             "images_per_second": round(images_per_second, 1),
             "g_steps_per_second": round(images_per_second / (batch_size * trainer.variant.real_batches_per_step), 2),
-            "repeats": [round(rate, 1) for rate in rates]}
+            "repeats": [round(rate, 1) for rate in rates], **plain,
+            "speedup": round(images_per_second / plain["plain_images_per_second"], 2)}
+
+
+class PerImageDataset(torch.utils.data.Dataset):
+    """What a torchvision dataset does: each image through PIL, ToTensor and Normalize on its own."""
+
+    def __init__(self, data: ImageDataset):
+        from torchvision import transforms
+
+        channels = data.image_shape[0]
+        self.data = data
+        self.transform = transforms.Compose([transforms.ToTensor(),
+                                             transforms.Normalize([0.5] * channels, [0.5] * channels)])
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        image = self.data.images[index].permute(1, 2, 0).squeeze(-1).numpy()
+        return self.transform(Image.fromarray(image)), int(self.data.labels[index])
+
+
+def plain_loop_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
+                          batch_size: int = 64, device: str = "auto") -> dict:
+    """The baseline: the loop most GAN repositories write around the same variant (networks,
+    hyperparameters, train_step). A DataLoader over per-image transforms, each batch copied to
+    the device, every loss read with .item() every step. Median images/s, and the share of the
+    loop's time spent waiting for data."""
+    device = resolve_device(device)
+    data = load_dataset(dataset, "train")
+    torch.manual_seed(0)
+    model = get_variant(variant)(data.image_shape, data.num_classes).to(device)
+    loader = torch.utils.data.DataLoader(PerImageDataset(data), batch_size=batch_size, shuffle=True, drop_last=True)
+
+    def forever():
+        while True:
+            yield from loader
+
+    stream = forever()
+
+    def step() -> float:
+        started = time.perf_counter()
+        parts = [next(stream) for _ in range(model.real_batches_per_step)]
+        real = torch.cat([images for images, _ in parts]).to(device)
+        labels = torch.cat([labels for _, labels in parts]).to(device)
+        loading = time.perf_counter() - started
+        {key: value.item() for key, value in model.train_step(real, labels).items()}
+        return loading
+
+    for _ in range(5):  # warm-up, as for the engine
+        step()
+    rates, shares = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        loading = sum(step() for _ in range(steps))
+        elapsed = time.perf_counter() - started
+        rates.append(steps * batch_size * model.real_batches_per_step / elapsed)
+        shares.append(loading / elapsed)
+    return {"plain_images_per_second": round(statistics.median(rates), 1),
+            "plain_data_share": round(statistics.median(shares), 3),
+            "plain_repeats": [round(rate, 1) for rate in rates]}
 
 
 def overhead(variant: str = "dcgan", *, tracking: bool, doctor: bool, dataset: str = "fashion-mnist",
@@ -61,8 +126,7 @@ def overhead(variant: str = "dcgan", *, tracking: bool, doctor: bool, dataset: s
             trainer.run()  # warm-up
         for _ in range(repeats):
             for name, trainer in trainers.items():
-                trainer.config.steps = trainer.step + steps
-                rates[name].append(trainer.run().images_per_second)
+                rates[name].append(trainer.run(until=trainer.step + steps).images_per_second)
         if run is not None:
             client.end(run.run_id, "complete")
     medians = {name: statistics.median(values) for name, values in rates.items()}

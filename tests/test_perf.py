@@ -31,6 +31,9 @@ def test_bench_perf_writes_json(tmp_path):
     assert shown.returncode == 0, shown.stderr
     report = json.loads(out.read_text())
     assert [row["variant"] for row in report["training"]] == ["gan"]
+    row = report["training"][0]
+    assert 0 < row["plain_data_share"] < 1 and len(row["plain_repeats"]) == 1
+    assert abs(row["speedup"] - row["images_per_second"] / row["plain_images_per_second"]) < 0.01
     assert report["scoring"]["samples"] == 300 and "torch" in report["meta"]
     assert set(report["overhead"]) == {"tracking", "doctor", "both"}
     for name, row in report["overhead"].items():

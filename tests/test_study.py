@@ -179,7 +179,7 @@ def test_leaderboard_csv_has_one_row_per_metric_with_best_run_and_counts(finishe
 
 def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(project_folder):
     tmp_path = project_folder("killed")
-    study = write_study(tmp_path, "killed", steps=150, eval_every=75)
+    study = write_study(tmp_path, "killed", steps=100, eval_every=50)
     args = ["run", "--variant", "dcgan", "--study", str(study), "--trials", "2"]
     process = subprocess.Popen([BENCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True, env=clean_env())
