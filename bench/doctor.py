@@ -142,10 +142,10 @@ class Doctor(Observer):
                              f"the classifier sees a single class among {SAMPLES} samples: mode collapse")
 
     def _persisting(self, check: str, step: int, seen: bool, message: str) -> None:
-        """Reports ``check`` once it is seen at two sample checks in a row: GANs often pass through
-        a brief collapse early on (the MLP GAN does around step 200) and recover by themselves."""
+        """Reports ``check`` once it is seen at three sample checks in a row: GANs often pass through
+        a brief collapse early on (the MLP GAN does around steps 200-400) and recover by themselves."""
         self._seen[check] = self._seen.get(check, 0) + 1 if seen else 0
-        if self._seen[check] >= 2:
+        if self._seen[check] >= 3:
             self.found(check, step, message)
 
     def on_losses(self, rows: list[dict[str, float]]) -> None:
