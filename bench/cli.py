@@ -167,12 +167,20 @@ def ui(study, tracking_uri, port, host) -> None:
     """Starts the MLflow UI on the project's store and prints the address of the runs table."""
     import subprocess
 
-    from bench.tracking import Tracking, default_tracking_uri
+    import mlflow
+
+    from bench.tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise UserError(f"no MLflow store at {uri}; run `bench run --variant V --study S` first")
-    page = f"#/experiments/{Tracking(uri, study).experiment_id}/runs" if study else "#/experiments"
+    page = "#/experiments"
+    if study:
+        experiment = mlflow.MlflowClient(uri).get_experiment_by_name(study)
+        if experiment is None:
+            raise UserError(f"no study '{study}' in {uri}; run `bench run --study {study} ...` first, "
+                            "or leave out --study")
+        page += f"/{experiment.experiment_id}/runs"
     click.echo(f"MLflow UI: http://{host}:{port}/{page}   (Ctrl-C stops it)", err=False)
     sys.stdout.flush()
     # The job runner serves MLflow's GenAI features; without it the UI starts in seconds, not tens.
@@ -193,31 +201,45 @@ def doctor(run, tracking_uri) -> None:
     """What the training doctor found in RUN: a run folder (bench train --out) or an MLflow run id."""
     import json
 
+    from bench.doctor import Finding
     from bench.engine import HEALTH
 
     folder = Path(run)
     if folder.is_dir():
         if not (folder / HEALTH).exists():
             raise UserError(f"{folder} holds no {HEALTH}: pass a folder written by `bench train` or a study trial")
-        findings = [(row["step"], row["check"], row["message"] + (" (the run was stopped)" if row["fatal"] else ""))
-                    for row in json.loads((folder / HEALTH).read_text())]
+        rows = json.loads((folder / HEALTH).read_text())
     else:
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        from bench.tracking import default_tracking_uri
-
-        try:
-            tags = mlflow.MlflowClient(tracking_uri or default_tracking_uri()).get_run(run).data.tags
-        except MlflowException:
-            raise UserError(f"'{run}' is neither a run folder nor an MLflow run id in "
-                            f"{tracking_uri or default_tracking_uri()}; check the path, or pass --tracking-uri") from None
-        findings = sorted((int(value.split(":")[0].removeprefix("step ")), key.removeprefix("health."),
-                           value.split(": ", 1)[1]) for key, value in tags.items() if key.startswith("health."))
+        rows = recorded_findings(run, tracking_uri)
+    findings = [Finding(**row) for row in rows]
     if not findings:
         click.echo(f"{run}: no findings")
-    for step, check, message in findings:
-        click.echo(f"step {step:>6}  {check:<22} {message}")
+    for finding in findings:
+        click.echo(f"step {finding.step:>6}  {finding.check:<22} {finding.summary()}")
+
+
+def recorded_findings(run_id: str, tracking_uri: str | None) -> list[dict]:
+    """The findings an MLflow run recorded (its health.json artifact; none when it has none)."""
+    import json
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from bench.engine import HEALTH
+    from bench.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    client = mlflow.MlflowClient(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"'{run_id}' is neither a run folder nor an MLflow run id in {uri}; "
+                        "check the path, or pass --tracking-uri") from None
+    if HEALTH not in [artifact.path for artifact in client.list_artifacts(run_id)]:
+        return []
+    with tempfile.TemporaryDirectory() as folder:
+        return json.loads(Path(client.download_artifacts(run_id, HEALTH, folder)).read_text())
 
 
 @main.command("eval")

@@ -37,6 +37,10 @@ class Finding:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> str:
+        """The message, and whether the run was stopped for it."""
+        return self.message + (" (the run was stopped)" if self.fatal else "")
+
 
 class Doctor(Observer):
     """Watches one training run; each kind of finding is reported once, at the step first seen."""
@@ -97,8 +101,8 @@ class Doctor(Observer):
         low, high = float(low), float(high)
         flat = real[:SAMPLES].float().flatten(1)
         self.real_spread = float(torch.pdist(flat).mean())
-        output = _last_layer(self.variant.G)
         if low >= -0.05 or high > 1.05 or low < -1.05:
+            output = _last_layer(self.variant.G)
             scale = "x * 2 - 1 for [0, 1] data, x / 127.5 - 1 for [0, 255]" if high <= 255.5 else "rescale it"
             self.found("data_range", step, f"real images lie in [{low:.3g}, {high:.3g}] but the generator "
                        f"(ending in {output}) produces [-1, 1]: D can tell them apart by range alone; "
@@ -153,7 +157,8 @@ class Doctor(Observer):
         step = int(rows[-1]["step"])
         if len(self.rows) < self.rows.maxlen:
             return
-        recent, earlier = list(self.rows)[self.window:], list(self.rows)[:self.window]
+        rows = list(self.rows)
+        recent, earlier = rows[self.window:], rows[:self.window]
         if not self.variant.critic and "loss_d" in recent[0] and "loss_g" in recent[0]:
             loss_d = statistics.mean(row["loss_d"] for row in recent)
             rising = statistics.mean(row["loss_g"] for row in recent) > statistics.mean(r["loss_g"] for r in earlier)

@@ -151,6 +151,7 @@ class Trainer:
             self._load(checkpoint)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
+        self._write_health()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         # bfloat16 keeps float32's exponent range, so no GradScaler is needed; that matters here
@@ -208,6 +209,7 @@ class Trainer:
             self._write_health()
 
     def _write_health(self) -> None:
+        """health.json always exists in a run folder: empty is the doctor's all-clear."""
         findings = [finding.as_dict() for finding in self.findings()]
         (self.out / HEALTH).write_text(json.dumps(findings, indent=2) + "\n")
 
@@ -278,7 +280,6 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.out / CHECKPOINT)  # never leave a half-written checkpoint behind
         self.history().to_csv(self.out / "losses.csv", index=False)
-        self._write_health()
         if self.evaluations:
             pd.DataFrame(self.evaluations).to_csv(self.out / "scores.csv", index=False)
 

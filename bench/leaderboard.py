@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.errors import ConfigError
-from bench.study import MAXIMISED
+from bench.study import MAXIMISED, is_score
 from bench.tracking import RUN_PARAMS, default_tracking_uri
 
 KEYS = ["study", "variant", "dataset"]
@@ -13,25 +13,21 @@ COLUMNS = KEYS + ["metric", "direction", "best", "best_trial", "best_run_id", "b
                   "failed", "top_k", "top_k_mean", "top_k_std"]
 
 
-def is_score(metric: str) -> bool:
-    """Scores compare generators; losses and throughput do not."""
-    return metric.startswith(("fid_", "kid_")) or metric in MAXIMISED + ("class_kl",)
-
-
 def trial_runs(tracking_uri: str | None = None, study: str | None = None) -> pd.DataFrame:
     """Every trial run of ``study`` (all studies by default) as MLflow's search_runs table."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri or default_tracking_uri())
+    uri = tracking_uri or default_tracking_uri()
+    client = mlflow.MlflowClient(uri)
     experiments = [e for e in client.search_experiments(max_results=1000) if "bench.study" in e.tags]
     if study is not None:
         experiments = [e for e in experiments if e.name == study]
         if not experiments:
-            raise ConfigError(f"no study '{study}' in the MLflow store {tracking_uri or default_tracking_uri()}; "
+            raise ConfigError(f"no study '{study}' in the MLflow store {uri}; "
                               "run `bench run --study ...` first, or pass the --tracking-uri it used")
     if not experiments:
         return pd.DataFrame()
-    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    mlflow.set_tracking_uri(uri)  # mlflow.search_runs, the one call that returns a DataFrame, reads no other
     return mlflow.search_runs([e.experiment_id for e in experiments], filter_string="tags.`bench.kind` = 'trial'",
                               max_results=100_000, output_format="pandas")
 

@@ -27,10 +27,7 @@ def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: 
     its speed-up over the plain loop (:func:`plain_loop_throughput`)."""
     trainer = Trainer(TrainConfig(variant, dataset=dataset, steps=5, batch_size=batch_size, device=device,
                                   log_every=steps), progress=False)
-    trainer.run()  # warm-up: allocator, oneDNN/cuDNN kernel choice
-    rates = []
-    for _ in range(repeats):
-        rates.append(trainer.run(until=trainer.step + steps).images_per_second)
+    rates = timed_repeats({"engine": trainer}, steps, repeats)["engine"]
     images_per_second = statistics.median(rates)
     plain = plain_loop_throughput(variant, dataset=dataset, steps=steps, repeats=repeats, batch_size=batch_size,
                                   device=device)
@@ -39,6 +36,19 @@ def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: 
             "g_steps_per_second": round(images_per_second / (batch_size * trainer.variant.real_batches_per_step), 2),
             "repeats": [round(rate, 1) for rate in rates], **plain,
             "speedup": round(images_per_second / plain["plain_images_per_second"], 2)}
+
+
+def timed_repeats(trainers: dict[str, Trainer], steps: int, repeats: int) -> dict[str, list[float]]:
+    """images/s of ``steps`` more steps per trainer, ``repeats`` times, after each trainer's own
+    ``config.steps`` of warm-up (allocator, oneDNN/cuDNN kernel choice). The repeats are
+    interleaved so that the machine's drift hits every trainer alike."""
+    for trainer in trainers.values():
+        trainer.run()
+    rates = {name: [] for name in trainers}
+    for _ in range(repeats):
+        for name, trainer in trainers.items():
+            rates[name].append(trainer.run(until=trainer.step + steps).images_per_second)
+    return rates
 
 
 class PerImageDataset(torch.utils.data.Dataset):
@@ -86,7 +96,8 @@ def plain_loop_throughput(variant: str, *, dataset: str = "fashion-mnist", steps
         real = torch.cat([images for images, _ in parts]).to(device)
         labels = torch.cat([labels for _, labels in parts]).to(device)
         loading = time.perf_counter() - started
-        {key: value.item() for key, value in model.train_step(real, labels).items()}
+        for value in model.train_step(real, labels).values():
+            value.item()
         return loading
 
     for _ in range(5):  # warm-up, as for the engine
@@ -106,8 +117,7 @@ def plain_loop_throughput(variant: str, *, dataset: str = "fashion-mnist", steps
 def overhead(variant: str = "dcgan", *, tracking: bool, doctor: bool, dataset: str = "fashion-mnist",
              steps: int = 200, repeats: int = 3, device: str = "auto") -> dict:
     """Median images/s of the engine with MLflow logging (losses by step, one sample grid per
-    repeat) and/or the doctor's checks on, against both off: same variant, settings and seed,
-    repeats interleaved so that the machine's drift hits both alike."""
+    repeat) and/or the doctor's checks on, against both off: same variant, settings and seed."""
     from bench.tracking import Tracking
 
     with tempfile.TemporaryDirectory() as folder:
@@ -121,12 +131,7 @@ def overhead(variant: str = "dcgan", *, tracking: bool, doctor: bool, dataset: s
         trainers = {"on": Trainer(TrainConfig(variant, doctor=doctor, **config), Path(folder) / "on",
                                   progress=False, observers=observers),
                     "off": Trainer(TrainConfig(variant, doctor=False, **config), Path(folder) / "off", progress=False)}
-        rates = {name: [] for name in trainers}
-        for trainer in trainers.values():
-            trainer.run()  # warm-up
-        for _ in range(repeats):
-            for name, trainer in trainers.items():
-                rates[name].append(trainer.run(until=trainer.step + steps).images_per_second)
+        rates = timed_repeats(trainers, steps, repeats)
         if run is not None:
             client.end(run.run_id, "complete")
     medians = {name: statistics.median(values) for name, values in rates.items()}
@@ -173,20 +178,20 @@ def inception_throughput(*, batch_sizes: tuple[int, ...] = (8, 32, 64), images: 
             "best_batch": max(rates, key=rates.get), "best_images_per_second": max(rates.values())}
 
 
-def run_perf(variants: list[str], out: Path | None, *, inception: bool = False, scoring_samples: int = 10000,
-             overhead_steps: int = 200, **options) -> dict:
+def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-mnist", steps: int = 40,
+             repeats: int = 3, device: str = "auto", inception: bool = False, scoring_samples: int = 10000,
+             overhead_steps: int = 200) -> dict:
     """Every measurement, written to ``out`` as JSON."""
     report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                        "machine": platform.machine(), "processor": platform.processor()},
-              "training": [training_throughput(name, **options) for name in variants],
-              "scoring": scoring_time(dataset=options.get("dataset", "fashion-mnist"), samples=scoring_samples,
-                                      device=options.get("device", "auto")),
+              "training": [training_throughput(name, dataset=dataset, steps=steps, repeats=repeats, device=device)
+                           for name in variants],
+              "scoring": scoring_time(dataset=dataset, samples=scoring_samples, device=device),
               "overhead": {name: overhead(tracking=name != "doctor", doctor=name != "tracking", steps=overhead_steps,
-                                          dataset=options.get("dataset", "fashion-mnist"),
-                                          repeats=options.get("repeats", 3), device=options.get("device", "auto"))
+                                          dataset=dataset, repeats=repeats, device=device)
                            for name in ("tracking", "doctor", "both")}}
     if inception:
-        report["inception"] = inception_throughput(device=options.get("device", "auto"))
+        report["inception"] = inception_throughput(device=device)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from bench.engine import TrainConfig, train
 from bench.errors import BenchError, ConfigError, RunStopped
 from bench.observer import Observer
-from bench.registry import get_variant
+from bench.registry import Variant, get_variant
 from bench.study import StudySpec, load_study
 from bench.tracking import HOST, RESULTS, Tracking, pid_alive, redact
 
@@ -87,8 +87,6 @@ class Job:
     worker: int
     threads: int
     progress: bool
-    worker_process: bool
-    """True in a process of its own (--workers > 1), False when `bench run` itself does the work."""
 
 
 def run_study(variant: str, study: str | Path, *, trials: int | None = None, workers: int = 1,
@@ -113,7 +111,7 @@ def run_study(variant: str, study: str | Path, *, trials: int | None = None, wor
     storage = storage or default_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend = open_storage(storage)
-    optuna_study = _load(spec, variant, backend, seed)
+    optuna_study = _load(spec, variant_cls, backend, seed)
     tracking = Tracking(tracking_uri, spec.name)
     _fail_orphaned_trials(optuna_study, backend, tracking)
 
@@ -125,10 +123,10 @@ def run_study(variant: str, study: str | Path, *, trials: int | None = None, wor
          "seed": seed, "steps": spec.steps, "eval_every": spec.eval_every, "eval_samples": spec.eval_samples})
     threads = max(1, torch.get_num_threads() // workers)
     jobs = [Job(variant, str(spec.path), trials, storage, tracking.uri, parent, device, seed, worker, threads,
-                progress=progress and workers == 1, worker_process=workers > 1) for worker in range(workers)]
+                progress=progress and workers == 1) for worker in range(workers)]
     try:
         if workers == 1:
-            work(jobs[0])
+            take_trials(jobs[0], spec, optuna_study, tracking)
         else:
             # spawn, not fork: CUDA cannot be re-initialised in a forked child.
             context = multiprocessing.get_context("spawn")
@@ -149,12 +147,11 @@ def run_study(variant: str, study: str | Path, *, trials: int | None = None, wor
     return optuna_study
 
 
-def _load(spec: StudySpec, variant: str, backend: optuna.storages.BaseStorage, seed: int,
+def _load(spec: StudySpec, variant_cls: type[Variant], backend: optuna.storages.BaseStorage, seed: int,
           worker: int = 0) -> optuna.Study:
-    variant_cls = get_variant(variant)
     # Workers of one study get different sampler seeds, or they would propose the same points.
     return optuna.create_study(
-        storage=backend, study_name=study_name(spec, variant), direction=spec.direction,
+        storage=backend, study_name=study_name(spec, variant_cls.name), direction=spec.direction,
         sampler=spec.sampler_for(variant_cls, seed + 1000 * worker), pruner=spec.make_pruner(),
         load_if_exists=True)
 
@@ -182,14 +179,17 @@ def die_with_parent() -> None:
 
 
 def work(job: Job) -> None:
-    """One worker: asks for trials until the study holds ``job.trials`` complete or pruned ones."""
-    if job.worker_process:
-        die_with_parent()
+    """A worker process of its own (--workers > 1): opens the study and takes trials."""
+    die_with_parent()
     torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_study(job.study_path)
-    study = _load(spec, job.variant, open_storage(job.storage), job.seed, job.worker)
-    tracking = Tracking(job.tracking_uri, spec.name)
+    study = _load(spec, get_variant(job.variant), open_storage(job.storage), job.seed, job.worker)
+    take_trials(job, spec, study, Tracking(job.tracking_uri, spec.name))
+
+
+def take_trials(job: Job, spec: StudySpec, study: optuna.Study, tracking: Tracking) -> None:
+    """Asks for trials until the study holds ``job.trials`` complete or pruned ones."""
     device = job.device
     if device == "auto" and torch.cuda.device_count() > 1:
         device = f"cuda:{job.worker % torch.cuda.device_count()}"  # one GPU per worker

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,15 @@ STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
 MAXIMISED = ("classes_covered", "label_accuracy", "code_accuracy")
-"""Metrics where higher is better; every other score (fid_*, kid_*, class_kl) is minimised."""
+"""Scores where higher is better; every other score (fid_*, kid_*, class_kl) is minimised."""
 BUDGET_KEYS = ("steps", "eval_every", "eval_samples", "batch_size")
 TOP_LEVEL_KEYS = {"description", "dataset", "objective", "trials", "sampler", "pruner", "budget", "space",
                   "space_if_present"}
+
+
+def is_score(metric: str) -> bool:
+    """Scores compare generators; losses and throughput do not."""
+    return metric.startswith(("fid_", "kid_")) or metric in MAXIMISED + ("class_kl",)
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,7 @@ def _check(spec: StudySpec) -> None:
         raise ConfigError(f"{spec.path}: sampler '{spec.sampler}' is unknown; choose one of: {', '.join(SAMPLERS)}")
     if spec.pruner not in PRUNERS:
         raise ConfigError(f"{spec.path}: pruner '{spec.pruner}' is unknown; choose one of: {', '.join(PRUNERS)}")
-    if not spec.objective.startswith(("fid_", "kid_")) and spec.objective not in MAXIMISED + ("class_kl",):
+    if not is_score(spec.objective):
         raise ConfigError(f"{spec.path}: objective '{spec.objective}' is not a score; use fid_domain, "
                           "kid_domain, fid_inception, kid_inception, class_kl or " + ", ".join(MAXIMISED))
     if spec.objective.startswith(("fid_", "kid_")) and spec.objective.split("_", 1)[1] not in EXTRACTORS:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from bench.engine import TrainConfig, TrainResult, resolve_device
+from bench.engine import HEALTH, TrainConfig, TrainResult, resolve_device
 from bench.observer import Observer
 
 RESULTS = Path("results")
@@ -161,6 +161,7 @@ class TrialRun(Observer):
     def __init__(self, client, run_id: str):
         self.client = client
         self.run_id = run_id
+        self.findings: list[dict] = []
 
     def _log_rows(self, rows: list[dict[str, float]]) -> None:
         from mlflow.entities import Metric
@@ -184,10 +185,12 @@ class TrialRun(Observer):
             self.client.log_image(self.run_id, image.convert("RGB"), key="samples", step=step)
 
     def on_finding(self, finding) -> None:
-        """The doctor's finding as a `health.<check>` tag (what and when) and metric (the step)."""
-        stopped = " (the run was stopped)" if finding.fatal else ""
-        self.client.set_tag(self.run_id, f"health.{finding.check}", f"step {finding.step}: {finding.message}{stopped}")
+        """The doctor's finding as a `health.<check>` tag and metric for the UI, and the run's
+        findings so far as the artifact health.json, which `bench doctor RUN_ID` reads."""
+        self.client.set_tag(self.run_id, f"health.{finding.check}", f"step {finding.step}: {finding.summary()}")
         self.client.log_metric(self.run_id, f"health.{finding.check}", 1.0, step=finding.step)
+        self.findings.append(finding.as_dict())
+        self.client.log_dict(self.run_id, self.findings, HEALTH)
 
     def log_outcome(self, result: TrainResult) -> None:
         """The loss and score curves as figures, and the final checkpoint."""

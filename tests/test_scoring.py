@@ -4,7 +4,6 @@ the Inception extractor, and `bench eval`."""
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
