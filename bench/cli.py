@@ -275,19 +275,30 @@ def evaluate(checkpoint, features, samples, device) -> None:
 @click.option("--scoring-samples", default=10000, show_default=True, help="Generated samples in the scoring timing.")
 @click.option("--overhead-steps", default=200, show_default=True,
               help="Generator steps per repeat in the tracking and doctor overhead timings.")
+@click.option("--time-to-quality", "quality_threshold", type=float, default=None, metavar="FID",
+              help="Also measure each variant's training seconds until fid_domain < FID (minutes per variant).")
+@click.option("--quality-seconds", default=300.0, show_default=True,
+              help="Training seconds after which --time-to-quality gives up on a variant.")
+@click.option("--parallel", is_flag=True, help="Also time a small study with --workers 1 and 2 (a few minutes).")
 @click.option("--inception", is_flag=True, help="Also measure the Inception extractor (slow on a CPU).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results/perf.json"), show_default=True)
 @reports_user_errors
-def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps, inception, output) -> None:
-    """Measures training throughput (median images/s at batch 64) and scoring speed; writes JSON."""
+def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps, quality_threshold, quality_seconds,
+         parallel, inception, output) -> None:
+    """Measures training throughput (median images/s at batch 64) against a plain loop, scoring speed,
+    tracking and doctor overheads and the hardware limit; optionally time to quality and parallel
+    studies. Prints a table and writes JSON."""
     from bench.perf import run_perf
     from bench.registry import get_variant, variants
 
     chosen = [name.strip() for name in names.split(",") if name.strip()] or list(variants())
     for name in chosen:
         get_variant(name)
-    report = run_perf(chosen, output, inception=inception, scoring_samples=scoring_samples,
-                      overhead_steps=overhead_steps, dataset=dataset, steps=steps, repeats=repeats, device=device)
+    if quality_threshold is not None and quality_threshold <= 0:
+        raise UserError(f"--time-to-quality must be a positive FID, got {quality_threshold}")
+    report = run_perf(chosen, output, dataset=dataset, steps=steps, repeats=repeats, device=device,
+                      inception=inception, scoring_samples=scoring_samples, overhead_steps=overhead_steps,
+                      quality_threshold=quality_threshold, quality_seconds=quality_seconds, parallel=parallel)
     click.echo(f"{'variant':<10} {'images/s':>9} {'G steps/s':>10} {'plain loop':>11} {'speedup':>8} "
                f"{'plain: data share':>18}  device")
     for row in report["training"]:
@@ -300,6 +311,21 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
         click.echo(f"{name} overhead ({row['variant']}, {row['steps']} steps per repeat): {row['on_images_per_second']:.0f} "
                    f"images/s with {'MLflow logging and the doctor' if name == 'both' else name}, "
                    f"{row['off_images_per_second']:.0f} without (ratio {row['ratio']})")
+    hardware = report["hardware"]
+    click.echo(f"hardware limit ({hardware['variant']}): {hardware['step_gflop']} GFLOP per step x "
+               f"{hardware['g_steps_per_second']} steps/s = {hardware['achieved_gflops']} GFLOP/s, "
+               f"{hardware['fraction_of_matmul']:.1%} of this device's matmul {hardware['matmul_gflops']} GFLOP/s; "
+               "top operators: " + ", ".join(f"{op['name']} {op['self_cpu_share']:.0%}"
+                                             for op in hardware["top_operators"][:5]))
+    for row in report.get("time_to_quality", []):
+        reached = (f"{row['seconds']} s ({row['cpu_seconds']} CPU-s, step {row['steps']})" if row["seconds"]
+                   else f"not within {quality_seconds:g} s (best {row['best_fid_domain']})")
+        click.echo(f"time to fid_domain < {row['threshold']:g} ({row['variant']}, untrained "
+                   f"{row['untrained_fid_domain']}): {reached}")
+    for row in report.get("parallel", {}).get("runs", []):
+        click.echo(f"study of {report['parallel']['trials']} trials with --workers {row['workers']} "
+                   f"({row['threads_per_worker']} threads each): {row['seconds']} s, {row['trials_per_hour']} "
+                   f"trials/hour ({row['speedup']}x)")
     if inception:
         click.echo(f"inception features: {report['inception']['images_per_second_by_batch']} images/s by batch size")
     click.echo(f"wrote {output}")

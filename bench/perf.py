@@ -7,6 +7,8 @@ warm-up on the same trainer.
 from __future__ import annotations
 
 import json
+import math
+import os
 import platform
 import statistics
 import tempfile
@@ -18,7 +20,7 @@ import torch
 from bench.data import ImageDataset, load_dataset, to_unit_range
 from bench.engine import TrainConfig, Trainer, resolve_device
 from bench.registry import get_variant
-from bench.scoring import InceptionFeatures, Scorer
+from bench.scoring import DEFAULT_CACHE, InceptionFeatures, Scorer
 
 
 def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
@@ -141,6 +143,39 @@ def overhead(variant: str = "dcgan", *, tracking: bool, doctor: bool, dataset: s
             "repeats": {name: [round(rate, 1) for rate in values] for name, values in rates.items()}}
 
 
+def time_to_quality(variant: str, *, threshold: float, dataset: str = "fashion-mnist", eval_every: int | None = None,
+                    samples: int = 2000, max_seconds: float = 300, seed: int = 0, device: str = "auto") -> dict:
+    """Seconds of training (wall clock and this process's CPU time, evaluations excluded) until
+    ``variant`` at its defaults first scores fid_domain below ``threshold``, evaluated on
+    ``samples`` images every ``eval_every`` generator steps (default: every 200 real batches,
+    so 40 steps for a WGAN with n_critic 5); gives up after ``max_seconds``."""
+    trainer = Trainer(TrainConfig(variant, dataset=dataset, seed=seed, device=device), progress=False)
+    eval_every = eval_every or max(1, 200 // trainer.variant.real_batches_per_step)
+    scorer = Scorer(dataset, "domain", device=trainer.device)
+
+    def fid() -> float:
+        return scorer.score(trainer.variant, samples, seed=seed + 1)["fid_domain"]
+
+    untrained, wall, cpu, curve = fid(), 0.0, 0.0, []
+    while wall < max_seconds:
+        started, started_cpu = time.perf_counter(), time.process_time()
+        trainer.run(until=trainer.step + eval_every)
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+        wall += time.perf_counter() - started
+        cpu += time.process_time() - started_cpu
+        curve.append({"step": trainer.step, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+                      "fid_domain": round(fid(), 2)})
+        if curve[-1]["fid_domain"] < threshold:
+            break
+    reached = curve[-1] if curve[-1]["fid_domain"] < threshold else None
+    return {"variant": variant, "threshold": threshold, "device": str(trainer.device), "eval_every": eval_every,
+            "samples": samples, "untrained_fid_domain": round(untrained, 2),
+            "seconds": reached and reached["seconds"], "cpu_seconds": reached and reached["cpu_seconds"],
+            "steps": reached and reached["step"], "best_fid_domain": min(point["fid_domain"] for point in curve),
+            "curve": curve}
+
+
 def scoring_time(*, dataset: str = "fashion-mnist", samples: int = 10000, repeats: int = 3,
                  device: str = "auto") -> dict:
     """Median seconds to generate and score ``samples`` DCGAN images with fid_domain (and KID
@@ -156,6 +191,105 @@ def scoring_time(*, dataset: str = "fashion-mnist", samples: int = 10000, repeat
         times.append(time.perf_counter() - started)
     return {"samples": samples, "device": str(device), "seconds": round(statistics.median(times), 2),
             "repeats": [round(t, 2) for t in times]}
+
+
+PARALLEL_STUDY = """\
+description = "bench perf: a fixed small study, timed with 1 and 2 workers"
+dataset = "{dataset}"
+trials = {trials}
+sampler = "random"
+pruner = "none"
+
+[budget]
+steps = {steps}
+eval_every = {eval_every}
+eval_samples = 1000
+
+[space]
+lr = {{ low = 1e-4, high = 4e-4, log = true }}
+"""
+
+
+def parallel_study(variant: str = "dcgan", *, workers: tuple[int, ...] = (1, 2), trials: int = 4,
+                   steps: int = 300, dataset: str = "fashion-mnist", device: str = "auto") -> dict:
+    """Trials per hour of one fixed small study (no pruning, so every trial does the same work)
+    run by ``bench run --workers K`` for each K, each in a fresh folder: start-up, evaluation,
+    logging and the workers' own start-up all count, as they do for a user."""
+    import subprocess
+    import sys
+
+    Scorer(dataset, "domain", device=resolve_device(device))  # the real features, computed once, shared below
+    cache = DEFAULT_CACHE.resolve()
+    rows = []
+    for count in workers:
+        with tempfile.TemporaryDirectory() as folder:
+            folder = Path(folder)
+            (folder / "results").mkdir()
+            (folder / "results" / "cache").symlink_to(cache, target_is_directory=True)
+            study = folder / "parallel.toml"
+            study.write_text(PARALLEL_STUDY.format(dataset=dataset, trials=trials, steps=steps,
+                                                   eval_every=steps // 2))
+            command = [sys.executable, "-m", "bench.cli", "run", "--variant", variant, "--study", str(study),
+                       "--workers", str(count), "--device", device]
+            env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+            started = time.perf_counter()
+            done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            if done.returncode != 0:
+                raise RuntimeError(f"bench run --workers {count} failed:\n{done.stderr[-2000:]}")
+        rows.append({"workers": count, "threads_per_worker": max(1, torch.get_num_threads() // count),
+                     "seconds": round(seconds, 1), "trials_per_hour": round(trials * 3600 / seconds, 1)})
+    for row in rows:
+        row["speedup"] = round(row["trials_per_hour"] / rows[0]["trials_per_hour"], 2)
+    return {"variant": variant, "trials": trials, "steps": steps, "dataset": dataset, "runs": rows}
+
+
+def matmul_gflops(*, size: int = 2048, repeats: int = 5, device: str = "auto") -> float:
+    """This device's float32 matrix-multiply throughput: the best of ``repeats`` timed products."""
+    device = resolve_device(device)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def hardware_limit(variant: str = "dcgan", *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
+                   device: str = "auto", top: int = 10) -> dict:
+    """The fraction of the device's matmul throughput a training step of ``variant`` achieves
+    (its FLOPs counted by torch's FlopCounterMode), and where the time goes: the operators that
+    take the most self time in a torch.profiler trace of ``steps`` steps."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    trainer = Trainer(TrainConfig(variant, dataset=dataset, steps=5, device=device, log_every=steps, doctor=False),
+                      progress=False)
+    rate = statistics.median(timed_repeats({"engine": trainer}, steps, repeats)["engine"])
+    steps_per_second = rate / (trainer.config.batch_size * trainer.variant.real_batches_per_step)
+    batch = trainer.config.batch_size * trainer.variant.real_batches_per_step
+    real, labels = trainer.batches.next(batch)
+    with FlopCounterMode(display=False) as counter:
+        trainer.variant.train_step(real, labels)
+    step_flops = counter.get_total_flops()
+    peak = matmul_gflops(device=device)
+    achieved = step_flops * steps_per_second / 1e9
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        trainer.run(until=trainer.step + steps)
+    events = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
+    total = sum(event.self_cpu_time_total for event in events)
+    return {"variant": variant, "device": str(trainer.device), "step_gflop": round(step_flops / 1e9, 3),
+            "g_steps_per_second": round(steps_per_second, 2), "achieved_gflops": round(achieved, 1),
+            "matmul_gflops": round(peak, 1), "fraction_of_matmul": round(achieved / peak, 3),
+            "top_operators": [{"name": event.key, "self_cpu_share": round(event.self_cpu_time_total / total, 3),
+                               "calls": event.count} for event in events[:top]]}
 
 
 def inception_throughput(*, batch_sizes: tuple[int, ...] = (8, 32, 64), images: int = 64,
@@ -180,8 +314,10 @@ def inception_throughput(*, batch_sizes: tuple[int, ...] = (8, 32, 64), images: 
 
 def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-mnist", steps: int = 40,
              repeats: int = 3, device: str = "auto", inception: bool = False, scoring_samples: int = 10000,
-             overhead_steps: int = 200) -> dict:
-    """Every measurement, written to ``out`` as JSON."""
+             overhead_steps: int = 200, quality_threshold: float | None = None, quality_seconds: float = 300,
+             parallel: bool = False) -> dict:
+    """Every measurement, written to ``out`` as JSON. The slow ones are opt-in: time to quality
+    (``quality_threshold``), the parallel study and the Inception extractor."""
     report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                        "machine": platform.machine(), "processor": platform.processor()},
               "training": [training_throughput(name, dataset=dataset, steps=steps, repeats=repeats, device=device)
@@ -189,7 +325,15 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
               "scoring": scoring_time(dataset=dataset, samples=scoring_samples, device=device),
               "overhead": {name: overhead(tracking=name != "doctor", doctor=name != "tracking", steps=overhead_steps,
                                           dataset=dataset, repeats=repeats, device=device)
-                           for name in ("tracking", "doctor", "both")}}
+                           for name in ("tracking", "doctor", "both")},
+              "hardware": hardware_limit("dcgan" if "dcgan" in variants else variants[0], dataset=dataset,
+                                         steps=steps, repeats=repeats, device=device)}
+    if quality_threshold is not None:
+        report["time_to_quality"] = [time_to_quality(name, threshold=quality_threshold, dataset=dataset,
+                                                     max_seconds=quality_seconds, device=device)
+                                     for name in variants]
+    if parallel:
+        report["parallel"] = parallel_study(dataset=dataset, device=device)
     if inception:
         report["inception"] = inception_throughput(device=device)
     if out is not None:

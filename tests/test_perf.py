@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.perf import scoring_time, training_throughput
+from bench.perf import parallel_study, scoring_time, time_to_quality, training_throughput
 
 BENCH = Path(sys.executable).with_name("bench")
 
@@ -24,6 +24,25 @@ def test_scoring_time_reports_seconds_for_the_requested_samples():
     assert result["samples"] == 300 and result["seconds"] > 0
 
 
+def test_time_to_quality_stops_at_the_first_evaluation_below_the_threshold():
+    # An untrained generator scores far above 0 and far below 10^6: the first evaluation passes.
+    reached = time_to_quality("gan", threshold=1e6, eval_every=5, samples=300)
+    assert reached["steps"] == 5 and reached["seconds"] > 0 and len(reached["curve"]) == 1
+    assert reached["untrained_fid_domain"] < 1e6
+    never = time_to_quality("gan", threshold=1e-3, eval_every=5, samples=300, max_seconds=0.5)
+    assert never["seconds"] is None and never["steps"] is None
+    assert [point["step"] for point in never["curve"]] == [5 * (i + 1) for i in range(len(never["curve"]))]
+    assert never["best_fid_domain"] == min(point["fid_domain"] for point in never["curve"])
+
+
+def test_parallel_study_times_bench_run_with_its_workers():
+    # One worker count only: each is a full `bench run` with its start-up, half a minute here.
+    report = parallel_study("gan", workers=(2,), trials=2, steps=2)
+    [row] = report["runs"]
+    assert row["workers"] == 2 and row["speedup"] == 1.0 and row["threads_per_worker"] >= 1
+    assert row["seconds"] > 0 and abs(row["trials_per_hour"] - 2 * 3600 / row["seconds"]) < 1
+
+
 def test_bench_perf_writes_json(tmp_path):
     out = tmp_path / "perf.json"
     shown = subprocess.run([str(BENCH), "perf", "--variants", "gan", "--steps", "3", "--repeats", "1",
@@ -36,6 +55,9 @@ def test_bench_perf_writes_json(tmp_path):
     assert abs(row["speedup"] - row["images_per_second"] / row["plain_images_per_second"]) < 0.01
     assert report["scoring"]["samples"] == 300 and "torch" in report["meta"]
     assert set(report["overhead"]) == {"tracking", "doctor", "both"}
+    hardware = report["hardware"]
+    assert hardware["variant"] == "gan" and hardware["step_gflop"] > 0 and hardware["top_operators"]
+    assert abs(hardware["fraction_of_matmul"] - hardware["achieved_gflops"] / hardware["matmul_gflops"]) < 0.01
     for name, row in report["overhead"].items():
         assert (row["tracking"], row["doctor"]) == (name != "doctor", name != "tracking")
         assert len(row["repeats"]["on"]) == len(row["repeats"]["off"]) == 1
