@@ -1,15 +1,16 @@
 # `make run`: set up, then run the main job on the embedded defaults (the `quick` study).
-# `make test`: set up, then run the test suite (which also drives a headless Chromium).
+# `make test`: set up, then run the test suite (which also drives a headless Chromium and starts
+# a throwaway PostgreSQL server on loopback, stopped again when its tests end).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup data browser
+.PHONY: run test setup data browser postgres
 
 run: setup
 	$(BIN)/bench run --variant dcgan --study quick
 
-test: setup browser
+test: setup browser postgres
 	$(BIN)/python -m pytest tests
 
 setup: $(VENV)/.installed data
@@ -25,3 +26,6 @@ data:
 
 browser:
 	scripts/ensure-debian-package.sh chromium /usr/bin/chromium
+
+postgres:
+	scripts/ensure-debian-package.sh postgresql /usr/lib/postgresql/15/bin/initdb

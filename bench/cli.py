@@ -111,14 +111,18 @@ def train(variant, dataset, steps, batch_size, seed, device, out, settings, eval
 @click.option("--study", required=True, help="A study in studies/ (e.g. lr_sweep) or a path to a .toml file.")
 @click.option("--trials", type=int, default=None, help="Complete or pruned trials to reach [default: the study's].")
 @click.option("--workers", default=1, show_default=True, help="Worker processes sharing the study.")
-@click.option("--storage", default=None, help="Optuna storage: an RDB URL, or a journal file path "
+@click.option("--storage", default=None, help="Optuna storage: postgresql://USER@HOST/DB (shared by machines; "
+              "password from the URL, PGPASSWORD or ~/.pgpass), sqlite:///PATH, or a journal file path "
               "[default: results/optuna/journal.log].")
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", default=0, show_default=True, help="Trial N trains with seed SEED+N.")
+@click.option("--heartbeat", default=10, show_default=True,
+              help="With a database storage: seconds between a trial's heartbeats; a trial silent for "
+                   "three of them is run again by another worker.")
 @reports_user_errors
-def run(variant, study, trials, workers, storage, tracking_uri, device, seed) -> None:
+def run(variant, study, trials, workers, storage, tracking_uri, device, seed, heartbeat) -> None:
     """Sweeps a variant's hyperparameters with Optuna; every trial is tracked in MLflow."""
     from bench.leaderboard import leaderboard
     from bench.runner import run_study
@@ -126,7 +130,7 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, seed) ->
 
     spec = load_study(study)
     result = run_study(variant, study, trials=trials, workers=workers, storage=storage, tracking_uri=tracking_uri,
-                       device=device, seed=seed, progress=sys.stderr.isatty())
+                       device=device, seed=seed, progress=sys.stderr.isatty(), heartbeat=heartbeat)
     table = leaderboard(tracking_uri, spec.name, variant)
     click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
     click.echo(table[table["metric"] == spec.objective].drop(columns=["best_run_id"]).to_string(index=False))
@@ -165,8 +169,6 @@ def leaderboard_command(study, variant, tracking_uri, top_k, output) -> None:
 @reports_user_errors
 def ui(study, tracking_uri, port, host) -> None:
     """Starts the MLflow UI on the project's store and prints the address of the runs table."""
-    import subprocess
-
     import mlflow
 
     from bench.tracking import default_tracking_uri
@@ -181,13 +183,38 @@ def ui(study, tracking_uri, port, host) -> None:
             raise UserError(f"no study '{study}' in {uri}; run `bench run --study {study} ...` first, "
                             "or leave out --study")
         page += f"/{experiment.experiment_id}/runs"
-    click.echo(f"MLflow UI: http://{host}:{port}/{page}   (Ctrl-C stops it)", err=False)
+    click.echo(f"MLflow UI: http://{host}:{port}/{page}   (Ctrl-C stops it)")
+    serve_mlflow("ui", "--backend-store-uri", uri, "--host", host, "--port", str(port))
+
+
+@main.command()
+@click.option("--backend-store-uri", required=True,
+              help="Where the server records runs: postgresql://USER@HOST/DB (or sqlite:///PATH).")
+@click.option("--artifacts", type=click.Path(path_type=Path), default=Path("results/mlartifacts"),
+              show_default=True, help="Where the server keeps artifacts (sample grids, figures, checkpoints).")
+@click.option("--port", default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@reports_user_errors
+def server(backend_store_uri, artifacts, port, host) -> None:
+    """Starts an MLflow tracking server for workers on many machines (bench run --tracking-uri http://HOST:PORT)."""
+    from bench.storage import check_database
+
+    check_database(backend_store_uri, "MLflow backend store")
+    click.echo(f"MLflow tracking server: http://{host}:{port}   workers: bench run ... --tracking-uri "
+               f"http://{host}:{port}   (Ctrl-C stops it)")
+    serve_mlflow("server", "--backend-store-uri", backend_store_uri, "--artifacts-destination",
+                 str(artifacts.resolve()), "--host", host, "--port", str(port))
+
+
+def serve_mlflow(command: str, *args: str) -> None:
+    """Runs `mlflow COMMAND ARGS` in the foreground until it ends or Ctrl-C."""
+    import subprocess
+
     sys.stdout.flush()
-    # The job runner serves MLflow's GenAI features; without it the UI starts in seconds, not tens.
+    # The job runner serves MLflow's GenAI features; without it the server starts in seconds, not tens.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
-        subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
-                        "--port", str(port), "--workers", "1"], check=False, env=env)
+        subprocess.run([sys.executable, "-m", "mlflow", command, *args, "--workers", "1"], check=False, env=env)
     except KeyboardInterrupt:
         pass
 

@@ -10,7 +10,7 @@ from bench.tracking import RUN_PARAMS, default_tracking_uri
 
 KEYS = ["study", "variant", "dataset"]
 COLUMNS = KEYS + ["metric", "direction", "best", "best_trial", "best_run_id", "best_params", "complete", "pruned",
-                  "failed", "top_k", "top_k_mean", "top_k_std"]
+                  "failed", "retried", "top_k", "top_k_mean", "top_k_std"]
 
 
 def trial_runs(tracking_uri: str | None = None, study: str | None = None) -> pd.DataFrame:
@@ -45,6 +45,7 @@ def leaderboard(tracking_uri: str | None = None, study: str | None = None, varia
     rows = []
     for (study_name, variant_name, dataset), group in runs.groupby(KEYS):
         counts = group["state"].value_counts()
+        retried = int(group["tags.bench.retry_of"].notna().sum()) if "tags.bench.retry_of" in group else 0
         complete = group[group["state"] == "complete"]
         params = [column for column in group.columns
                   if column.startswith("params.") and column.removeprefix("params.") not in RUN_PARAMS]
@@ -61,6 +62,6 @@ def leaderboard(tracking_uri: str | None = None, study: str | None = None, varia
                 "best_run_id": best["run_id"],
                 "best_params": " ".join(f"{c[7:]}={best[c]}" for c in params if pd.notna(best[c])),
                 "complete": int(counts.get("complete", 0)), "pruned": int(counts.get("pruned", 0)),
-                "failed": int(counts.get("failed", 0)), "top_k": len(top), "top_k_mean": top.mean(),
+                "failed": int(counts.get("failed", 0)), "retried": retried, "top_k": len(top), "top_k_mean": top.mean(),
                 "top_k_std": top.std(ddof=1) if len(top) > 1 else float("nan")})
     return pd.DataFrame(rows, columns=COLUMNS)

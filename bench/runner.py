@@ -1,71 +1,45 @@
 """`run_study`: an Optuna sweep over one variant, every trial trained by the engine and tracked in MLflow.
 
 One Optuna study per study file x variant x dataset, shared by any number of worker processes
-through its storage (a journal file by default). Trials are asked for under a lock, so K
-workers run exactly the requested number; a worker that dies leaves a RUNNING trial that the
-next `run_study` on this host marks failed, and the study goes on until the requested number
-of complete or pruned trials exists.
+through its storage (bench/storage.py: a journal file by default, PostgreSQL across machines).
+Trials are asked for under a lock, so the workers together run exactly the requested number. A
+worker that dies leaves a RUNNING trial that the other workers fail (PostgreSQL: when its
+heartbeat stops, and Optuna queues it again; journal: when its process on this host is gone,
+or at the next `bench run`), and the study goes on until the requested number of complete or
+pruned trials exists.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import fcntl
 import multiprocessing
 import os
 import re
 import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from bench.engine import TrainConfig, train
 from bench.errors import BenchError, ConfigError, RunStopped
 from bench.observer import Observer
 from bench.registry import Variant, get_variant
+from bench.storage import (HEARTBEAT_SECONDS, ask_lock, default_storage, fail_stale_trials, heartbeat,
+                           known_heartbeat_warnings, open_storage)
 from bench.study import StudySpec, load_study
 from bench.tracking import HOST, RESULTS, Tracking, pid_alive, redact
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+WAIT_SECONDS = 2
 MAX_FAILURES_IN_A_ROW = 10
 """A worker gives up after this many failed trials in a row: the variant or the ranges are broken."""
-
-
-def default_storage() -> str:
-    return str(RESULTS / "optuna" / "journal.log")
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna RDB storage for a database URL, else a journal file at that path."""
-    if "://" in url:
-        return optuna.storages.RDBStorage(url)
-    path = Path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The open(2)-based lock works on every local file system, unlike the default symlink lock.
-    backend = optuna.storages.journal.JournalFileBackend(
-        str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
-    return optuna.storages.JournalStorage(backend)
-
-
-@contextlib.contextmanager
-def ask_lock(storage_url: str):
-    """Serialises 'count the trials, then ask for one' between the workers of one journal file."""
-    if "://" in storage_url:
-        yield
-        return
-    with open(f"{storage_url}.ask-lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def study_name(spec: StudySpec, variant: str) -> str:
@@ -87,13 +61,16 @@ class Job:
     worker: int
     threads: int
     progress: bool
+    heartbeat: int
 
 
 def run_study(variant: str, study: str | Path, *, trials: int | None = None, workers: int = 1,
               storage: str | None = None, tracking_uri: str | None = None, device: str = "auto",
-              seed: int = 0, progress: bool = True) -> optuna.Study:
+              seed: int = 0, progress: bool = True, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.Study:
     """Runs the study file ``study`` for ``variant`` until ``trials`` trials are complete or
-    pruned (the file's count by default), and returns the Optuna study.
+    pruned (the file's count by default), and returns the Optuna study. ``storage``: a journal
+    file, or a PostgreSQL URL that workers on other machines share; there a trial silent for
+    three ``heartbeat`` periods is failed and run again by another worker.
 
     Example::
 
@@ -106,14 +83,13 @@ def run_study(variant: str, study: str | Path, *, trials: int | None = None, wor
     trials = trials if trials is not None else spec.trials
     if spec.sampler == "grid":
         trials = min(trials, spec.grid_size(variant_cls))
-    if trials < 1 or workers < 1:
-        raise ConfigError("--trials and --workers must be at least 1")
+    if trials < 1 or workers < 1 or heartbeat < 1:
+        raise ConfigError("--trials, --workers and --heartbeat must be at least 1")
     storage = storage or default_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    backend = open_storage(storage)
+    backend = open_storage(storage, heartbeat)
     optuna_study = _load(spec, variant_cls, backend, seed)
     tracking = Tracking(tracking_uri, spec.name)
-    _fail_orphaned_trials(optuna_study, backend, tracking)
 
     parent = tracking.start_parent(
         {"bench.study": spec.name, "bench.variant": variant, "bench.dataset": spec.dataset,
@@ -123,10 +99,10 @@ def run_study(variant: str, study: str | Path, *, trials: int | None = None, wor
          "seed": seed, "steps": spec.steps, "eval_every": spec.eval_every, "eval_samples": spec.eval_samples})
     threads = max(1, torch.get_num_threads() // workers)
     jobs = [Job(variant, str(spec.path), trials, storage, tracking.uri, parent, device, seed, worker, threads,
-                progress=progress and workers == 1) for worker in range(workers)]
+                progress=progress and workers == 1, heartbeat=heartbeat) for worker in range(workers)]
     try:
         if workers == 1:
-            take_trials(jobs[0], spec, optuna_study, tracking)
+            take_trials(jobs[0], spec, optuna_study, backend, tracking)
         else:
             # spawn, not fork: CUDA cannot be re-initialised in a forked child.
             context = multiprocessing.get_context("spawn")
@@ -156,18 +132,34 @@ def _load(spec: StudySpec, variant_cls: type[Variant], backend: optuna.storages.
         load_if_exists=True)
 
 
-def _fail_orphaned_trials(study: optuna.Study, backend: optuna.storages.BaseStorage, tracking: Tracking) -> None:
-    """Marks failed the RUNNING trials whose worker on this host is gone, and closes their runs."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.user_attrs.get("worker", {})
-        if owner.get("host") != HOST or pid_alive(owner.get("pid", 0)):
-            continue
-        reason = f"worker process {owner['pid']} on {HOST} ended during the trial (killed or crashed)"
-        trial_id = backend.get_trial_id_from_study_id_trial_number(
-            backend.get_study_id_from_name(study.study_name), trial.number)
-        backend.set_trial_user_attr(trial_id, "fail_reason", reason)
-        backend.set_trial_state_values(trial_id, TrialState.FAIL)
+def _trial_id(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int) -> int:
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
+def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking: Tracking) -> None:
+    """Fails the running trials whose worker is gone and closes their MLflow runs. In a database
+    storage a worker is gone when its heartbeat stopped, and Optuna queues its trial again; in a
+    journal file, when its process on this host no longer exists."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    gone: list[tuple[FrozenTrial, str]] = []
+    if isinstance(storage, optuna.storages.RDBStorage):
+        fail_stale_trials(study)
+        stale = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        gone = [(trial, "its worker stopped sending heartbeats (killed, crashed or cut off); queued to run again")
+                for trial in running if trial.number in stale]
+    else:
+        for trial in running:
+            owner = trial.user_attrs.get("worker", {})
+            if owner.get("host") == HOST and not pid_alive(owner.get("pid", 0)):
+                reason = f"worker process {owner['pid']} on {HOST} ended during the trial (killed or crashed)"
+                trial_id = _trial_id(study, storage, trial.number)
+                storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+                storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                gone.append((trial, reason))
+    for trial, reason in gone:
         print(f"trial {trial.number} marked failed: {reason}", flush=True)
+        if "mlflow_run_id" in trial.user_attrs:
+            tracking.end_if_running(trial.user_attrs["mlflow_run_id"], "failed", reason)
     tracking.close_orphans()
 
 
@@ -184,11 +176,13 @@ def work(job: Job) -> None:
     torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_study(job.study_path)
-    study = _load(spec, get_variant(job.variant), open_storage(job.storage), job.seed, job.worker)
-    take_trials(job, spec, study, Tracking(job.tracking_uri, spec.name))
+    storage = open_storage(job.storage, job.heartbeat)
+    study = _load(spec, get_variant(job.variant), storage, job.seed, job.worker)
+    take_trials(job, spec, study, storage, Tracking(job.tracking_uri, spec.name))
 
 
-def take_trials(job: Job, spec: StudySpec, study: optuna.Study, tracking: Tracking) -> None:
+def take_trials(job: Job, spec: StudySpec, study: optuna.Study, storage: optuna.storages.BaseStorage,
+                tracking: Tracking) -> None:
     """Asks for trials until the study holds ``job.trials`` complete or pruned ones."""
     device = job.device
     if device == "auto" and torch.cuda.device_count() > 1:
@@ -196,12 +190,22 @@ def take_trials(job: Job, spec: StudySpec, study: optuna.Study, tracking: Tracki
     failures = 0  # in a row
     while failures < MAX_FAILURES_IN_A_ROW:
         with ask_lock(job.storage):
+            _recover(study, storage, tracking)
             states = [trial.state for trial in study.get_trials(deepcopy=False)]
-            if sum(state in FINISHED or state == TrialState.RUNNING for state in states) >= job.trials:
+            finished = sum(state in FINISHED for state in states)
+            if finished >= job.trials:
                 return
-            trial = study.ask()
-            trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
-        state = run_trial(study, trial, spec, job, device, tracking)
+            trial = None
+            if finished + states.count(TrialState.RUNNING) < job.trials:
+                with known_heartbeat_warnings():
+                    trial = study.ask()  # a trial queued again after its worker died comes first
+                trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
+        if trial is None:
+            # Enough trials are running, but one may still fail or lose its worker: stay until they end.
+            time.sleep(WAIT_SECONDS)
+            continue
+        with heartbeat(storage, _trial_id(study, storage, trial.number)):  # until it is told, not just trained
+            state = run_trial(study, trial, spec, job, device, tracking)
         failures = failures + 1 if state == TrialState.FAIL else 0
     print(f"worker {job.worker} stops: {failures} trials in a row failed; see their reasons in the MLflow UI "
           "(tag bench.end_reason), fix the variant or narrow the study's ranges, then run the same command again",
@@ -225,7 +229,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Jo
               tracking: Tracking) -> TrialState:
     variant_cls = get_variant(job.variant)
     hparams = {dim.name: dim.suggest(trial, variant_cls.hparams[dim.name]) for dim in spec.dimensions(variant_cls)}
-    seed = job.seed + trial.number
+    frozen = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number)
+    with known_heartbeat_warnings():
+        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    # A retry repeats its original, seed included (Optuna copies the original's attributes).
+    seed = frozen.user_attrs["seed"] if retry_of is not None else job.seed + trial.number
     trial.set_user_attr("seed", seed)
     config = TrainConfig(job.variant, spec.dataset, steps=spec.steps, batch_size=spec.batch_size, seed=seed,
                          device=device, hparams=hparams, eval_every=spec.eval_every,
@@ -234,7 +242,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Jo
     out = RESULTS / "studies" / re.sub(r"[^\w.-]+", "_", study.study_name) / f"trial-{trial.number:04d}"
     shutil.rmtree(out, ignore_errors=True)  # left by a study of the same name whose storage was deleted
     run = tracking.start_trial(job.parent_run_id, trial.number, config, {
-        "bench.study": spec.name, "bench.optuna_study": study.study_name, "bench.objective": spec.objective})
+        "bench.study": spec.name, "bench.optuna_study": study.study_name, "bench.objective": spec.objective,
+        **({"bench.retry_of": str(retry_of)} if retry_of is not None else {})})
     trial.set_user_attr("mlflow_run_id", run.run_id)
     try:
         result = train(config, out, progress=job.progress, observers=[run, ReportToPruner(trial, spec.objective)])

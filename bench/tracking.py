@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
+from bench.errors import ConfigError
 from bench.engine import HEALTH, TrainConfig, TrainResult, resolve_device
 from bench.observer import Observer
 
@@ -70,6 +71,17 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+def check_server(uri: str) -> None:
+    """Fails in seconds, not after MLflow's minutes of retries, when no tracking server answers."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+    except requests.RequestException as exc:
+        raise ConfigError(f"cannot reach the MLflow tracking server at {redact(uri)} ({type(exc).__name__}); "
+                          "start it (bench server --backend-store-uri ...) or check --tracking-uri") from None
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -87,6 +99,8 @@ class Tracking:
         import mlflow
 
         self.uri = tracking_uri or default_tracking_uri()
+        if urlsplit(self.uri).scheme in ("http", "https"):
+            check_server(self.uri)
         # Process-wide as well: flush_async_logging() talks to the global store, and left unset
         # that is a fresh ./mlflow.db in whatever folder the worker happens to run in.
         mlflow.set_tracking_uri(self.uri)
@@ -140,6 +154,10 @@ class Tracking:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
         self.client.set_terminated(run_id, status=END_STATUS[state])
+
+    def end_if_running(self, run_id: str, state: str, reason: str) -> None:
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.end(run_id, state, reason)
 
     def close_orphans(self) -> list[str]:
         """Ends the RUNNING runs whose process on this host is gone (a worker killed with -9)."""

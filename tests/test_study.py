@@ -23,7 +23,8 @@ from optuna.trial import TrialState
 from bench.cli import main
 from bench.errors import ConfigError
 from bench.registry import get_variant, register, variants
-from bench.runner import open_storage, run_study
+from bench.runner import run_study
+from bench.storage import open_storage
 from bench.study import available_studies, load_study
 from bench.tracking import redact
 from variants.dcgan import DCGAN

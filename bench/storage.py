@@ -1,0 +1,171 @@
+"""Where a study's trials live: a journal file on one machine, or a database shared by many.
+
+A journal file (the default) serves the workers of one machine. A PostgreSQL database serves
+workers on any number of machines; there, each running trial records a heartbeat, and a trial
+whose worker went silent (killed, crashed, cut off) is failed and queued again with the same
+hyperparameters, so that another worker retries it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import threading
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import optuna
+
+from bench.errors import ConfigError
+from bench.tracking import RESULTS, redact
+
+HEARTBEAT_SECONDS = 10
+"""How often a running trial records its heartbeat in a database storage."""
+STALE_AFTER_HEARTBEATS = 3
+"""A trial silent for this many heartbeats is failed and queued again."""
+MAX_RETRIES = 2
+ASK_LOCK_KEY = 0x62656E6368  # "bench": the PostgreSQL advisory lock that serialises asking
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def default_storage() -> str:
+    return str(RESULTS / "optuna" / "journal.log")
+
+
+def is_database(url: str) -> bool:
+    return "://" in url
+
+
+def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storages.BaseStorage:
+    """A PostgreSQL or SQLite storage for a database URL, else a journal file at that path."""
+    if is_database(url):
+        return _database(url, heartbeat)
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The open(2)-based lock works on every local file system, unlike the default symlink lock.
+    backend = optuna.storages.journal.JournalFileBackend(
+        str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
+    return optuna.storages.JournalStorage(backend)
+
+
+def _database(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    scheme = urlsplit(url).scheme.split("+")[0]
+    if scheme not in ("postgresql", "sqlite"):
+        raise ConfigError(f"unsupported storage '{redact(url)}': use postgresql://USER@HOST/DB, "
+                          "sqlite:///PATH, or a journal file path")
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if scheme == "postgresql" else {}
+    try:
+        with known_heartbeat_warnings():
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"connect_args": connect_args}, heartbeat_interval=heartbeat,
+                grace_period=STALE_AFTER_HEARTBEATS * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+    except SQLAlchemyError as exc:
+        raise ConfigError(_explain(url, exc)) from None
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fails the trials whose heartbeat stopped and queues each again (database storages)."""
+    with known_heartbeat_warnings():
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextlib.contextmanager
+def known_heartbeat_warnings():
+    """Optuna warns that heartbeats and retries are experimental and meant for study.optimize;
+    this module uses them knowingly (and beats itself, see :func:`heartbeat`): said once here,
+    not at every trial."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
+        yield
+
+
+def check_database(url: str, role: str) -> None:
+    """Connects to a PostgreSQL ``url`` once, raising ConfigError with what to check if that fails."""
+    if not urlsplit(url).scheme.startswith("postgresql"):
+        return
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with _lock_engine(url).connect():
+            pass
+    except SQLAlchemyError as exc:
+        raise ConfigError(_explain(url, exc, role)) from None
+
+
+def _explain(url: str, exc: Exception, role: str = "Optuna storage") -> str:
+    """A database error as what went wrong and what to check, without the password."""
+    parts = urlsplit(url)
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    if "password authentication failed" in detail:
+        return (f"the {role} at {where} refused user '{parts.username}': wrong password; check the "
+                "password in the URL, PGPASSWORD or ~/.pgpass")
+    if "does not exist" in detail:
+        return f"the {role} at {where}: {detail}; create it (createdb) or fix the URL"
+    return (f"cannot reach the {role} {redact(url)} ({detail}); check that PostgreSQL runs on {where} "
+            "and accepts connections from this machine (listen_addresses, pg_hba.conf, firewall)")
+
+
+@contextlib.contextmanager
+def ask_lock(url: str):
+    """Serialises 'count the trials, then ask for one' between every worker of a storage, so
+    that together they run exactly the requested number: a PostgreSQL advisory lock for a
+    database that many machines share, a file lock beside a journal or SQLite file."""
+    if urlsplit(url).scheme.startswith("postgresql"):
+        from sqlalchemy import text
+
+        with _lock_engine(url).connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": ASK_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ASK_LOCK_KEY})
+        return
+    path = url.removeprefix("sqlite:///") if is_database(url) else url
+    with open(f"{path}.ask-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@functools.cache
+def _lock_engine(url: str):
+    from sqlalchemy import create_engine
+
+    return create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
+
+
+@contextlib.contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int):
+    """Records the trial's heartbeat in the background while it runs (database storages only).
+
+    Optuna does this itself inside ``study.optimize``; workers here ask and tell instead, so
+    that a trial is asked for under :func:`ask_lock`.
+    """
+    interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,191 @@
+"""Studies shared through PostgreSQL and an MLflow tracking server: a real PostgreSQL server
+(Debian's, started on loopback for this module), a real `bench server`, real `bench run`
+processes on real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from bench.cli import main
+from bench.leaderboard import leaderboard
+from bench.storage import open_storage
+from tests.test_study import BENCH, clean_env, write_study
+
+PASSWORD = "s3cret-Pw-7"
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name), default=None)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def as_postgres(*command: object) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
+    command = [str(part) for part in command]
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 with a password-protected user 'bench'."""
+
+    def __init__(self, folder: Path, port: int):
+        self.folder, self.port = folder, port
+
+    def psql(self, sql: str) -> None:
+        subprocess.run(as_postgres(PG_BIN / "psql", "-h", self.folder, "-p", self.port, "-U", "postgres",
+                                   "-v", "ON_ERROR_STOP=1", "-qc", sql), check=True, capture_output=True)
+
+    def database(self, name: str) -> str:
+        """A new database owned by 'bench', as a URL with the password in it."""
+        self.psql(f"CREATE DATABASE {name} OWNER bench")
+        return self.url(name)
+
+    def url(self, name: str, password: str = PASSWORD) -> str:
+        return f"postgresql://bench:{password}@127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    assert PG_BIN is not None, "PostgreSQL is not installed: `make test` installs Debian's postgresql"
+    folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    data, port = folder / "data", free_port()
+    subprocess.run(as_postgres(PG_BIN / "initdb", "-D", data, "-U", "postgres", "--auth-local=trust",
+                               "--auth-host=scram-sha-256"), check=True, capture_output=True)
+    subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", data, "-l", folder / "server.log", "-w", "-o",
+                               f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"),
+                   check=True, capture_output=True)
+    server = Postgres(folder, port)
+    try:
+        server.psql(f"CREATE USER bench PASSWORD '{PASSWORD}'")
+        yield server
+    finally:
+        subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"), capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_unreachable_or_refused_stores_fail_fast_with_the_host_and_the_fix(postgres, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runner = CliRunner()
+    closed = free_port()
+    run = ["run", "--variant", "gan", "--study", "quick"]
+
+    nobody = runner.invoke(main, run + ["--storage", f"postgresql://bench@127.0.0.1:{closed}/optuna"])
+    assert nobody.exit_code == 2 and f"127.0.0.1:{closed}" in nobody.output
+    assert "check that PostgreSQL runs" in nobody.output and "Traceback" not in nobody.output
+
+    postgres.database("refused")
+    refused = runner.invoke(main, run + ["--storage", postgres.url("refused", password="not-the-password")])
+    assert refused.exit_code == 2 and "wrong password" in refused.output and "user 'bench'" in refused.output
+    assert "not-the-password" not in refused.output
+
+    no_server = runner.invoke(main, run + ["--tracking-uri", f"http://127.0.0.1:{closed}"])
+    assert no_server.exit_code == 2 and f"MLflow tracking server at http://127.0.0.1:{closed}" in no_server.output
+
+    bad_backend = runner.invoke(main, ["server", "--backend-store-uri", postgres.url("refused", password="nope")])
+    assert bad_backend.exit_code == 2 and "MLflow backend store" in bad_backend.output
+
+
+def wait_for_http(url: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"{url} did not answer within {seconds} s"
+            time.sleep(0.5)
+
+
+def running_trial_of(study: optuna.Study, pid: int) -> optuna.trial.FrozenTrial | None:
+    for trial in study.get_trials(states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker", {}).get("pid") == pid and "mlflow_run_id" in trial.user_attrs:
+            return trial
+    return None
+
+
+def test_three_workers_on_postgres_and_a_tracking_server_survive_a_killed_worker(postgres, project_folder):
+    host_a, host_b = project_folder("host-a"), project_folder("host-b")  # two share host A's folder
+    study_file = write_study(host_a, "shared", steps=80, eval_every=40)
+    storage = postgres.database("optuna")
+    port = free_port()
+    server = subprocess.Popen([BENCH, "server", "--backend-store-uri", postgres.database("mlflow"), "--artifacts",
+                               str(host_a / "server-artifacts"), "--port", str(port)], cwd=host_a,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env=clean_env())
+    tracking = f"http://127.0.0.1:{port}"
+    command = [BENCH, "run", "--variant", "gan", "--study", str(study_file), "--trials", "4", "--storage", storage,
+               "--tracking-uri", tracking, "--heartbeat", "2"]
+
+    def start(folder: Path, seed: int) -> subprocess.Popen:
+        # Each worker its own --seed, as on separate machines: the samplers then propose different points.
+        return subprocess.Popen(command + ["--seed", str(seed)], cwd=folder, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True, env=clean_env())
+
+    workers: list[subprocess.Popen] = []
+    try:
+        wait_for_http(f"{tracking}/health", 120)
+        victim = start(host_a, 0)
+        workers = [victim, start(host_a, 100), start(host_b, 200)]
+        study = None
+        deadline = time.monotonic() + 180
+        while (study is None or running_trial_of(study, victim.pid) is None) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            summaries = optuna.study.get_all_study_summaries(open_storage(storage))
+            if summaries:
+                study = optuna.load_study(study_name=summaries[0].study_name, storage=open_storage(storage))
+        doomed = running_trial_of(study, victim.pid)
+        assert doomed is not None, "the victim never started a trial"
+        os.killpg(victim.pid, signal.SIGKILL)
+        killed_at = time.time()
+        victim.wait()
+        outputs = [worker.communicate(timeout=300)[0] for worker in workers[1:]]
+        assert [worker.returncode for worker in workers[1:]] == [0, 0], outputs
+
+        trials = study.get_trials()
+        assert len({trial.number for trial in trials}) == len(trials)
+        complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+        assert len(complete) == 4
+        assert [trial.number for trial in trials if trial.state == TrialState.FAIL] == [doomed.number]
+        [retry] = [trial for trial in complete if trial.system_attrs.get("failed_trial") == doomed.number]
+        assert retry.params == doomed.params and retry.user_attrs["seed"] == doomed.user_attrs["seed"]
+        print(f"\nSIGKILL to the retried trial's start: {retry.datetime_start.timestamp() - killed_at:.1f} s")
+
+        client = mlflow.MlflowClient(tracking)
+        [experiment] = [e for e in client.search_experiments() if e.name == "shared"]
+        runs = client.search_runs([experiment.experiment_id], max_results=1000)
+        assert {run.info.status for run in runs} <= {"FINISHED", "FAILED", "KILLED"}
+        by_id = {run.info.run_id: run for run in runs}
+        killed_run = by_id[doomed.user_attrs["mlflow_run_id"]]
+        assert killed_run.info.status == "FAILED" and "heartbeats" in killed_run.data.tags["bench.end_reason"]
+        assert by_id[retry.user_attrs["mlflow_run_id"]].data.tags["bench.retry_of"] == str(doomed.number)
+        parents = [run for run in runs if run.data.tags["bench.kind"] == "study"]
+        assert sorted(run.info.status for run in parents) == ["FINISHED", "FINISHED", "KILLED"]
+        for run in runs:  # the password in --storage is nowhere in what MLflow recorded
+            assert not any(PASSWORD in value for value in [*run.data.params.values(), *run.data.tags.values()])
+
+        [row] = leaderboard(tracking, "shared").query("metric == 'fid_domain'").to_dict("records")
+        assert (row["complete"], row["failed"], row["retried"]) == (4, 1, 1)
+    finally:
+        for process in [*workers, server]:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        server.wait()
