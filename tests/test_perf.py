@@ -36,11 +36,11 @@ def test_time_to_quality_stops_at_the_first_evaluation_below_the_threshold():
 
 
 def test_parallel_study_times_bench_run_with_its_workers():
-    # One worker count only: each is a full `bench run` with its start-up, half a minute here.
-    report = parallel_study("gan", workers=(2,), trials=2, steps=2)
+    # One worker count only: each is a full `bench run` with its start-up, the slow part here.
+    report = parallel_study("gan", workers=(1,), trials=1, steps=2)
     [row] = report["runs"]
-    assert row["workers"] == 2 and row["speedup"] == 1.0 and row["threads_per_worker"] >= 1
-    assert row["seconds"] > 0 and abs(row["trials_per_hour"] - 2 * 3600 / row["seconds"]) < 1
+    assert row["workers"] == 1 and row["speedup"] == 1.0 and row["threads_per_worker"] >= 1
+    assert row["seconds"] > 0 and abs(row["trials_per_hour"] - 3600 / row["seconds"]) < 1
 
 
 def test_bench_perf_writes_json(tmp_path):
@@ -56,7 +56,7 @@ def test_bench_perf_writes_json(tmp_path):
     assert report["scoring"]["samples"] == 300 and "torch" in report["meta"]
     assert set(report["overhead"]) == {"tracking", "doctor", "both"}
     hardware = report["hardware"]
-    assert hardware["variant"] == "gan" and hardware["step_gflop"] > 0 and hardware["top_operators"]
+    assert hardware["variant"] == "dcgan" and hardware["step_gflop"] > 0 and hardware["top_operators"]
     assert abs(hardware["fraction_of_matmul"] - hardware["achieved_gflops"] / hardware["matmul_gflops"]) < 0.01
     for name, row in report["overhead"].items():
         assert (row["tracking"], row["doctor"]) == (name != "doctor", name != "tracking")

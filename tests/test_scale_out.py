@@ -124,7 +124,7 @@ def running_trial_of(study: optuna.Study, pid: int) -> optuna.trial.FrozenTrial 
 
 def test_three_workers_on_postgres_and_a_tracking_server_survive_a_killed_worker(postgres, project_folder):
     host_a, host_b = project_folder("host-a"), project_folder("host-b")  # two share host A's folder
-    study_file = write_study(host_a, "shared", steps=80, eval_every=40)
+    study_file = write_study(host_a, "shared", steps=60, eval_every=30)
     storage = postgres.database("optuna")
     port = free_port()
     server = subprocess.Popen([BENCH, "server", "--backend-store-uri", postgres.database("mlflow"), "--artifacts",
