@@ -306,12 +306,15 @@ def evaluate(checkpoint, features, samples, device) -> None:
               help="Also measure each variant's training seconds until fid_domain < FID (minutes per variant).")
 @click.option("--quality-seconds", default=300.0, show_default=True,
               help="Training seconds after which --time-to-quality gives up on a variant.")
-@click.option("--parallel", is_flag=True, help="Also time a small study with --workers 1 and 2 (a few minutes).")
+@click.option("--parallel", "parallel", default="", metavar="K,K,...",
+              help="Also time a small study with each of these --workers counts, e.g. 1,2 (minutes each).")
+@click.option("--parallel-storage", default=None, metavar="URL",
+              help="Optuna storage for --parallel, e.g. postgresql://USER@HOST/DB [default: a journal file].")
 @click.option("--inception", is_flag=True, help="Also measure the Inception extractor (slow on a CPU).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results/perf.json"), show_default=True)
 @reports_user_errors
 def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps, quality_threshold, quality_seconds,
-         parallel, inception, output) -> None:
+         parallel, parallel_storage, inception, output) -> None:
     """Measures training throughput (median images/s at batch 64) against a plain loop, scoring speed,
     tracking and doctor overheads and the hardware limit; optionally time to quality and parallel
     studies. Prints a table and writes JSON."""
@@ -323,9 +326,16 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
         get_variant(name)
     if quality_threshold is not None and quality_threshold <= 0:
         raise UserError(f"--time-to-quality must be a positive FID, got {quality_threshold}")
+    try:
+        worker_counts = tuple(int(count) for count in parallel.split(",") if count.strip())
+    except ValueError:
+        raise UserError(f"--parallel expects worker counts like 1,2,3, got '{parallel}'") from None
+    if any(count < 1 for count in worker_counts):
+        raise UserError(f"--parallel worker counts must be at least 1, got '{parallel}'")
     report = run_perf(chosen, output, dataset=dataset, steps=steps, repeats=repeats, device=device,
                       inception=inception, scoring_samples=scoring_samples, overhead_steps=overhead_steps,
-                      quality_threshold=quality_threshold, quality_seconds=quality_seconds, parallel=parallel)
+                      quality_threshold=quality_threshold, quality_seconds=quality_seconds, parallel=worker_counts,
+                      parallel_storage=parallel_storage)
     click.echo(f"{'variant':<10} {'images/s':>9} {'G steps/s':>10} {'plain loop':>11} {'speedup':>8} "
                f"{'plain: data share':>18}  device")
     for row in report["training"]:
@@ -350,7 +360,8 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
         click.echo(f"time to fid_domain < {row['threshold']:g} ({row['variant']}, untrained "
                    f"{row['untrained_fid_domain']}): {reached}")
     for row in report.get("parallel", {}).get("runs", []):
-        click.echo(f"study of {report['parallel']['trials']} trials with --workers {row['workers']} "
+        click.echo(f"study of {report['parallel']['trials']} trials ({report['parallel']['storage']}) with "
+                   f"--workers {row['workers']} "
                    f"({row['threads_per_worker']} threads each): {row['seconds']} s, {row['trials_per_hour']} "
                    f"trials/hour ({row['speedup']}x)")
     if inception:

@@ -21,6 +21,7 @@ from bench.data import ImageDataset, load_dataset, to_unit_range
 from bench.engine import TrainConfig, Trainer, resolve_device
 from bench.registry import get_variant
 from bench.scoring import DEFAULT_CACHE, InceptionFeatures, Scorer
+from bench.tracking import redact
 
 
 def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
@@ -211,10 +212,13 @@ lr = {{ low = 1e-4, high = 4e-4, log = true }}
 
 
 def parallel_study(variant: str = "dcgan", *, workers: tuple[int, ...] = (1, 2), trials: int = 4,
-                   steps: int = 300, dataset: str = "fashion-mnist", device: str = "auto") -> dict:
+                   steps: int = 300, storage: str | None = None, dataset: str = "fashion-mnist",
+                   device: str = "auto") -> dict:
     """Trials per hour of one fixed small study (no pruning, so every trial does the same work)
     run by ``bench run --workers K`` for each K, each in a fresh folder: start-up, evaluation,
-    logging and the workers' own start-up all count, as they do for a user."""
+    logging and the workers' own start-up all count, as they do for a user. ``storage``: the
+    Optuna storage (e.g. a PostgreSQL URL; each K gets a study of its own there), else a
+    journal file in each folder."""
     import subprocess
     import sys
 
@@ -226,11 +230,11 @@ def parallel_study(variant: str = "dcgan", *, workers: tuple[int, ...] = (1, 2),
             folder = Path(folder)
             (folder / "results").mkdir()
             (folder / "results" / "cache").symlink_to(cache, target_is_directory=True)
-            study = folder / "parallel.toml"
+            study = folder / f"parallel_{count}w_{os.getpid()}_{time.time_ns()}.toml"
             study.write_text(PARALLEL_STUDY.format(dataset=dataset, trials=trials, steps=steps,
                                                    eval_every=steps // 2))
             command = [sys.executable, "-m", "bench.cli", "run", "--variant", variant, "--study", str(study),
-                       "--workers", str(count), "--device", device]
+                       "--workers", str(count), "--device", device] + (["--storage", storage] if storage else [])
             env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
             started = time.perf_counter()
             done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
@@ -241,7 +245,8 @@ def parallel_study(variant: str = "dcgan", *, workers: tuple[int, ...] = (1, 2),
                      "seconds": round(seconds, 1), "trials_per_hour": round(trials * 3600 / seconds, 1)})
     for row in rows:
         row["speedup"] = round(row["trials_per_hour"] / rows[0]["trials_per_hour"], 2)
-    return {"variant": variant, "trials": trials, "steps": steps, "dataset": dataset, "runs": rows}
+    return {"variant": variant, "trials": trials, "steps": steps, "dataset": dataset,
+            "storage": redact(storage) if storage else "journal file", "runs": rows}
 
 
 def matmul_gflops(*, size: int = 2048, repeats: int = 5, device: str = "auto") -> float:
@@ -315,9 +320,10 @@ def inception_throughput(*, batch_sizes: tuple[int, ...] = (8, 32, 64), images: 
 def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-mnist", steps: int = 40,
              repeats: int = 3, device: str = "auto", inception: bool = False, scoring_samples: int = 10000,
              overhead_steps: int = 200, quality_threshold: float | None = None, quality_seconds: float = 300,
-             parallel: bool = False) -> dict:
+             parallel: tuple[int, ...] = (), parallel_storage: str | None = None) -> dict:
     """Every measurement, written to ``out`` as JSON. The slow ones are opt-in: time to quality
-    (``quality_threshold``), the parallel study and the Inception extractor."""
+    (``quality_threshold``), the parallel study (``parallel``: its worker counts) and the
+    Inception extractor."""
     report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                        "machine": platform.machine(), "processor": platform.processor()},
               "training": [training_throughput(name, dataset=dataset, steps=steps, repeats=repeats, device=device)
@@ -334,7 +340,8 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
                                                      max_seconds=quality_seconds, device=device)
                                      for name in variants]
     if parallel:
-        report["parallel"] = parallel_study(dataset=dataset, device=device)
+        report["parallel"] = parallel_study(workers=parallel, storage=parallel_storage, dataset=dataset,
+                                            device=device)
     if inception:
         report["inception"] = inception_throughput(device=device)
     if out is not None:
