@@ -38,14 +38,19 @@ def main() -> None:
 @reports_user_errors
 def list_variants() -> None:
     """Lists the registered variants with their hyperparameters, defaults and valid ranges."""
-    from bench.registry import variants
+    from bench.registry import TIPS, variants
 
     for name, cls in variants().items():
         flags = " [conditional]" if cls.conditional else ""
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         click.echo(f"{name}{flags}  ({cls.__module__})\n  {summary}")
-        for key, spec in cls.hparams.items():
-            click.echo(f"    {key:<12} default {spec.default!s:<14} valid {spec.describe():<22} {spec.help}")
+        own = {key: spec for key, spec in cls.hparams.items() if key not in TIPS}
+        tips = {key: spec for key, spec in cls.hparams.items() if key in TIPS}
+        for title, specs in (("", own), ("  tips, off by default:", tips)):
+            if title and specs:
+                click.echo(title)
+            for key, spec in specs.items():
+                click.echo(f"    {key:<15} default {spec.default!s:<14} valid {spec.describe():<22} {spec.help}")
 
 
 def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
@@ -59,9 +64,8 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
         key, sep, text = setting.partition("=")
         if not sep:
             raise ConfigError(f"--set expects key=value, got '{setting}'")
-        if key not in cls.hparams:
-            raise ConfigError(f"variant '{variant}' has no hyperparameter '{key}'; valid: {', '.join(cls.hparams)}")
-        values[key] = cls.hparams[key].check(key, cls.hparams[key].parse(text))
+        spec = cls.hparam(key)
+        values[key] = spec.check(key, spec.parse(text))
     return values
 
 

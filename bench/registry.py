@@ -69,6 +69,41 @@ class HParam:
         return f"[{self.low:g}, {self.high:g}]" + (" (log)" if self.log else "")
 
 
+@dataclass(frozen=True)
+class Tip:
+    """A folklore training tip as a hyperparameter; its default switches it off, so that a
+    variant's defaults stay its paper's. ``needs`` says what a variant must have for it to apply."""
+
+    hparam: HParam
+    needs: str
+
+
+TIPS = {
+    "label_smoothing": Tip(HParam(0.0, 0.0, 0.5, help="one-sided label smoothing, D's real target is 1 - this "
+                                                      "(Salimans et al. 2016)"),
+                           "a discriminator trained with binary cross-entropy on real/fake targets"),
+    "minibatch_std": Tip(HParam(0, 0, 1, help="1 gives D the batch's feature standard deviation as an extra "
+                                              "channel (Karras et al. 2018)"),
+                         "a convolutional discriminator with a final feature map"),
+    "lr_d_ratio": Tip(HParam(1.0, 0.1, 10.0, log=True, help="D's learning rate as a multiple of lr "
+                                                            "(two time-scale update rule, Heusel et al. 2017)"),
+                      "a discriminator optimiser built with the variant's lr_d"),
+    "g_width": Tip(HParam(1.0, 0.25, 4.0, log=True, help="G's width multiplier (channels or units)"),
+                   "networks built from variants.blocks"),
+    "d_width": Tip(HParam(1.0, 0.25, 4.0, log=True, help="D's width multiplier (channels or units)"),
+                   "networks built from variants.blocks"),
+    "activation": Tip(HParam("default", choices=("default", "selu"),
+                             help="default (the paper's, with batch norm) or selu (SELU, no batch norm; "
+                                  "Klambauer et al. 2017)"),
+                      "networks built from variants.blocks"),
+}
+
+
+def tips(*names: str) -> dict[str, HParam]:
+    """The hyperparameters of the tips a variant supports (all of them by default)."""
+    return {name: TIPS[name].hparam for name in names or TIPS}
+
+
 def adam_hparams(lr: float, beta1: float, beta2: float = 0.999) -> dict[str, HParam]:
     """The Adam hyperparameters most variants share, with their paper defaults."""
     return {
@@ -111,13 +146,31 @@ class Variant(nn.Module, abc.ABC):
     @classmethod
     def resolve_hparams(cls, overrides: dict[str, HParamValue]) -> dict[str, HParamValue]:
         """The defaults with ``overrides`` applied, every value checked against its range."""
-        unknown = sorted(set(overrides) - set(cls.hparams))
-        if unknown:
-            valid = ", ".join(cls.hparams) or "none"
-            raise ConfigError(f"variant '{cls.name}' has no hyperparameter '{unknown[0]}'; valid: {valid}")
         values = {key: spec.default for key, spec in cls.hparams.items()}
-        values.update({key: cls.hparams[key].check(key, value) for key, value in overrides.items()})
+        values.update({key: cls.hparam(key).check(key, value) for key, value in overrides.items()})
         return values
+
+    @classmethod
+    def hparam(cls, key: str) -> HParam:
+        """The declared hyperparameter ``key``; a tip the variant does not take, or an unknown
+        key, is a ConfigError that says why."""
+        if key in cls.hparams:
+            return cls.hparams[key]
+        if key in TIPS:
+            raise ConfigError(f"tip '{key}' does not apply to variant '{cls.name}': it needs {TIPS[key].needs}, "
+                              f"which '{cls.name}' does not have; its tips: "
+                              f"{', '.join(k for k in cls.hparams if k in TIPS) or 'none'}")
+        raise ConfigError(f"variant '{cls.name}' has no hyperparameter '{key}'; valid: "
+                          f"{', '.join(cls.hparams) or 'none'}")
+
+    def tip(self, name: str) -> HParamValue:
+        """This run's value of tip ``name``, or its neutral default where the variant does not take it."""
+        return getattr(self.hp, name, TIPS[name].hparam.default)
+
+    @property
+    def lr_d(self) -> float:
+        """D's learning rate: lr, times lr_d_ratio where the variant takes that tip."""
+        return self.hp.lr * self.tip("lr_d_ratio")
 
     @abc.abstractmethod
     def build(self) -> None:
@@ -183,10 +236,10 @@ class Variant(nn.Module, abc.ABC):
         finally:
             self.train(was_training)
 
-    def adam(self, *modules: nn.Module) -> torch.optim.Adam:
-        """An Adam optimiser over ``modules`` with this variant's lr and betas."""
+    def adam(self, *modules: nn.Module, lr: float | None = None) -> torch.optim.Adam:
+        """An Adam optimiser over ``modules`` with this variant's betas and ``lr`` (default: hp.lr)."""
         params = [p for module in modules for p in module.parameters()]
-        return torch.optim.Adam(params, lr=self.hp.lr, betas=(self.hp.beta1, self.hp.beta2))
+        return torch.optim.Adam(params, lr=self.hp.lr if lr is None else lr, betas=(self.hp.beta1, self.hp.beta2))
 
     @staticmethod
     def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

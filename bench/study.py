@@ -86,11 +86,11 @@ class StudySpec:
         dims = list(self.space) + [dim for dim in self.space_if_present if dim.name in variant.hparams]
         for dim in dims:
             where = f"{self.path}: [space] {dim.name}"
-            spec = variant.hparams.get(dim.name)
-            if spec is None:
-                raise ConfigError(f"{where}: variant '{variant.name}' has no hyperparameter '{dim.name}' "
-                                  f"(it has: {', '.join(variant.hparams) or 'none'}); remove the key, move it "
-                                  "to [space_if_present], or run another variant")
+            try:
+                spec = variant.hparam(dim.name)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}; remove the key, move it to [space_if_present], "
+                                  "or run another variant") from None
             for bound in (dim.choices or (dim.low, dim.high)):
                 try:
                     spec.check(dim.name, bound)

@@ -17,8 +17,11 @@ def bench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--variant", "stylegan"], "unknown variant 'stylegan'; choose one of: cgan, dcgan, gan, infogan, ragan"),
+    (["--variant", "stylegan"], "unknown variant 'stylegan'; choose one of: cgan, dcgan, ebgan, gan, infogan, ragan"),
     (["--variant", "wgan", "--set", "beta1=0.5"], "variant 'wgan' has no hyperparameter 'beta1'; valid: lr, clip_c, n_critic"),
+    (["--variant", "wgan", "--set", "label_smoothing=0.1"], "tip 'label_smoothing' does not apply to variant "
+     "'wgan': it needs a discriminator trained with binary cross-entropy on real/fake targets"),
+    (["--variant", "gan", "--set", "minibatch_std=1"], "it needs a convolutional discriminator"),
     (["--variant", "wgan_gp", "--set", "gp_lambda=5000"], "gp_lambda=5000.0 is out of range; valid: [0.01, 1000] (log)"),
     (["--variant", "gan", "--set", "loss=hinge"], "loss='hinge' is not valid; choose one of: nonsaturating, minimax"),
     (["--variant", "gan", "--set", "lr"], "--set expects key=value, got 'lr'"),

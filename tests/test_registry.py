@@ -12,12 +12,12 @@ from bench import registry
 from bench.errors import ConfigError, DuplicateVariantError
 from bench.registry import HParam, get_variant, register, variants
 
-BUILT_INS = {"gan", "dcgan", "wgan", "wgan_gp", "cgan", "infogan", "ragan"}
+BUILT_INS = {"gan", "dcgan", "wgan", "wgan_gp", "cgan", "infogan", "ragan", "ebgan"}
 PLUGIN = Path(__file__).parent / "plugins" / "ganbench_test_plugin"
 BENCH = Path(sys.executable).with_name("bench")
 
 
-def test_the_seven_variants_are_registered_through_entry_points():
+def test_the_built_in_variants_are_registered_through_entry_points():
     assert BUILT_INS <= set(variants())
 
 
@@ -42,7 +42,7 @@ def test_bench_list_shows_an_installed_plugin_beside_the_built_ins(plugin_site):
     assert listed == BUILT_INS | {"tiny_gan"}
     assert "ganbench_test_plugin" in result.stdout
     # hyperparameters with default and valid range
-    assert "gp_lambda    default 10.0" in result.stdout and "[0.01, 1000] (log)" in result.stdout
+    assert "gp_lambda       default 10.0" in result.stdout and "[0.01, 1000] (log)" in result.stdout
 
 
 def test_a_plugin_that_fails_to_import_gives_one_warning_naming_it(plugin_site):

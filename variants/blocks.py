@@ -1,16 +1,43 @@
 """Network blocks the variants share: an MLP pair and a DCGAN-style convolutional pair.
 
 Shapes follow the dataset: any channel count, and any image side that halves down to a base
-of 3 to 7 pixels (8, 28, 32, 64, ...).
+of 3 to 7 pixels (8, 28, 32, 64, ...). The tips that change networks (width multipliers, SELU
+without batch norm, the minibatch standard-deviation channel) are arguments here, and
+:func:`conv_generator` / :func:`conv_discriminator` read them from a variant's hyperparameters.
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
+from bench.registry import Variant
+
+CONV_WIDTH = 32
+"""Base channels of the convolutional networks: chosen by time to quality (README, Performance)."""
+
+
+def activation(selu: bool, *, generator: bool) -> nn.Module:
+    """DCGAN's ReLU (G) or LeakyReLU(0.2) (D), or SELU, whose self-normalisation replaces batch norm."""
+    if selu:
+        return nn.SELU(inplace=True)
+    return nn.ReLU(inplace=True) if generator else nn.LeakyReLU(0.2, inplace=True)
+
+
+def scaled(width: int, multiplier: float) -> int:
+    return max(1, round(width * multiplier))
+
+
+class MinibatchStd(nn.Module):
+    """Appends one channel: the standard deviation of each feature over the batch, averaged
+    (Karras et al. 2018). D can then see a batch whose samples all look alike."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        spread = x.float().std(dim=0, unbiased=False).mean().to(x.dtype)
+        return torch.cat([x, spread.expand(len(x), 1, *x.shape[2:])], dim=1)
 
 
 def conv_plan(side: int) -> tuple[int, int]:
@@ -30,12 +57,13 @@ def conv_plan(side: int) -> tuple[int, int]:
 class MLPGenerator(nn.Module):
     """z (N, in_dim) -> images (N, C, H, W) in [-1, 1] through fully connected layers."""
 
-    def __init__(self, in_dim: int, image_shape: tuple[int, int, int], hidden: tuple[int, ...] = (256, 512, 1024)):
+    def __init__(self, in_dim: int, image_shape: tuple[int, int, int], hidden: tuple[int, ...] = (256, 512, 1024),
+                 *, selu: bool = False):
         super().__init__()
         self.image_shape = image_shape
         layers: list[nn.Module] = []
         for width in hidden:
-            layers += [nn.Linear(in_dim, width), nn.LeakyReLU(0.2)]
+            layers += [nn.Linear(in_dim, width), activation(selu, generator=False)]
             in_dim = width
         layers += [nn.Linear(in_dim, math.prod(image_shape)), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -47,12 +75,12 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     """images (N, C, H, W) -> logits (N,)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], hidden: tuple[int, ...] = (512, 256)):
+    def __init__(self, image_shape: tuple[int, int, int], hidden: tuple[int, ...] = (512, 256), *, selu: bool = False):
         super().__init__()
         in_dim = math.prod(image_shape)
         layers: list[nn.Module] = [nn.Flatten()]
         for width in hidden:
-            layers += [nn.Linear(in_dim, width), nn.LeakyReLU(0.2)]
+            layers += [nn.Linear(in_dim, width), activation(selu, generator=False)]
             in_dim = width
         layers.append(nn.Linear(in_dim, 1))
         self.net = nn.Sequential(*layers)
@@ -65,19 +93,23 @@ class ConvGenerator(nn.Module):
     """DCGAN generator: z (N, in_dim) -> images (N, C, H, W) in [-1, 1].
 
     A transposed conv projects z to a base x base map, then stride-2 transposed convs double
-    it up to H; batch norm and ReLU everywhere but the Tanh output (Radford et al. 2016).
+    it up to H; batch norm and ReLU everywhere but the Tanh output (Radford et al. 2016), or
+    SELU and no batch norm with ``selu``.
     """
 
-    def __init__(self, in_dim: int, image_shape: tuple[int, int, int], width: int = 32):
+    def __init__(self, in_dim: int, image_shape: tuple[int, int, int], width: int = CONV_WIDTH, *,
+                 selu: bool = False):
         super().__init__()
         channels, side, _ = image_shape
         base, stages = conv_plan(side)
         features = width * 2 ** (stages - 1)
-        layers: list[nn.Module] = [nn.ConvTranspose2d(in_dim, features, base, 1, 0, bias=False),
-                                   nn.BatchNorm2d(features), nn.ReLU(True)]
+
+        def block(conv: nn.Module, out: int) -> list[nn.Module]:
+            return [conv] + ([] if selu else [nn.BatchNorm2d(out)]) + [activation(selu, generator=True)]
+
+        layers = block(nn.ConvTranspose2d(in_dim, features, base, 1, 0, bias=selu), features)
         for _ in range(stages - 1):
-            layers += [nn.ConvTranspose2d(features, features // 2, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(features // 2), nn.ReLU(True)]
+            layers += block(nn.ConvTranspose2d(features, features // 2, 4, 2, 1, bias=selu), features // 2)
             features //= 2
         layers += [nn.ConvTranspose2d(features, channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -87,29 +119,56 @@ class ConvGenerator(nn.Module):
 
 
 class ConvDiscriminator(nn.Module):
-    """DCGAN discriminator: images (N, C + extra_channels, H, W) -> scores (N,).
+    """DCGAN discriminator: images (N, C + extra_channels, H, W) -> scores (N,), or (N, outputs).
 
     Stride-2 convs with LeakyReLU(0.2), no pooling, no hidden fully connected layer; batch
     norm on every layer but the input one, unless ``batch_norm=False`` (WGAN-GP's critic,
-    whose gradient penalty is per sample). ``trunk`` is exposed for heads that share it.
+    whose gradient penalty is per sample) or ``selu``. ``minibatch_std`` appends the batch's
+    feature spread as a channel before the head. ``trunk`` is exposed for heads that share it.
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], width: int = 32, *, extra_channels: int = 0,
-                 batch_norm: bool = True):
+    def __init__(self, image_shape: tuple[int, int, int], width: int = CONV_WIDTH, *, extra_channels: int = 0,
+                 batch_norm: bool = True, selu: bool = False, minibatch_std: bool = False, outputs: int = 1):
         super().__init__()
         channels, side, _ = image_shape
         base, stages = conv_plan(side)
-        layers: list[nn.Module] = [nn.Conv2d(channels + extra_channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        batch_norm = batch_norm and not selu
+        layers: list[nn.Module] = [nn.Conv2d(channels + extra_channels, width, 4, 2, 1),
+                                   activation(selu, generator=False)]
         features = width
         for _ in range(stages - 1):
             layers.append(nn.Conv2d(features, features * 2, 4, 2, 1, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(features * 2))
-            layers.append(nn.LeakyReLU(0.2, True))
+            layers.append(activation(selu, generator=False))
             features *= 2
         self.trunk = nn.Sequential(*layers)
         self.trunk_features = features * base * base
-        self.head = nn.Conv2d(features, 1, base, 1, 0)
+        head = nn.Conv2d(features + minibatch_std, outputs, base, 1, 0)
+        self.head = nn.Sequential(MinibatchStd(), head) if minibatch_std else head
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.trunk(x)).flatten()
+        return self.head(self.trunk(x)).flatten(1).squeeze(1)
+
+
+def conv_generator(variant: Variant, in_dim: int | None = None) -> ConvGenerator:
+    """The DCGAN generator for ``variant``'s images, sized and activated as its tips say."""
+    return ConvGenerator(in_dim or variant.z_dim, variant.image_shape, scaled(CONV_WIDTH, variant.tip("g_width")),
+                         selu=variant.tip("activation") == "selu")
+
+
+def conv_discriminator(variant: Variant, **options) -> ConvDiscriminator:
+    """The DCGAN discriminator for ``variant``'s images, as its tips say (``options``: see
+    :class:`ConvDiscriminator`)."""
+    return ConvDiscriminator(variant.image_shape, scaled(CONV_WIDTH, variant.tip("d_width")),
+                             selu=variant.tip("activation") == "selu",
+                             minibatch_std=bool(variant.tip("minibatch_std")), **options)
+
+
+def mlp_pair(variant: Variant) -> tuple[MLPGenerator, MLPDiscriminator]:
+    """The MLP generator and discriminator for ``variant``, as its tips say."""
+    selu = variant.tip("activation") == "selu"
+    g_hidden = tuple(scaled(width, variant.tip("g_width")) for width in (256, 512, 1024))
+    d_hidden = tuple(scaled(width, variant.tip("d_width")) for width in (512, 256))
+    return (MLPGenerator(variant.z_dim, variant.image_shape, g_hidden, selu=selu),
+            MLPDiscriminator(variant.image_shape, d_hidden, selu=selu))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.registry import register
-from variants.blocks import ConvDiscriminator, ConvGenerator
+from variants.blocks import conv_discriminator, conv_generator
 from variants.dcgan import DCGAN
 
 
@@ -24,10 +24,10 @@ class CGAN(DCGAN):
     conditional = True
 
     def build(self) -> None:
-        self.G = ConvGenerator(self.z_dim + self.num_classes, self.image_shape)
-        self.D = ConvDiscriminator(self.image_shape, extra_channels=self.num_classes)
+        self.G = conv_generator(self, self.z_dim + self.num_classes)
+        self.D = conv_discriminator(self, extra_channels=self.num_classes)
         self.opt_g = self.adam(self.G)
-        self.opt_d = self.adam(self.D)
+        self.opt_d = self.adam(self.D, lr=self.lr_d)
 
     def generate(self, latent: Tensor, labels: Tensor) -> Tensor:
         one_hot = F.one_hot(labels, self.num_classes).to(latent.dtype)

@@ -6,8 +6,8 @@ with a Tanh output, LeakyReLU(0.2) in D, no hidden fully connected layers (varia
 
 from __future__ import annotations
 
-from bench.registry import register
-from variants.blocks import ConvDiscriminator, ConvGenerator
+from bench.registry import register, tips
+from variants.blocks import conv_discriminator, conv_generator
 from variants.gan import GAN
 
 
@@ -16,9 +16,10 @@ class DCGAN(GAN):
     """Radford et al. 2016, convolutional networks; Adam 2e-4, beta1 0.5."""
 
     name = "dcgan"
+    hparams = {**GAN.hparams, **tips()}
 
     def build(self) -> None:
-        self.G = ConvGenerator(self.z_dim, self.image_shape)
-        self.D = ConvDiscriminator(self.image_shape)
+        self.G = conv_generator(self)
+        self.D = conv_discriminator(self)
         self.opt_g = self.adam(self.G)
-        self.opt_d = self.adam(self.D)
+        self.opt_d = self.adam(self.D, lr=self.lr_d)

@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.registry import HParam, Variant, adam_hparams, register
-from variants.blocks import MLPDiscriminator, MLPGenerator
+from bench.registry import HParam, Variant, adam_hparams, register, tips
+from variants.blocks import mlp_pair
 
 
-def discriminator_bce(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-    """-log D(x) - log(1 - D(G(z))), averaged: D's cross-entropy, reals labelled 1, fakes 0."""
-    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+def discriminator_bce(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0) -> Tensor:
+    """-log D(x) - log(1 - D(G(z))), averaged: D's cross-entropy, reals labelled 1, fakes 0.
+    ``real_target`` < 1 is one-sided label smoothing: the reals' label only."""
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, real_target))
             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
 
 
@@ -39,17 +40,23 @@ class GAN(Variant):
 
     name = "gan"
     hparams = {**adam_hparams(lr=2e-4, beta1=0.5),
-               "loss": HParam("nonsaturating", choices=tuple(GENERATOR_LOSSES), help="generator loss")}
+               "loss": HParam("nonsaturating", choices=tuple(GENERATOR_LOSSES), help="generator loss"),
+               **tips("label_smoothing", "lr_d_ratio", "g_width", "d_width", "activation")}
 
     def build(self) -> None:
-        self.G = MLPGenerator(self.z_dim, self.image_shape)
-        self.D = MLPDiscriminator(self.image_shape)
+        self.G, self.D = mlp_pair(self)
         self.opt_g = self.adam(self.G)
-        self.opt_d = self.adam(self.D)
+        self.opt_d = self.adam(self.D, lr=self.lr_d)
+
+    @property
+    def real_target(self) -> float:
+        """D's label for real images: 1, or 1 - label_smoothing."""
+        return 1.0 - self.tip("label_smoothing")
 
     def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """D's losses on a real batch and a detached fake batch; ``loss_d`` is optimised."""
-        return {"loss_d": discriminator_bce(self.discriminate(real, labels), self.discriminate(fake, labels))}
+        return {"loss_d": discriminator_bce(self.discriminate(real, labels), self.discriminate(fake, labels),
+                                            self.real_target)}
 
     def g_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """G's losses on a fake batch that carries its graph; ``loss_g`` is optimised."""

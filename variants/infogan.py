@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.registry import HParam, adam_hparams, register
-from variants.blocks import ConvDiscriminator, ConvGenerator
+from bench.registry import HParam, adam_hparams, register, tips
+from variants.blocks import conv_discriminator, conv_generator
 from variants.gan import GAN, discriminator_bce, generator_nonsaturating
 
 CATEGORIES = 10
@@ -42,15 +42,16 @@ class InfoGAN(GAN):
     z_dim = 62
     hparams = {**adam_hparams(lr=2e-4, beta1=0.5),
                "lambda_info": HParam(1.0, 0.0, 10.0, help="weight of the mutual-information loss"),
-               "lambda_cont": HParam(0.1, 0.0, 10.0, help="weight of the continuous codes within it")}
+               "lambda_cont": HParam(0.1, 0.0, 10.0, help="weight of the continuous codes within it"),
+               **tips()}
 
     def build(self) -> None:
-        self.G = ConvGenerator(self.z_dim + CATEGORIES + CONTINUOUS, self.image_shape)
-        self.D = ConvDiscriminator(self.image_shape)
+        self.G = conv_generator(self, self.z_dim + CATEGORIES + CONTINUOUS)
+        self.D = conv_discriminator(self)
         self.Q = nn.Sequential(nn.Flatten(), nn.Linear(self.D.trunk_features, 128), nn.BatchNorm1d(128),
                                nn.LeakyReLU(0.2, True), nn.Linear(128, CATEGORIES + CONTINUOUS))
         self.opt_g = self.adam(self.G)
-        self.opt_d = self.adam(self.D, self.Q)
+        self.opt_d = self.adam(self.D, self.Q, lr=self.lr_d)
 
     def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """(n, 62 + 10 + 2): z, then a one-hot categorical code, then continuous codes."""
@@ -71,7 +72,7 @@ class InfoGAN(GAN):
     def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
         fake_scores, predicted = self.scores_and_codes(fake)
         info = info_loss(predicted, latent[:, self.z_dim:], self.hp.lambda_cont)
-        return {"loss_d": discriminator_bce(self.D(real), fake_scores) + self.hp.lambda_info * info}
+        return {"loss_d": discriminator_bce(self.D(real), fake_scores, self.real_target) + self.hp.lambda_info * info}
 
     def g_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
         fake_scores, predicted = self.scores_and_codes(fake)

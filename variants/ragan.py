@@ -10,15 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.registry import adam_hparams, register
+from bench.registry import adam_hparams, register, tips
 from variants.dcgan import DCGAN
 
 
-def ragan_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-    """-E[log s(C(x_r) - E C(x_f))] - E[log(1 - s(C(x_f) - E C(x_r)))], s the sigmoid."""
+def ragan_d_loss(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0) -> Tensor:
+    """-E[log s(C(x_r) - E C(x_f))] - E[log(1 - s(C(x_f) - E C(x_r)))], s the sigmoid; the
+    first term's target is ``real_target`` (< 1: one-sided label smoothing)."""
     real_rel = real_logits - fake_logits.mean()
     fake_rel = fake_logits - real_logits.mean()
-    return (F.binary_cross_entropy_with_logits(real_rel, torch.ones_like(real_rel))
+    return (F.binary_cross_entropy_with_logits(real_rel, torch.full_like(real_rel, real_target))
             + F.binary_cross_entropy_with_logits(fake_rel, torch.zeros_like(fake_rel)))
 
 
@@ -32,10 +33,10 @@ class RaGAN(DCGAN):
     """Jolicoeur-Martineau 2019, relativistic average loss; Adam 2e-4, beta1 0.5."""
 
     name = "ragan"
-    hparams = adam_hparams(lr=2e-4, beta1=0.5)
+    hparams = {**adam_hparams(lr=2e-4, beta1=0.5), **tips()}
 
     def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        return {"loss_d": ragan_d_loss(self.D(real), self.D(fake))}
+        return {"loss_d": ragan_d_loss(self.D(real), self.D(fake), self.real_target)}
 
     def g_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():  # D's verdict on reals after its update; no gradient reaches G through it

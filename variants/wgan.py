@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench.registry import HParam, Variant, register
-from variants.blocks import ConvDiscriminator, ConvGenerator
+from bench.registry import HParam, Variant, register, tips
+from variants.blocks import conv_discriminator, conv_generator
 
 
 def wasserstein_estimate(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
@@ -28,14 +28,15 @@ class WGAN(Variant):
         "lr": HParam(5e-5, 1e-6, 1e-2, log=True, help="RMSprop learning rate of G and the critic"),
         "clip_c": HParam(0.01, 1e-3, 1.0, log=True, help="critic weights are clipped to [-c, c]"),
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
+        **tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation"),
     }
     critic = True
 
     def build(self) -> None:
-        self.G = ConvGenerator(self.z_dim, self.image_shape)
-        self.D = ConvDiscriminator(self.image_shape)
+        self.G = conv_generator(self)
+        self.D = conv_discriminator(self)
         self.opt_g = torch.optim.RMSprop(self.G.parameters(), lr=self.hp.lr)
-        self.opt_d = torch.optim.RMSprop(self.D.parameters(), lr=self.hp.lr)
+        self.opt_d = torch.optim.RMSprop(self.D.parameters(), lr=self.lr_d)
 
     @property
     def real_batches_per_step(self) -> int:

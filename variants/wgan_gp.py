@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bench.registry import HParam, register
-from variants.blocks import ConvDiscriminator, ConvGenerator
+from bench.registry import HParam, register, tips
+from variants.blocks import conv_discriminator, conv_generator
 from variants.wgan import WGAN, wasserstein_estimate
 
 
@@ -36,13 +36,14 @@ class WGANGP(WGAN):
         "beta2": HParam(0.9, 0.0, 0.9999, help="Adam second-moment decay"),
         "gp_lambda": HParam(10.0, 0.01, 1000.0, log=True, help="gradient-penalty weight"),
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
+        **tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation"),
     }
 
     def build(self) -> None:
-        self.G = ConvGenerator(self.z_dim, self.image_shape)
-        self.D = ConvDiscriminator(self.image_shape, batch_norm=False)
+        self.G = conv_generator(self)
+        self.D = conv_discriminator(self, batch_norm=False)
         self.opt_g = self.adam(self.G)
-        self.opt_d = self.adam(self.D)
+        self.opt_d = self.adam(self.D, lr=self.lr_d)
 
     def critic_losses(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
         distance = wasserstein_estimate(self.D(real), self.D(fake))
