@@ -64,7 +64,7 @@ def test_two_variants_with_one_name_is_an_error_naming_both():
 
 
 def test_unknown_variant_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="unknown variant 'stylegan'; choose one of: cgan, dcgan, gan"):
+    with pytest.raises(ConfigError, match="unknown variant 'stylegan'; choose one of: cgan, dcgan, ebgan, gan"):
         get_variant("stylegan")
 
 
