@@ -111,7 +111,7 @@ def train(variant, dataset, steps, batch_size, seed, device, out, settings, eval
 
 
 @main.command()
-@click.option("--variant", required=True, help="Variant name (see `bench list`).")
+@click.option("--variant", default=None, help="Variant name (see `bench list`) [default: the one the study names].")
 @click.option("--study", required=True, help="A study in studies/ (e.g. lr_sweep) or a path to a .toml file.")
 @click.option("--trials", type=int, default=None, help="Complete or pruned trials to reach [default: the study's].")
 @click.option("--workers", default=1, show_default=True, help="Worker processes sharing the study.")
@@ -128,18 +128,23 @@ def train(variant, dataset, steps, batch_size, seed, device, out, settings, eval
 @reports_user_errors
 def run(variant, study, trials, workers, storage, tracking_uri, device, seed, heartbeat) -> None:
     """Sweeps a variant's hyperparameters with Optuna; every trial is tracked in MLflow."""
-    from bench.leaderboard import leaderboard
+    from bench.leaderboard import effects, leaderboard
     from bench.runner import run_study
     from bench.study import load_study
 
     spec = load_study(study)
     result = run_study(variant, study, trials=trials, workers=workers, storage=storage, tracking_uri=tracking_uri,
                        device=device, seed=seed, progress=sys.stderr.isatty(), heartbeat=heartbeat)
-    table = leaderboard(tracking_uri, spec.name, variant)
+    variant = variant or spec.variant
     click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
-    click.echo(table[table["metric"] == spec.objective].drop(columns=["best_run_id"]).to_string(index=False))
-    click.echo(f"\ncompare the trials:  bench ui --study {spec.name}\n"
-               f"export the table:    bench leaderboard --study {spec.name} -o results/leaderboard.csv")
+    if spec.is_ablation:
+        click.echo(effects(tracking_uri, spec.name, variant).to_string(index=False, float_format="{:.4g}".format))
+        export = f"bench leaderboard --study {spec.name} --effects -o results/{spec.name}-effects.csv"
+    else:
+        table = leaderboard(tracking_uri, spec.name, variant)
+        click.echo(table[table["metric"] == spec.objective].drop(columns=["best_run_id"]).to_string(index=False))
+        export = f"bench leaderboard --study {spec.name} -o results/leaderboard.csv"
+    click.echo(f"\ncompare the trials:  bench ui --study {spec.name}\nexport the table:    {export}")
 
 
 @main.command("leaderboard")
@@ -148,16 +153,19 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, seed, he
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
 @click.option("--top-k", default=3, show_default=True, help="Mean and std over the best K complete trials.")
+@click.option("--effects", "show_effects", is_flag=True,
+              help="For an ablation study ([arms]): each arm's effect against the baseline, with a 95% interval.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
 @reports_user_errors
-def leaderboard_command(study, variant, tracking_uri, top_k, output) -> None:
-    """One row per study x variant x dataset x metric: best value, its trial and parameters, trial counts."""
-    from bench.leaderboard import leaderboard
+def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, output) -> None:
+    """One row per study x variant x dataset x metric: best value, its trial and parameters, trial counts;
+    with --effects, one row per arm of an ablation."""
+    from bench.leaderboard import effects, leaderboard
 
-    table = leaderboard(tracking_uri, study, variant, top_k)
+    table = effects(tracking_uri, study, variant) if show_effects else leaderboard(tracking_uri, study, variant, top_k)
     if table.empty:
         raise UserError("no finished trials recorded yet; run `bench run --variant V --study S` first")
-    click.echo(table.to_string(index=False))
+    click.echo(table.to_string(index=False, float_format="{:.4g}".format))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(output, index=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.errors import ConfigError
-from bench.study import MAXIMISED, is_score
+from bench.study import BASELINE, MAXIMISED, is_score
 from bench.tracking import RUN_PARAMS, default_tracking_uri
 
 KEYS = ["study", "variant", "dataset"]
@@ -65,3 +65,67 @@ def leaderboard(tracking_uri: str | None = None, study: str | None = None, varia
                 "failed": int(counts.get("failed", 0)), "retried": retried, "top_k": len(top), "top_k_mean": top.mean(),
                 "top_k_std": top.std(ddof=1) if len(top) > 1 else float("nan")})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+EFFECT_COLUMNS = KEYS + ["arm", "settings", "seeds", "metric", "mean", "effect", "ci_low", "ci_high", "verdict",
+                         "classes_covered", "coverage_effect", "class_kl", "class_kl_effect"]
+
+
+def paired_effect(values: pd.Series, baseline: pd.Series, confidence: float) -> tuple[float, float, float, int]:
+    """(mean difference, CI low, CI high, pairs) of ``values - baseline`` over the seeds both
+    have (series indexed by seed): Student's t interval on the paired differences."""
+    from scipy import stats
+
+    differences = (values - baseline).dropna()
+    n = len(differences)
+    mean = differences.mean() if n else float("nan")
+    if n < 2:
+        return mean, float("nan"), float("nan"), n
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * differences.std(ddof=1) / n ** 0.5
+    return mean, mean - half, mean + half, n
+
+
+def effects(tracking_uri: str | None = None, study: str | None = None, variant: str | None = None,
+            confidence: float = 0.95) -> pd.DataFrame:
+    """For an ablation study (arms x seeds), each arm's effect on the objective and on mode
+    coverage: the mean over seeds of (arm - baseline) with the same seed, and a ``confidence``
+    interval on it. Only complete trials count; an arm's verdict is 'better' or 'worse' when
+    its interval excludes 0, else 'no clear effect'."""
+    runs = trial_runs(tracking_uri, study)
+    if runs.empty or "tags.bench.arm" not in runs:
+        raise ConfigError(f"no ablation trials (tag bench.arm) in study '{study}'; effects need a study with "
+                          "[arms], run with `bench run --study ...` first")
+    runs = runs.rename(columns={f"tags.bench.{key}": key for key in KEYS + ["arm", "state", "objective"]})
+    runs = runs[(runs["state"] == "complete") & runs["arm"].notna()]
+    if variant is not None:
+        runs = runs[runs["variant"] == variant]
+    params = [column for column in runs.columns
+              if column.startswith("params.") and column.removeprefix("params.") not in RUN_PARAMS]
+    rows = []
+    for (study_name, variant_name, dataset), group in runs.groupby(KEYS):
+        objective = group["objective"].iloc[0]
+        by_arm = {arm: rows_.set_index(rows_["params.seed"].astype(int)) for arm, rows_ in group.groupby("arm")}
+        if BASELINE not in by_arm:
+            continue
+        baseline = by_arm[BASELINE]
+        for arm, table in sorted(by_arm.items(), key=lambda item: (item[0] != BASELINE, item[0])):
+            scores = {}
+            for metric in (objective, "classes_covered", "class_kl"):
+                column = f"metrics.{metric}"
+                if column in table:
+                    scores[metric] = (table[column].mean(), *paired_effect(table[column], baseline[column],
+                                                                           confidence))
+            mean, effect, low, high, pairs = scores[objective]
+            better = (high < 0) if objective not in MAXIMISED else (low > 0)
+            worse = (low > 0) if objective not in MAXIMISED else (high < 0)
+            settings = " ".join(f"{c[7:]}={table[c].iloc[0]}" for c in params if pd.notna(table[c].iloc[0]))
+            rows.append({
+                "study": study_name, "variant": variant_name, "dataset": dataset, "arm": arm,
+                "settings": settings or "defaults", "seeds": len(table), "metric": objective, "mean": mean,
+                "effect": effect, "ci_low": low, "ci_high": high,
+                "verdict": "" if arm == BASELINE else "better" if better else "worse" if worse else "no clear effect",
+                "classes_covered": scores.get("classes_covered", (float("nan"),) * 2)[0],
+                "coverage_effect": scores.get("classes_covered", (float("nan"),) * 2)[1],
+                "class_kl": scores.get("class_kl", (float("nan"),) * 2)[0],
+                "class_kl_effect": scores.get("class_kl", (float("nan"),) * 2)[1]})
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)

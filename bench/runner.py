@@ -64,11 +64,12 @@ class Job:
     heartbeat: int
 
 
-def run_study(variant: str, study: str | Path, *, trials: int | None = None, workers: int = 1,
+def run_study(variant: str | None, study: str | Path, *, trials: int | None = None, workers: int = 1,
               storage: str | None = None, tracking_uri: str | None = None, device: str = "auto",
               seed: int = 0, progress: bool = True, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.Study:
-    """Runs the study file ``study`` for ``variant`` until ``trials`` trials are complete or
-    pruned (the file's count by default), and returns the Optuna study. ``storage``: a journal
+    """Runs the study file ``study`` for ``variant`` (None: the one the file names) until
+    ``trials`` trials are complete or pruned (the file's count by default), and returns the
+    Optuna study. ``storage``: a journal
     file, or a PostgreSQL URL that workers on other machines share; there a trial silent for
     three ``heartbeat`` periods is failed and run again by another worker.
 
@@ -78,8 +79,13 @@ def run_study(variant: str, study: str | Path, *, trials: int | None = None, wor
         study.best_params
     """
     spec = load_study(study)
+    variant = variant or spec.variant
+    if variant is None:
+        raise ConfigError(f"{spec.path} names no variant: pass --variant (see `bench list`)")
     variant_cls = get_variant(variant)
     spec.dimensions(variant_cls)  # fail on a bad space before any storage is touched
+    for arm, reason in spec.arms_for(variant_cls)[1].items():
+        print(f"arm '{arm}' skipped: {reason}", flush=True)
     trials = trials if trials is not None else spec.trials
     if spec.sampler == "grid":
         trials = min(trials, spec.grid_size(variant_cls))
@@ -228,12 +234,15 @@ class ReportToPruner(Observer):
 def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Job, device: str,
               tracking: Tracking) -> TrialState:
     variant_cls = get_variant(job.variant)
-    hparams = {dim.name: dim.suggest(trial, variant_cls.hparams[dim.name]) for dim in spec.dimensions(variant_cls)}
+    hparams, seed_index = spec.suggest(trial, variant_cls)
     frozen = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number)
     with known_heartbeat_warnings():
         retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
     # A retry repeats its original, seed included (Optuna copies the original's attributes).
-    seed = frozen.user_attrs["seed"] if retry_of is not None else job.seed + trial.number
+    if retry_of is not None:
+        seed = frozen.user_attrs["seed"]
+    else:
+        seed = job.seed + (trial.number if seed_index is None else seed_index)
     trial.set_user_attr("seed", seed)
     config = TrainConfig(job.variant, spec.dataset, steps=spec.steps, batch_size=spec.batch_size, seed=seed,
                          device=device, hparams=hparams, eval_every=spec.eval_every,
@@ -243,7 +252,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Jo
     shutil.rmtree(out, ignore_errors=True)  # left by a study of the same name whose storage was deleted
     run = tracking.start_trial(job.parent_run_id, trial.number, config, {
         "bench.study": spec.name, "bench.optuna_study": study.study_name, "bench.objective": spec.objective,
-        **({"bench.retry_of": str(retry_of)} if retry_of is not None else {})})
+        **({"bench.retry_of": str(retry_of)} if retry_of is not None else {}),
+        **({"bench.arm": trial.params["arm"]} if spec.is_ablation else {})})
     trial.set_user_attr("mlflow_run_id", run.run_id)
     try:
         result = train(config, out, progress=job.progress, observers=[run, ReportToPruner(trial, spec.objective)])
@@ -252,13 +262,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Jo
     except optuna.TrialPruned as exc:
         tracking.end(run.run_id, "pruned", str(exc))
         study.tell(trial, state=TrialState.PRUNED)
-        print(f"trial {trial.number} pruned ({exc}) {hparams}", flush=True)
+        print(f"trial {trial.number} pruned ({exc}) {trial.params}", flush=True)
         return TrialState.PRUNED
     except RunStopped as exc:  # a NaN loss, or a failure the doctor stopped the run for
         trial.set_user_attr("fail_reason", str(exc))
         tracking.end(run.run_id, "failed", str(exc))
         study.tell(trial, state=TrialState.FAIL)
-        print(f"trial {trial.number} failed: {exc} {hparams}", flush=True)
+        print(f"trial {trial.number} failed: {exc} {trial.params}", flush=True)
         return TrialState.FAIL
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -268,5 +278,5 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Jo
         raise
     tracking.end(run.run_id, "complete")
     study.tell(trial, value)
-    print(f"trial {trial.number} complete: {spec.objective} {value:.4g} {hparams}", flush=True)
+    print(f"trial {trial.number} complete: {spec.objective} {value:.4g} {trial.params}", flush=True)
     return TrialState.COMPLETE

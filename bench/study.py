@@ -3,10 +3,15 @@
 A study is a TOML file in ``studies/`` (or any path). Its search space is checked against the
 variant's declared hyperparameters before anything trains, so a typo or an out-of-range bound
 fails in a second with the file, the key and the fix, not after an hour of trials.
+
+A study with ``[arms]`` is an ablation instead of a search: each arm is a fixed set of
+hyperparameters (one of them ``baseline``), trained once per seed ``0 .. seeds-1`` (the same
+seeds for every arm, so that arms compare pairwise), every trial to the full budget.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tomllib
 from dataclasses import dataclass
@@ -25,8 +30,10 @@ PRUNERS = ("median", "hyperband", "none")
 MAXIMISED = ("classes_covered", "label_accuracy", "code_accuracy")
 """Scores where higher is better; every other score (fid_*, kid_*, class_kl) is minimised."""
 BUDGET_KEYS = ("steps", "eval_every", "eval_samples", "batch_size")
-TOP_LEVEL_KEYS = {"description", "dataset", "objective", "trials", "sampler", "pruner", "budget", "space",
-                  "space_if_present"}
+TOP_LEVEL_KEYS = {"description", "variant", "dataset", "objective", "trials", "sampler", "pruner", "budget",
+                  "space", "space_if_present", "seeds", "arms"}
+BASELINE = "baseline"
+"""The arm every other arm of an ablation is compared with."""
 
 
 def is_score(metric: str) -> bool:
@@ -52,10 +59,28 @@ class Dimension:
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler calls ``study.stop()`` after the grid's last trial, which raises
+    outside ``study.optimize``; the runner asks and tells, and stops at the grid's size itself."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One setting of an ablation: hyperparameters fixed to these values, the rest at their defaults."""
+
+    name: str
+    hparams: dict[str, HParamValue]
+
+
 @dataclass(frozen=True)
 class StudySpec:
     name: str
     path: Path
+    variant: str | None = None
+    """The variant `bench run` uses when --variant is not given."""
     dataset: str = "fashion-mnist"
     objective: str = "fid_domain"
     trials: int = 20
@@ -68,7 +93,39 @@ class StudySpec:
     space: tuple[Dimension, ...] = ()
     space_if_present: tuple[Dimension, ...] = ()
     """Searched only for variants that have the hyperparameter (a study spanning variants)."""
+    arms: tuple[Arm, ...] = ()
+    seeds: int = 1
     description: str = ""
+
+    @property
+    def is_ablation(self) -> bool:
+        return bool(self.arms)
+
+    def arms_for(self, variant: type[Variant]) -> tuple[list[Arm], dict[str, str]]:
+        """(the arms ``variant`` can run, {arm: why not} for the others). A value out of range
+        is a ConfigError naming the file and the arm."""
+        runnable, skipped = [], {}
+        for arm in self.arms:
+            for key, value in arm.hparams.items():
+                try:
+                    variant.hparam(key).check(key, value)
+                except ConfigError as exc:
+                    if key in variant.hparams:
+                        raise ConfigError(f"{self.path}: [arms] {arm.name}: {exc}") from None
+                    skipped[arm.name] = str(exc)
+                    break
+            else:
+                runnable.append(arm)
+        return runnable, skipped
+
+    def suggest(self, trial: optuna.Trial, variant: type[Variant]) -> tuple[dict[str, HParamValue], int | None]:
+        """(hyperparameters, seed index) for ``trial``: searched values, or in an ablation its
+        arm's values and which of the ``seeds`` it trains with (None: the trial's own seed)."""
+        if not self.is_ablation:
+            return {dim.name: dim.suggest(trial, variant.hparams[dim.name]) for dim in self.dimensions(variant)}, None
+        arms = {arm.name: arm for arm in self.arms_for(variant)[0]}
+        arm = trial.suggest_categorical("arm", list(arms))
+        return dict(arms[arm].hparams), trial.suggest_categorical("seed", list(range(self.seeds)))
 
     @property
     def features(self) -> str:
@@ -102,9 +159,11 @@ class StudySpec:
         return dims
 
     def sampler_for(self, variant: type[Variant], seed: int) -> optuna.samplers.BaseSampler:
+        if self.is_ablation:
+            arms = [arm.name for arm in self.arms_for(variant)[0]]
+            return AskTellGridSampler({"arm": arms, "seed": list(range(self.seeds))}, seed=seed)
         if self.sampler == "grid":
-            return optuna.samplers.GridSampler({dim.name: list(dim.choices) for dim in self.dimensions(variant)},
-                                               seed=seed)
+            return AskTellGridSampler({dim.name: list(dim.choices) for dim in self.dimensions(variant)}, seed=seed)
         if self.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed)
@@ -118,6 +177,8 @@ class StudySpec:
         return optuna.pruners.NopPruner()
 
     def grid_size(self, variant: type[Variant]) -> int:
+        if self.is_ablation:
+            return len(self.arms_for(variant)[0]) * self.seeds
         return len(list(itertools.product(*(dim.choices for dim in self.dimensions(variant)))))
 
 
@@ -144,9 +205,11 @@ def load_study(name_or_path: str | Path) -> StudySpec:
     unknown = sorted(set(budget) - set(BUDGET_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key 'budget.{unknown[0]}'; valid: {', '.join(BUDGET_KEYS)}")
+    arms = raw.get("arms", {})
     spec = StudySpec(
         name=path.stem, path=path,
         description=_typed(path, raw, "description", str, ""),
+        variant=_typed(path, raw, "variant", str, None) if "variant" in raw else None,
         dataset=_typed(path, raw, "dataset", str, "fashion-mnist"),
         objective=_typed(path, raw, "objective", str, "fid_domain"),
         trials=_typed(path, raw, "trials", int, 20),
@@ -156,7 +219,12 @@ def load_study(name_or_path: str | Path) -> StudySpec:
            for key in BUDGET_KEYS},
         space=_dimensions(path, raw.get("space", {}), "space"),
         space_if_present=_dimensions(path, raw.get("space_if_present", {}), "space_if_present"),
+        arms=_arms(path, arms),
+        seeds=_typed(path, raw, "seeds", int, 1),
     )
+    if spec.is_ablation:
+        _check_ablation(spec, raw)
+        spec = dataclasses.replace(spec, trials=len(spec.arms) * spec.seeds, sampler="grid", pruner="none")
     _check(spec)
     return spec
 
@@ -190,6 +258,31 @@ def _dimensions(path: Path, table: dict, section: str) -> tuple[Dimension, ...]:
             raise ConfigError(f"{where}: a log scale needs low > 0, got {low!r}")
         dims.append(Dimension(name, float(low), float(high), bool(entry.get("log", False))))
     return tuple(dims)
+
+
+def _arms(path: Path, table: Any) -> tuple[Arm, ...]:
+    if not isinstance(table, dict) or not all(isinstance(entry, dict) for entry in table.values()):
+        raise ConfigError(f"{path}: [arms] must map each arm's name to its settings, e.g. "
+                          "baseline = {} and smoothed = { label_smoothing = 0.1 }")
+    return tuple(Arm(name, dict(entry)) for name, entry in table.items())
+
+
+def _check_ablation(spec: StudySpec, raw: dict) -> None:
+    """An ablation trains every arm with every seed to the full budget: no search, no pruning."""
+    if BASELINE not in {arm.name for arm in spec.arms}:
+        raise ConfigError(f"{spec.path}: [arms] needs an arm named '{BASELINE}' (e.g. {BASELINE} = {{}}) "
+                          "for the others to be compared with")
+    if spec.space or spec.space_if_present:
+        raise ConfigError(f"{spec.path}: a study with [arms] compares fixed settings; move what [space] "
+                          "searches into the arms, or drop [arms]")
+    conflicting = sorted({"trials", "sampler", "pruner"} & set(raw))
+    if conflicting:
+        raise ConfigError(f"{spec.path}: '{conflicting[0]}' does not apply to a study with [arms]: it runs "
+                          "every arm once per seed to the full budget (pruning would bias the comparison); "
+                          "remove the key")
+    if spec.seeds < 2:
+        raise ConfigError(f"{spec.path}: an ablation needs seeds >= 2 to put a confidence interval on each "
+                          f"arm's effect, got {spec.seeds}")
 
 
 def _check(spec: StudySpec) -> None:
