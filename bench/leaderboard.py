@@ -99,8 +99,8 @@ def effects(tracking_uri: str | None = None, study: str | None = None, variant: 
     runs = runs[(runs["state"] == "complete") & runs["arm"].notna()]
     if variant is not None:
         runs = runs[runs["variant"] == variant]
-    params = [column for column in runs.columns
-              if column.startswith("params.") and column.removeprefix("params.") not in RUN_PARAMS]
+    params = sorted(column for column in runs.columns
+                    if column.startswith("params.") and column.removeprefix("params.") not in RUN_PARAMS)
     rows = []
     for (study_name, variant_name, dataset), group in runs.groupby(KEYS):
         objective = group["objective"].iloc[0]

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from bench.registry import get_variant
+from variants.ebgan import ebgan_d_loss, pulling_away_term
 from variants.gan import discriminator_bce, generator_minimax, generator_nonsaturating
 from variants.infogan import info_loss
 from variants.ragan import ragan_d_loss, ragan_g_loss
@@ -124,3 +125,31 @@ def test_dcgan_architecture_rules():
     assert isinstance(d_trunk[0], nn.Conv2d) and isinstance(d_trunk[1], nn.LeakyReLU)  # no BN on D's input
     assert all(m.negative_slope == 0.2 for m in d_layers if isinstance(m, nn.LeakyReLU))
     assert any(isinstance(m, nn.BatchNorm2d) for m in d_trunk)
+
+
+def test_ebgan_d_loss_is_real_energy_plus_the_margin_hinge_on_fakes():
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([4.0, 12.0])
+    # mean real energy 2; hinge [10 - 4]+ = 6 and [10 - 12]+ = 0, mean 3: fakes beyond the margin cost nothing.
+    assert ebgan_d_loss(real, fake, margin=10.0).item() == pytest.approx(5.0)
+    assert ebgan_d_loss(real, fake, margin=1.0).item() == pytest.approx(2.0)
+
+
+def test_pulling_away_term_is_the_mean_squared_cosine_between_distinct_codes():
+    codes = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    # cosines: (1,2) 0, (1,3) and (2,3) 1/sqrt(2); squared and summed over i != j: 2 * (0 + 1/2 + 1/2) = 2; / (3 * 2)
+    assert pulling_away_term(codes).item() == pytest.approx(1 / 3)
+    assert pulling_away_term(torch.tensor([[1.0, 1.0], [2.0, 2.0]])).item() == pytest.approx(1.0)  # collapsed
+
+
+def test_ebgan_energy_is_the_reconstruction_error_and_g_pays_the_pulling_away_term():
+    torch.manual_seed(0)
+    variant = get_variant("ebgan")((1, 28, 28), 10, pt_weight=0.5)
+    images = torch.rand(6, 1, 28, 28) * 2 - 1
+    energy, code = variant.D(images)
+    expected = (variant.D.decoder(variant.D.encoder(images)) - images).flatten(1).norm(dim=1)
+    assert torch.allclose(energy, expected) and code.shape == (6, 64)
+    assert torch.allclose(variant.discriminate(images, None), -energy)
+    losses = variant.train_step(images, torch.zeros(6, dtype=torch.long))
+    assert (losses["loss_g"] - losses["energy_fake"]).item() == pytest.approx(0.5 * losses["pulling_away"].item(),
+                                                                               rel=1e-5)
+    assert "pulling_away" not in get_variant("ebgan")((1, 28, 28), 10).train_step(images, torch.zeros(6).long())
