@@ -215,6 +215,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Scores the generator now (fixed sampling seed, so the training RNG is untouched)."""
+        self._flush()  # a loss gone NaN since the last read stops the run here, not inside FID's sqrtm
         if self._scorer is None:
             self._scorer = Scorer(self.config.dataset, self.config.features, device=self.device)
         scores = {"step": self.step, **self._scorer.score(self.variant, self.config.eval_samples,

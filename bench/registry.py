@@ -130,7 +130,8 @@ class Variant(nn.Module, abc.ABC):
     conditional: ClassVar[bool] = False
     """True when G and D see class labels."""
     critic: ClassVar[bool] = False
-    """True when D is a Wasserstein critic (an unbounded score, not a real/fake classifier)."""
+    """True when D is not a real/fake classifier but gives an unbounded score (a Wasserstein
+    critic, an energy): the doctor's D-wins check then does not apply to its loss."""
     z_dim: ClassVar[int] = 100
 
     G: nn.Module

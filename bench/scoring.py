@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.data import BatchSampler, ImageDataset, load_dataset, to_unit_range
-from bench.errors import ConfigError
+from bench.errors import ConfigError, TrainingDiverged
 from bench.registry import Variant
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -290,6 +290,9 @@ class Scorer:
             logits.append(self.classifier.classify(batch_features) if self.extractor_name == "domain"
                           else self.classifier(batch))
         features, predicted = torch.cat(features), torch.cat(logits).argmax(1)
+        if not torch.isfinite(features).all():  # FID's matrix square root would fail or hang on them
+            raise TrainingDiverged("the generated images are not finite (NaN/Inf): the generator diverged; "
+                                   "lower the learning rate")
         self.fid.reset()  # keeps the real features
         self.kid.reset()
         self.fid.update(features, real=False)

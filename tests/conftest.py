@@ -5,6 +5,8 @@ shares that run."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +17,26 @@ from bench.engine import TrainConfig, Trainer
 from bench.scoring import Scorer
 
 FID_SAMPLES = 2000
-# Generator steps per variant at its paper defaults: about one minute each on the 2-core
-# reference machine (1.5 for the fast but slow-learning MLP GAN; WGANs do n_critic=5 critic
-# updates per generator step, hence fewer steps).
-LEARNING_STEPS = {"gan": 3000, "dcgan": 900, "cgan": 800, "infogan": 800, "ragan": 900,
-                  "wgan": 360, "wgan_gp": 200}
+LEARNING_SECONDS = 56
+"""The learning budget, the same for every variant: 56 s of training on the reference machine
+(2 CPU cores, AMD EPYC, torch 2.15), given as generator steps so that runs are deterministic:
+each variant's steps/s as `bench perf` measured it there (gan 60, dcgan 31, ragan 30, cgan 27,
+infogan 23.7, ebgan 17.8, wgan 10.8, wgan_gp 5.1; the WGANs make n_critic = 5 critic updates
+per generator step) times LEARNING_SECONDS."""
+STEPS_PER_SECOND = {"gan": 60, "dcgan": 31, "ragan": 30, "cgan": 27, "infogan": 23.7, "ebgan": 17.8, "wgan": 10.8,
+                    "wgan_gp": 5.1}
+LEARNING_STEPS = {name: round(rate * LEARNING_SECONDS) for name, rate in STEPS_PER_SECOND.items()}
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """tests/plugins/ganbench_test_plugin pip-installed (with its entry points) into a folder of its
+    own: put it on PYTHONPATH and `bench` finds its variants as a user's installed package."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(Path(__file__).parent / "plugins" / "ganbench_test_plugin")],
+                   check=True)
+    return target
 
 
 @pytest.fixture(scope="session")

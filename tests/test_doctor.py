@@ -1,5 +1,5 @@
 """The training doctor: each check fires on a planted failure, on real Fashion-MNIST, within a
-stated number of steps; the seven variants at their defaults raise no finding at all."""
+stated number of steps; the built-in variants at their defaults raise no finding at all."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def test_warnings_fire_within_the_stated_steps_and_the_run_goes_on(capsys, varia
 
 
 @pytest.mark.parametrize("name", sorted(LEARNING_STEPS))
-def test_no_false_alarms_for_the_seven_variants_at_their_defaults(trained, name):
+def test_no_false_alarms_for_the_built_in_variants_at_their_defaults(trained, name):
     assert trained(name).trainer.findings() == []
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench.data import to_unit_range
+from bench.errors import TrainingDiverged
 from bench.engine import TrainConfig, train
 from bench.scoring import InceptionFeatures, Scorer, code_accuracy, file_sha256, weights_path
 
@@ -118,3 +119,10 @@ def test_bench_eval_errors_are_one_line(tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.startswith("Error: no checkpoint at")
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_non_finite_images_are_refused_before_the_matrix_square_root(scorer):
+    images = torch.zeros(8, 1, 28, 28)
+    images[3, 0, 5, 5] = float("nan")
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        scorer.score_images(images)

@@ -22,12 +22,10 @@ from optuna.trial import TrialState
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.registry import get_variant, register, variants
-from bench.runner import run_study
+from bench.registry import get_variant, variants
 from bench.storage import open_storage
 from bench.study import available_studies, load_study
 from bench.tracking import redact
-from variants.dcgan import DCGAN
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 TINY_STUDY = """
@@ -217,51 +215,54 @@ def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(p
     assert list(parents["status"]) == ["KILLED", "FINISHED"]
 
 
-# -- trials that go bad fail with their reason; the study goes on -------------------------------
+# -- trials that go bad fail with their reason; the other worker goes on --------------------------
 
-@register
-class GoesBadTwice(DCGAN):
-    """A DCGAN whose first instance in this process diverges (a NaN loss at step 10) and whose
-    second detaches the fake batch in its generator step (the doctor stops it at step 1)."""
+FAULTS_STUDY = """
+dataset = "fashion-mnist"
+objective = "fid_domain"
+trials = 2
+sampler = "random"
+pruner = "none"
 
-    name = "test_goes_bad_twice"
-    instances = 0
+[budget]
+steps = 40
+eval_every = 20
+eval_samples = 300
 
-    def build(self) -> None:
-        super().build()
-        type(self).instances += 1
-        self.instance = type(self).instances
-        self.steps = 0
-
-    def train_step(self, real, labels):
-        losses = super().train_step(real, labels)
-        self.steps += 1
-        if self.instance == 1 and self.steps >= 10:
-            losses["loss_d"] = losses["loss_d"] * float("nan")
-        return losses
-
-    def g_losses(self, real, fake, latent, labels):
-        return super().g_losses(real, fake.detach() if self.instance == 2 else fake, latent, labels)
+[space]
+fault = { choices = ["none", "nan", "detached_fake"] }
+"""
 
 
-def test_diverged_and_doctor_stopped_trials_fail_with_their_reasons_and_the_study_goes_on(project_folder,
-                                                                                          monkeypatch):
-    tmp_path = project_folder("going-bad")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # exported by earlier tests' set_tracking_uri
-    study = run_study("test_goes_bad_twice", write_study(tmp_path, "going_bad", steps=40, eval_every=20),
-                      trials=2, progress=False)
-    trials = study.get_trials()
+def test_diverged_and_doctor_stopped_trials_fail_with_their_reasons_while_the_workers_go_on(project_folder,
+                                                                                            plugin_site):
+    cwd = project_folder("going-bad")
+    (cwd / "going_bad.toml").write_text(FAULTS_STUDY)
+    # The first trials, queued the Optuna way: one diverges, the doctor stops one, two are healthy.
+    name = "going_bad:faulty_dcgan:fashion-mnist"
+    queued = optuna.create_study(storage=open_storage(str(cwd / "results" / "optuna" / "journal.log")),
+                                 study_name=name)
+    for fault in ("nan", "detached_fake", "none", "none"):
+        queued.enqueue_trial({"fault": fault})
+    result = subprocess.run([BENCH, "run", "--variant", "faulty_dcgan", "--study", "going_bad.toml", "--workers", "2"],
+                            cwd=cwd, capture_output=True, text=True, timeout=600,
+                            env={**clean_env(), "PYTHONPATH": str(plugin_site)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = optuna_trials(cwd, name)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert "loss_d became nan at step" in trials[0].user_attrs["fail_reason"]
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2  # two worker processes took them
+    assert "loss_d became nan at step 10" in trials[0].user_attrs["fail_reason"]
     assert "receives no gradient" in trials[1].user_attrs["fail_reason"]
-    runs = mlflow_runs(tmp_path, "going_bad").set_index("tags.bench.trial")
+    runs = mlflow_runs(cwd, "going_bad").query("`tags.bench.kind` == 'trial'").set_index("tags.bench.trial")
     assert (runs.loc[["0", "1"], "status"] == "FAILED").all()
     assert "loss_d became nan" in runs.loc["0", "tags.bench.end_reason"]
     assert "receives no gradient" in runs.loc["1", "tags.bench.end_reason"]
     assert runs.loc["1", "tags.health.no_generator_gradient"].startswith("step 1: ")
     assert (runs.loc[["2", "3"], "status"] == "FINISHED").all()
-    report = CliRunner().invoke(main, ["doctor", runs.loc["1", "run_id"]])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        report = CliRunner().invoke(main, ["doctor", runs.loc["1", "run_id"]])
     assert report.exit_code == 0 and "no_generator_gradient" in report.output and "run was stopped" in report.output
 
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from bench.errors import ConfigError
 from bench.registry import TIPS, get_variant
+from bench.study import load_study
 from variants.blocks import MinibatchStd
 
 SHAPE = (1, 28, 28)
@@ -120,3 +121,13 @@ def test_tips_are_off_by_default():
         variant = get_variant(name)
         for key in set(variant.hparams) & set(TIPS):
             assert variant.hparams[key].default == TIPS[key].hparam.default, (name, key)
+
+
+def test_studies_search_tips_and_refuse_those_a_variant_cannot_take(tmp_path):
+    path = tmp_path / "smoothing.toml"
+    path.write_text("[space]\nlabel_smoothing = { low = 0.0, high = 0.2 }\n")
+    [dimension] = load_study(path).dimensions(get_variant("dcgan"))
+    assert (dimension.name, dimension.high) == ("label_smoothing", 0.2)
+    with pytest.raises(ConfigError, match=r"smoothing.toml: \[space\] label_smoothing: tip 'label_smoothing' does "
+                                          r"not apply to variant 'wgan': it needs .*binary cross-entropy"):
+        load_study(path).dimensions(get_variant("wgan"))

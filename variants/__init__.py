@@ -1,1 +1,1 @@
-"""The seven built-in GAN variants; each module registers its class with @register."""
+"""The built-in GAN variants; each module registers its class with @register."""

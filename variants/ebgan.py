@@ -9,7 +9,6 @@ that G does not put a whole batch on one point.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
