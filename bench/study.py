@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 
 from bench.errors import ConfigError
-from bench.registry import HParam, HParamValue, Variant
+from bench.registry import TIPS, HParam, HParamValue, Variant, variants
 from bench.scoring import EXTRACTORS
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
@@ -102,15 +102,17 @@ class StudySpec:
         return bool(self.arms)
 
     def arms_for(self, variant: type[Variant]) -> tuple[list[Arm], dict[str, str]]:
-        """(the arms ``variant`` can run, {arm: why not} for the others). A value out of range
-        is a ConfigError naming the file and the arm."""
+        """(the arms ``variant`` can run, {arm: why not} for the others: they set a tip or a
+        hyperparameter of other variants). A value out of range, or a key no variant knows, is
+        a ConfigError naming the file and the arm."""
+        known = set(TIPS).union(*(cls.hparams for cls in variants().values()))
         runnable, skipped = [], {}
         for arm in self.arms:
             for key, value in arm.hparams.items():
                 try:
                     variant.hparam(key).check(key, value)
                 except ConfigError as exc:
-                    if key in variant.hparams:
+                    if key in variant.hparams or key not in known:
                         raise ConfigError(f"{self.path}: [arms] {arm.name}: {exc}") from None
                     skipped[arm.name] = str(exc)
                     break

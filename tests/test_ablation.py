@@ -48,10 +48,14 @@ def test_malformed_ablations_name_the_problem(tmp_path, body, fragment):
         load_study(path)
 
 
-def test_an_arm_value_out_of_range_names_the_file_and_arm(tmp_path):
+@pytest.mark.parametrize("arm, fragment", [
+    ("heavy = { label_smoothing = 0.9 }", r"\[arms\] heavy: label_smoothing=0.9 is out of range"),
+    ("typo = { lable_smoothing = 0.1 }", r"\[arms\] typo: variant 'dcgan' has no hyperparameter 'lable_smoothing'"),
+])
+def test_a_bad_arm_names_the_file_and_the_arm(tmp_path, arm, fragment):
     path = tmp_path / "bad.toml"
-    path.write_text('seeds = 2\n[arms]\nbaseline = {}\nheavy = { label_smoothing = 0.9 }\n')
-    with pytest.raises(ConfigError, match=r"bad.toml: \[arms\] heavy: label_smoothing=0.9 is out of range"):
+    path.write_text(f"seeds = 2\n[arms]\nbaseline = {{}}\n{arm}\n")
+    with pytest.raises(ConfigError, match="bad.toml: " + fragment):
         load_study(path).arms_for(get_variant("dcgan"))
 
 
