@@ -165,7 +165,7 @@ def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, outpu
     table = effects(tracking_uri, study, variant) if show_effects else leaderboard(tracking_uri, study, variant, top_k)
     if table.empty:
         raise UserError("no finished trials recorded yet; run `bench run --variant V --study S` first")
-    click.echo(table.to_string(index=False, float_format="{:.4g}".format))
+    click.echo(table.to_string(index=False, float_format="{:.4g}".format if show_effects else None))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(output, index=False)
