@@ -71,18 +71,18 @@ EFFECT_COLUMNS = KEYS + ["arm", "settings", "seeds", "metric", "mean", "effect",
                          "classes_covered", "coverage_effect", "class_kl", "class_kl_effect"]
 
 
-def paired_effect(values: pd.Series, baseline: pd.Series, confidence: float) -> tuple[float, float, float, int]:
-    """(mean difference, CI low, CI high, pairs) of ``values - baseline`` over the seeds both
-    have (series indexed by seed): Student's t interval on the paired differences."""
+def paired_effect(values: pd.Series, baseline: pd.Series, confidence: float) -> tuple[float, float, float]:
+    """(mean difference, CI low, CI high) of ``values - baseline`` over the seeds both have
+    (series indexed by seed): Student's t interval on the paired differences."""
     from scipy import stats
 
     differences = (values - baseline).dropna()
     n = len(differences)
     mean = differences.mean() if n else float("nan")
     if n < 2:
-        return mean, float("nan"), float("nan"), n
+        return mean, float("nan"), float("nan")
     half = stats.t.ppf((1 + confidence) / 2, n - 1) * differences.std(ddof=1) / n ** 0.5
-    return mean, mean - half, mean + half, n
+    return mean, mean - half, mean + half
 
 
 def effects(tracking_uri: str | None = None, study: str | None = None, variant: str | None = None,
@@ -109,23 +109,23 @@ def effects(tracking_uri: str | None = None, study: str | None = None, variant: 
             continue
         baseline = by_arm[BASELINE]
         for arm, table in sorted(by_arm.items(), key=lambda item: (item[0] != BASELINE, item[0])):
-            scores = {}
-            for metric in (objective, "classes_covered", "class_kl"):
+            def compare(metric: str) -> tuple[float, float, float, float]:
+                """(mean, effect, CI low, CI high) of ``metric`` for this arm; NaN where not recorded."""
                 column = f"metrics.{metric}"
-                if column in table:
-                    scores[metric] = (table[column].mean(), *paired_effect(table[column], baseline[column],
-                                                                           confidence))
-            mean, effect, low, high, pairs = scores[objective]
-            better = (high < 0) if objective not in MAXIMISED else (low > 0)
-            worse = (low > 0) if objective not in MAXIMISED else (high < 0)
+                if column not in table:
+                    return (float("nan"),) * 4
+                return (table[column].mean(), *paired_effect(table[column], baseline[column], confidence))
+
+            mean, effect, low, high = compare(objective)
+            covered, coverage_effect, _, _ = compare("classes_covered")
+            class_kl, class_kl_effect, _, _ = compare("class_kl")
+            better, worse = (low > 0, high < 0) if objective in MAXIMISED else (high < 0, low > 0)
             settings = " ".join(f"{c[7:]}={table[c].iloc[0]}" for c in params if pd.notna(table[c].iloc[0]))
             rows.append({
                 "study": study_name, "variant": variant_name, "dataset": dataset, "arm": arm,
                 "settings": settings or "defaults", "seeds": len(table), "metric": objective, "mean": mean,
                 "effect": effect, "ci_low": low, "ci_high": high,
                 "verdict": "" if arm == BASELINE else "better" if better else "worse" if worse else "no clear effect",
-                "classes_covered": scores.get("classes_covered", (float("nan"),) * 2)[0],
-                "coverage_effect": scores.get("classes_covered", (float("nan"),) * 2)[1],
-                "class_kl": scores.get("class_kl", (float("nan"),) * 2)[0],
-                "class_kl_effect": scores.get("class_kl", (float("nan"),) * 2)[1]})
+                "classes_covered": covered, "coverage_effect": coverage_effect, "class_kl": class_kl,
+                "class_kl_effect": class_kl_effect})
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
