@@ -107,7 +107,7 @@ def tips(*names: str) -> dict[str, HParam]:
 def adam_hparams(lr: float, beta1: float, beta2: float = 0.999) -> dict[str, HParam]:
     """The Adam hyperparameters most variants share, with their paper defaults."""
     return {
-        "lr": HParam(lr, 1e-6, 1e-1, log=True, help="learning rate of G and D"),
+        "lr": HParam(lr, 1e-6, 1e-1, log=True, help="learning rate of G (and of D, times lr_d_ratio)"),
         "beta1": HParam(beta1, 0.0, 0.999, help="Adam first-moment decay"),
         "beta2": HParam(beta2, 0.0, 0.9999, help="Adam second-moment decay"),
     }
