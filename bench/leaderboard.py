@@ -85,6 +85,16 @@ def paired_effect(values: pd.Series, baseline: pd.Series, confidence: float) -> 
     return mean, mean - half, mean + half
 
 
+def compare(arm: pd.DataFrame, baseline: pd.DataFrame, metric: str,
+            confidence: float) -> tuple[float, float, float, float]:
+    """(mean, effect, CI low, CI high) of ``metric`` for an arm's runs against the baseline's
+    (both indexed by seed); NaN where the metric was not recorded."""
+    column = f"metrics.{metric}"
+    if column not in arm:
+        return (float("nan"),) * 4
+    return (arm[column].mean(), *paired_effect(arm[column], baseline[column], confidence))
+
+
 def effects(tracking_uri: str | None = None, study: str | None = None, variant: str | None = None,
             confidence: float = 0.95) -> pd.DataFrame:
     """For an ablation study (arms x seeds), each arm's effect on the objective and on mode
@@ -109,16 +119,9 @@ def effects(tracking_uri: str | None = None, study: str | None = None, variant: 
             continue
         baseline = by_arm[BASELINE]
         for arm, table in sorted(by_arm.items(), key=lambda item: (item[0] != BASELINE, item[0])):
-            def compare(metric: str) -> tuple[float, float, float, float]:
-                """(mean, effect, CI low, CI high) of ``metric`` for this arm; NaN where not recorded."""
-                column = f"metrics.{metric}"
-                if column not in table:
-                    return (float("nan"),) * 4
-                return (table[column].mean(), *paired_effect(table[column], baseline[column], confidence))
-
-            mean, effect, low, high = compare(objective)
-            covered, coverage_effect, _, _ = compare("classes_covered")
-            class_kl, class_kl_effect, _, _ = compare("class_kl")
+            mean, effect, low, high = compare(table, baseline, objective, confidence)
+            covered, coverage_effect, _, _ = compare(table, baseline, "classes_covered", confidence)
+            class_kl, class_kl_effect, _, _ = compare(table, baseline, "class_kl", confidence)
             better, worse = (low > 0, high < 0) if objective in MAXIMISED else (high < 0, low > 0)
             settings = " ".join(f"{c[7:]}={table[c].iloc[0]}" for c in params if pd.notna(table[c].iloc[0]))
             rows.append({

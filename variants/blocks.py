@@ -20,14 +20,16 @@ CONV_WIDTH = 32
 """Base channels of the convolutional networks: chosen by time to quality (README, Performance)."""
 
 
-def activation(selu: bool, *, generator: bool) -> nn.Module:
-    """DCGAN's ReLU (G) or LeakyReLU(0.2) (D), or SELU, whose self-normalisation replaces batch norm."""
+def activation(selu: bool, *, leaky: bool) -> nn.Module:
+    """SELU, whose self-normalisation replaces batch norm, or else LeakyReLU(0.2) (DCGAN's D, the
+    MLPs) or ReLU (DCGAN's G)."""
     if selu:
         return nn.SELU(inplace=True)
-    return nn.ReLU(inplace=True) if generator else nn.LeakyReLU(0.2, inplace=True)
+    return nn.LeakyReLU(0.2, inplace=True) if leaky else nn.ReLU(inplace=True)
 
 
 def scaled(width: int, multiplier: float) -> int:
+    """A width multiplier applied to a layer width (at least one unit)."""
     return max(1, round(width * multiplier))
 
 
@@ -63,7 +65,7 @@ class MLPGenerator(nn.Module):
         self.image_shape = image_shape
         layers: list[nn.Module] = []
         for width in hidden:
-            layers += [nn.Linear(in_dim, width), activation(selu, generator=False)]
+            layers += [nn.Linear(in_dim, width), activation(selu, leaky=True)]
             in_dim = width
         layers += [nn.Linear(in_dim, math.prod(image_shape)), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -80,7 +82,7 @@ class MLPDiscriminator(nn.Module):
         in_dim = math.prod(image_shape)
         layers: list[nn.Module] = [nn.Flatten()]
         for width in hidden:
-            layers += [nn.Linear(in_dim, width), activation(selu, generator=False)]
+            layers += [nn.Linear(in_dim, width), activation(selu, leaky=True)]
             in_dim = width
         layers.append(nn.Linear(in_dim, 1))
         self.net = nn.Sequential(*layers)
@@ -105,7 +107,7 @@ class ConvGenerator(nn.Module):
         features = width * 2 ** (stages - 1)
 
         def block(conv: nn.Module, out: int) -> list[nn.Module]:
-            return [conv] + ([] if selu else [nn.BatchNorm2d(out)]) + [activation(selu, generator=True)]
+            return [conv] + ([] if selu else [nn.BatchNorm2d(out)]) + [activation(selu, leaky=False)]
 
         layers = block(nn.ConvTranspose2d(in_dim, features, base, 1, 0, bias=selu), features)
         for _ in range(stages - 1):
@@ -134,13 +136,13 @@ class ConvDiscriminator(nn.Module):
         base, stages = conv_plan(side)
         batch_norm = batch_norm and not selu
         layers: list[nn.Module] = [nn.Conv2d(channels + extra_channels, width, 4, 2, 1),
-                                   activation(selu, generator=False)]
+                                   activation(selu, leaky=True)]
         features = width
         for _ in range(stages - 1):
             layers.append(nn.Conv2d(features, features * 2, 4, 2, 1, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(features * 2))
-            layers.append(activation(selu, generator=False))
+            layers.append(activation(selu, leaky=True))
             features *= 2
         self.trunk = nn.Sequential(*layers)
         self.trunk_features = features * base * base

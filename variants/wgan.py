@@ -14,6 +14,10 @@ from bench.registry import HParam, Variant, register, tips
 from variants.blocks import conv_discriminator, conv_generator
 
 
+CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation")
+"""Every tip but label smoothing: a critic has no real/fake targets to smooth."""
+
+
 def wasserstein_estimate(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
     """E[C(x_r)] - E[C(x_f)]: the critic maximises it, so its loss is the negative."""
     return real_scores.mean() - fake_scores.mean()
@@ -28,7 +32,7 @@ class WGAN(Variant):
         "lr": HParam(5e-5, 1e-6, 1e-2, log=True, help="RMSprop learning rate of G and the critic"),
         "clip_c": HParam(0.01, 1e-3, 1.0, log=True, help="critic weights are clipped to [-c, c]"),
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
-        **tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation"),
+        **CRITIC_TIPS,
     }
     critic = True
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bench.registry import HParam, register, tips
+from bench.registry import HParam, register
 from variants.blocks import conv_discriminator, conv_generator
-from variants.wgan import WGAN, wasserstein_estimate
+from variants.wgan import CRITIC_TIPS, WGAN, wasserstein_estimate
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
@@ -36,7 +36,7 @@ class WGANGP(WGAN):
         "beta2": HParam(0.9, 0.0, 0.9999, help="Adam second-moment decay"),
         "gp_lambda": HParam(10.0, 0.01, 1000.0, log=True, help="gradient-penalty weight"),
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
-        **tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation"),
+        **CRITIC_TIPS,
     }
 
     def build(self) -> None:
