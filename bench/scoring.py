@@ -34,6 +34,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_CACHE = Path("results/cache")
 EXTRACTORS = ("domain", "inception")
 KID_SUBSET = 1000
+KID_SEED = 0
 
 
 class DomainClassifier(nn.Module):
@@ -118,8 +119,11 @@ def load_domain_classifier(dataset: str, device: torch.device | str = "cpu") -> 
         raise ConfigError(f"no domain classifier for '{dataset}' ({path} is missing); train one with "
                           f"'bench features train --dataset {dataset}'")
     state = torch.load(path, map_location=device, weights_only=True)
-    model = DomainClassifier(tuple(state["image_shape"]), state["num_classes"])
-    model.load_state_dict(state["model"])
+    # Built on the meta device, so that no initial weights are drawn: scoring during training
+    # must not move the training's random stream.
+    with torch.device("meta"):
+        model = DomainClassifier(tuple(state["image_shape"]), state["num_classes"])
+    model.load_state_dict(state["model"], assign=True)
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -298,7 +302,11 @@ class Scorer:
         self.fid.update(features, real=False)
         self.kid.update(features, real=False)
         self.kid.subset_size = min(KID_SUBSET, len(images), self.real_count)
-        kid_mean, _ = self.kid.compute()
+        # KID draws its subsets from the global CPU generator: a fixed seed in a forked state makes
+        # it repeatable and leaves training's random stream as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(KID_SEED)
+            kid_mean, _ = self.kid.compute()
         histogram = class_histogram(predicted, self.classifier.classify[-1].out_features)
         # A class is covered when it gets at least a quarter of its real share (above the
         # classifier's usual confusions). KL(real || generated) has a floor on empty bins, so

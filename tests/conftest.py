@@ -17,12 +17,12 @@ from bench.engine import TrainConfig, Trainer
 from bench.scoring import Scorer
 
 FID_SAMPLES = 2000
-LEARNING_SECONDS = 50
-"""The suite's learning budget, the same for every variant: 50 s of training on the reference
+LEARNING_SECONDS = 40
+"""The suite's learning budget, the same for every variant: 40 s of training on the reference
 machine (2 CPU cores, AMD EPYC, torch 2.15), given as generator steps so that runs are
 deterministic: each variant's generator steps per second as this fixture measured them there,
 doctor and loss logging included (the WGANs make n_critic = 5 critic updates per generator
-step), times LEARNING_SECONDS. On that machine this fixture trains for about seven minutes in
+step), times LEARNING_SECONDS. On that machine this fixture trains for about six minutes in
 all. test_quarter.py trains each variant much longer, apart from the suite."""
 STEPS_PER_SECOND = {"gan": 60.6, "dcgan": 30.2, "ragan": 30.2, "cgan": 27.3, "infogan": 25.6, "ebgan": 14.9,
                     "wgan": 8.94, "wgan_gp": 4.94}

@@ -11,7 +11,7 @@ import torch
 
 from bench.data import to_unit_range
 from bench.errors import TrainingDiverged
-from bench.engine import TrainConfig, train
+from bench.engine import TrainConfig, Trainer, train
 from bench.scoring import InceptionFeatures, Scorer, code_accuracy, file_sha256, weights_path
 
 BENCH = Path(sys.executable).with_name("bench")
@@ -112,6 +112,19 @@ def test_engine_scores_every_eval_every_steps_and_bench_eval_scores_a_checkpoint
     fid_line = next(line for line in shown.stdout.splitlines() if line.strip().startswith("fid_domain"))
     # same generator, same sampling seed, same real statistics: the same number as in training
     assert float(fid_line.split()[1]) == pytest.approx(result.scores["fid_domain"].iloc[-1], rel=1e-4)
+
+
+def test_scoring_during_training_leaves_the_training_unchanged():
+    plain = Trainer(TrainConfig("dcgan", steps=20, seed=0), progress=False)
+    plain.run()
+    scored = Trainer(TrainConfig("dcgan", steps=20, seed=0, eval_every=10, eval_samples=200), progress=False)
+    scored.run()
+    assert [scores["step"] for scores in scored.evaluations] == [10, 20]
+    for name, weight in plain.variant.state_dict().items():
+        assert torch.equal(weight, scored.variant.state_dict()[name]), name
+    # the scores themselves, KID's random subsets included, repeat exactly
+    assert Scorer("fashion-mnist").score(scored.variant, 200, seed=0) == {
+        key: value for key, value in scored.evaluations[-1].items() if key != "step"}
 
 
 def test_bench_eval_errors_are_one_line(tmp_path):
