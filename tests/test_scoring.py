@@ -120,8 +120,9 @@ def test_scoring_during_training_leaves_the_training_unchanged():
     scored = Trainer(TrainConfig("dcgan", steps=20, seed=0, eval_every=10, eval_samples=200), progress=False)
     scored.run()
     assert [scores["step"] for scores in scored.evaluations] == [10, 20]
+    scored_weights = scored.variant.state_dict()
     for name, weight in plain.variant.state_dict().items():
-        assert torch.equal(weight, scored.variant.state_dict()[name]), name
+        assert torch.equal(weight, scored_weights[name]), name
     # the scores themselves, KID's random subsets included, repeat exactly
     assert Scorer("fashion-mnist").score(scored.variant, 200, seed=0) == {
         key: value for key, value in scored.evaluations[-1].items() if key != "step"}
