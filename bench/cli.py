@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from bench.errors import BenchError
+from bench.errors import BenchError, Interrupted
 
 
 class UserError(click.ClickException):
@@ -26,6 +26,9 @@ def reports_user_errors(command):
             return command(*args, **kwargs)
         except BenchError as exc:
             raise UserError(str(exc)) from None
+        except Interrupted as exc:
+            click.echo(f"{exc}; {exc.then}", err=True)
+            sys.exit(exc.exit_code)
     return wrapper
 
 
@@ -84,22 +87,31 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
 @click.option("--eval-samples", default=2000, show_default=True)
 @click.option("--features", default="domain", show_default=True, help="Extractor for FID/KID: domain or inception.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+@click.option("--checkpoint-every", default="1000", show_default=True, metavar="STEPS|DURATION",
+              help="Checkpoint every STEPS generator steps (and at least every 5 minutes of training), or every "
+                   "DURATION of training (90s, 5m, 1h); also at the end, and on Ctrl-C or SIGTERM.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Where torchvision datasets live.")
 @click.option("--download", is_flag=True, help="Download a missing torchvision dataset (needs internet).")
 @reports_user_errors
 def train(variant, dataset, steps, batch_size, seed, device, out, settings, eval_every, eval_samples, features,
-          resume, data_root, download) -> None:
+          resume, checkpoint_every, data_root, download) -> None:
     """Trains one variant once (no sweep), writing sample grids, losses and a checkpoint to OUT."""
     from bench.engine import TrainConfig, train as run_training
 
     config = TrainConfig(variant=variant, dataset=dataset, steps=steps, batch_size=batch_size, seed=seed,
                          device=device, hparams=parse_settings(variant, settings), eval_every=eval_every,
                          eval_samples=eval_samples, features=features,
-                         data_root=str(data_root) if data_root else None, download=download)
+                         data_root=str(data_root) if data_root else None, download=download,
+                         **parse_checkpoint_every(checkpoint_every))
     if resume and out is None:
         raise UserError("--resume needs --out: the folder of the run to continue")
+    given_out = out is not None
     out = out or Path("results/train") / f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_training(config, out, resume=resume, progress=sys.stderr.isatty())
+    try:
+        result = run_training(config, out, resume=resume, progress=sys.stderr.isatty())
+    except Interrupted as exc:
+        exc.then = "continue it with the same command and --resume" + ("" if given_out else f" --out {out}")
+        raise
     last = result.history.iloc[-1].to_dict() if len(result.history) else {}
     summary = "  ".join(f"{key}={value:.4g}" for key, value in last.items() if key != "step")
     click.echo(f"{variant}: {len(result.history)} steps, {result.images_per_second:.0f} images/s  {summary}")
@@ -108,6 +120,25 @@ def train(variant, dataset, steps, batch_size, seed, device, out, settings, eval
         click.echo("scores at step {}: {}".format(int(scores.pop("step")),
                                                   "  ".join(f"{key}={value:.4g}" for key, value in scores.items())))
     click.echo(f"samples, losses.csv, scores.csv and checkpoint in {out}")
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_checkpoint_every(text: str) -> dict[str, int | float]:
+    """--checkpoint-every: a step count ('2000') or a training duration ('90s', '5m', '1h')."""
+    text = text.strip().lower()
+    try:
+        if text[-1:] in DURATION_UNITS:
+            seconds = float(text[:-1]) * DURATION_UNITS[text[-1]]
+            if seconds > 0:
+                return {"checkpoint_seconds": seconds}
+        elif int(text) > 0:
+            return {"checkpoint_every": int(text)}
+    except ValueError:
+        pass
+    raise UserError(f"--checkpoint-every expects a positive step count (1000) or duration (90s, 5m, 1h), "
+                    f"got '{text}'")
 
 
 @main.command()

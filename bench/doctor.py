@@ -70,6 +70,18 @@ class Doctor(Observer):
         self._before: list[torch.Tensor] | None = None
         self._seen: dict[str, int] = {}  # sample checks in a row at which a problem was seen
 
+    def state_dict(self) -> dict:
+        """The rolling state a resumed run needs for its checks to carry on where they were."""
+        return {"findings": [finding.as_dict() for finding in self.findings.values()], "rows": list(self.rows),
+                "real_spread": self.real_spread, "seen": dict(self._seen)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.findings = {row["check"]: Finding(**row) for row in state["findings"]}
+        self.rows.clear()
+        self.rows.extend(state["rows"])
+        self.real_spread = state["real_spread"]
+        self._seen = dict(state["seen"])
+
     def found(self, check: str, step: int, message: str, *, fatal: bool = False) -> None:
         if check in self.findings:
             return

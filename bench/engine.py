@@ -10,7 +10,8 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +21,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from bench import checkpoint
 from bench.data import BatchSampler, load_dataset
 from bench.doctor import Doctor, Finding
-from bench.errors import ConfigError, TrainingDiverged
+from bench.errors import ConfigError, Interrupted, TrainingDiverged
 from bench.observer import Observer
 from bench.registry import HParamValue, Variant, get_variant
 from bench.scoring import EXTRACTORS, Scorer
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = checkpoint.FILENAME
 HEALTH = "health.json"
 """The doctor's findings in a run folder, read by `bench doctor`."""
 GRID_SIZE = 64
@@ -51,6 +53,9 @@ class TrainConfig:
     """Steps between reads of the losses from the device (the only host sync in the loop)."""
     sample_every: int = 500
     checkpoint_every: int = 1000
+    """Steps between checkpoints (with ``out``); one is also written at the end and on SIGINT/SIGTERM."""
+    checkpoint_seconds: float = 300.0
+    """Training seconds after which a checkpoint is written even if ``checkpoint_every`` steps have not passed."""
     eval_every: int = 0
     """Steps between scorings of the generator (0: only when asked); results in ``scores``."""
     eval_samples: int = 2000
@@ -71,6 +76,8 @@ class TrainConfig:
         for key in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "eval_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if not self.checkpoint_seconds > 0:
+            raise ConfigError(f"checkpoint_seconds must be positive, got {self.checkpoint_seconds}")
 
 
 @dataclass
@@ -137,21 +144,32 @@ class Trainer:
         self._names: list[str] = []
         self.evaluations: list[dict[str, float]] = []
         self._scorer: Scorer | None = None
+        self._signal: int | None = None  # SIGINT or SIGTERM received during run()
+        self._saved_at = time.perf_counter()
         self.doctor = Doctor(self.variant, config.dataset, self._report) if config.doctor else None
         self.observers = ([self.doctor] if self.doctor else []) + self.extra_observers
         if self.out is not None:
             self._prepare_out(resume)
 
     def _prepare_out(self, resume: bool) -> None:
-        checkpoint = self.out / CHECKPOINT
-        if checkpoint.exists() and not resume:
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"the output folder {self.out} is a file; choose a folder path for --out")
+        saved = self.out / CHECKPOINT
+        if saved.exists() and not resume:
             raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it, "
                               "or choose another --out")
-        if resume and checkpoint.exists():
-            self._load(checkpoint)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-        self._write_health()
+        if resume and saved.exists():
+            self._load(saved)
+        elif resume:
+            tqdm.write(f"resume: {self.out} holds no {CHECKPOINT} (the run was stopped before its first "
+                       "checkpoint, or never started there); starting from step 0")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
+            self._write_health()
+        except OSError as exc:
+            raise ConfigError(f"cannot write the output folder {self.out} ({exc.strerror}); choose a folder "
+                              "you can write to for --out") from None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         # bfloat16 keeps float32's exponent range, so no GradScaler is needed; that matters here
@@ -171,7 +189,19 @@ class Trainer:
         start_step, started = self.step, time.perf_counter()
         self._bar = tqdm(total=until, initial=self.step, disable=not self.progress, desc=variant.name,
                          unit="step", dynamic_ncols=True)
+        self._saved_at = time.perf_counter()
         variant.train()
+        with self._checkpoint_on_signals():
+            self._loop(until, batch)
+        self._flush()
+        self._bar.close()
+        elapsed = time.perf_counter() - started
+        images = (self.step - start_step) * batch
+        return TrainResult(variant, self.history(), pd.DataFrame(self.evaluations),
+                           images / elapsed if elapsed > 0 else math.nan, self.out, self.findings())
+
+    def _loop(self, until: int, batch: int) -> None:
+        config, variant = self.config, self.variant
         while self.step < until:
             real, labels = self.batches.next(batch)
             if self.doctor:
@@ -189,14 +219,34 @@ class Trainer:
                 self.evaluate()
             if self.out is not None and (self.step % config.sample_every == 0 or self.step == until):
                 self.save_grid()
-            if self.out is not None and (self.step % config.checkpoint_every == 0 or self.step == until):
+            if self.out is not None and (self.step % config.checkpoint_every == 0 or self.step == until or
+                                         time.perf_counter() - self._saved_at >= config.checkpoint_seconds):
                 self.save()
-        self._flush()
-        self._bar.close()
-        elapsed = time.perf_counter() - started
-        images = (self.step - start_step) * batch
-        return TrainResult(variant, self.history(), pd.DataFrame(self.evaluations),
-                           images / elapsed if elapsed > 0 else math.nan, self.out, self.findings())
+            if self._signal is not None:
+                self.save()
+                self._bar.close()
+                raise Interrupted(self._signal, self.step, str(self.out / CHECKPOINT))
+
+    @contextlib.contextmanager
+    def _checkpoint_on_signals(self):
+        """With an output folder, SIGINT and SIGTERM end the run after the current step, with a
+        checkpoint at that step; a second signal stops at once, without one. Python only lets
+        the main thread install handlers: elsewhere the signals keep their usual effect."""
+        if self.out is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop_after_this_step(signum: int, frame) -> None:
+            if self._signal is not None:
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        previous = {signum: signal.signal(signum, stop_after_this_step) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def findings(self) -> list[Finding]:
         return list(self.doctor.findings.values()) if self.doctor else []
@@ -261,12 +311,13 @@ class Trainer:
         return path
 
     def save(self) -> None:
-        """Writes a checkpoint that resumes the run exactly (weights, optimisers, every RNG)."""
+        """Writes a checkpoint that resumes the run exactly (weights, optimisers, every RNG, the
+        doctor's rolling state), and the loss and score tables beside it."""
         self._flush()
-        state = {
+        checkpoint.save({
             "config": dataclasses.asdict(self.config),
             "step": self.step,
-            "image_shape": self.variant.image_shape,
+            "image_shape": list(self.variant.image_shape),
             "num_classes": self.variant.num_classes,
             "variant": self.variant.state_dict(),
             "optimizers": {key: opt.state_dict() for key, opt in self.variant.optimizers().items()},
@@ -275,46 +326,44 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "rows": self.rows,
             "evaluations": self.evaluations,
-            "findings": [finding.as_dict() for finding in self.findings()],
-        }
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / CHECKPOINT)  # never leave a half-written checkpoint behind
+            "doctor": self.doctor.state_dict() if self.doctor else None,
+        }, self.out / CHECKPOINT)
+        self._saved_at = time.perf_counter()
         self.history().to_csv(self.out / "losses.csv", index=False)
         if self.evaluations:
             pd.DataFrame(self.evaluations).to_csv(self.out / "scores.csv", index=False)
 
     def _load(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        changed = [key for key in RUN_IDENTITY if state["config"][key] != getattr(self.config, key)]
+        state = checkpoint.load(path, self.device)
+        changed = [key for key in RUN_IDENTITY if state["config"].get(key) != getattr(self.config, key)]
         if changed:
             raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ from the saved run; "
                               "resume with the same settings, or use another --out for a new run")
-        self.variant.load_state_dict(state["variant"])
-        for key, optimizer in self.variant.optimizers().items():
-            optimizer.load_state_dict(state["optimizers"][key])
-        self.batches.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        with checkpoint.damaged(path):
+            self.variant.load_state_dict(state["variant"])
+            for key, optimizer in self.variant.optimizers().items():
+                optimizer.load_state_dict(state["optimizers"][key])
+            self.batches.load_state_dict(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] is not None:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            if self.doctor and state["doctor"] is not None:
+                self.doctor.load_state_dict(state["doctor"])
         self.step = state["step"]
         self.rows = state["rows"]
         self.evaluations = state["evaluations"]
-        if self.doctor:
-            self.doctor.findings = {row["check"]: Finding(**row) for row in state.get("findings", [])}
 
 
 def load_trained(path: Path | str, device: str = "auto") -> tuple[Variant, TrainConfig, int]:
     """(variant, its config, its step) from a checkpoint file or a run folder holding one."""
-    path = Path(path)
-    path = path / CHECKPOINT if path.is_dir() else path
-    if not path.exists():
-        raise ConfigError(f"no checkpoint at {path}; pass a run folder written by 'bench train' or its {CHECKPOINT}")
     device = resolve_device(device)
-    state = torch.load(path, map_location=device, weights_only=False)
-    config = TrainConfig(**state["config"])
-    variant = get_variant(config.variant)(state["image_shape"], state["num_classes"], **config.hparams)
-    variant.load_state_dict(state["variant"])
+    state = checkpoint.load(path, device)
+    path = checkpoint.locate(path)
+    with checkpoint.damaged(path):
+        config = TrainConfig(**state["config"])
+    variant = get_variant(config.variant)(tuple(state["image_shape"]), state["num_classes"], **config.hparams)
+    with checkpoint.damaged(path):
+        variant.load_state_dict(state["variant"])
     return variant.to(device).eval(), config, state["step"]
 
 

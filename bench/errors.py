@@ -27,3 +27,21 @@ class TrainingDiverged(RunStopped, FloatingPointError):
 
 class UnhealthyRun(RunStopped):
     """The training doctor found a failure that makes going on pointless."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a checkpoint at the current step was written."""
+
+    def __init__(self, signum: int, step: int, saved_to: str | None):
+        import signal
+
+        self.signum, self.step, self.saved_to = signum, step, saved_to
+        self.then = "run the same command again to continue"
+        """What the user does next; the caller that knows the command says it."""
+        where = f"checkpoint written to {saved_to}" if saved_to else "no output folder, so nothing was saved"
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; {where}")
+
+    @property
+    def exit_code(self) -> int:
+        """What a shell expects of a process ended by this signal."""
+        return 128 + self.signum

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from bench.errors import ConfigError
-from bench.engine import HEALTH, TrainConfig, TrainResult, resolve_device
+from bench.engine import CHECKPOINT, HEALTH, TrainConfig, TrainResult, resolve_device
 from bench.observer import Observer
 
 RESULTS = Path("results")
@@ -217,7 +217,7 @@ class TrialRun(Observer):
             self.client.log_figure(self.run_id, curves(result.scores, "generator step", "score"), "score_curves.png")
         self.client.log_metric(self.run_id, "images_per_second", result.images_per_second)
         if result.out is not None:
-            self.client.log_artifact(self.run_id, str(result.out / "checkpoint.pt"), "checkpoint")
+            self.client.log_artifact(self.run_id, str(result.out / CHECKPOINT), "checkpoint")
 
 
 def curves(frame: pd.DataFrame, xlabel: str, ylabel: str):

@@ -1,0 +1,103 @@
+"""The one checkpoint format: written by the engine, read by resume, `bench eval` and anything
+else that loads a run.
+
+A checkpoint may come from a teammate's tracking server, so it is untrusted input: it holds only
+tensors and plain containers (the run's config as a dict), it is read with
+``torch.load(weights_only=True)``, which refuses any other Python object instead of running
+its code, and what it holds is checked before anything uses it. A file that is not a ganbench
+checkpoint is refused with one line that names it and says what it is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from bench.errors import ConfigError
+
+FILENAME = "checkpoint.pt"
+FORMAT = "ganbench-checkpoint"
+VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "config": dict, "step": int, "image_shape": (list, tuple), "num_classes": int, "variant": dict,
+    "optimizers": dict, "sampler": dict, "torch_rng": torch.Tensor, "cuda_rng": (list, type(None)),
+    "rows": list, "evaluations": list, "doctor": (dict, type(None)),
+}
+"""What a checkpoint holds, by type: the weights and every state that resumes the run exactly."""
+
+
+class NotACheckpoint(ConfigError):
+    """A file or folder that is not a readable ganbench checkpoint."""
+
+
+def locate(path: Path | str) -> Path:
+    """The checkpoint file of a run folder, or ``path`` itself when it names a file."""
+    path = Path(path)
+    return path / FILENAME if path.is_dir() else path
+
+
+def save(state: dict[str, Any], path: Path) -> None:
+    """Writes ``state`` (the keys of FIELDS) to ``path`` atomically: a crash mid-write leaves the
+    previous checkpoint, never half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path | str, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The state saved in a checkpoint file or run folder, checked to be a ganbench checkpoint."""
+    given = Path(path)
+    path = locate(given)
+    if not path.exists():
+        if given.is_dir():
+            raise NotACheckpoint(f"{given} holds no {FILENAME}: pass a run folder written by `bench train` "
+                                 "(or a study trial) or the checkpoint file itself")
+        raise NotACheckpoint(f"no checkpoint at {path}; pass a run folder written by `bench train` or its {FILENAME}")
+    if not path.is_file():
+        raise NotACheckpoint(f"{path} is not a file: pass a run folder written by `bench train` or its {FILENAME}")
+    if path.stat().st_size == 0:
+        raise NotACheckpoint(f"{path} is empty, not a ganbench checkpoint (an interrupted copy?); "
+                             "copy it again from where the run was trained")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise NotACheckpoint(f"{path} is not a ganbench checkpoint: it holds Python objects other than tensors, "
+                             "refused unread because loading them could run code") from None
+    except Exception:  # whatever the reader raised on bytes it cannot parse: truncated, corrupt, not torch
+        with path.open("rb") as handle:
+            zipped = handle.read(4) == ZIP_MAGIC  # torch.save writes a zip archive
+        what = "a truncated or corrupt torch file" if zipped else "not a file torch can read"
+        raise NotACheckpoint(f"{path} is not a ganbench checkpoint: {what}; copy it again from where the run "
+                             "was trained") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise NotACheckpoint(f"{path} is a torch file but not a ganbench checkpoint (it has no '{FORMAT}' "
+                             "marker); pass a run folder written by `bench train` or its checkpoint")
+    if state.get("version") != VERSION:
+        raise NotACheckpoint(f"{path} is a ganbench checkpoint of format version {state.get('version')!r}; "
+                             f"this ganbench reads version {VERSION}")
+    for key, kind in FIELDS.items():
+        if not isinstance(state.get(key), kind):
+            raise NotACheckpoint(f"{path} is a damaged ganbench checkpoint: '{key}' is missing or of the wrong "
+                                 "type; use another checkpoint of the run")
+    return state
+
+
+@contextlib.contextmanager
+def damaged(path: Path) -> Iterator[None]:
+    """Turns what goes wrong while applying a loaded state (a missing key, a tensor of the wrong
+    shape, a config field this ganbench does not know) into one line naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise NotACheckpoint(f"{path} is a damaged or incompatible ganbench checkpoint ({detail}); use another "
+                             "checkpoint of the run, or the ganbench version that wrote it") from None

@@ -1,0 +1,153 @@
+"""Checkpoints: one format, refused when foreign or hostile, written on SIGINT/SIGTERM and by
+training time, and resumed exactly (the doctor's rolling state included)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench import checkpoint
+from bench.cli import main
+from bench.engine import CHECKPOINT, TrainConfig, Trainer, train
+from tests.test_cli import BENCH
+
+DIGITS_RUN = ["--variant", "gan", "--dataset", "digits", "--seed", "3"]
+
+
+class RunsCode:
+    """Unpickling this runs `touch MARKER`: what a crafted checkpoint does to torch.load(weights_only=False)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (a file posing as a checkpoint, what the refusal must say)."""
+    real = folder / "real"
+    train(TrainConfig("gan", dataset="digits", steps=3), real, progress=False)
+    whole = (real / CHECKPOINT).read_bytes()
+    files = {
+        "pickle with code": (pickle.dumps({"config": RunsCode(folder / "PWNED")}), "could run code"),
+        "torch.save with code": (None, "could run code"),
+        "truncated": (whole[: len(whole) // 2], "truncated or corrupt torch file"),
+        "empty": (b"", "is empty"),
+        "text": (b"step = 1000\nweights = none\n", "not a file torch can read"),
+        "foreign torch file": (None, "not a ganbench checkpoint (it has no"),
+    }
+    paths = {}
+    for name, (content, message) in files.items():
+        path = folder / name.replace(" ", "_") / CHECKPOINT
+        path.parent.mkdir()
+        if name == "torch.save with code":
+            torch.save({"format": checkpoint.FORMAT, "config": RunsCode(folder / "PWNED")}, path)
+        elif name == "foreign torch file":
+            torch.save({"state_dict": {"weight": torch.zeros(3)}}, path)
+        else:
+            path.write_bytes(content)
+        paths[name] = (path, message)
+    paths["folder without one"] = (folder, "holds no checkpoint.pt")
+    return paths
+
+
+def test_eval_and_resume_refuse_every_file_that_is_not_a_ganbench_checkpoint(tmp_path):
+    for name, (path, message) in hostile_files(tmp_path).items():
+        for args in (["eval", "--checkpoint", str(path)],
+                     ["train", *DIGITS_RUN, "--steps", "5", "--out", str(path.parent), "--resume"]):
+            if args[0] == "train" and name == "folder without one":
+                continue  # --resume on a folder without a checkpoint starts over: tested below
+            result = CliRunner().invoke(main, args)
+            lines = result.stderr.strip().splitlines()
+            assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (name, args, result.output)
+            assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], (name, lines)
+            assert str(path) in lines[0], (name, lines)
+    assert not (tmp_path / "PWNED").exists(), "a checkpoint's pickled code ran"
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path):
+    result = CliRunner().invoke(main, ["train", *DIGITS_RUN, "--steps", "3", "--out", str(tmp_path / "new"),
+                                       "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "holds no checkpoint.pt" in result.output and "starting from step 0" in result.output
+
+
+@pytest.mark.parametrize("out, message", [
+    ("/proc/ganbench/run", "cannot write the output folder /proc/ganbench/run"),
+    ("/sys/ganbench", "cannot write the output folder /sys/ganbench"),
+    ("FILE", "is a file; choose a folder path"),
+    ("FILE/run", "cannot write the output folder"),
+])
+def test_an_output_folder_that_cannot_be_one_is_one_line(tmp_path, out, message):
+    (tmp_path / "FILE").write_text("not a folder")
+    out = out.replace("FILE", str(tmp_path / "FILE"))
+    result = CliRunner().invoke(main, ["train", *DIGITS_RUN, "--steps", "3", "--out", out])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+def test_sigterm_writes_a_checkpoint_at_that_step_and_resume_continues_with_the_same_losses(tmp_path):
+    """A `bench train` killed by SIGTERM mid-run resumes from the step it was stopped at, and ends
+    with the losses and weights of a run that was never interrupted."""
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen([str(BENCH), "train", *DIGITS_RUN, "--steps", "1000000", "--checkpoint-every",
+                                "100", "--out", str(interrupted)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (interrupted / CHECKPOINT).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    stopped_at = checkpoint.load(interrupted)["step"]
+    assert stopped_at > 100 and stopped_at % 100, "saved at the signal's step, not at a periodic checkpoint"
+    assert f"stopped by SIGTERM at step {stopped_at}; checkpoint written to {interrupted / CHECKPOINT}" in stderr
+    assert "--resume" in stderr
+
+    steps = str(stopped_at + 40)
+    resumed = subprocess.run([str(BENCH), "train", *DIGITS_RUN, "--steps", steps, "--out", str(interrupted),
+                              "--resume"], capture_output=True, text=True, timeout=120)
+    straight = subprocess.run([str(BENCH), "train", *DIGITS_RUN, "--steps", steps, "--out", str(tmp_path / "straight")],
+                              capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0 and straight.returncode == 0, resumed.stderr + straight.stderr
+    resumed_losses, straight_losses = (pd.read_csv(folder / "losses.csv") for folder in (interrupted, tmp_path / "straight"))
+    assert list(resumed_losses["step"]) == list(range(1, stopped_at + 41))
+    pd.testing.assert_frame_equal(resumed_losses, straight_losses)
+    resumed_weights, straight_weights = (checkpoint.load(folder)["variant"] for folder in (interrupted, tmp_path / "straight"))
+    assert all(torch.equal(value, straight_weights[key]) for key, value in resumed_weights.items())
+
+
+def test_a_checkpoint_is_written_by_training_time_as_well_as_by_steps(tmp_path):
+    trainer = Trainer(TrainConfig("gan", dataset="digits", steps=400, checkpoint_every=10_000,
+                                  checkpoint_seconds=1e-9), tmp_path, progress=False)
+    saves = []
+    save = trainer.save
+    trainer.save = lambda: saves.append(trainer.step) or save()
+    trainer.run(until=3)
+    assert saves == [1, 2, 3], "with a tiny time interval, every step is past it"
+
+
+def test_the_doctors_rolling_state_resumes_with_the_run(tmp_path):
+    """The doctor's loss window, real-image spread and persistence counters carry over, so its
+    checks after a resume see what they would have seen without one."""
+    config = dict(variant="gan", dataset="digits", seed=1, log_every=10)
+    straight = Trainer(TrainConfig(**config, steps=420), progress=False)
+    straight.run(until=250)
+    halfway = straight.doctor.state_dict()
+    straight.run()  # before the resumed run: both draw from the process's one global RNG
+    train(TrainConfig(**config, steps=250), tmp_path, progress=False)
+    resumed = Trainer(TrainConfig(**config, steps=420), tmp_path, resume=True, progress=False)
+    state = resumed.doctor.state_dict()
+    assert len(state["rows"]) == 200 and state["real_spread"] > 0 and state["seen"], "a window full, a sample check done"
+    assert state == halfway
+    resumed.run()
+    assert resumed.doctor.state_dict() == straight.doctor.state_dict()
