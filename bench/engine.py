@@ -225,7 +225,7 @@ class Trainer:
             if self._signal is not None:
                 self.save()
                 self._bar.close()
-                raise Interrupted(self._signal, self.step, str(self.out / CHECKPOINT))
+                raise Interrupted(self._signal, f"at step {self.step}; checkpoint written to {self.out / CHECKPOINT}")
 
     @contextlib.contextmanager
     def _checkpoint_on_signals(self):

@@ -30,16 +30,15 @@ class UnhealthyRun(RunStopped):
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM stopped training after a checkpoint at the current step was written."""
+    """SIGINT or SIGTERM stopped the work after what it had done was saved."""
 
-    def __init__(self, signum: int, step: int, saved_to: str | None):
+    def __init__(self, signum: int, what: str):
         import signal
 
-        self.signum, self.step, self.saved_to = signum, step, saved_to
+        self.signum = signum
         self.then = "run the same command again to continue"
         """What the user does next; the caller that knows the command says it."""
-        where = f"checkpoint written to {saved_to}" if saved_to else "no output folder, so nothing was saved"
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; {where}")
+        super().__init__(f"stopped by {signal.Signals(signum).name} {what}")
 
     @property
     def exit_code(self) -> int:

@@ -26,11 +26,12 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.engine import TrainConfig, train
-from bench.errors import BenchError, ConfigError, RunStopped
+from bench.data import load_dataset
+from bench.engine import CHECKPOINT, TrainConfig, train
+from bench.errors import BenchError, ConfigError, Interrupted, RunStopped
 from bench.observer import Observer
 from bench.registry import Variant, get_variant
-from bench.storage import (HEARTBEAT_SECONDS, ask_lock, default_storage, fail_stale_trials, heartbeat,
+from bench.storage import (HEARTBEAT_SECONDS, MAX_RETRIES, ask_lock, default_storage, fail_stale_trials, heartbeat,
                            known_heartbeat_warnings, open_storage)
 from bench.study import StudySpec, load_study
 from bench.tracking import HOST, RESULTS, Tracking, pid_alive, redact
@@ -91,6 +92,7 @@ def run_study(variant: str | None, study: str | Path, *, trials: int | None = No
         trials = min(trials, spec.grid_size(variant_cls))
     if trials < 1 or workers < 1 or heartbeat < 1:
         raise ConfigError("--trials, --workers and --heartbeat must be at least 1")
+    load_dataset(spec.dataset, "train")  # a missing dataset fails here, before a study or run exists
     storage = storage or default_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend = open_storage(storage, heartbeat)
@@ -110,23 +112,43 @@ def run_study(variant: str | None, study: str | Path, *, trials: int | None = No
         if workers == 1:
             take_trials(jobs[0], spec, optuna_study, backend, tracking)
         else:
-            # spawn, not fork: CUDA cannot be re-initialised in a forked child.
-            context = multiprocessing.get_context("spawn")
-            processes = [context.Process(target=work, args=(job,), name=f"bench-worker-{job.worker}")
-                         for job in jobs]
-            for process in processes:
-                process.start()
-            for process in processes:
-                process.join()
-            failed = [p.name for p in processes if p.exitcode != 0]
-            if failed:
-                raise BenchError(f"worker(s) {', '.join(failed)} stopped with an error (see above); "
-                                  "rerun the same command to finish the study")
+            run_workers(jobs)
     except BaseException:
         tracking.end(parent, "killed")
         raise
     tracking.end(parent, "complete")
     return optuna_study
+
+
+def run_workers(jobs: list[Job]) -> None:
+    """Runs one worker process per job until the study is done. SIGINT and SIGTERM reach the
+    workers once each, through this process (they run in process groups of their own, out of
+    the terminal's reach), so that each checkpoints its trial before it stops."""
+    context = multiprocessing.get_context("spawn")  # not fork: CUDA cannot be re-initialised in a forked child
+    processes = [context.Process(target=work, args=(job,), name=f"bench-worker-{job.worker}") for job in jobs]
+    received: list[int] = []
+
+    def forward(signum: int, frame) -> None:
+        received.append(signum)
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise Interrupted(received[0], "after the workers checkpointed their trials and queued them to resume")
+    failed = [p.name for p in processes if p.exitcode != 0]
+    if failed:
+        raise BenchError(f"worker(s) {', '.join(failed)} stopped with an error (see above); "
+                         "rerun the same command to finish the study")
 
 
 def _load(spec: StudySpec, variant_cls: type[Variant], backend: optuna.storages.BaseStorage, seed: int,
@@ -161,12 +183,25 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
                 trial_id = _trial_id(study, storage, trial.number)
                 storage.set_trial_user_attr(trial_id, "fail_reason", reason)
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                gone.append((trial, reason))
+                run_again(study, trial.number)
+                gone.append((trial, reason + "; queued to run again"))
     for trial, reason in gone:
         print(f"trial {trial.number} marked failed: {reason}", flush=True)
         if "mlflow_run_id" in trial.user_attrs:
             tracking.end_if_running(trial.user_attrs["mlflow_run_id"], "failed", reason)
     tracking.close_orphans()
+
+
+def run_again(study: optuna.Study, number: int) -> None:
+    """Queues failed trial ``number`` again with its hyperparameters, seed and reported scores (at
+    most MAX_RETRIES times); the retry resumes from the trial's last checkpoint when it is here."""
+    failed = study.get_trials(deepcopy=False)[number]
+    with known_heartbeat_warnings():
+        optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)(study, failed)
+
+
+def trial_folder(study: optuna.Study, number: int) -> Path:
+    return RESULTS / "studies" / re.sub(r"[^\w.-]+", "_", study.study_name) / f"trial-{number:04d}"
 
 
 def die_with_parent() -> None:
@@ -179,12 +214,17 @@ def die_with_parent() -> None:
 def work(job: Job) -> None:
     """A worker process of its own (--workers > 1): opens the study and takes trials."""
     die_with_parent()
+    os.setpgrp()  # Ctrl-C in the terminal reaches `bench run`, which passes it on once (run_workers)
     torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_study(job.study_path)
     storage = open_storage(job.storage, job.heartbeat)
     study = _load(spec, get_variant(job.variant), storage, job.seed, job.worker)
-    take_trials(job, spec, study, storage, Tracking(job.tracking_uri, spec.name))
+    try:
+        take_trials(job, spec, study, storage, Tracking(job.tracking_uri, spec.name))
+    except Interrupted as exc:
+        print(f"worker {job.worker}: {exc}", flush=True)
+        sys.exit(exc.exit_code)
 
 
 def take_trials(job: Job, spec: StudySpec, study: optuna.Study, storage: optuna.storages.BaseStorage,
@@ -238,6 +278,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Jo
     frozen = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number)
     with known_heartbeat_warnings():
         retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        retried = optuna.storages.RetryFailedTrialCallback.retry_history(frozen)
     # A retry repeats its original, seed included (Optuna copies the original's attributes).
     if retry_of is not None:
         seed = frozen.user_attrs["seed"]
@@ -248,15 +289,21 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Jo
                          device=device, hparams=hparams, eval_every=spec.eval_every,
                          eval_samples=spec.eval_samples, features=spec.features, sample_every=spec.eval_every,
                          checkpoint_every=spec.steps)
-    out = RESULTS / "studies" / re.sub(r"[^\w.-]+", "_", study.study_name) / f"trial-{trial.number:04d}"
+    out = trial_folder(study, trial.number)
     shutil.rmtree(out, ignore_errors=True)  # left by a study of the same name whose storage was deleted
+    # A retry goes on from where the trial it repeats stopped, when that trial's folder is on this machine.
+    resume = bool(retried) and (trial_folder(study, retried[-1]) / CHECKPOINT).exists()
+    if resume:
+        shutil.copytree(trial_folder(study, retried[-1]), out)
     run = tracking.start_trial(job.parent_run_id, trial.number, config, {
         "bench.study": spec.name, "bench.optuna_study": study.study_name, "bench.objective": spec.objective,
         **({"bench.retry_of": str(retry_of)} if retry_of is not None else {}),
+        **({"bench.resumed_from": f"trial {retried[-1]}"} if resume else {}),
         **({"bench.arm": trial.params["arm"]} if spec.is_ablation else {})})
     trial.set_user_attr("mlflow_run_id", run.run_id)
     try:
-        result = train(config, out, progress=job.progress, observers=[run, ReportToPruner(trial, spec.objective)])
+        result = train(config, out, resume=resume, progress=job.progress,
+                       observers=[run, ReportToPruner(trial, spec.objective)])
         run.log_outcome(result)
         value = float(result.scores[spec.objective].iloc[-1])
     except optuna.TrialPruned as exc:
@@ -275,6 +322,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Jo
         trial.set_user_attr("fail_reason", reason)
         tracking.end(run.run_id, "failed", reason)
         study.tell(trial, state=TrialState.FAIL)
+        if isinstance(exc, Interrupted):
+            run_again(study, trial.number)
+            exc.then = f"trial {trial.number} is queued to resume from it: run the same command again to continue"
         raise
     tracking.end(run.run_id, "complete")
     study.tell(trial, value)

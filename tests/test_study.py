@@ -215,6 +215,46 @@ def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(p
     assert list(parents["status"]) == ["KILLED", "FINISHED"]
 
 
+def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_there(project_folder):
+    """SIGTERM to `bench run --workers 2` reaches each worker once; each checkpoints its trial at
+    the current step and queues it again; the next `bench run` trains the retries on from those
+    steps, with the same hyperparameters and seeds."""
+    tmp_path = project_folder("sigterm")
+    study = tmp_path / "sigterm.toml"
+    study.write_text(TINY_STUDY.replace("trials = 3", "trials = 2").format(steps=1500, eval_every=1500))
+    args = ["run", "--variant", "gan", "--study", str(study), "--workers", "2"]
+    process = subprocess.Popen([BENCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=clean_env())
+    folders = [tmp_path / "results" / "studies" / "sigterm_gan_fashion-mnist" / f"trial-{n:04d}" for n in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all((folder / "config.json").exists() for folder in folders) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM after the workers checkpointed their trials" in stderr and "Traceback" not in stderr
+    interrupted = optuna_trials(tmp_path, "sigterm:gan:fashion-mnist")
+    assert [t.state for t in interrupted] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
+    stopped_at = {t.number: int(re.search(r"stopped by SIGTERM at step (\d+)", t.user_attrs["fail_reason"])[1])
+                  for t in interrupted[:2]}
+    assert all(0 < step < 1500 for step in stopped_at.values()), stopped_at
+
+    result = bench(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = optuna_trials(tmp_path, "sigterm:gan:fashion-mnist")
+    assert [t.state for t in after] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    runs = mlflow_runs(tmp_path, "sigterm").set_index("run_id")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    for retry in after[2:]:
+        original = after[retry.system_attrs["failed_trial"]]
+        assert retry.params == original.params and retry.user_attrs["seed"] == original.user_attrs["seed"]
+        run_id = retry.user_attrs["mlflow_run_id"]
+        assert runs.loc[run_id, "tags.bench.resumed_from"] == f"trial {original.number}"
+        steps = [metric.step for metric in client.get_metric_history(run_id, "loss_d")]
+        assert min(steps) == stopped_at[original.number] + 1 and max(steps) == 1500
+
+
 # -- trials that go bad fail with their reason; the other worker goes on --------------------------
 
 FAULTS_STUDY = """
