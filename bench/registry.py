@@ -40,13 +40,13 @@ class HParam:
     log: bool = False
     help: str = ""
 
-    def parse(self, text: str) -> HParamValue:
+    def parse(self, name: str, text: str) -> HParamValue:
         """Converts command-line text to this hyperparameter's type."""
         kind = type(self.default)
         try:
             value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
         except ValueError:
-            raise ConfigError(f"'{text}' is not a valid {kind.__name__}") from None
+            raise ConfigError(f"{name}={text!r} is not a number; valid: {self.describe()}") from None
         return value
 
     def check(self, name: str, value: HParamValue) -> HParamValue:

@@ -197,9 +197,14 @@ def load_study(name_or_path: str | Path) -> StudySpec:
         raise ConfigError(f"no study '{name_or_path}': {path} does not exist; available: "
                           f"{', '.join(available_studies())} (or pass a path to a .toml file)")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                          "TOML files must be UTF-8: save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the study file ({exc.strerror}); pass a readable .toml file") from None
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")

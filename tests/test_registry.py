@@ -72,10 +72,10 @@ def test_hyperparameters_are_checked_against_their_ranges():
 
 
 def test_hparam_parses_command_line_text_to_its_type():
-    assert HParam(5, 1, 10).parse("7") == 7 and isinstance(HParam(5, 1, 10).parse("7"), int)
-    assert HParam(0.1, 0, 1).parse("1e-2") == 0.01
-    with pytest.raises(ConfigError, match="not a valid float"):
-        HParam(0.1, 0, 1).parse("fast")
+    assert HParam(5, 1, 10).parse("n", "7") == 7 and isinstance(HParam(5, 1, 10).parse("n", "7"), int)
+    assert HParam(0.1, 0, 1).parse("c", "1e-2") == 0.01
+    with pytest.raises(ConfigError, match=r"c='fast' is not a number; valid: \[0, 1\]"):
+        HParam(0.1, 0, 1).parse("c", "fast")
 
 
 @pytest.mark.parametrize("name", sorted(BUILT_INS))

@@ -1,0 +1,51 @@
+"""The README's Python runs: each ```python block, as written, against the installed package,
+with only its training budget cut to a test's size, so the docs cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_study import TINY_STUDY, clean_env
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BUDGET_CUTS = {
+    "from bench.runner import run_study": [('"lr_sweep", trials=8, workers=2', '"tiny.toml", trials=2, workers=2')],
+    "from bench import TrainConfig, train\n\nresult": [("steps=500", "steps=20")],
+    "class LeastSquaresGAN": [("steps=2000", "steps=20")],
+}
+"""For each block (by text it contains): the budget it spends, and what the test spends instead.
+Every block must be listed, and every cut must find its text."""
+WRITES = {
+    "from bench.runner import run_study": "results/optuna/journal.log",
+    "from bench import TrainConfig, train\n\nresult": "results/train/dcgan-1e-4/checkpoint.pt",
+    "class LeastSquaresGAN": "results/train/my_lsgan/checkpoint.pt",
+}
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+
+
+def test_every_python_block_of_the_readme_has_a_budget_cut():
+    blocks = python_blocks()
+    assert len(blocks) == len(BUDGET_CUTS)
+    assert all(sum(key in block for block in blocks) == 1 for key in BUDGET_CUTS)
+
+
+@pytest.mark.parametrize("key", list(BUDGET_CUTS))
+def test_the_readme_python_block_runs(key, project_folder):
+    folder = project_folder("readme")
+    (folder / "tiny.toml").write_text(TINY_STUDY.format(steps=20, eval_every=20))
+    [code] = [block for block in python_blocks() if key in block]
+    for written, cut in BUDGET_CUTS[key]:
+        assert written in code, f"the README block changed its budget: {written!r} not found"
+        code = code.replace(written, cut)
+    result = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=300,
+                            env=clean_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (folder / WRITES[key]).exists()
