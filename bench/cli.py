@@ -68,7 +68,7 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
         if not sep:
             raise ConfigError(f"--set expects key=value, got '{setting}'")
         spec = cls.hparam(key)
-        values[key] = spec.check(key, spec.parse(text))
+        values[key] = spec.check(key, spec.parse(key, text))
     return values
 
 
