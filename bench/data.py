@@ -155,10 +155,13 @@ class BatchSampler:
         self.order = torch.randperm(len(dataset), generator=self.generator).to(device)
         self.position = 0
 
+    def check(self, n: int) -> None:
+        if n > len(self.order):
+            raise ConfigError(f"batch of {n} is larger than the dataset ({len(self.order)} images); lower --batch-size")
+
     def next(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of ``n`` images (n, C, H, W) in [-1, 1] and their labels (n,)."""
-        if n > len(self.order):
-            raise ConfigError(f"batch of {n} is larger than the dataset ({len(self.order)} images)")
+        self.check(n)
         if self.position + n > len(self.order):
             self.order = torch.randperm(len(self.order), generator=self.generator).to(self.images.device)
             self.position = 0

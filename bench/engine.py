@@ -136,6 +136,7 @@ class Trainer:
         self.variant = variant_cls(self.data.image_shape, self.data.num_classes, **config.hparams).to(
             self.device, memory_format=torch.channels_last)
         self.batches = BatchSampler(self.data, self.device, config.seed)
+        self.batches.check(config.batch_size * self.variant.real_batches_per_step)  # before any folder is made
         self.fixed_latent = self.variant.latent(GRID_SIZE, torch.Generator().manual_seed(config.seed))
         self.fixed_labels = torch.arange(GRID_SIZE, device=self.device) % self.data.num_classes
         self.step = 0

@@ -140,6 +140,8 @@ def accuracy(model: nn.Module, dataset: ImageDataset, device: torch.device, batc
 def train_domain_classifier(dataset: str, *, epochs: int = 8, seed: int = 0, batch_size: int = 128,
                             device: torch.device | str = "cpu", log=print) -> tuple[DomainClassifier, dict]:
     """Trains the domain classifier on ``dataset``'s train split; returns it and its card."""
+    if epochs < 1:
+        raise ConfigError(f"epochs must be at least 1, got {epochs}")
     device = torch.device(device)
     train_set, test_set = load_dataset(dataset, "train"), load_dataset(dataset, "test")
     torch.manual_seed(seed)

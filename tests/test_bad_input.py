@@ -1,0 +1,82 @@
+"""Every command, fed what a tired user at 2 am or a hostile file would feed it: exit status 2,
+one `Error:` line that names the problem and the fix, no traceback, and nothing created."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import main
+
+NOT_UTF8 = "objective = \"fid_domain\"\ndescription = \"caf\xe9\"\n".encode("latin-1")
+FILES = {
+    "latin1.toml": NOT_UTF8,
+    "broken.toml": b"trials = [1, 2\n",
+    "unknown_dataset.toml": b'dataset = "celeba"\n[space]\nlr = { low = 1e-4, high = 1e-3, log = true }\n',
+    "a_file": b"not a folder",
+    "run/health.json": b"{not json",
+    "run_list/health.json": json.dumps([{"check": "mode_collapse"}]).encode(),
+    "checkpoint.pt": b"\x80\x04K\x01.",
+}
+
+# (command line, a fragment the one error line must hold); paths are relative to a fresh folder.
+CASES = [
+    (["list", "extra"], "Got unexpected extra argument (extra)"),
+    (["train", "--variant", "stylegan"], "unknown variant 'stylegan'; choose one of:"),
+    (["train", "--variant", "gan", "--set", "lr=abc"], "lr='abc' is not a number; valid: [1e-06, 0.1] (log)"),
+    (["train", "--variant", "gan", "--steps", "many"], "'many' is not a valid integer"),
+    (["train", "--variant", "gan", "--steps", "0"], "steps must be at least 1, got 0"),
+    (["train", "--variant", "gan", "--eval-samples", "0"], "eval_samples must be at least 1"),
+    (["train", "--variant", "gan", "--features", "vgg"], "unknown feature extractor 'vgg'; choose one of"),
+    (["train", "--variant", "gan", "--checkpoint-every", "often"], "--checkpoint-every expects a positive step count"),
+    (["train", "--variant", "gan", "--resume"], "--resume needs --out"),
+    (["train", "--variant", "gan", "--out", "a_file"], "a_file is a file; choose a folder path for --out"),
+    (["train", "--variant", "gan", "--out", "a_file/run"], "cannot write the output folder a_file/run"),
+    (["train", "--variant", "gan", "--out", "/proc/bench"], "cannot write the output folder /proc/bench"),
+    (["train", "--variant", "gan", "--dataset", "imagefolder:nowhere"], "image folder nowhere does not exist"),
+    (["train", "--variant", "gan", "--dataset", "digits", "--batch-size", "5000"], "batch of 5000 is larger than"),
+    (["run", "--variant", "gan", "--study", "nosuch"], "no study 'nosuch'"),
+    (["run", "--variant", "gan", "--study", "latin1.toml"], "not UTF-8 text"),
+    (["run", "--variant", "gan", "--study", "broken.toml"], "not valid TOML"),
+    (["run", "--variant", "gan", "--study", "unknown_dataset.toml"], "unknown dataset 'celeba'"),
+    (["run", "--study", "quick", "--variant", "pix2pix"], "unknown variant 'pix2pix'"),
+    (["run", "--variant", "gan", "--study", "quick", "--trials", "0"], "must be at least 1"),
+    (["run", "--variant", "gan", "--study", "a_file"], "no study 'a_file'"),
+    (["eval", "--checkpoint", "nowhere"], "no checkpoint at nowhere"),
+    (["eval", "--checkpoint", "checkpoint.pt"], "checkpoint.pt is not a ganbench checkpoint"),
+    (["eval", "--checkpoint", "run"], "run holds no checkpoint.pt"),
+    (["doctor", "run"], "run/health.json is not"),
+    (["doctor", "run_list"], "run_list/health.json is not"),
+    (["perf", "--variants", "gan,nosuch"], "unknown variant 'nosuch'"),
+    (["perf", "--parallel", "one,two"], "--parallel expects worker counts like 1,2,3"),
+    (["perf", "--time-to-quality", "-5"], "--time-to-quality must be a positive FID"),
+    (["features", "train", "--dataset", "celeba"], "unknown dataset 'celeba'"),
+    (["features", "train", "--epochs", "0"], "epochs must be at least 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", CASES, ids=[" ".join(args) for args, _ in CASES])
+def test_a_user_mistake_is_one_error_line_exit_2_and_leaves_nothing_behind(args, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name, content in FILES.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    before = sorted(tmp_path.rglob("*"))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output  # no traceback
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+    if not result.stderr.startswith("Usage:"):  # click's own parse errors come with the usage line
+        assert result.stderr.strip().splitlines() == errors, result.stderr
+    assert sorted(tmp_path.rglob("*")) == before, "a refused command created files"
+
+
+def test_every_command_is_in_the_table():
+    commands = {name for name in main.commands if name != "features"} | {"features train"}
+    tried = {args[0] if args[0] != "features" else "features train" for args, _ in CASES}
+    covered_elsewhere = {"leaderboard", "ui", "server"}  # dead stores and servers: tests/test_servers.py
+    assert commands - tried <= covered_elsewhere
