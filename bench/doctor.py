@@ -10,36 +10,16 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from bench.observer import Observer
+from bench.observer import Finding, Observer
 from bench.errors import ConfigError, UnhealthyRun
 from bench.registry import Variant
 
 SAMPLES = 64
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str
-    """no_generator_gradient, data_range, nonfinite_weights, discriminator_wins, mode_collapse,
-    few_classes, clipping, gradient_penalty_norm"""
-    step: int
-    """The step it was first seen at."""
-    message: str
-    fatal: bool
-    """True when the run was stopped for it."""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def summary(self) -> str:
-        """The message, and whether the run was stopped for it."""
-        return self.message + (" (the run was stopped)" if self.fatal else "")
 
 
 class Doctor(Observer):
@@ -126,8 +106,8 @@ class Doctor(Observer):
         changed = torch.stack([(old != new).any() for old, new in zip(self._before, after)]).any()
         finite = torch.stack([torch.isfinite(p).all() for p in self.variant.parameters()]).all()
         values = [changed, finite]
-        clip = getattr(self.variant.hp, "clip_c", None)
-        if clip is not None:
+        bound = self.variant.weight_bound()
+        if bound is not None:
             values.append(torch.stack([p.abs().max() for p in self.variant.D.parameters()]).max())
         values = torch.stack([value.float() for value in values]).tolist()  # the one device read
         if not values[1]:
@@ -138,9 +118,10 @@ class Doctor(Observer):
             self.found("no_generator_gradient", step, "the generator receives no gradient: its weights did not "
                        "change in a generator step; is the fake batch detached in the generator step (or G's "
                        "optimiser built over the wrong parameters)?", fatal=True)
-        if clip is not None and values[2] > clip * (1 + 1e-4):
-            self.found("clipping", step, f"critic weights reach {values[2]:.3g}, beyond the clipping bound "
-                       f"c={clip:g}: clip every critic weight to [-c, c] after every critic update")
+        if bound is not None and values[2] > bound * (1 + 1e-4):
+            self.found("clipping", step, f"D's weights reach {values[2]:.3g}, beyond the bound {bound:g} that "
+                       f"'{self.variant.name}' declares: clip every weight of D to [-{bound:g}, {bound:g}] after "
+                       "each of its updates")
 
     @torch.no_grad()
     def _check_samples(self, step: int) -> None:
@@ -150,7 +131,8 @@ class Doctor(Observer):
         self._persisting("mode_collapse", step, spread < 0.05 * self.real_spread,
                          f"samples from {SAMPLES} different latent vectors are nearly identical (mean pairwise "
                          f"distance {spread:.3g}, real images {self.real_spread:.3g}): mode collapse; does G use "
-                         "its latent input? Try a lower lr, or WGAN-GP against collapse")
+                         "its latent input? Try a lower learning rate, or a loss less prone to collapse (a Wasserstein "
+                         "critic with a gradient penalty)")
         if self.classifier is not None:
             predicted = self.classifier(samples.clamp(-1, 1)).argmax(1)
             classes = int((torch.bincount(predicted, minlength=self.variant.num_classes) >= 2).sum())
@@ -179,12 +161,13 @@ class Doctor(Observer):
                            f"{self.window} steps while G's loss rose: the discriminator wins outright and G "
                            "gets no useful gradient; lower D's learning rate, use the non-saturating G loss, "
                            "label smoothing or a smaller D")
-        if "grad_norm" in recent[0] and step >= self.warmup:
-            norm = statistics.mean(row["grad_norm"] for row in recent)
-            if not 0.5 <= norm <= 2.0:
-                self.found("gradient_penalty_norm", step, f"the critic's gradient norm on interpolates averaged "
-                           f"{norm:.3g} over the last {self.window} steps, far from the 1 the penalty enforces; "
-                           "raise gp_lambda or lower the learning rate")
+        for key, expected in self.variant.expected.items():
+            if key not in recent[0] or step < self.warmup:
+                continue
+            value = statistics.mean(row[key] for row in recent)
+            if not expected.low <= value <= expected.high:
+                self.found(expected.check, step, f"{expected.meaning} averaged {value:.3g} over the last "
+                           f"{self.window} steps, outside [{expected.low:g}, {expected.high:g}]; {expected.fix}")
 
 
 def _last_layer(module: nn.Module) -> str:

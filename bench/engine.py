@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from bench import checkpoint
 from bench.data import BatchSampler, load_dataset
-from bench.doctor import Doctor, Finding
+from bench.doctor import Doctor
 from bench.errors import ConfigError, Interrupted, TrainingDiverged
-from bench.observer import Observer
+from bench.observer import Finding, Observer
 from bench.registry import HParamValue, Variant, get_variant
 from bench.scoring import EXTRACTORS, Scorer
 

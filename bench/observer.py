@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from bench.doctor import Finding
+
+@dataclass(frozen=True)
+class Finding:
+    """A problem the training doctor saw in a run, with the cause and the fix in its message."""
+
+    check: str
+    """no_generator_gradient, data_range, nonfinite_weights, discriminator_wins, mode_collapse,
+    few_classes, clipping, or a check a variant declares (registry.Expected)"""
+    step: int
+    """The step it was first seen at."""
+    message: str
+    fatal: bool
+    """True when the run was stopped for it."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """The message, and whether the run was stopped for it."""
+        return self.message + (" (the run was stopped)" if self.fatal else "")
 
 
 class Observer:

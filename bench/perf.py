@@ -19,8 +19,9 @@ import torch
 
 from bench.data import ImageDataset, load_dataset, to_unit_range
 from bench.engine import TrainConfig, Trainer, resolve_device
-from bench.registry import get_variant
+from bench.registry import REFERENCE_VARIANT, get_variant
 from bench.scoring import DEFAULT_CACHE, InceptionFeatures, Scorer
+from bench.storage import check_storage
 from bench.tracking import redact
 
 
@@ -117,7 +118,7 @@ def plain_loop_throughput(variant: str, *, dataset: str = "fashion-mnist", steps
             "plain_repeats": [round(rate, 1) for rate in rates]}
 
 
-def overhead(variant: str = "dcgan", *, tracking: bool, doctor: bool, dataset: str = "fashion-mnist",
+def overhead(variant: str = REFERENCE_VARIANT, *, tracking: bool, doctor: bool, dataset: str = "fashion-mnist",
              steps: int = 200, repeats: int = 3, device: str = "auto") -> dict:
     """Median images/s of the engine with MLflow logging (losses by step, one sample grid per
     repeat) and/or the doctor's checks on, against both off: same variant, settings and seed."""
@@ -184,7 +185,7 @@ def scoring_time(*, dataset: str = "fashion-mnist", samples: int = 10000, repeat
     device = resolve_device(device)
     scorer = Scorer(dataset, "domain", device=device)  # builds the cache on a first run
     data = load_dataset(dataset, "test")
-    variant = get_variant("dcgan")(data.image_shape, data.num_classes).to(device, memory_format=torch.channels_last)
+    variant = get_variant(REFERENCE_VARIANT)(data.image_shape, data.num_classes).to(device, memory_format=torch.channels_last)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -211,7 +212,7 @@ lr = {{ low = 1e-4, high = 4e-4, log = true }}
 """
 
 
-def parallel_study(variant: str = "dcgan", *, workers: tuple[int, ...] = (1, 2), trials: int = 4,
+def parallel_study(variant: str = REFERENCE_VARIANT, *, workers: tuple[int, ...] = (1, 2), trials: int = 4,
                    steps: int = 300, storage: str | None = None, dataset: str = "fashion-mnist",
                    device: str = "auto") -> dict:
     """Trials per hour of one fixed small study (no pruning, so every trial does the same work)
@@ -266,7 +267,7 @@ def matmul_gflops(*, size: int = 2048, repeats: int = 5, device: str = "auto") -
     return 2 * size**3 / best / 1e9
 
 
-def hardware_limit(variant: str = "dcgan", *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
+def hardware_limit(variant: str = REFERENCE_VARIANT, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
                    device: str = "auto", top: int = 10) -> dict:
     """The fraction of the device's matmul throughput a training step of ``variant`` achieves
     (its FLOPs counted by torch's FlopCounterMode), and where the time goes: the operators that
@@ -324,6 +325,8 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
     """Every measurement, written to ``out`` as JSON. The slow ones are opt-in: time to quality
     (``quality_threshold``), the parallel study (``parallel``: its worker counts) and the
     Inception extractor."""
+    if parallel_storage is not None:
+        check_storage(parallel_storage)  # now, not after minutes of the other measurements
     report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                        "machine": platform.machine(), "processor": platform.processor()},
               "training": [training_throughput(name, dataset=dataset, steps=steps, repeats=repeats, device=device)
@@ -334,7 +337,7 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
                            for name in ("tracking", "doctor", "both")},
               # DCGAN whatever the variants: the reference network (and FlopCounterMode's module
               # hooks cannot follow WGAN-GP's gradient of a gradient).
-              "hardware": hardware_limit("dcgan", dataset=dataset, steps=steps, repeats=repeats, device=device)}
+              "hardware": hardware_limit(REFERENCE_VARIANT, dataset=dataset, steps=steps, repeats=repeats, device=device)}
     if quality_threshold is not None:
         report["time_to_quality"] = [time_to_quality(name, threshold=quality_threshold, dataset=dataset,
                                                      max_seconds=quality_seconds, device=device)

@@ -23,6 +23,23 @@ from bench.errors import ConfigError, DuplicateVariantError
 
 ENTRY_POINT_GROUP = "bench.variants"
 HParamValue = float | int | str
+REFERENCE_VARIANT = "dcgan"
+"""The variant that machine-level benchmarks (`bench perf`: overheads, the hardware limit) time:
+one plain convolutional G and D update per step, nothing variant-specific in the way."""
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A value ``train_step`` returns that should average within [low, high] once training is under
+    way, because the variant enforces it (WGAN-GP's gradient norm of 1 on interpolates); the
+    training doctor reports ``check`` when it does not."""
+
+    check: str
+    low: float
+    high: float
+    meaning: str
+    """What the value is, as the start of a sentence: "the critic's gradient norm on interpolates"."""
+    fix: str
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,8 @@ class Variant(nn.Module, abc.ABC):
     critic: ClassVar[bool] = False
     """True when D is not a real/fake classifier but gives an unbounded score (a Wasserstein
     critic, an energy): the doctor's D-wins check then does not apply to its loss."""
+    expected: ClassVar[dict[str, Expected]] = {}
+    """Values train_step returns, by key, that the doctor watches for leaving their range."""
     z_dim: ClassVar[int] = 100
 
     G: nn.Module
@@ -185,6 +204,11 @@ class Variant(nn.Module, abc.ABC):
         class indices. Returns scalar tensors (losses and estimates), never Python floats:
         reading them would synchronise the device every step.
         """
+
+    def weight_bound(self) -> float | None:
+        """A bound every weight of D must stay within (WGAN's clipping constant), which the doctor
+        checks; None when the variant promises none."""
+        return None
 
     @property
     def real_batches_per_step(self) -> int:

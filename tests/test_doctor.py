@@ -3,6 +3,8 @@ stated number of steps; the built-in variants at their defaults raise no finding
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -13,6 +15,7 @@ from bench.engine import TrainConfig, Trainer
 from bench.errors import UnhealthyRun
 from bench.registry import register
 from tests.conftest import LEARNING_STEPS
+from tests.test_study import BENCH, clean_env
 from variants.dcgan import DCGAN
 from variants.wgan import WGAN
 from variants.wgan_gp import WGANGP
@@ -152,3 +155,16 @@ def test_findings_reach_health_json_and_bench_doctor(tmp_path):
     assert report.exit_code == 0, report.output
     assert "step      1  no_generator_gradient" in report.output and "run was stopped" in report.output
     assert runner.invoke(main, ["doctor", "no-such-run"]).exit_code == 2
+
+
+def test_a_third_party_variant_gets_the_clipping_check_for_the_bound_it_declares(plugin_site, tmp_path):
+    """The doctor reads no variant's private names: a plugin's critic bound under its own name
+    (max_weight) is checked through the contract's weight_bound()."""
+    env = {**clean_env(), "PYTHONPATH": str(plugin_site)}
+    trained = subprocess.run([BENCH, "train", "--variant", "loose_critic", "--dataset", "digits", "--steps", "3",
+                              "--set", "n_critic=1", "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    report = subprocess.run([BENCH, "doctor", str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert "clipping" in report.stdout and "beyond the bound 0.02 that 'loose_critic' declares" in report.stdout

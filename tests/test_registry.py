@@ -29,7 +29,7 @@ def test_bench_list_shows_an_installed_plugin_beside_the_built_ins(plugin_site):
     result = bench_list(plugin_site)
     assert result.returncode == 0, result.stderr
     listed = {line.split()[0] for line in result.stdout.splitlines() if line and not line[0].isspace()}
-    assert listed == BUILT_INS | {"tiny_gan", "faulty_dcgan"}
+    assert listed == BUILT_INS | {"tiny_gan", "faulty_dcgan", "loose_critic"}
     assert "ganbench_test_plugin" in result.stdout
     # hyperparameters with default and valid range
     assert "gp_lambda       default 10.0" in result.stdout and "[0.01, 1000] (log)" in result.stdout

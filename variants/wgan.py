@@ -46,6 +46,9 @@ class WGAN(Variant):
     def real_batches_per_step(self) -> int:
         return self.hp.n_critic
 
+    def weight_bound(self) -> float | None:
+        return self.hp.clip_c
+
     def critic_losses(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
         """The critic's losses on one real batch and a detached fake batch."""
         distance = wasserstein_estimate(self.D(real), self.D(fake))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bench.registry import HParam, register
+from bench.registry import Expected, HParam, register
 from variants.blocks import conv_discriminator, conv_generator
 from variants.wgan import CRITIC_TIPS, WGAN, wasserstein_estimate
 
@@ -38,6 +38,9 @@ class WGANGP(WGAN):
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
         **CRITIC_TIPS,
     }
+    expected = {"grad_norm": Expected("gradient_penalty_norm", 0.5, 2.0, "the critic's gradient norm on interpolates",
+                                      "it should stay near the 1 the penalty enforces; raise gp_lambda or lower "
+                                      "the learning rate")}
 
     def build(self) -> None:
         self.G = conv_generator(self)
@@ -50,6 +53,9 @@ class WGANGP(WGAN):
         penalty, grad_norm = gradient_penalty(self.D, real, fake)
         return {"loss_d": -distance + self.hp.gp_lambda * penalty, "wasserstein": distance,
                 "gradient_penalty": penalty, "grad_norm": grad_norm}
+
+    def weight_bound(self) -> float | None:
+        return None  # no clipping: the penalty replaces it
 
     def after_critic_update(self) -> None:
         """No clipping: the penalty replaces it."""

@@ -1,0 +1,73 @@
+"""The shape of the house: bench/ knows no particular variant, and its modules import one
+another without a cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from bench.registry import TIPS, get_variant
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+CONTRACT = BENCH / "registry.py"
+"""The variant contract: the one file of bench/ that may name what variants share (tips, the
+reference variant of benchmarks)."""
+BUILT_INS = ("gan", "dcgan", "wgan", "wgan_gp", "cgan", "infogan", "ragan", "ebgan")
+SHARED = {"lr", "beta1", "beta2", "loss", *TIPS}
+"""Hyperparameters of the contract itself (the optimiser's, the tips), and "loss", a word every
+module uses for its own losses."""
+
+
+def code_names(path: Path) -> set[str]:
+    """The identifiers, attribute names and string constants of a module, docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            names.add(node.value)
+    return names
+
+
+def test_bench_names_no_variant_and_no_variant_hyperparameter():
+    private = {key for name in BUILT_INS for key in get_variant(name).hparams} - SHARED
+    assert {"clip_c", "n_critic", "gp_lambda"} <= private
+    for path in sorted(BENCH.glob("*.py")):
+        if path != CONTRACT:
+            assert not code_names(path) & (set(BUILT_INS) | private), (path.name, code_names(path) & (set(BUILT_INS) | private))
+
+
+def bench_imports() -> dict[str, set[str]]:
+    """module -> the bench modules it imports, at the top or inside a function."""
+    modules = {f"bench.{path.stem}" for path in BENCH.glob("*.py") if path.stem != "__init__"}
+    graph = {}
+    for path in BENCH.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bench"):
+                imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        graph["bench" if path.stem == "__init__" else f"bench.{path.stem}"] = imported & modules
+    return graph
+
+
+def test_no_import_cycle_in_bench():
+    graph = bench_imports()
+    assert graph["bench.cli"] and graph["bench.engine"], "the walk finds imports"
+
+    def visit(module: str, path: list[str]) -> None:
+        for imported in sorted(graph[module]):
+            assert imported not in path, " -> ".join(path + [imported])
+            visit(imported, path + [imported])
+
+    for module in graph:
+        visit(module, [module])
