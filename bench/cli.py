@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import time
 from pathlib import Path
@@ -211,23 +210,25 @@ def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, outpu
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it to the network).")
 @reports_user_errors
 def ui(study, tracking_uri, port, host) -> None:
-    """Starts the MLflow UI on the project's store and prints the address of the runs table."""
+    """Starts the MLflow UI on the project's store and prints the address of the runs table
+    (with a tracking server's URI, only the address: that server shows the UI itself)."""
     import mlflow
 
-    from bench.tracking import default_tracking_uri
+    from bench.tracking import connect, redact, serve
 
-    uri = tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise UserError(f"no MLflow store at {uri}; run `bench run --variant V --study S` first")
+    uri = connect(tracking_uri, create=False)
     page = "#/experiments"
     if study:
         experiment = mlflow.MlflowClient(uri).get_experiment_by_name(study)
         if experiment is None:
-            raise UserError(f"no study '{study}' in {uri}; run `bench run --study {study} ...` first, "
+            raise UserError(f"no study '{study}' in {redact(uri)}; run `bench run --study {study} ...` first, "
                             "or leave out --study")
         page += f"/{experiment.experiment_id}/runs"
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"MLflow UI: {uri.rstrip('/')}/{page}")
+        return
     click.echo(f"MLflow UI: http://{host}:{port}/{page}   (Ctrl-C stops it)")
-    serve_mlflow("ui", "--backend-store-uri", uri, "--host", host, "--port", str(port))
+    serve("ui", "--backend-store-uri", uri, "--host", host, "--port", str(port))
 
 
 @main.command()
@@ -240,26 +241,13 @@ def ui(study, tracking_uri, port, host) -> None:
 @reports_user_errors
 def server(backend_store_uri, artifacts, port, host) -> None:
     """Starts an MLflow tracking server for workers on many machines (bench run --tracking-uri http://HOST:PORT)."""
-    from bench.storage import check_database
+    from bench.tracking import check_store, serve
 
-    check_database(backend_store_uri, "MLflow backend store")
+    check_store(backend_store_uri, create=True, role="MLflow backend store")
     click.echo(f"MLflow tracking server: http://{host}:{port}   workers: bench run ... --tracking-uri "
                f"http://{host}:{port}   (Ctrl-C stops it)")
-    serve_mlflow("server", "--backend-store-uri", backend_store_uri, "--artifacts-destination",
-                 str(artifacts.resolve()), "--host", host, "--port", str(port))
-
-
-def serve_mlflow(command: str, *args: str) -> None:
-    """Runs `mlflow COMMAND ARGS` in the foreground until it ends or Ctrl-C."""
-    import subprocess
-
-    sys.stdout.flush()
-    # The job runner serves MLflow's GenAI features; without it the server starts in seconds, not tens.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    try:
-        subprocess.run([sys.executable, "-m", "mlflow", command, *args, "--workers", "1"], check=False, env=env)
-    except KeyboardInterrupt:
-        pass
+    serve("server", "--backend-store-uri", backend_store_uri, "--artifacts-destination",
+          str(artifacts.resolve()), "--host", host, "--port", str(port))
 
 
 @main.command()
@@ -271,17 +259,20 @@ def doctor(run, tracking_uri) -> None:
     """What the training doctor found in RUN: a run folder (bench train --out) or an MLflow run id."""
     import json
 
-    from bench.doctor import Finding
+    from bench.observer import Finding
     from bench.engine import HEALTH
 
     folder = Path(run)
     if folder.is_dir():
         if not (folder / HEALTH).exists():
             raise UserError(f"{folder} holds no {HEALTH}: pass a folder written by `bench train` or a study trial")
-        rows = json.loads((folder / HEALTH).read_text())
+        try:
+            findings = [Finding(**row) for row in json.loads((folder / HEALTH).read_text())]
+        except (ValueError, TypeError) as exc:  # not JSON, or not a list of findings
+            raise UserError(f"{folder / HEALTH} is not a list of the doctor's findings ({exc}); pass a folder "
+                            "written by `bench train` or a study trial") from None
     else:
-        rows = recorded_findings(run, tracking_uri)
-    findings = [Finding(**row) for row in rows]
+        findings = [Finding(**row) for row in recorded_findings(run, tracking_uri)]
     if not findings:
         click.echo(f"{run}: no findings")
     for finding in findings:
@@ -297,14 +288,14 @@ def recorded_findings(run_id: str, tracking_uri: str | None) -> list[dict]:
     from mlflow.exceptions import MlflowException
 
     from bench.engine import HEALTH
-    from bench.tracking import default_tracking_uri
+    from bench.tracking import connect, redact
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = connect(tracking_uri, create=False)
     client = mlflow.MlflowClient(uri)
     try:
         client.get_run(run_id)
     except MlflowException:
-        raise UserError(f"'{run_id}' is neither a run folder nor an MLflow run id in {uri}; "
+        raise UserError(f"'{run_id}' is neither a run folder nor an MLflow run id in {redact(uri)}; "
                         "check the path, or pass --tracking-uri") from None
     if HEALTH not in [artifact.path for artifact in client.list_artifacts(run_id)]:
         return []

@@ -37,15 +37,28 @@ RUN_IDENTITY = ("variant", "dataset", "batch_size", "seed", "hparams")
 """What a resumed run must share with the saved one; steps, device and intervals may change."""
 
 
+@dataclass(kw_only=True)
+class Budget:
+    """How long a run trains and how its generator is scored. A run's TrainConfig, a study file's
+    [budget] and the params every trial records in MLflow all come from these fields."""
+
+    steps: int = 2000
+    """Generator updates."""
+    batch_size: int = 64
+    eval_every: int = 0
+    """Steps between scorings of the generator (0: only when asked); results in ``scores``."""
+    eval_samples: int = 2000
+
+
+BUDGET_KEYS = tuple(field.name for field in dataclasses.fields(Budget))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(Budget):
     """Everything that defines one training run; saved whole beside its outputs."""
 
     variant: str
     dataset: str = "fashion-mnist"
-    steps: int = 2000
-    """Generator updates."""
-    batch_size: int = 64
     seed: int = 0
     device: str = "auto"
     hparams: dict[str, HParamValue] = field(default_factory=dict)
@@ -56,9 +69,6 @@ class TrainConfig:
     """Steps between checkpoints (with ``out``); one is also written at the end and on SIGINT/SIGTERM."""
     checkpoint_seconds: float = 300.0
     """Training seconds after which a checkpoint is written even if ``checkpoint_every`` steps have not passed."""
-    eval_every: int = 0
-    """Steps between scorings of the generator (0: only when asked); results in ``scores``."""
-    eval_samples: int = 2000
     features: str = "domain"
     """Feature extractor for FID/KID: domain or inception."""
     amp: bool = True

@@ -6,7 +6,7 @@ import pandas as pd
 
 from bench.errors import ConfigError
 from bench.study import BASELINE, MAXIMISED, is_score
-from bench.tracking import RUN_PARAMS, default_tracking_uri
+from bench.tracking import RUN_PARAMS, connect, redact
 
 KEYS = ["study", "variant", "dataset"]
 COLUMNS = KEYS + ["metric", "direction", "best", "best_trial", "best_run_id", "best_params", "complete", "pruned",
@@ -17,13 +17,13 @@ def trial_runs(tracking_uri: str | None = None, study: str | None = None) -> pd.
     """Every trial run of ``study`` (all studies by default) as MLflow's search_runs table."""
     import mlflow
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = connect(tracking_uri, create=False)
     client = mlflow.MlflowClient(uri)
     experiments = [e for e in client.search_experiments(max_results=1000) if "bench.study" in e.tags]
     if study is not None:
         experiments = [e for e in experiments if e.name == study]
         if not experiments:
-            raise ConfigError(f"no study '{study}' in the MLflow store {uri}; "
+            raise ConfigError(f"no study '{study}' in the MLflow store {redact(uri)}; "
                               "run `bench run --study ...` first, or pass the --tracking-uri it used")
     if not experiments:
         return pd.DataFrame()

@@ -12,6 +12,7 @@ pruned trials exists.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import multiprocessing
 import os
 import re
@@ -30,21 +31,17 @@ from bench.data import load_dataset
 from bench.engine import CHECKPOINT, TrainConfig, train
 from bench.errors import BenchError, ConfigError, Interrupted, RunStopped
 from bench.observer import Observer
-from bench.registry import Variant, get_variant
-from bench.storage import (HEARTBEAT_SECONDS, MAX_RETRIES, ask_lock, default_storage, fail_stale_trials, heartbeat,
-                           known_heartbeat_warnings, open_storage)
-from bench.study import StudySpec, load_study
-from bench.tracking import HOST, RESULTS, Tracking, pid_alive, redact
+from bench.registry import get_variant
+from bench.storage import (HEARTBEAT_SECONDS, MAX_RETRIES, ask_lock, check_storage, default_storage, fail_stale_trials,
+                           heartbeat, known_heartbeat_warnings, open_storage)
+from bench.study import StudySpec, VariantStudy, load_study
+from bench.tracking import HOST, RESULTS, Tracking, connect, pid_alive, redact
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 WAIT_SECONDS = 2
 MAX_FAILURES_IN_A_ROW = 10
 """A worker gives up after this many failed trials in a row: the variant or the ranges are broken."""
-
-
-def study_name(spec: StudySpec, variant: str) -> str:
-    return f"{spec.name}:{variant}:{spec.dataset}"
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,7 @@ class Job:
     heartbeat: int
 
 
-def run_study(variant: str | None, study: str | Path, *, trials: int | None = None, workers: int = 1,
+def run_study(variant: str | None, study: str | Path | StudySpec, *, trials: int | None = None, workers: int = 1,
               storage: str | None = None, tracking_uri: str | None = None, device: str = "auto",
               seed: int = 0, progress: bool = True, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.Study:
     """Runs the study file ``study`` for ``variant`` (None: the one the file names) until
@@ -79,38 +76,37 @@ def run_study(variant: str | None, study: str | Path, *, trials: int | None = No
         study = run_study("dcgan", "lr_sweep", trials=8, workers=2)
         study.best_params
     """
-    spec = load_study(study)
+    spec = study if isinstance(study, StudySpec) else load_study(study)
     variant = variant or spec.variant
     if variant is None:
         raise ConfigError(f"{spec.path} names no variant: pass --variant (see `bench list`)")
-    variant_cls = get_variant(variant)
-    spec.dimensions(variant_cls)  # fail on a bad space before any storage is touched
-    for arm, reason in spec.arms_for(variant_cls)[1].items():
+    resolved = spec.for_variant(get_variant(variant), trials)  # a bad space fails before any storage is touched
+    for arm, reason in resolved.skipped_arms.items():
         print(f"arm '{arm}' skipped: {reason}", flush=True)
-    trials = trials if trials is not None else spec.trials
-    if spec.sampler == "grid":
-        trials = min(trials, spec.grid_size(variant_cls))
-    if trials < 1 or workers < 1 or heartbeat < 1:
-        raise ConfigError("--trials, --workers and --heartbeat must be at least 1")
-    load_dataset(spec.dataset, "train")  # a missing dataset fails here, before a study or run exists
+    if workers < 1 or heartbeat < 1:
+        raise ConfigError("--workers and --heartbeat must be at least 1")
+    # A missing dataset or a dead server fails here, before a study, a run or a file exists.
+    load_dataset(spec.dataset, "train")
     storage = storage or default_storage()
+    check_storage(storage)
+    connect(tracking_uri, create=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend = open_storage(storage, heartbeat)
-    optuna_study = _load(spec, variant_cls, backend, seed)
+    optuna_study = _load(resolved, backend, seed)
     tracking = Tracking(tracking_uri, spec.name)
 
     parent = tracking.start_parent(
         {"bench.study": spec.name, "bench.variant": variant, "bench.dataset": spec.dataset,
          "bench.extractor": spec.features, "bench.optuna_study": optuna_study.study_name},
-        {"study_file": spec.path, "objective": spec.objective, "direction": spec.direction, "trials": trials,
-         "workers": workers, "sampler": spec.sampler, "pruner": spec.pruner, "storage": redact(storage),
-         "seed": seed, "steps": spec.steps, "eval_every": spec.eval_every, "eval_samples": spec.eval_samples})
+        {"study_file": spec.path, "objective": spec.objective, "direction": spec.direction,
+         "trials": resolved.trials, "workers": workers, "sampler": spec.sampler, "pruner": spec.pruner,
+         "storage": redact(storage), "seed": seed, **dataclasses.asdict(spec.budget)})
     threads = max(1, torch.get_num_threads() // workers)
-    jobs = [Job(variant, str(spec.path), trials, storage, tracking.uri, parent, device, seed, worker, threads,
-                progress=progress and workers == 1, heartbeat=heartbeat) for worker in range(workers)]
+    jobs = [Job(variant, str(spec.path), resolved.trials, storage, tracking.uri, parent, device, seed, worker,
+                threads, progress=progress and workers == 1, heartbeat=heartbeat) for worker in range(workers)]
     try:
         if workers == 1:
-            take_trials(jobs[0], spec, optuna_study, backend, tracking)
+            take_trials(jobs[0], resolved, optuna_study, backend, tracking)
         else:
             run_workers(jobs)
     except BaseException:
@@ -151,13 +147,11 @@ def run_workers(jobs: list[Job]) -> None:
                          "rerun the same command to finish the study")
 
 
-def _load(spec: StudySpec, variant_cls: type[Variant], backend: optuna.storages.BaseStorage, seed: int,
-          worker: int = 0) -> optuna.Study:
+def _load(study: VariantStudy, backend: optuna.storages.BaseStorage, seed: int, worker: int = 0) -> optuna.Study:
     # Workers of one study get different sampler seeds, or they would propose the same points.
-    return optuna.create_study(
-        storage=backend, study_name=study_name(spec, variant_cls.name), direction=spec.direction,
-        sampler=spec.sampler_for(variant_cls, seed + 1000 * worker), pruner=spec.make_pruner(),
-        load_if_exists=True)
+    return optuna.create_study(storage=backend, study_name=study.name, direction=study.spec.direction,
+                               sampler=study.sampler(seed + 1000 * worker), pruner=study.spec.make_pruner(),
+                               load_if_exists=True)
 
 
 def _trial_id(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int) -> int:
@@ -217,17 +211,17 @@ def work(job: Job) -> None:
     os.setpgrp()  # Ctrl-C in the terminal reaches `bench run`, which passes it on once (run_workers)
     torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = load_study(job.study_path)
+    resolved = load_study(job.study_path).for_variant(get_variant(job.variant), job.trials)
     storage = open_storage(job.storage, job.heartbeat)
-    study = _load(spec, get_variant(job.variant), storage, job.seed, job.worker)
+    study = _load(resolved, storage, job.seed, job.worker)
     try:
-        take_trials(job, spec, study, storage, Tracking(job.tracking_uri, spec.name))
+        take_trials(job, resolved, study, storage, Tracking(job.tracking_uri, resolved.spec.name))
     except Interrupted as exc:
         print(f"worker {job.worker}: {exc}", flush=True)
         sys.exit(exc.exit_code)
 
 
-def take_trials(job: Job, spec: StudySpec, study: optuna.Study, storage: optuna.storages.BaseStorage,
+def take_trials(job: Job, resolved: VariantStudy, study: optuna.Study, storage: optuna.storages.BaseStorage,
                 tracking: Tracking) -> None:
     """Asks for trials until the study holds ``job.trials`` complete or pruned ones."""
     device = job.device
@@ -251,7 +245,7 @@ def take_trials(job: Job, spec: StudySpec, study: optuna.Study, storage: optuna.
             time.sleep(WAIT_SECONDS)
             continue
         with heartbeat(storage, _trial_id(study, storage, trial.number)):  # until it is told, not just trained
-            state = run_trial(study, trial, spec, job, device, tracking)
+            state = run_trial(study, trial, resolved, job, device, tracking)
         failures = failures + 1 if state == TrialState.FAIL else 0
     print(f"worker {job.worker} stops: {failures} trials in a row failed; see their reasons in the MLflow UI "
           "(tag bench.end_reason), fix the variant or narrow the study's ranges, then run the same command again",
@@ -271,10 +265,10 @@ class ReportToPruner(Observer):
             raise optuna.TrialPruned(f"pruned at step {int(scores['step'])}")
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Job, device: str,
+def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, job: Job, device: str,
               tracking: Tracking) -> TrialState:
-    variant_cls = get_variant(job.variant)
-    hparams, seed_index = spec.suggest(trial, variant_cls)
+    spec = resolved.spec
+    hparams, seed_index = resolved.suggest(trial)
     frozen = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number)
     with known_heartbeat_warnings():
         retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
@@ -285,10 +279,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, job: Jo
     else:
         seed = job.seed + (trial.number if seed_index is None else seed_index)
     trial.set_user_attr("seed", seed)
-    config = TrainConfig(job.variant, spec.dataset, steps=spec.steps, batch_size=spec.batch_size, seed=seed,
-                         device=device, hparams=hparams, eval_every=spec.eval_every,
-                         eval_samples=spec.eval_samples, features=spec.features, sample_every=spec.eval_every,
-                         checkpoint_every=spec.steps)
+    config = TrainConfig(job.variant, spec.dataset, seed=seed, device=device, hparams=hparams, features=spec.features,
+                         **dataclasses.asdict(spec.budget), sample_every=spec.budget.eval_every,
+                         checkpoint_every=spec.budget.steps)
     out = trial_folder(study, trial.number)
     shutil.rmtree(out, ignore_errors=True)  # left by a study of the same name whose storage was deleted
     # A retry goes on from where the trial it repeats stopped, when that trial's folder is on this machine.

@@ -4,6 +4,9 @@ A journal file (the default) serves the workers of one machine. A PostgreSQL dat
 workers on any number of machines; there, each running trial records a heartbeat, and a trial
 whose worker went silent (killed, crashed, cut off) is failed and queued again with the same
 hyperparameters, so that another worker retries it.
+
+What the URLs of every store (Optuna's and MLflow's) need lives here too: their secrets
+masked for messages and records (:func:`redact`), and one line for a URL that does not parse.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -19,8 +23,11 @@ from urllib.parse import urlsplit
 import optuna
 
 from bench.errors import ConfigError
-from bench.tracking import RESULTS, redact
 
+RESULTS = Path("results")
+"""Where bench writes by default: MLflow store, artifacts, Optuna journal, trial folders, CSVs."""
+SECRET_QUERY = re.compile(r"((?:^|[&;])[^=&;#]*(?:pass|pwd|secret|token|key)[^=&;#]*=)[^&;#]*", re.IGNORECASE)
+"""Query parameters whose values are secrets: password=, sslpassword=, pwd=, token=, api_key=, ..."""
 HEARTBEAT_SECONDS = 10
 """How often a running trial records its heartbeat in a database storage."""
 STALE_AFTER_HEARTBEATS = 3
@@ -28,6 +35,32 @@ STALE_AFTER_HEARTBEATS = 3
 MAX_RETRIES = 2
 ASK_LOCK_KEY = 0x62656E6368  # "bench": the PostgreSQL advisory lock that serialises asking
 CONNECT_TIMEOUT_SECONDS = 5
+STORAGE_URLS = "postgresql://USER@HOST:PORT/DB, sqlite:///PATH, or a journal file path"
+
+
+def redact(url: str) -> str:
+    """``url`` with its secrets replaced by ***, safe for params, tags and logs: the password of
+    ``user:password@`` and the values of query parameters such as password=, token= or api_key=.
+    Works on malformed URLs too, which is when error messages quote them."""
+    base, question, query = url.partition("?")
+    scheme, slashes, rest = base.partition("://")
+    if slashes:
+        netloc, slash, path = rest.partition("/")
+        userinfo, _, host = netloc.rpartition("@")
+        if ":" in userinfo:
+            base = f"{scheme}://{userinfo.partition(':')[0]}:***@{host}{slash}{path}"
+    return base + question + SECRET_QUERY.sub(r"\1***", query)
+
+
+def url_scheme(url: str, forms: str) -> str:
+    """The scheme of ``url`` without its driver (postgresql+psycopg: postgresql); ConfigError
+    naming the fault and ``forms``, the URLs expected, when ``url`` cannot be parsed."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # parsed on access: 'host:abc' fails here
+    except ValueError as exc:
+        raise ConfigError(f"malformed URL '{redact(url)}' ({exc}); use {forms}") from None
+    return parts.scheme.split("+")[0]
 
 
 def default_storage() -> str:
@@ -50,13 +83,25 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storage
     return optuna.storages.JournalStorage(backend)
 
 
+def check_storage(url: str) -> None:
+    """Fails in seconds on a storage URL that is malformed, of an unknown kind, or names a
+    PostgreSQL server that cannot be reached or refuses us; a journal path passes."""
+    if is_database(url):
+        _scheme(url)
+        check_database(url, "Optuna storage")
+
+
+def _scheme(url: str) -> str:
+    scheme = url_scheme(url, STORAGE_URLS)
+    if scheme not in ("postgresql", "sqlite"):
+        raise ConfigError(f"unsupported storage '{redact(url)}': use {STORAGE_URLS}")
+    return scheme
+
+
 def _database(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
     from sqlalchemy.exc import SQLAlchemyError
 
-    scheme = urlsplit(url).scheme.split("+")[0]
-    if scheme not in ("postgresql", "sqlite"):
-        raise ConfigError(f"unsupported storage '{redact(url)}': use postgresql://USER@HOST/DB, "
-                          "sqlite:///PATH, or a journal file path")
+    scheme = _scheme(url)
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if scheme == "postgresql" else {}
     try:
         with known_heartbeat_warnings():
@@ -96,6 +141,13 @@ def check_database(url: str, role: str) -> None:
             pass
     except SQLAlchemyError as exc:
         raise ConfigError(_explain(url, exc, role)) from None
+
+
+def has_table(url: str, table: str) -> bool:
+    """Whether the PostgreSQL database at ``url`` holds ``table`` (after :func:`check_database`)."""
+    from sqlalchemy import inspect
+
+    return inspect(_lock_engine(url)).has_table(table)
 
 
 def _explain(url: str, exc: Exception, role: str = "Optuna storage") -> str:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from bench.engine import BUDGET_KEYS, Budget
 from bench.errors import ConfigError
 from bench.registry import TIPS, HParam, HParamValue, Variant, variants
 from bench.scoring import EXTRACTORS
@@ -29,7 +30,8 @@ SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
 MAXIMISED = ("classes_covered", "label_accuracy", "code_accuracy")
 """Scores where higher is better; every other score (fid_*, kid_*, class_kl) is minimised."""
-BUDGET_KEYS = ("steps", "eval_every", "eval_samples", "batch_size")
+STUDY_BUDGET = Budget(eval_every=500)
+"""A study's budget where its file is silent: trials are scored every 500 steps for the pruner."""
 TOP_LEVEL_KEYS = {"description", "variant", "dataset", "objective", "trials", "sampler", "pruner", "budget",
                   "space", "space_if_present", "seeds", "arms"}
 BASELINE = "baseline"
@@ -86,10 +88,7 @@ class StudySpec:
     trials: int = 20
     sampler: str = "tpe"
     pruner: str = "median"
-    steps: int = 2000
-    eval_every: int = 500
-    eval_samples: int = 2000
-    batch_size: int = 64
+    budget: Budget = field(default_factory=lambda: dataclasses.replace(STUDY_BUDGET))
     space: tuple[Dimension, ...] = ()
     space_if_present: tuple[Dimension, ...] = ()
     """Searched only for variants that have the hyperparameter (a study spanning variants)."""
@@ -101,34 +100,6 @@ class StudySpec:
     def is_ablation(self) -> bool:
         return bool(self.arms)
 
-    def arms_for(self, variant: type[Variant]) -> tuple[list[Arm], dict[str, str]]:
-        """(the arms ``variant`` can run, {arm: why not} for the others: they set a tip or a
-        hyperparameter of other variants). A value out of range, or a key no variant knows, is
-        a ConfigError naming the file and the arm."""
-        known = set(TIPS).union(*(cls.hparams for cls in variants().values()))
-        runnable, skipped = [], {}
-        for arm in self.arms:
-            for key, value in arm.hparams.items():
-                try:
-                    variant.hparam(key).check(key, value)
-                except ConfigError as exc:
-                    if key in variant.hparams or key not in known:
-                        raise ConfigError(f"{self.path}: [arms] {arm.name}: {exc}") from None
-                    skipped[arm.name] = str(exc)
-                    break
-            else:
-                runnable.append(arm)
-        return runnable, skipped
-
-    def suggest(self, trial: optuna.Trial, variant: type[Variant]) -> tuple[dict[str, HParamValue], int | None]:
-        """(hyperparameters, seed index) for ``trial``: searched values, or in an ablation its
-        arm's values and which of the ``seeds`` it trains with (None: the trial's own seed)."""
-        if not self.is_ablation:
-            return {dim.name: dim.suggest(trial, variant.hparams[dim.name]) for dim in self.dimensions(variant)}, None
-        arms = {arm.name: arm for arm in self.arms_for(variant)[0]}
-        arm = trial.suggest_categorical("arm", list(arms))
-        return dict(arms[arm].hparams), trial.suggest_categorical("seed", list(range(self.seeds)))
-
     @property
     def features(self) -> str:
         """The extractor the objective is measured with (class-aware metrics use the domain one)."""
@@ -139,9 +110,30 @@ class StudySpec:
     def direction(self) -> str:
         return "maximize" if self.objective in MAXIMISED else "minimize"
 
-    def dimensions(self, variant: type[Variant]) -> list[Dimension]:
-        """The dimensions searched for ``variant``; raises ConfigError naming the file and key when
-        the study asks for something the variant cannot take."""
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        if self.pruner == "median":
+            # A GAN's first evaluation is too early to judge it by: the pruner may act from the second.
+            return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=self.budget.eval_every + 1)
+        if self.pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=self.budget.eval_every, max_resource=self.budget.steps)
+        return optuna.pruners.NopPruner()
+
+    def for_variant(self, variant: type[Variant], trials: int | None = None) -> VariantStudy:
+        """This study resolved for ``variant``, checked once: what its trials search (or which arms
+        they run) and how many there are (``trials``, default the file's; at most the grid's size).
+        Raises ConfigError naming the file and key when the study asks for what the variant cannot take."""
+        dimensions = tuple(self._dimensions(variant))
+        arms, skipped = self._arms(variant)
+        trials = self.trials if trials is None else trials
+        if self.is_ablation:
+            trials = min(trials, len(arms) * self.seeds)
+        elif self.sampler == "grid":
+            trials = min(trials, len(list(itertools.product(*(dim.choices for dim in dimensions)))))
+        if trials < 1:
+            raise ConfigError(f"trials must be at least 1, got {trials}")
+        return VariantStudy(self, variant, dimensions, arms, skipped, trials)
+
+    def _dimensions(self, variant: type[Variant]) -> list[Dimension]:
         dims = list(self.space) + [dim for dim in self.space_if_present if dim.name in variant.hparams]
         for dim in dims:
             where = f"{self.path}: [space] {dim.name}"
@@ -160,28 +152,63 @@ class StudySpec:
                                   f"{dim.name} = {{ choices = [...] }}")
         return dims
 
-    def sampler_for(self, variant: type[Variant], seed: int) -> optuna.samplers.BaseSampler:
-        if self.is_ablation:
-            arms = [arm.name for arm in self.arms_for(variant)[0]]
-            return AskTellGridSampler({"arm": arms, "seed": list(range(self.seeds))}, seed=seed)
-        if self.sampler == "grid":
-            return AskTellGridSampler({dim.name: list(dim.choices) for dim in self.dimensions(variant)}, seed=seed)
-        if self.sampler == "random":
+    def _arms(self, variant: type[Variant]) -> tuple[tuple[Arm, ...], dict[str, str]]:
+        """(the arms ``variant`` can run, {arm: why not} for the others: they set a tip or a
+        hyperparameter of other variants). A value out of range, or a key no variant knows, is
+        a ConfigError naming the file and the arm."""
+        known = set(TIPS).union(*(cls.hparams for cls in variants().values()))
+        runnable, skipped = [], {}
+        for arm in self.arms:
+            for key, value in arm.hparams.items():
+                try:
+                    variant.hparam(key).check(key, value)
+                except ConfigError as exc:
+                    if key in variant.hparams or key not in known:
+                        raise ConfigError(f"{self.path}: [arms] {arm.name}: {exc}") from None
+                    skipped[arm.name] = str(exc)
+                    break
+            else:
+                runnable.append(arm)
+        return tuple(runnable), skipped
+
+
+@dataclass(frozen=True)
+class VariantStudy:
+    """A study file resolved for one variant (StudySpec.for_variant): what the runner works from."""
+
+    spec: StudySpec
+    variant: type[Variant]
+    dimensions: tuple[Dimension, ...]
+    """The hyperparameters searched, each checked against the variant's valid range."""
+    arms: tuple[Arm, ...]
+    """An ablation's arms that the variant can run."""
+    skipped_arms: dict[str, str]
+    """An ablation's other arms, with the reason each cannot run."""
+    trials: int
+
+    @property
+    def name(self) -> str:
+        """The Optuna study's name: one per study file x variant x dataset."""
+        return f"{self.spec.name}:{self.variant.name}:{self.spec.dataset}"
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        if self.spec.is_ablation:
+            return AskTellGridSampler({"arm": [arm.name for arm in self.arms], "seed": list(range(self.spec.seeds))},
+                                      seed=seed)
+        if self.spec.sampler == "grid":
+            return AskTellGridSampler({dim.name: list(dim.choices) for dim in self.dimensions}, seed=seed)
+        if self.spec.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed)
 
-    def make_pruner(self) -> optuna.pruners.BasePruner:
-        if self.pruner == "median":
-            # A GAN's first evaluation is too early to judge it by: the pruner may act from the second.
-            return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=self.eval_every + 1)
-        if self.pruner == "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=self.eval_every, max_resource=self.steps)
-        return optuna.pruners.NopPruner()
-
-    def grid_size(self, variant: type[Variant]) -> int:
-        if self.is_ablation:
-            return len(self.arms_for(variant)[0]) * self.seeds
-        return len(list(itertools.product(*(dim.choices for dim in self.dimensions(variant)))))
+    def suggest(self, trial: optuna.Trial) -> tuple[dict[str, HParamValue], int | None]:
+        """(hyperparameters, seed index) for ``trial``: searched values, or in an ablation its
+        arm's values and which of the ``seeds`` it trains with (None: the trial's own seed)."""
+        if not self.spec.is_ablation:
+            return {dim.name: dim.suggest(trial, self.variant.hparams[dim.name]) for dim in self.dimensions}, None
+        arms = {arm.name: arm for arm in self.arms}
+        arm = trial.suggest_categorical("arm", list(arms))
+        return dict(arms[arm].hparams), trial.suggest_categorical("seed", list(range(self.spec.seeds)))
 
 
 def available_studies() -> list[str]:
@@ -222,8 +249,8 @@ def load_study(name_or_path: str | Path) -> StudySpec:
         trials=_typed(path, raw, "trials", int, 20),
         sampler=_typed(path, raw, "sampler", str, "tpe"),
         pruner=_typed(path, raw, "pruner", str, "median"),
-        **{key: _typed(path, budget, key, int, StudySpec.__dataclass_fields__[key].default, "budget.")
-           for key in BUDGET_KEYS},
+        budget=Budget(**{key: _typed(path, budget, key, int, getattr(STUDY_BUDGET, key), "budget.")
+                         for key in BUDGET_KEYS}),
         space=_dimensions(path, raw.get("space", {}), "space"),
         space_if_present=_dimensions(path, raw.get("space_if_present", {}), "space_if_present"),
         arms=_arms(path, arms),
@@ -303,10 +330,11 @@ def _check(spec: StudySpec) -> None:
     if spec.objective.startswith(("fid_", "kid_")) and spec.objective.split("_", 1)[1] not in EXTRACTORS:
         raise ConfigError(f"{spec.path}: objective '{spec.objective}' names no extractor; "
                           f"use {spec.objective.split('_')[0]}_domain or {spec.objective.split('_')[0]}_inception")
-    if spec.trials < 1 or spec.steps < 1 or spec.eval_samples < 1 or spec.batch_size < 1:
+    budget = spec.budget
+    if spec.trials < 1 or budget.steps < 1 or budget.eval_samples < 1 or budget.batch_size < 1:
         raise ConfigError(f"{spec.path}: trials and budget.steps/eval_samples/batch_size must be at least 1")
-    if not 0 < spec.eval_every <= spec.steps:
-        raise ConfigError(f"{spec.path}: budget.eval_every must be in [1, budget.steps={spec.steps}] "
+    if not 0 < budget.eval_every <= budget.steps:
+        raise ConfigError(f"{spec.path}: budget.eval_every must be in [1, budget.steps={budget.steps}] "
                           "(the objective is read from the evaluations)")
     if spec.sampler == "grid" and any(not dim.choices for dim in spec.space + spec.space_if_present):
         raise ConfigError(f"{spec.path}: the grid sampler needs every [space] entry as choices = [...]")

@@ -7,43 +7,49 @@ close the runs of a process that was killed (kill -9 leaves no chance to do it t
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import os
 import platform
+import signal
 import socket
 import subprocess
+import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pandas as pd
 
-from bench.errors import ConfigError
-from bench.engine import CHECKPOINT, HEALTH, TrainConfig, TrainResult, resolve_device
+from bench.errors import BenchError, ConfigError
+from bench.engine import BUDGET_KEYS, CHECKPOINT, HEALTH, TrainConfig, TrainResult, resolve_device
 from bench.observer import Observer
+from bench.storage import RESULTS, check_database, has_table, redact, url_scheme
 
-RESULTS = Path("results")
 HOST = socket.gethostname()
 BATCH_LIMIT = 1000
 """MLflow accepts at most 1000 metrics per log_batch request."""
 END_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
-RUN_PARAMS = ("steps", "batch_size", "eval_every", "eval_samples", "dataset", "features", "seed")
+RUN_PARAMS = (*BUDGET_KEYS, "dataset", "features", "seed")
 """What a trial run records besides its hyperparameters."""
 PACKAGES = ("ganbench", "torch", "torchvision", "optuna", "mlflow", "torchmetrics")
+TRACKING_URIS = "http(s)://HOST:PORT (a tracking server), postgresql://USER@HOST:PORT/DB or sqlite:///PATH"
+STORE_URIS = "postgresql://USER@HOST:PORT/DB or sqlite:///PATH"
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+"""MLflow's defaults retry a request for about four minutes (7 retries, backoff factor 2) and
+wait 120 s for each answer: a server that dies mid-command would hang it that long. These give
+up on a server that is gone after about half a minute (retries 0, 2, 4, 8, 16 s apart) and wait
+30 s for an answer; a user's own settings win."""
+SERVER_GRACE_SECONDS = 3
+"""How long a stopped MLflow server may take to shut down before it is killed."""
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
 def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(RESULTS / 'mlflow.db').resolve()}"
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ***, safe for params, tags and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @functools.cache
@@ -82,6 +88,110 @@ def check_server(uri: str) -> None:
                           "start it (bench server --backend-store-uri ...) or check --tracking-uri") from None
 
 
+def connect(tracking_uri: str | None, *, create: bool) -> str:
+    """The tracking URI to use (``tracking_uri``, else the project's store), checked before MLflow
+    touches it, which would retry a dead server for minutes, print a database's traceback, or
+    create a store where there is none: fails in seconds, with one line naming the host and what
+    to check, on a server that does not answer, a database that refuses us, a malformed URL and,
+    unless ``create``, a store that does not exist yet."""
+    uri = tracking_uri or default_tracking_uri()
+    scheme = url_scheme(uri, TRACKING_URIS)
+    if scheme in ("http", "https"):
+        if not urlsplit(uri).hostname:
+            raise ConfigError(f"malformed URL '{redact(uri)}' (no host); use {TRACKING_URIS}")
+        for key, value in HTTP_RETRIES.items():
+            os.environ.setdefault(key, value)  # in the environment, for spawned workers too
+        check_server(uri)
+    elif scheme in ("postgresql", "sqlite"):
+        check_store(uri, create=create)
+    else:
+        raise ConfigError(f"unsupported tracking URI '{redact(uri)}': use {TRACKING_URIS}")
+    return uri
+
+
+def check_store(uri: str, *, create: bool, role: str = "MLflow store") -> None:
+    """A PostgreSQL or SQLite store, checked as :func:`connect` checks one."""
+    scheme = url_scheme(uri, STORE_URIS)
+    if scheme == "postgresql":
+        check_database(uri, role)
+        if create or has_table(uri, "experiments"):
+            return
+    elif scheme == "sqlite":
+        path = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+            return
+        if path.is_file():
+            return
+    else:
+        raise ConfigError(f"unsupported {role} '{redact(uri)}': use {STORE_URIS}")
+    raise ConfigError(f"no {role} at {redact(uri)} yet; run `bench run --variant V --study S` first, "
+                      "or pass the --tracking-uri it used")
+
+
+def serve(command: str, *args: str) -> None:
+    """Runs `mlflow COMMAND ARGS` (ui, server) until it ends, or until bench gets SIGINT (Ctrl-C)
+    or SIGTERM; then stops it and every process it started (MLflow runs its web server as a child
+    process), so that none outlives bench holding the port."""
+    sys.stdout.flush()
+    # The job runner serves MLflow's GenAI features; without it the server starts in seconds, not tens.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it as Ctrl-C does
+    try:
+        # A session of its own: a terminal's Ctrl-C reaches bench alone, which stops the whole group.
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", command, *args, "--workers", "1"], env=env,
+                                  start_new_session=True, preexec_fn=_terminated_with_parent())
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            return
+        finally:
+            stop_group(server)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if server.returncode != 0:
+        raise BenchError(f"mlflow {command} ended with exit status {server.returncode}; see its messages above "
+                         "(a port already in use: pass another --port)")
+
+
+def _terminated_with_parent():
+    """Linux: what makes the MLflow process get SIGTERM when bench ends, even by SIGKILL (MLflow
+    passes SIGTERM on to its web server; SIGKILL would leave that running), resolved before the
+    fork so that the child only makes the call."""
+    if sys.platform != "linux":
+        return None
+    return functools.partial(ctypes.CDLL(None).prctl, PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_group(process: subprocess.Popen, grace: float = SERVER_GRACE_SECONDS) -> None:
+    """SIGTERM to the process group that ``process`` leads, then SIGKILL to whatever of it is
+    left after ``grace`` seconds; returns when ``process`` has ended."""
+    # A second Ctrl-C must not cut the stop short.
+    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while group_alive(process) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def group_alive(process: subprocess.Popen) -> bool:
+    """Whether any process of the group that ``process`` leads is left."""
+    process.poll()  # reaps the leader: until then, its zombie counts as a member of the group
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -98,9 +208,7 @@ class Tracking:
     def __init__(self, tracking_uri: str | None, study: str, artifacts: Path = RESULTS / "mlartifacts"):
         import mlflow
 
-        self.uri = tracking_uri or default_tracking_uri()
-        if urlsplit(self.uri).scheme in ("http", "https"):
-            check_server(self.uri)
+        self.uri = connect(tracking_uri, create=True)
         # Process-wide as well: flush_async_logging() talks to the global store, and left unset
         # that is a fresh ./mlflow.db in whatever folder the worker happens to run in.
         mlflow.set_tracking_uri(self.uri)

@@ -23,15 +23,16 @@ ARMS = {"baseline", "label_smoothing", "minibatch_std", "ttur", "small_g", "selu
 def test_the_shipped_ablation_has_a_baseline_and_one_arm_per_tip_for_dcgan():
     spec = load_study("tricks_ablation")
     assert spec.variant == "dcgan" and spec.seeds >= 3 and spec.pruner == "none"
-    runnable, skipped = spec.arms_for(get_variant("dcgan"))
-    assert {arm.name for arm in runnable} == ARMS and not skipped
-    assert spec.grid_size(get_variant("dcgan")) == len(ARMS) * spec.seeds == spec.trials
+    resolved = spec.for_variant(get_variant("dcgan"))
+    assert {arm.name for arm in resolved.arms} == ARMS and not resolved.skipped_arms
+    assert resolved.trials == len(ARMS) * spec.seeds == spec.trials
 
 
 def test_arms_a_variant_cannot_take_are_skipped_with_the_reason():
-    runnable, skipped = load_study("tricks_ablation").arms_for(get_variant("wgan"))
-    assert set(skipped) == {"label_smoothing"} and "binary cross-entropy" in skipped["label_smoothing"]
-    assert {arm.name for arm in runnable} == ARMS - {"label_smoothing"}
+    resolved = load_study("tricks_ablation").for_variant(get_variant("wgan"))
+    assert set(resolved.skipped_arms) == {"label_smoothing"}
+    assert "binary cross-entropy" in resolved.skipped_arms["label_smoothing"]
+    assert {arm.name for arm in resolved.arms} == ARMS - {"label_smoothing"}
 
 
 @pytest.mark.parametrize("body, fragment", [
@@ -56,7 +57,7 @@ def test_a_bad_arm_names_the_file_and_the_arm(tmp_path, arm, fragment):
     path = tmp_path / "bad.toml"
     path.write_text(f"seeds = 2\n[arms]\nbaseline = {{}}\n{arm}\n")
     with pytest.raises(ConfigError, match="bad.toml: " + fragment):
-        load_study(path).arms_for(get_variant("dcgan"))
+        load_study(path).for_variant(get_variant("dcgan"))
 
 
 @pytest.fixture(scope="module")

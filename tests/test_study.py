@@ -77,10 +77,11 @@ def test_every_shipped_study_is_valid_for_the_variants_it_is_meant_for():
             "lucic_wide"} <= set(available_studies())
     for name in ("quick", "lr_sweep", "lucic_wide"):
         for variant in variants().values():
-            load_study(name).dimensions(variant)
-    assert [d.name for d in load_study("clip_sweep").dimensions(get_variant("wgan"))] == ["clip_c"]
-    assert [d.name for d in load_study("lucic_wide").dimensions(get_variant("wgan"))] == ["lr", "n_critic", "clip_c"]
-    assert load_study("lucic_wide").dimensions(get_variant("gan"))[0].low == 1e-5
+            load_study(name).for_variant(variant)
+    assert [d.name for d in load_study("clip_sweep").for_variant(get_variant("wgan")).dimensions] == ["clip_c"]
+    assert [d.name for d in load_study("lucic_wide").for_variant(get_variant("wgan")).dimensions] == \
+        ["lr", "n_critic", "clip_c"]
+    assert load_study("lucic_wide").for_variant(get_variant("gan")).dimensions[0].low == 1e-5
 
 
 @pytest.mark.parametrize("space, fragment", [
@@ -94,7 +95,7 @@ def test_bad_space_names_file_key_and_fix(tmp_path, space, fragment):
     path = tmp_path / "bad.toml"
     path.write_text(f"[space]\n{space}\n")
     with pytest.raises(ConfigError) as info:
-        load_study(path).dimensions(get_variant("dcgan"))
+        load_study(path).for_variant(get_variant("dcgan"))
     assert str(path) in str(info.value) and fragment in str(info.value)
 
 
