@@ -163,8 +163,9 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, seed, he
     from bench.study import load_study
 
     spec = load_study(study)
-    result = run_study(variant, study, trials=trials, workers=workers, storage=storage, tracking_uri=tracking_uri,
-                       device=device, seed=seed, progress=sys.stderr.isatty(), heartbeat=heartbeat)
+    result = run_study(variant, spec, trials=trials, workers=workers, storage=storage, tracking_uri=tracking_uri,
+                       device=device, seed=seed, progress=sys.stderr.isatty(), heartbeat=heartbeat,
+                       log=click.echo)
     variant = variant or spec.variant
     click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
     if spec.is_ablation:
@@ -313,17 +314,12 @@ def recorded_findings(run_id: str, tracking_uri: str | None) -> list[dict]:
 @reports_user_errors
 def evaluate(checkpoint, features, samples, device) -> None:
     """Scores a trained generator: FID and KID (named by extractor) and class-aware metrics."""
-    from bench.engine import load_trained
-    from bench.scoring import Scorer
+    from bench.engine import evaluate as score_checkpoint
 
-    variant, config, step = load_trained(checkpoint, device)
-    # The standard Inception FID is what papers quote, but at a few images/s it is for GPUs only.
-    features = features or ("inception" if variant.device.type == "cuda" else "domain")
-    scorer = Scorer(config.dataset, features, device=variant.device)
-    scores = scorer.score(variant, samples, seed=config.seed)
-    click.echo(f"{config.variant} on {config.dataset}, step {step}, {samples} samples, "
-               f"real statistics: {scorer.real_split} split ({scorer.real_features_source})")
-    for key, value in scores.items():
+    result = score_checkpoint(checkpoint, features=features, samples=samples, device=device)
+    click.echo(f"{result.config.variant} on {result.config.dataset}, step {result.step}, {result.samples} samples, "
+               f"real statistics: {result.real_split} split ({result.real_features_source})")
+    for key, value in result.scores.items():
         click.echo(f"  {key:<16} {value:.6g}")
 
 

@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import optuna
@@ -60,16 +61,24 @@ class Job:
     threads: int
     progress: bool
     heartbeat: int
+    log: Callable[[str], None] | None = None
+    """Where each trial's outcome is said; a module-level function, since workers unpickle it."""
+
+    def say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
 
 
 def run_study(variant: str | None, study: str | Path | StudySpec, *, trials: int | None = None, workers: int = 1,
               storage: str | None = None, tracking_uri: str | None = None, device: str = "auto",
-              seed: int = 0, progress: bool = True, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.Study:
+              seed: int = 0, progress: bool = False, heartbeat: int = HEARTBEAT_SECONDS,
+              log: Callable[[str], None] | None = None) -> optuna.Study:
     """Runs the study file ``study`` for ``variant`` (None: the one the file names) until
     ``trials`` trials are complete or pruned (the file's count by default), and returns the
     Optuna study. ``storage``: a journal
     file, or a PostgreSQL URL that workers on other machines share; there a trial silent for
-    three ``heartbeat`` periods is failed and run again by another worker.
+    three ``heartbeat`` periods is failed and run again by another worker. Quiet unless given
+    ``log`` (e.g. print), which hears each trial's outcome, or ``progress`` (a bar per trial).
 
     Example::
 
@@ -82,7 +91,8 @@ def run_study(variant: str | None, study: str | Path | StudySpec, *, trials: int
         raise ConfigError(f"{spec.path} names no variant: pass --variant (see `bench list`)")
     resolved = spec.for_variant(get_variant(variant), trials)  # a bad space fails before any storage is touched
     for arm, reason in resolved.skipped_arms.items():
-        print(f"arm '{arm}' skipped: {reason}", flush=True)
+        if log is not None:
+            log(f"arm '{arm}' skipped: {reason}")
     if workers < 1 or heartbeat < 1:
         raise ConfigError("--workers and --heartbeat must be at least 1")
     # A missing dataset or a dead server fails here, before a study, a run or a file exists.
@@ -103,7 +113,7 @@ def run_study(variant: str | None, study: str | Path | StudySpec, *, trials: int
          "storage": redact(storage), "seed": seed, **dataclasses.asdict(spec.budget)})
     threads = max(1, torch.get_num_threads() // workers)
     jobs = [Job(variant, str(spec.path), resolved.trials, storage, tracking.uri, parent, device, seed, worker,
-                threads, progress=progress and workers == 1, heartbeat=heartbeat) for worker in range(workers)]
+                threads, progress=progress and workers == 1, heartbeat=heartbeat, log=log) for worker in range(workers)]
     try:
         if workers == 1:
             take_trials(jobs[0], resolved, optuna_study, backend, tracking)
@@ -158,7 +168,7 @@ def _trial_id(study: optuna.Study, storage: optuna.storages.BaseStorage, number:
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
 
 
-def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking: Tracking) -> None:
+def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking: Tracking, job: Job) -> None:
     """Fails the running trials whose worker is gone and closes their MLflow runs. In a database
     storage a worker is gone when its heartbeat stopped, and Optuna queues its trial again; in a
     journal file, when its process on this host no longer exists."""
@@ -180,7 +190,7 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
                 run_again(study, trial.number)
                 gone.append((trial, reason + "; queued to run again"))
     for trial, reason in gone:
-        print(f"trial {trial.number} marked failed: {reason}", flush=True)
+        job.say(f"trial {trial.number} marked failed: {reason}")
         if "mlflow_run_id" in trial.user_attrs:
             tracking.end_if_running(trial.user_attrs["mlflow_run_id"], "failed", reason)
     tracking.close_orphans()
@@ -217,7 +227,7 @@ def work(job: Job) -> None:
     try:
         take_trials(job, resolved, study, storage, Tracking(job.tracking_uri, resolved.spec.name))
     except Interrupted as exc:
-        print(f"worker {job.worker}: {exc}", flush=True)
+        job.say(f"worker {job.worker}: {exc}")
         sys.exit(exc.exit_code)
 
 
@@ -230,7 +240,7 @@ def take_trials(job: Job, resolved: VariantStudy, study: optuna.Study, storage: 
     failures = 0  # in a row
     while failures < MAX_FAILURES_IN_A_ROW:
         with ask_lock(job.storage):
-            _recover(study, storage, tracking)
+            _recover(study, storage, tracking, job)
             states = [trial.state for trial in study.get_trials(deepcopy=False)]
             finished = sum(state in FINISHED for state in states)
             if finished >= job.trials:
@@ -247,9 +257,8 @@ def take_trials(job: Job, resolved: VariantStudy, study: optuna.Study, storage: 
         with heartbeat(storage, _trial_id(study, storage, trial.number)):  # until it is told, not just trained
             state = run_trial(study, trial, resolved, job, device, tracking)
         failures = failures + 1 if state == TrialState.FAIL else 0
-    print(f"worker {job.worker} stops: {failures} trials in a row failed; see their reasons in the MLflow UI "
-          "(tag bench.end_reason), fix the variant or narrow the study's ranges, then run the same command again",
-          flush=True)
+    job.say(f"worker {job.worker} stops: {failures} trials in a row failed; see their reasons in the MLflow UI "
+            "(tag bench.end_reason), fix the variant or narrow the study's ranges, then run the same command again")
 
 
 class ReportToPruner(Observer):
@@ -302,13 +311,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     except optuna.TrialPruned as exc:
         tracking.end(run.run_id, "pruned", str(exc))
         study.tell(trial, state=TrialState.PRUNED)
-        print(f"trial {trial.number} pruned ({exc}) {trial.params}", flush=True)
+        job.say(f"trial {trial.number} pruned ({exc}) {trial.params}")
         return TrialState.PRUNED
     except RunStopped as exc:  # a NaN loss, or a failure the doctor stopped the run for
         trial.set_user_attr("fail_reason", str(exc))
         tracking.end(run.run_id, "failed", str(exc))
         study.tell(trial, state=TrialState.FAIL)
-        print(f"trial {trial.number} failed: {exc} {trial.params}", flush=True)
+        job.say(f"trial {trial.number} failed: {exc} {trial.params}")
         return TrialState.FAIL
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -321,5 +330,5 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         raise
     tracking.end(run.run_id, "complete")
     study.tell(trial, value)
-    print(f"trial {trial.number} complete: {spec.objective} {value:.4g} {trial.params}", flush=True)
+    job.say(f"trial {trial.number} complete: {spec.objective} {value:.4g} {trial.params}")
     return TrialState.COMPLETE

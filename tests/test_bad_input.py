@@ -48,6 +48,7 @@ CASES = [
     (["eval", "--checkpoint", "nowhere"], "no checkpoint at nowhere"),
     (["eval", "--checkpoint", "checkpoint.pt"], "checkpoint.pt is not a ganbench checkpoint"),
     (["eval", "--checkpoint", "run"], "run holds no checkpoint.pt"),
+    (["eval", "--checkpoint", "run", "--samples", "1"], "samples must be at least 2"),
     (["doctor", "run"], "run/health.json is not"),
     (["doctor", "run_list"], "run_list/health.json is not"),
     (["perf", "--variants", "gan,nosuch"], "unknown variant 'nosuch'"),

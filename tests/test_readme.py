@@ -14,15 +14,16 @@ from tests.test_study import TINY_STUDY, clean_env
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BUDGET_CUTS = {
-    "from bench.runner import run_study": [('"lr_sweep", trials=8, workers=2', '"tiny.toml", trials=2, workers=2')],
-    "from bench import TrainConfig, train\n\nresult": [("steps=500", "steps=20")],
+    "import leaderboard, run_study": [('"lr_sweep", trials=8, workers=2', '"tiny.toml", trials=2, workers=2'),
+                                      ('study="lr_sweep"', 'study="tiny"')],
+    "import TrainConfig, evaluate, train": [("steps=500", "steps=20"), ("samples=2000", "samples=300")],
     "class LeastSquaresGAN": [("steps=2000", "steps=20")],
 }
 """For each block (by text it contains): the budget it spends, and what the test spends instead.
 Every block must be listed, and every cut must find its text."""
 WRITES = {
-    "from bench.runner import run_study": "results/optuna/journal.log",
-    "from bench import TrainConfig, train\n\nresult": "results/train/dcgan-1e-4/checkpoint.pt",
+    "import leaderboard, run_study": "results/optuna/journal.log",
+    "import TrainConfig, evaluate, train": "results/train/dcgan-1e-4/checkpoint.pt",
     "class LeastSquaresGAN": "results/train/my_lsgan/checkpoint.pt",
 }
 
@@ -35,6 +36,9 @@ def test_every_python_block_of_the_readme_has_a_budget_cut():
     blocks = python_blocks()
     assert len(blocks) == len(BUDGET_CUTS)
     assert all(sum(key in block for block in blocks) == 1 for key in BUDGET_CUTS)
+    called = "".join(blocks)
+    assert all(f"{api}(" in called for api in ("train", "evaluate", "run_study", "leaderboard")), \
+        "the README shows each function of the Python API that a command wraps"
 
 
 @pytest.mark.parametrize("key", list(BUDGET_CUTS))
