@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -16,6 +15,11 @@ class UserError(click.ClickException):
     """A user mistake: one line on stderr, exit status 2, no traceback."""
 
     exit_code = 2
+
+
+tracking_uri_option = click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+                                   help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 
 
 def reports_user_errors(command):
@@ -78,7 +82,7 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
 @click.option("--steps", default=2000, show_default=True, help="Generator updates.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: results/train/VARIANT-TIMESTAMP].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a hyperparameter.")
@@ -95,7 +99,7 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
 def train(variant, dataset, steps, batch_size, seed, device, out, settings, eval_every, eval_samples, features,
           resume, checkpoint_every, data_root, download) -> None:
     """Trains one variant once (no sweep), writing sample grids, losses and a checkpoint to OUT."""
-    from bench.engine import TrainConfig, train as run_training
+    from bench.engine import TrainConfig, default_out, train as run_training
 
     config = TrainConfig(variant=variant, dataset=dataset, steps=steps, batch_size=batch_size, seed=seed,
                          device=device, hparams=parse_settings(variant, settings), eval_every=eval_every,
@@ -105,7 +109,7 @@ def train(variant, dataset, steps, batch_size, seed, device, out, settings, eval
     if resume and out is None:
         raise UserError("--resume needs --out: the folder of the run to continue")
     given_out = out is not None
-    out = out or Path("results/train") / f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = out or default_out(variant)
     try:
         result = run_training(config, out, resume=resume, progress=sys.stderr.isatty())
     except Interrupted as exc:
@@ -148,9 +152,8 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
 @click.option("--storage", default=None, help="Optuna storage: postgresql://USER@HOST/DB (shared by machines; "
               "password from the URL, PGPASSWORD or ~/.pgpass), sqlite:///PATH, or a journal file path "
               "[default: results/optuna/journal.log].")
-@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
-              help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@tracking_uri_option
+@device_option
 @click.option("--seed", default=0, show_default=True, help="Trial N trains with seed SEED+N.")
 @click.option("--heartbeat", default=10, show_default=True,
               help="With a database storage: seconds between a trial's heartbeats; a trial silent for "
@@ -158,7 +161,7 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
 @reports_user_errors
 def run(variant, study, trials, workers, storage, tracking_uri, device, seed, heartbeat) -> None:
     """Sweeps a variant's hyperparameters with Optuna; every trial is tracked in MLflow."""
-    from bench.leaderboard import effects, leaderboard
+    from bench.leaderboard import study_table
     from bench.runner import run_study
     from bench.study import load_study
 
@@ -168,21 +171,17 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, seed, he
                        log=click.echo)
     variant = variant or spec.variant
     click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
-    if spec.is_ablation:
-        click.echo(effects(tracking_uri, spec.name, variant).to_string(index=False, float_format="{:.4g}".format))
-        export = f"bench leaderboard --study {spec.name} --effects -o results/{spec.name}-effects.csv"
-    else:
-        table = leaderboard(tracking_uri, spec.name, variant)
-        click.echo(table[table["metric"] == spec.objective].drop(columns=["best_run_id"]).to_string(index=False))
-        export = f"bench leaderboard --study {spec.name} -o results/leaderboard.csv"
+    click.echo(study_table(spec, variant, tracking_uri).to_string(
+        index=False, float_format="{:.4g}".format if spec.is_ablation else None))
+    export = (f"bench leaderboard --study {spec.name} --effects -o results/{spec.name}-effects.csv" if spec.is_ablation
+              else f"bench leaderboard --study {spec.name} -o results/leaderboard.csv")
     click.echo(f"\ncompare the trials:  bench ui --study {spec.name}\nexport the table:    {export}")
 
 
 @main.command("leaderboard")
 @click.option("--study", default=None, help="Only this study [default: all].")
 @click.option("--variant", default=None, help="Only this variant [default: all].")
-@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
-              help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
+@tracking_uri_option
 @click.option("--top-k", default=3, show_default=True, help="Mean and std over the best K complete trials.")
 @click.option("--effects", "show_effects", is_flag=True,
               help="For an ablation study ([arms]): each arm's effect against the baseline, with a 95% interval.")
@@ -205,26 +204,17 @@ def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, outpu
 
 @main.command()
 @click.option("--study", default=None, help="Open this study's runs table.")
-@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
-              help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
+@tracking_uri_option
 @click.option("--port", default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it to the network).")
 @reports_user_errors
 def ui(study, tracking_uri, port, host) -> None:
     """Starts the MLflow UI on the project's store and prints the address of the runs table
     (with a tracking server's URI, only the address: that server shows the UI itself)."""
-    import mlflow
-
-    from bench.tracking import connect, redact, serve
+    from bench.tracking import connect, serve, study_page
 
     uri = connect(tracking_uri, create=False)
-    page = "#/experiments"
-    if study:
-        experiment = mlflow.MlflowClient(uri).get_experiment_by_name(study)
-        if experiment is None:
-            raise UserError(f"no study '{study}' in {redact(uri)}; run `bench run --study {study} ...` first, "
-                            "or leave out --study")
-        page += f"/{experiment.experiment_id}/runs"
+    page = study_page(uri, study)
     if uri.startswith(("http://", "https://")):
         click.echo(f"MLflow UI: {uri.rstrip('/')}/{page}")
         return
@@ -253,55 +243,17 @@ def server(backend_store_uri, artifacts, port, host) -> None:
 
 @main.command()
 @click.argument("run")
-@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
-              help="MLflow tracking URI, for a run id [default: sqlite:///results/mlflow.db].")
+@tracking_uri_option
 @reports_user_errors
 def doctor(run, tracking_uri) -> None:
     """What the training doctor found in RUN: a run folder (bench train --out) or an MLflow run id."""
-    import json
+    from bench.tracking import findings_of
 
-    from bench.observer import Finding
-    from bench.engine import HEALTH
-
-    folder = Path(run)
-    if folder.is_dir():
-        if not (folder / HEALTH).exists():
-            raise UserError(f"{folder} holds no {HEALTH}: pass a folder written by `bench train` or a study trial")
-        try:
-            findings = [Finding(**row) for row in json.loads((folder / HEALTH).read_text())]
-        except (ValueError, TypeError) as exc:  # not JSON, or not a list of findings
-            raise UserError(f"{folder / HEALTH} is not a list of the doctor's findings ({exc}); pass a folder "
-                            "written by `bench train` or a study trial") from None
-    else:
-        findings = [Finding(**row) for row in recorded_findings(run, tracking_uri)]
+    findings = findings_of(run, tracking_uri)
     if not findings:
         click.echo(f"{run}: no findings")
     for finding in findings:
         click.echo(f"step {finding.step:>6}  {finding.check:<22} {finding.summary()}")
-
-
-def recorded_findings(run_id: str, tracking_uri: str | None) -> list[dict]:
-    """The findings an MLflow run recorded (its health.json artifact; none when it has none)."""
-    import json
-    import tempfile
-
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from bench.engine import HEALTH
-    from bench.tracking import connect, redact
-
-    uri = connect(tracking_uri, create=False)
-    client = mlflow.MlflowClient(uri)
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        raise UserError(f"'{run_id}' is neither a run folder nor an MLflow run id in {redact(uri)}; "
-                        "check the path, or pass --tracking-uri") from None
-    if HEALTH not in [artifact.path for artifact in client.list_artifacts(run_id)]:
-        return []
-    with tempfile.TemporaryDirectory() as folder:
-        return json.loads(Path(client.download_artifacts(run_id, HEALTH, folder)).read_text())
 
 
 @main.command("eval")
@@ -310,7 +262,7 @@ def recorded_findings(run_id: str, tracking_uri: str | None) -> list[dict]:
 @click.option("--features", default=None,
               help="Feature extractor: domain or inception [default: inception on a GPU, domain on a CPU].")
 @click.option("--samples", default=10000, show_default=True, help="Generated samples to score.")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @reports_user_errors
 def evaluate(checkpoint, features, samples, device) -> None:
     """Scores a trained generator: FID and KID (named by extractor) and class-aware metrics."""
@@ -328,7 +280,7 @@ def evaluate(checkpoint, features, samples, device) -> None:
 @click.option("--dataset", default="fashion-mnist", show_default=True)
 @click.option("--steps", default=40, show_default=True, help="Generator steps per timed repeat.")
 @click.option("--repeats", default=3, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @click.option("--scoring-samples", default=10000, show_default=True, help="Generated samples in the scoring timing.")
 @click.option("--overhead-steps", default=200, show_default=True,
               help="Generator steps per repeat in the tracking and doctor overhead timings.")
@@ -348,54 +300,20 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
     """Measures training throughput (median images/s at batch 64) against a plain loop, scoring speed,
     tracking and doctor overheads and the hardware limit; optionally time to quality and parallel
     studies. Prints a table and writes JSON."""
-    from bench.perf import run_perf
-    from bench.registry import get_variant, variants
+    from bench.perf import report_lines, run_perf
+    from bench.registry import variants
 
     chosen = [name.strip() for name in names.split(",") if name.strip()] or list(variants())
-    for name in chosen:
-        get_variant(name)
-    if quality_threshold is not None and quality_threshold <= 0:
-        raise UserError(f"--time-to-quality must be a positive FID, got {quality_threshold}")
     try:
         worker_counts = tuple(int(count) for count in parallel.split(",") if count.strip())
     except ValueError:
         raise UserError(f"--parallel expects worker counts like 1,2,3, got '{parallel}'") from None
-    if any(count < 1 for count in worker_counts):
-        raise UserError(f"--parallel worker counts must be at least 1, got '{parallel}'")
     report = run_perf(chosen, output, dataset=dataset, steps=steps, repeats=repeats, device=device,
                       inception=inception, scoring_samples=scoring_samples, overhead_steps=overhead_steps,
                       quality_threshold=quality_threshold, quality_seconds=quality_seconds, parallel=worker_counts,
                       parallel_storage=parallel_storage)
-    click.echo(f"{'variant':<10} {'images/s':>9} {'G steps/s':>10} {'plain loop':>11} {'speedup':>8} "
-               f"{'plain: data share':>18}  device")
-    for row in report["training"]:
-        click.echo(f"{row['variant']:<10} {row['images_per_second']:>9.0f} {row['g_steps_per_second']:>10.2f} "
-                   f"{row['plain_images_per_second']:>11.0f} {row['speedup']:>8.2f} {row['plain_data_share']:>18.1%}"
-                   f"  {row['device']}")
-    scoring = report["scoring"]
-    click.echo(f"scoring {scoring['samples']} samples (fid_domain, cached real statistics): {scoring['seconds']} s")
-    for name, row in report["overhead"].items():
-        click.echo(f"{name} overhead ({row['variant']}, {row['steps']} steps per repeat): {row['on_images_per_second']:.0f} "
-                   f"images/s with {'MLflow logging and the doctor' if name == 'both' else name}, "
-                   f"{row['off_images_per_second']:.0f} without (ratio {row['ratio']})")
-    hardware = report["hardware"]
-    click.echo(f"hardware limit ({hardware['variant']}): {hardware['step_gflop']} GFLOP per step x "
-               f"{hardware['g_steps_per_second']} steps/s = {hardware['achieved_gflops']} GFLOP/s, "
-               f"{hardware['fraction_of_matmul']:.1%} of this device's matmul {hardware['matmul_gflops']} GFLOP/s; "
-               "top operators: " + ", ".join(f"{op['name']} {op['self_cpu_share']:.0%}"
-                                             for op in hardware["top_operators"][:5]))
-    for row in report.get("time_to_quality", []):
-        reached = (f"{row['seconds']} s ({row['cpu_seconds']} CPU-s, step {row['steps']})" if row["seconds"]
-                   else f"not within {quality_seconds:g} s (best {row['best_fid_domain']})")
-        click.echo(f"time to fid_domain < {row['threshold']:g} ({row['variant']}, untrained "
-                   f"{row['untrained_fid_domain']}): {reached}")
-    for row in report.get("parallel", {}).get("runs", []):
-        click.echo(f"study of {report['parallel']['trials']} trials ({report['parallel']['storage']}) with "
-                   f"--workers {row['workers']} "
-                   f"({row['threads_per_worker']} threads each): {row['seconds']} s, {row['trials_per_hour']} "
-                   f"trials/hour ({row['speedup']}x)")
-    if inception:
-        click.echo(f"inception features: {report['inception']['images_per_second_by_batch']} images/s by batch size")
+    for line in report_lines(report):
+        click.echo(line)
     click.echo(f"wrote {output}")
 
 
@@ -408,7 +326,7 @@ def features() -> None:
 @click.option("--dataset", default="fashion-mnist", show_default=True)
 @click.option("--epochs", default=8, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @reports_user_errors
 def features_train(dataset, epochs, seed, device) -> None:
     """Trains the domain classifier for DATASET and writes its weights and card to bench/weights/."""

@@ -8,8 +8,10 @@ ones use the rows the engine already brought to the host.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import deque
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -20,6 +22,22 @@ from bench.errors import ConfigError, UnhealthyRun
 from bench.registry import Variant
 
 SAMPLES = 64
+HEALTH = "health.json"
+"""The doctor's findings in a run folder (and an MLflow run's artifacts), read by `bench doctor`."""
+
+
+def write_health(path: Path, findings: list[Finding]) -> None:
+    """health.json: the findings so far; an empty list is the doctor's all-clear."""
+    path.write_text(json.dumps([finding.as_dict() for finding in findings], indent=2) + "\n")
+
+
+def read_health(path: Path) -> list[Finding]:
+    """The findings in a health.json, which may come from elsewhere: anything else is one line."""
+    try:
+        return [Finding(**row) for row in json.loads(path.read_text())]
+    except (ValueError, TypeError) as exc:  # not JSON, or not a list of findings
+        raise ConfigError(f"{path} is not a list of the doctor's findings ({exc}); pass a folder written by "
+                          "`bench train` or a study trial") from None
 
 
 class Doctor(Observer):

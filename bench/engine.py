@@ -23,15 +23,13 @@ from tqdm.auto import tqdm
 
 from bench import checkpoint
 from bench.data import BatchSampler, load_dataset
-from bench.doctor import Doctor
+from bench.doctor import HEALTH, Doctor, write_health
 from bench.errors import ConfigError, Interrupted, TrainingDiverged
 from bench.observer import Finding, Observer
 from bench.registry import HParamValue, Variant, get_variant
 from bench.scoring import EXTRACTORS, Scorer
 
 CHECKPOINT = checkpoint.FILENAME
-HEALTH = "health.json"
-"""The doctor's findings in a run folder, read by `bench doctor`."""
 GRID_SIZE = 64
 RUN_IDENTITY = ("variant", "dataset", "batch_size", "seed", "hparams")
 """What a resumed run must share with the saved one; steps, device and intervals may change."""
@@ -103,6 +101,11 @@ class TrainResult:
     out: Path | None
     findings: list[Finding] = field(default_factory=list)
     """What the training doctor found, in the order first seen."""
+
+
+def default_out(variant: str) -> Path:
+    """Where `bench train` writes a run when not told: results/train/VARIANT-TIMESTAMP."""
+    return Path("results/train") / f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -271,8 +274,7 @@ class Trainer:
 
     def _write_health(self) -> None:
         """health.json always exists in a run folder: empty is the doctor's all-clear."""
-        findings = [finding.as_dict() for finding in self.findings()]
-        (self.out / HEALTH).write_text(json.dumps(findings, indent=2) + "\n")
+        write_health(self.out / HEALTH, self.findings())
 
     def evaluate(self) -> dict[str, float]:
         """Scores the generator now (fixed sampling seed, so the training RNG is untouched)."""

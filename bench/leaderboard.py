@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.errors import ConfigError
-from bench.study import BASELINE, MAXIMISED, is_score
+from bench.study import BASELINE, MAXIMISED, StudySpec, is_score
 from bench.tracking import RUN_PARAMS, connect, redact
 
 KEYS = ["study", "variant", "dataset"]
@@ -93,6 +93,15 @@ def compare(arm: pd.DataFrame, baseline: pd.DataFrame, metric: str,
     if column not in arm:
         return (float("nan"),) * 4
     return (arm[column].mean(), *paired_effect(arm[column], baseline[column], confidence))
+
+
+def study_table(spec: StudySpec, variant: str, tracking_uri: str | None = None) -> pd.DataFrame:
+    """What `bench run` shows when a study ends: an ablation's effects, or the objective's row of the
+    leaderboard (without the run id, which the full leaderboard gives)."""
+    if spec.is_ablation:
+        return effects(tracking_uri, spec.name, variant)
+    table = leaderboard(tracking_uri, spec.name, variant)
+    return table[table["metric"] == spec.objective].drop(columns=["best_run_id"])
 
 
 def effects(tracking_uri: str | None = None, study: str | None = None, variant: str | None = None,

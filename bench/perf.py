@@ -19,6 +19,7 @@ import torch
 
 from bench.data import ImageDataset, load_dataset, to_unit_range
 from bench.engine import TrainConfig, Trainer, resolve_device
+from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, get_variant
 from bench.scoring import DEFAULT_CACHE, InceptionFeatures, Scorer
 from bench.storage import check_storage
@@ -171,7 +172,8 @@ def time_to_quality(variant: str, *, threshold: float, dataset: str = "fashion-m
         if curve[-1]["fid_domain"] < threshold:
             break
     reached = curve[-1] if curve[-1]["fid_domain"] < threshold else None
-    return {"variant": variant, "threshold": threshold, "device": str(trainer.device), "eval_every": eval_every,
+    return {"variant": variant, "threshold": threshold, "max_seconds": max_seconds, "device": str(trainer.device),
+            "eval_every": eval_every,
             "samples": samples, "untrained_fid_domain": round(untrained, 2),
             "seconds": reached and reached["seconds"], "cpu_seconds": reached and reached["cpu_seconds"],
             "steps": reached and reached["step"], "best_fid_domain": min(point["fid_domain"] for point in curve),
@@ -325,6 +327,12 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
     """Every measurement, written to ``out`` as JSON. The slow ones are opt-in: time to quality
     (``quality_threshold``), the parallel study (``parallel``: its worker counts) and the
     Inception extractor."""
+    for name in variants:
+        get_variant(name)
+    if quality_threshold is not None and not quality_threshold > 0:
+        raise ConfigError(f"--time-to-quality must be a positive FID, got {quality_threshold}")
+    if any(count < 1 for count in parallel):
+        raise ConfigError(f"--parallel worker counts must be at least 1, got {','.join(map(str, parallel))}")
     if parallel_storage is not None:
         check_storage(parallel_storage)  # now, not after minutes of the other measurements
     report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -351,3 +359,38 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def report_lines(report: dict) -> list[str]:
+    """The report as `bench perf` prints it: a table of the training rows, then a line per measurement."""
+    lines = [f"{'variant':<10} {'images/s':>9} {'G steps/s':>10} {'plain loop':>11} {'speedup':>8} "
+             f"{'plain: data share':>18}  device"]
+    for row in report["training"]:
+        lines.append(f"{row['variant']:<10} {row['images_per_second']:>9.0f} {row['g_steps_per_second']:>10.2f} "
+                     f"{row['plain_images_per_second']:>11.0f} {row['speedup']:>8.2f} "
+                     f"{row['plain_data_share']:>18.1%}  {row['device']}")
+    scoring = report["scoring"]
+    lines.append(f"scoring {scoring['samples']} samples (fid_domain, cached real statistics): {scoring['seconds']} s")
+    for name, row in report["overhead"].items():
+        lines.append(f"{name} overhead ({row['variant']}, {row['steps']} steps per repeat): "
+                     f"{row['on_images_per_second']:.0f} images/s with "
+                     f"{'MLflow logging and the doctor' if name == 'both' else name}, "
+                     f"{row['off_images_per_second']:.0f} without (ratio {row['ratio']})")
+    hardware = report["hardware"]
+    lines.append(f"hardware limit ({hardware['variant']}): {hardware['step_gflop']} GFLOP per step x "
+                 f"{hardware['g_steps_per_second']} steps/s = {hardware['achieved_gflops']} GFLOP/s, "
+                 f"{hardware['fraction_of_matmul']:.1%} of this device's matmul {hardware['matmul_gflops']} GFLOP/s; "
+                 "top operators: " + ", ".join(f"{op['name']} {op['self_cpu_share']:.0%}"
+                                               for op in hardware["top_operators"][:5]))
+    for row in report.get("time_to_quality", []):
+        reached = (f"{row['seconds']} s ({row['cpu_seconds']} CPU-s, step {row['steps']})" if row["seconds"]
+                   else f"not within {row['max_seconds']:g} s (best {row['best_fid_domain']})")
+        lines.append(f"time to fid_domain < {row['threshold']:g} ({row['variant']}, untrained "
+                     f"{row['untrained_fid_domain']}): {reached}")
+    for row in report.get("parallel", {}).get("runs", []):
+        lines.append(f"study of {report['parallel']['trials']} trials ({report['parallel']['storage']}) with "
+                     f"--workers {row['workers']} ({row['threads_per_worker']} threads each): {row['seconds']} s, "
+                     f"{row['trials_per_hour']} trials/hour ({row['speedup']}x)")
+    if "inception" in report:
+        lines.append(f"inception features: {report['inception']['images_per_second_by_batch']} images/s by batch size")
+    return lines

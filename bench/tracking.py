@@ -24,8 +24,9 @@ from urllib.parse import urlsplit
 import pandas as pd
 
 from bench.errors import BenchError, ConfigError
-from bench.engine import BUDGET_KEYS, CHECKPOINT, HEALTH, TrainConfig, TrainResult, resolve_device
-from bench.observer import Observer
+from bench.doctor import HEALTH, read_health
+from bench.engine import BUDGET_KEYS, CHECKPOINT, TrainConfig, TrainResult, resolve_device
+from bench.observer import Finding, Observer
 from bench.storage import RESULTS, check_database, has_table, redact, url_scheme
 
 HOST = socket.gethostname()
@@ -202,6 +203,45 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def study_page(uri: str, study: str | None) -> str:
+    """The MLflow UI's page for ``study``'s runs table (its experiments list without a study)."""
+    if study is None:
+        return "#/experiments"
+    import mlflow
+
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name(study)
+    if experiment is None:
+        raise ConfigError(f"no study '{study}' in {redact(uri)}; run `bench run --study {study} ...` first, "
+                          "or leave out --study")
+    return f"#/experiments/{experiment.experiment_id}/runs"
+
+
+def findings_of(run: str, tracking_uri: str | None = None) -> list[Finding]:
+    """What the training doctor found in ``run``: a run folder (its health.json) or an MLflow run id
+    (the health.json artifact it recorded; none when it has none)."""
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    folder = Path(run)
+    if folder.is_dir():
+        if not (folder / HEALTH).exists():
+            raise ConfigError(f"{folder} holds no {HEALTH}: pass a folder written by `bench train` or a study trial")
+        return read_health(folder / HEALTH)
+    uri = connect(tracking_uri, create=False)
+    client = mlflow.MlflowClient(uri)
+    try:
+        client.get_run(run)
+    except MlflowException:
+        raise ConfigError(f"'{run}' is neither a run folder nor an MLflow run id in {redact(uri)}; "
+                          "check the path, or pass --tracking-uri") from None
+    if HEALTH not in [artifact.path for artifact in client.list_artifacts(run)]:
+        return []
+    with tempfile.TemporaryDirectory() as downloads:
+        return read_health(Path(client.download_artifacts(run, HEALTH, downloads)))
+
+
 class Tracking:
     """The MLflow side of a study: its experiment, and the runs in it."""
 
@@ -310,7 +350,7 @@ class TrialRun(Observer):
         with Image.open(path) as image:
             self.client.log_image(self.run_id, image.convert("RGB"), key="samples", step=step)
 
-    def on_finding(self, finding) -> None:
+    def on_finding(self, finding: Finding) -> None:
         """The doctor's finding as a `health.<check>` tag and metric for the UI, and the run's
         findings so far as the artifact health.json, which `bench doctor RUN_ID` reads."""
         self.client.set_tag(self.run_id, f"health.{finding.check}", f"step {finding.step}: {finding.summary()}")
