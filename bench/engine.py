@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import signal
 import threading
@@ -23,10 +22,11 @@ from tqdm.auto import tqdm
 
 from bench import checkpoint
 from bench.data import BatchSampler, load_dataset
-from bench.doctor import HEALTH, Doctor, write_health
+from bench.doctor import Doctor
 from bench.errors import ConfigError, Interrupted, TrainingDiverged
 from bench.observer import Finding, Observer
 from bench.registry import HParamValue, Variant, get_variant
+from bench.run_folder import RunFolder
 from bench.scoring import EXTRACTORS, Scorer
 
 CHECKPOINT = checkpoint.FILENAME
@@ -161,29 +161,14 @@ class Trainer:
         self._signal: int | None = None  # SIGINT or SIGTERM received during run()
         self._saved_at = time.perf_counter()
         self.doctor = Doctor(self.variant, config.dataset, self._report) if config.doctor else None
+        self.folder = RunFolder(self.out) if self.out is not None else None
+        if self.folder is not None:
+            saved = self.folder.prepare(resume)
+            if saved is not None:
+                self._load(saved)
+            self.folder.open(dataclasses.asdict(config), self.findings())
+            self.extra_observers.append(self.folder)
         self.observers = ([self.doctor] if self.doctor else []) + self.extra_observers
-        if self.out is not None:
-            self._prepare_out(resume)
-
-    def _prepare_out(self, resume: bool) -> None:
-        if self.out.exists() and not self.out.is_dir():
-            raise ConfigError(f"the output folder {self.out} is a file; choose a folder path for --out")
-        saved = self.out / CHECKPOINT
-        if saved.exists() and not resume:
-            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it, "
-                              "or choose another --out")
-        if resume and saved.exists():
-            self._load(saved)
-        elif resume:
-            tqdm.write(f"resume: {self.out} holds no {CHECKPOINT} (the run was stopped before its first "
-                       "checkpoint, or never started there); starting from step 0")
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-            self._write_health()
-        except OSError as exc:
-            raise ConfigError(f"cannot write the output folder {self.out} ({exc.strerror}); choose a folder "
-                              "you can write to for --out") from None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         # bfloat16 keeps float32's exponent range, so no GradScaler is needed; that matters here
@@ -231,22 +216,22 @@ class Trainer:
                 self._flush()
             if config.eval_every and (self.step % config.eval_every == 0 or self.step == until):
                 self.evaluate()
-            if self.out is not None and (self.step % config.sample_every == 0 or self.step == until):
+            if self.folder is not None and (self.step % config.sample_every == 0 or self.step == until):
                 self.save_grid()
-            if self.out is not None and (self.step % config.checkpoint_every == 0 or self.step == until or
+            if self.folder is not None and (self.step % config.checkpoint_every == 0 or self.step == until or
                                          time.perf_counter() - self._saved_at >= config.checkpoint_seconds):
                 self.save()
             if self._signal is not None:
                 self.save()
                 self._bar.close()
-                raise Interrupted(self._signal, f"at step {self.step}; checkpoint written to {self.out / CHECKPOINT}")
+                raise Interrupted(self._signal, f"at step {self.step}; checkpoint written to {self.folder.checkpoint}")
 
     @contextlib.contextmanager
     def _checkpoint_on_signals(self):
         """With an output folder, SIGINT and SIGTERM end the run after the current step, with a
         checkpoint at that step; a second signal stops at once, without one. Python only lets
         the main thread install handlers: elsewhere the signals keep their usual effect."""
-        if self.out is None or threading.current_thread() is not threading.main_thread():
+        if self.folder is None or threading.current_thread() is not threading.main_thread():
             yield
             return
 
@@ -269,12 +254,6 @@ class Trainer:
         tqdm.write(f"doctor, step {finding.step}: {finding.message}")
         for observer in self.extra_observers:
             observer.on_finding(finding)
-        if self.out is not None:
-            self._write_health()
-
-    def _write_health(self) -> None:
-        """health.json always exists in a run folder: empty is the doctor's all-clear."""
-        write_health(self.out / HEALTH, self.findings())
 
     def evaluate(self) -> dict[str, float]:
         """Scores the generator now (fixed sampling seed, so the training RNG is untouched)."""
@@ -312,13 +291,9 @@ class Trainer:
     @torch.no_grad()
     def save_grid(self) -> Path:
         """Saves G's images for the fixed noise (and labels) as an 8x8 PNG grid."""
-        from torchvision.utils import save_image  # torchvision's import costs seconds: pay it only here
-
         with self.variant.evaluating(), self._autocast():
             images = self.variant.generate(self.fixed_latent, self.fixed_labels)
-        path = self.out / "samples" / f"step_{self.step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images.float(), path, nrow=8, normalize=True, value_range=(-1, 1))
+        path = self.folder.write_grid(images, self.step)
         for observer in self.observers:
             observer.on_grid(path, self.step)
         return path
@@ -327,7 +302,7 @@ class Trainer:
         """Writes a checkpoint that resumes the run exactly (weights, optimisers, every RNG, the
         doctor's rolling state), and the loss and score tables beside it."""
         self._flush()
-        checkpoint.save({
+        self.folder.write_checkpoint({
             "config": dataclasses.asdict(self.config),
             "step": self.step,
             "image_shape": list(self.variant.image_shape),
@@ -340,11 +315,8 @@ class Trainer:
             "rows": self.rows,
             "evaluations": self.evaluations,
             "doctor": self.doctor.state_dict() if self.doctor else None,
-        }, self.out / CHECKPOINT)
+        })
         self._saved_at = time.perf_counter()
-        self.history().to_csv(self.out / "losses.csv", index=False)
-        if self.evaluations:
-            pd.DataFrame(self.evaluations).to_csv(self.out / "scores.csv", index=False)
 
     def _load(self, path: Path) -> None:
         state = checkpoint.load(path, self.device)

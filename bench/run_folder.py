@@ -1,0 +1,75 @@
+"""A run's output folder: its config, sample grids, health.json, checkpoint and tables.
+
+The engine's loop decides when; this class does the writing, and is the observer that keeps
+health.json up to date as the doctor reports findings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from bench import checkpoint
+from bench.doctor import HEALTH, write_health
+from bench.errors import ConfigError
+from bench.observer import Finding, Observer
+
+
+class RunFolder(Observer):
+    """Everything a run writes to disk, in one folder."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.findings: list[Finding] = []
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / checkpoint.FILENAME
+
+    def prepare(self, resume: bool) -> Path | None:
+        """Checks the folder can hold this run, and returns the checkpoint to resume from (None:
+        start at step 0). The folder is made, and config.json written, only by :meth:`open`."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"the output folder {self.path} is a file; choose a folder path for --out")
+        if self.checkpoint.exists() and not resume:
+            raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it, or choose another --out")
+        if resume and not self.checkpoint.exists():
+            tqdm.write(f"resume: {self.path} holds no {checkpoint.FILENAME} (the run was stopped before its first "
+                       "checkpoint, or never started there); starting from step 0")
+        return self.checkpoint if resume and self.checkpoint.exists() else None
+
+    def open(self, config: dict[str, Any], findings: list[Finding]) -> None:
+        """Makes the folder and writes config.json (the run's TrainConfig) and health.json (the findings so far)."""
+        self.findings = list(findings)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "config.json").write_text(json.dumps(config, indent=2))
+            write_health(self.path / HEALTH, self.findings)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the output folder {self.path} ({exc.strerror}); choose a folder "
+                              "you can write to for --out") from None
+
+    def on_finding(self, finding: Finding) -> None:
+        self.findings.append(finding)
+        write_health(self.path / HEALTH, self.findings)
+
+    def write_grid(self, images: torch.Tensor, step: int) -> Path:
+        """``images`` in [-1, 1] as an 8-wide PNG grid, samples/step_NNNNNNN.png."""
+        from torchvision.utils import save_image  # torchvision's import costs seconds: pay it only here
+
+        path = self.path / "samples" / f"step_{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images.float(), path, nrow=8, normalize=True, value_range=(-1, 1))
+        return path
+
+    def write_checkpoint(self, state: dict[str, Any]) -> None:
+        """The checkpoint, and the loss and score tables beside it for people and pandas."""
+        checkpoint.save(state, self.checkpoint)
+        pd.DataFrame(state["rows"]).to_csv(self.path / "losses.csv", index=False)
+        if state["evaluations"]:
+            pd.DataFrame(state["evaluations"]).to_csv(self.path / "scores.csv", index=False)
