@@ -197,8 +197,11 @@ def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, outpu
         raise UserError("no finished trials recorded yet; run `bench run --variant V --study S` first")
     click.echo(table.to_string(index=False, float_format="{:.4g}".format if show_effects else None))
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(output, index=False)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(output, index=False)
+        except OSError as exc:
+            raise UserError(f"cannot write {output} ({exc.strerror}); pass -o a path in a folder you can write to")
         click.echo(f"wrote {output}")
 
 
