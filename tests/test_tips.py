@@ -126,8 +126,8 @@ def test_tips_are_off_by_default():
 def test_studies_search_tips_and_refuse_those_a_variant_cannot_take(tmp_path):
     path = tmp_path / "smoothing.toml"
     path.write_text("[space]\nlabel_smoothing = { low = 0.0, high = 0.2 }\n")
-    [dimension] = load_study(path).dimensions(get_variant("dcgan"))
+    [dimension] = load_study(path).for_variant(get_variant("dcgan")).dimensions
     assert (dimension.name, dimension.high) == ("label_smoothing", 0.2)
     with pytest.raises(ConfigError, match=r"smoothing.toml: \[space\] label_smoothing: tip 'label_smoothing' does "
                                           r"not apply to variant 'wgan': it needs .*binary cross-entropy"):
-        load_study(path).dimensions(get_variant("wgan"))
+        load_study(path).for_variant(get_variant("wgan"))
