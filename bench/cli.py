@@ -295,18 +295,26 @@ def evaluate(checkpoint, features, samples, device) -> None:
               help="Also time a small study with each of these --workers counts, e.g. 1,2 (minutes each).")
 @click.option("--parallel-storage", default=None, metavar="URL",
               help="Optuna storage for --parallel, e.g. postgresql://USER@HOST/DB [default: a journal file].")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="A hyperparameter for the time to quality, set in every variant that has it (e.g. arch=mlp).")
 @click.option("--inception", is_flag=True, help="Also measure the Inception extractor (slow on a CPU).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results/perf.json"), show_default=True)
 @reports_user_errors
 def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps, quality_threshold, quality_seconds,
-         parallel, parallel_storage, inception, output) -> None:
+         parallel, parallel_storage, settings, inception, output) -> None:
     """Measures training throughput (median images/s at batch 64) against a plain loop, scoring speed,
     tracking and doctor overheads and the hardware limit; optionally time to quality and parallel
     studies. Prints a table and writes JSON."""
     from bench.perf import report_lines, run_perf
-    from bench.registry import variants
+    from bench.registry import get_variant, variants
 
     chosen = [name.strip() for name in names.split(",") if name.strip()] or list(variants())
+    keys = {setting.partition("=")[0] for setting in settings}
+    hparams = {name: parse_settings(name, tuple(s for s in settings if s.partition("=")[0] in get_variant(name).hparams))
+               for name in chosen}
+    unused = sorted(keys - {key for values in hparams.values() for key in values})
+    if unused:
+        raise UserError(f"--set {unused[0]}: none of {', '.join(chosen)} has it; see `bench list`")
     try:
         worker_counts = tuple(int(count) for count in parallel.split(",") if count.strip())
     except ValueError:
@@ -314,7 +322,7 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
     report = run_perf(chosen, output, dataset=dataset, steps=steps, repeats=repeats, device=device,
                       inception=inception, scoring_samples=scoring_samples, overhead_steps=overhead_steps,
                       quality_threshold=quality_threshold, quality_seconds=quality_seconds, parallel=worker_counts,
-                      parallel_storage=parallel_storage)
+                      parallel_storage=parallel_storage, hparams=hparams)
     for line in report_lines(report):
         click.echo(line)
     click.echo(f"wrote {output}")

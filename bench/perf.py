@@ -20,7 +20,7 @@ import torch
 from bench.data import ImageDataset, load_dataset, to_unit_range
 from bench.engine import TrainConfig, Trainer, resolve_device
 from bench.errors import ConfigError
-from bench.registry import REFERENCE_VARIANT, get_variant
+from bench.registry import REFERENCE_VARIANT, HParamValue, get_variant
 from bench.scoring import DEFAULT_CACHE, InceptionFeatures, Scorer
 from bench.storage import check_storage
 from bench.tracking import redact
@@ -147,12 +147,14 @@ def overhead(variant: str = REFERENCE_VARIANT, *, tracking: bool, doctor: bool, 
 
 
 def time_to_quality(variant: str, *, threshold: float, dataset: str = "fashion-mnist", eval_every: int | None = None,
-                    samples: int = 2000, max_seconds: float = 300, seed: int = 0, device: str = "auto") -> dict:
+                    samples: int = 2000, max_seconds: float = 300, seed: int = 0, device: str = "auto",
+                    hparams: dict[str, HParamValue] | None = None) -> dict:
     """Seconds of training (wall clock and this process's CPU time, evaluations excluded) until
-    ``variant`` at its defaults first scores fid_domain below ``threshold``, evaluated on
+    ``variant`` (at its defaults, or ``hparams``) first scores fid_domain below ``threshold``, evaluated on
     ``samples`` images every ``eval_every`` generator steps (default: every 200 real batches,
     so 40 steps for a WGAN with n_critic 5); gives up after ``max_seconds``."""
-    trainer = Trainer(TrainConfig(variant, dataset=dataset, seed=seed, device=device), progress=False)
+    trainer = Trainer(TrainConfig(variant, dataset=dataset, seed=seed, device=device, hparams=hparams or {}),
+                      progress=False)
     eval_every = eval_every or max(1, 200 // trainer.variant.real_batches_per_step)
     scorer = Scorer(dataset, "domain", device=trainer.device)
 
@@ -172,7 +174,8 @@ def time_to_quality(variant: str, *, threshold: float, dataset: str = "fashion-m
         if curve[-1]["fid_domain"] < threshold:
             break
     reached = curve[-1] if curve[-1]["fid_domain"] < threshold else None
-    return {"variant": variant, "threshold": threshold, "max_seconds": max_seconds, "device": str(trainer.device),
+    return {"variant": variant, "hparams": hparams or {}, "threshold": threshold, "max_seconds": max_seconds,
+            "device": str(trainer.device),
             "eval_every": eval_every,
             "samples": samples, "untrained_fid_domain": round(untrained, 2),
             "seconds": reached and reached["seconds"], "cpu_seconds": reached and reached["cpu_seconds"],
@@ -323,10 +326,11 @@ def inception_throughput(*, batch_sizes: tuple[int, ...] = (8, 32, 64), images: 
 def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-mnist", steps: int = 40,
              repeats: int = 3, device: str = "auto", inception: bool = False, scoring_samples: int = 10000,
              overhead_steps: int = 200, quality_threshold: float | None = None, quality_seconds: float = 300,
-             parallel: tuple[int, ...] = (), parallel_storage: str | None = None) -> dict:
+             parallel: tuple[int, ...] = (), parallel_storage: str | None = None,
+             hparams: dict[str, dict[str, HParamValue]] | None = None) -> dict:
     """Every measurement, written to ``out`` as JSON. The slow ones are opt-in: time to quality
     (``quality_threshold``), the parallel study (``parallel``: its worker counts) and the
-    Inception extractor."""
+    Inception extractor. ``hparams``: per variant, settings for its time to quality."""
     for name in variants:
         get_variant(name)
     if quality_threshold is not None and not quality_threshold > 0:
@@ -348,7 +352,8 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
               "hardware": hardware_limit(REFERENCE_VARIANT, dataset=dataset, steps=steps, repeats=repeats, device=device)}
     if quality_threshold is not None:
         report["time_to_quality"] = [time_to_quality(name, threshold=quality_threshold, dataset=dataset,
-                                                     max_seconds=quality_seconds, device=device)
+                                                     max_seconds=quality_seconds, device=device,
+                                                     hparams=(hparams or {}).get(name))
                                      for name in variants]
     if parallel:
         report["parallel"] = parallel_study(workers=parallel, storage=parallel_storage, dataset=dataset,
@@ -385,7 +390,8 @@ def report_lines(report: dict) -> list[str]:
     for row in report.get("time_to_quality", []):
         reached = (f"{row['seconds']} s ({row['cpu_seconds']} CPU-s, step {row['steps']})" if row["seconds"]
                    else f"not within {row['max_seconds']:g} s (best {row['best_fid_domain']})")
-        lines.append(f"time to fid_domain < {row['threshold']:g} ({row['variant']}, untrained "
+        settings = "".join(f" {key}={value}" for key, value in row.get("hparams", {}).items())
+        lines.append(f"time to fid_domain < {row['threshold']:g} ({row['variant']}{settings}, untrained "
                      f"{row['untrained_fid_domain']}): {reached}")
     for row in report.get("parallel", {}).get("runs", []):
         lines.append(f"study of {report['parallel']['trials']} trials ({report['parallel']['storage']}) with "

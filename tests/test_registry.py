@@ -101,3 +101,20 @@ def test_cgan_samples_depend_on_the_label():
     generator = torch.Generator().manual_seed(0)
     fives = cgan.sample(4, torch.full((4,), 5), generator=generator)
     assert not torch.allclose(zeros, fives)
+
+
+@pytest.mark.parametrize("name, default", [("gan", "mlp"), ("wgan", "dcgan"), ("wgan_gp", "dcgan"), ("ragan", "dcgan")])
+def test_arch_picks_mlp_or_dcgan_networks_and_defaults_to_the_papers(name, default):
+    """Lucic et al. held one architecture fixed across variants: `arch` lets a study do that."""
+    cls = get_variant(name)
+    assert cls.hparams["arch"].default == default and "arch" not in get_variant("dcgan").hparams
+    real = torch.rand(2 * 8, 1, 8, 8) * 2 - 1
+    for arch, layer in (("mlp", torch.nn.Linear), ("dcgan", torch.nn.ConvTranspose2d)):
+        variant = cls((1, 8, 8), 10, arch=arch, **({"n_critic": 2} if "n_critic" in cls.hparams else {}))
+        convolutional = any(isinstance(module, torch.nn.Conv2d) for module in variant.D.modules())
+        assert convolutional == (arch == "dcgan") and any(isinstance(module, layer) for module in variant.G.modules())
+        losses = variant.train_step(real[: 8 * variant.real_batches_per_step], torch.zeros(16, dtype=torch.long))
+        assert all(torch.isfinite(value) for value in losses.values())
+        assert variant.sample(3).shape == (3, 1, 8, 8)
+    with pytest.raises(ConfigError, match="minibatch_std=1 needs a convolutional discriminator"):
+        get_variant("wgan")((1, 8, 8), 10, arch="mlp", minibatch_std=1)

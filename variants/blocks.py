@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
-from bench.registry import Variant
+from bench.registry import HParam, Variant
 
 CONV_WIDTH = 32
 """Base channels of the convolutional networks: chosen by time to quality (README, Performance)."""
@@ -174,3 +174,23 @@ def mlp_pair(variant: Variant) -> tuple[MLPGenerator, MLPDiscriminator]:
     d_hidden = tuple(scaled(width, variant.tip("d_width")) for width in (512, 256))
     return (MLPGenerator(variant.z_dim, variant.image_shape, g_hidden, selu=selu),
             MLPDiscriminator(variant.image_shape, d_hidden, selu=selu))
+
+
+ARCHITECTURES = ("dcgan", "mlp")
+
+
+def arch(default: str) -> dict[str, HParam]:
+    """The ``arch`` hyperparameter, for variants whose paper works with either kind of network: a
+    study can then hold one architecture fixed across variants (as Lucic et al. 2018 did) or search it."""
+    return {"arch": HParam(default, choices=ARCHITECTURES,
+                           help="networks: dcgan (strided convolutions) or mlp (fully connected)")}
+
+
+def networks(variant: Variant, **critic_options) -> tuple[nn.Module, nn.Module]:
+    """G and D for ``variant`` in the architecture its ``arch`` names (convolutional where it has
+    none); ``critic_options`` go to the convolutional D (see :class:`ConvDiscriminator`)."""
+    if getattr(variant.hp, "arch", "dcgan") == "mlp":
+        if variant.tip("minibatch_std"):
+            raise ConfigError("minibatch_std=1 needs a convolutional discriminator; with arch=mlp leave it at 0")
+        return mlp_pair(variant)
+    return conv_generator(variant), conv_discriminator(variant, **critic_options)

@@ -7,7 +7,7 @@ with a Tanh output, LeakyReLU(0.2) in D, no hidden fully connected layers (varia
 from __future__ import annotations
 
 from bench.registry import register, tips
-from variants.blocks import conv_discriminator, conv_generator
+from variants.blocks import networks
 from variants.gan import GAN
 
 
@@ -16,10 +16,9 @@ class DCGAN(GAN):
     """Radford et al. 2016, convolutional networks; Adam 2e-4, beta1 0.5."""
 
     name = "dcgan"
-    hparams = {**GAN.hparams, **tips()}
+    hparams = {**{key: spec for key, spec in GAN.hparams.items() if key != "arch"}, **tips()}  # convolutional by definition
 
     def build(self) -> None:
-        self.G = conv_generator(self)
-        self.D = conv_discriminator(self)
+        self.G, self.D = networks(self)
         self.opt_g = self.adam(self.G)
         self.opt_d = self.adam(self.D, lr=self.lr_d)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.registry import HParam, Variant, adam_hparams, register, tips
-from variants.blocks import mlp_pair
+from variants.blocks import arch, networks
 
 
 def discriminator_bce(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0) -> Tensor:
@@ -41,10 +41,11 @@ class GAN(Variant):
     name = "gan"
     hparams = {**adam_hparams(lr=2e-4, beta1=0.5),
                "loss": HParam("nonsaturating", choices=tuple(GENERATOR_LOSSES), help="generator loss"),
+               **arch("mlp"),
                **tips("label_smoothing", "lr_d_ratio", "g_width", "d_width", "activation")}
 
     def build(self) -> None:
-        self.G, self.D = mlp_pair(self)
+        self.G, self.D = networks(self)
         self.opt_g = self.adam(self.G)
         self.opt_d = self.adam(self.D, lr=self.lr_d)
 

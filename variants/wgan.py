@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from bench.registry import HParam, Variant, register, tips
-from variants.blocks import conv_discriminator, conv_generator
+from variants.blocks import arch, networks
 
 
 CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation")
@@ -32,13 +32,13 @@ class WGAN(Variant):
         "lr": HParam(5e-5, 1e-6, 1e-2, log=True, help="RMSprop learning rate of G and the critic"),
         "clip_c": HParam(0.01, 1e-3, 1.0, log=True, help="critic weights are clipped to [-c, c]"),
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
+        **arch("dcgan"),
         **CRITIC_TIPS,
     }
     critic = True
 
     def build(self) -> None:
-        self.G = conv_generator(self)
-        self.D = conv_discriminator(self)
+        self.G, self.D = networks(self)
         self.opt_g = torch.optim.RMSprop(self.G.parameters(), lr=self.hp.lr)
         self.opt_d = torch.optim.RMSprop(self.D.parameters(), lr=self.lr_d)
 

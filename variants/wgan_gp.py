@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.registry import Expected, HParam, register
-from variants.blocks import conv_discriminator, conv_generator
+from variants.blocks import arch, networks
 from variants.wgan import CRITIC_TIPS, WGAN, wasserstein_estimate
 
 
@@ -36,6 +36,7 @@ class WGANGP(WGAN):
         "beta2": HParam(0.9, 0.0, 0.9999, help="Adam second-moment decay"),
         "gp_lambda": HParam(10.0, 0.01, 1000.0, log=True, help="gradient-penalty weight"),
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
+        **arch("dcgan"),
         **CRITIC_TIPS,
     }
     expected = {"grad_norm": Expected("gradient_penalty_norm", 0.5, 2.0, "the critic's gradient norm on interpolates",
@@ -43,8 +44,7 @@ class WGANGP(WGAN):
                                       "the learning rate")}
 
     def build(self) -> None:
-        self.G = conv_generator(self)
-        self.D = conv_discriminator(self, batch_norm=False)
+        self.G, self.D = networks(self, batch_norm=False)  # the penalty is per sample: no batch norm
         self.opt_g = self.adam(self.G)
         self.opt_d = self.adam(self.D, lr=self.lr_d)
 
