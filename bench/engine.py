@@ -219,10 +219,10 @@ class Trainer:
             if self.folder is not None and (self.step % config.sample_every == 0 or self.step == until):
                 self.save_grid()
             if self.folder is not None and (self.step % config.checkpoint_every == 0 or self.step == until or
-                                         time.perf_counter() - self._saved_at >= config.checkpoint_seconds):
-                self.save()
+                                            self._signal is not None or
+                                            time.perf_counter() - self._saved_at >= config.checkpoint_seconds):
+                self.save()  # once, even when a signal and a periodic checkpoint fall on the same step
             if self._signal is not None:
-                self.save()
                 self._bar.close()
                 raise Interrupted(self._signal, f"at step {self.step}; checkpoint written to {self.folder.checkpoint}")
 

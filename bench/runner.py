@@ -280,8 +280,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     hparams, seed_index = resolved.suggest(trial)
     frozen = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number)
     with known_heartbeat_warnings():
-        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-        retried = optuna.storages.RetryFailedTrialCallback.retry_history(frozen)
+        retried = optuna.storages.RetryFailedTrialCallback.retry_history(frozen)  # [original, ..., previous]
+    retry_of = retried[0] if retried else None
     # A retry repeats its original, seed included (Optuna copies the original's attributes).
     if retry_of is not None:
         seed = frozen.user_attrs["seed"]
