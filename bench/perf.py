@@ -244,11 +244,11 @@ def parallel_study(variant: str = REFERENCE_VARIANT, *, workers: tuple[int, ...]
             env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
             started = time.perf_counter()
             done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
-            seconds = time.perf_counter() - started
+            seconds = round(time.perf_counter() - started, 1)  # the rate below derives from the figure reported
             if done.returncode != 0:
                 raise RuntimeError(f"bench run --workers {count} failed:\n{done.stderr[-2000:]}")
         rows.append({"workers": count, "threads_per_worker": max(1, torch.get_num_threads() // count),
-                     "seconds": round(seconds, 1), "trials_per_hour": round(trials * 3600 / seconds, 1)})
+                     "seconds": seconds, "trials_per_hour": round(trials * 3600 / seconds, 1)})
     for row in rows:
         row["speedup"] = round(row["trials_per_hour"] / rows[0]["trials_per_hour"], 2)
     return {"variant": variant, "trials": trials, "steps": steps, "dataset": dataset,
