@@ -20,6 +20,9 @@ class UserError(click.ClickException):
 tracking_uri_option = click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
                                    help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+amp_option = click.option("--amp/--no-amp", default=True, show_default=True,
+                          help="Train under bfloat16 autocast where the device computes bfloat16 natively (CUDA, "
+                               "CPUs with AVX512-BF16 or AMX); --no-amp trains in float32. Scoring is float32.")
 
 
 def reports_user_errors(command):
@@ -83,6 +86,7 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @device_option
+@amp_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: results/train/VARIANT-TIMESTAMP].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a hyperparameter.")
@@ -96,13 +100,13 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
 @click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Where torchvision datasets live.")
 @click.option("--download", is_flag=True, help="Download a missing torchvision dataset (needs internet).")
 @reports_user_errors
-def train(variant, dataset, steps, batch_size, seed, device, out, settings, eval_every, eval_samples, features,
+def train(variant, dataset, steps, batch_size, seed, device, amp, out, settings, eval_every, eval_samples, features,
           resume, checkpoint_every, data_root, download) -> None:
     """Trains one variant once (no sweep), writing sample grids, losses and a checkpoint to OUT."""
     from bench.engine import TrainConfig, default_out, train as run_training
 
     config = TrainConfig(variant=variant, dataset=dataset, steps=steps, batch_size=batch_size, seed=seed,
-                         device=device, hparams=parse_settings(variant, settings), eval_every=eval_every,
+                         device=device, amp=amp, hparams=parse_settings(variant, settings), eval_every=eval_every,
                          eval_samples=eval_samples, features=features,
                          data_root=str(data_root) if data_root else None, download=download,
                          **parse_checkpoint_every(checkpoint_every))
@@ -154,12 +158,13 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
               "[default: results/optuna/journal.log].")
 @tracking_uri_option
 @device_option
+@amp_option
 @click.option("--seed", default=0, show_default=True, help="Trial N trains with seed SEED+N.")
 @click.option("--heartbeat", default=10, show_default=True,
               help="With a database storage: seconds between a trial's heartbeats; a trial silent for "
                    "three of them is run again by another worker.")
 @reports_user_errors
-def run(variant, study, trials, workers, storage, tracking_uri, device, seed, heartbeat) -> None:
+def run(variant, study, trials, workers, storage, tracking_uri, device, amp, seed, heartbeat) -> None:
     """Sweeps a variant's hyperparameters with Optuna; every trial is tracked in MLflow."""
     from bench.leaderboard import study_table
     from bench.runner import run_study
@@ -167,7 +172,7 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, seed, he
 
     spec = load_study(study)
     result = run_study(variant, spec, trials=trials, workers=workers, storage=storage, tracking_uri=tracking_uri,
-                       device=device, seed=seed, progress=sys.stderr.isatty(), heartbeat=heartbeat,
+                       device=device, amp=amp, seed=seed, progress=sys.stderr.isatty(), heartbeat=heartbeat,
                        log=click.echo)
     variant = variant or spec.variant
     click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
@@ -297,14 +302,16 @@ def evaluate(checkpoint, features, samples, device) -> None:
               help="Optuna storage for --parallel, e.g. postgresql://USER@HOST/DB [default: a journal file].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A hyperparameter for the time to quality, set in every variant that has it (e.g. arch=mlp).")
+@click.option("--compare-amp", is_flag=True,
+              help="Time to quality in float32 too (--no-amp), beside the default precision; plots both curves.")
 @click.option("--inception", is_flag=True, help="Also measure the Inception extractor (slow on a CPU).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results/perf.json"), show_default=True)
 @reports_user_errors
 def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps, quality_threshold, quality_seconds,
-         parallel, parallel_storage, settings, inception, output) -> None:
+         parallel, parallel_storage, settings, compare_amp, inception, output) -> None:
     """Measures training throughput (median images/s at batch 64) against a plain loop, scoring speed,
     tracking and doctor overheads and the hardware limit; optionally time to quality and parallel
-    studies. Prints a table and writes JSON."""
+    studies. Prints a table and writes JSON (and, with time to quality, a PNG of the curves beside it)."""
     from bench.perf import report_lines, run_perf
     from bench.registry import get_variant, variants
 
@@ -322,7 +329,7 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
     report = run_perf(chosen, output, dataset=dataset, steps=steps, repeats=repeats, device=device,
                       inception=inception, scoring_samples=scoring_samples, overhead_steps=overhead_steps,
                       quality_threshold=quality_threshold, quality_seconds=quality_seconds, parallel=worker_counts,
-                      parallel_storage=parallel_storage, hparams=hparams)
+                      parallel_storage=parallel_storage, hparams=hparams, compare_amp=compare_amp)
     for line in report_lines(report):
         click.echo(line)
     click.echo(f"wrote {output}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.data import ImageDataset, load_dataset, to_unit_range
-from bench.engine import TrainConfig, Trainer, resolve_device
+from bench.engine import TrainConfig, Trainer, precision, resolve_device
 from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, HParamValue, get_variant
 from bench.scoring import DEFAULT_CACHE, InceptionFeatures, Scorer
@@ -148,13 +148,13 @@ def overhead(variant: str = REFERENCE_VARIANT, *, tracking: bool, doctor: bool, 
 
 def time_to_quality(variant: str, *, threshold: float, dataset: str = "fashion-mnist", eval_every: int | None = None,
                     samples: int = 2000, max_seconds: float = 300, seed: int = 0, device: str = "auto",
-                    hparams: dict[str, HParamValue] | None = None) -> dict:
+                    hparams: dict[str, HParamValue] | None = None, amp: bool = True) -> dict:
     """Seconds of training (wall clock and this process's CPU time, evaluations excluded) until
     ``variant`` (at its defaults, or ``hparams``) first scores fid_domain below ``threshold``, evaluated on
     ``samples`` images every ``eval_every`` generator steps (default: every 200 real batches,
-    so 40 steps for a WGAN with n_critic 5); gives up after ``max_seconds``."""
-    trainer = Trainer(TrainConfig(variant, dataset=dataset, seed=seed, device=device, hparams=hparams or {}),
-                      progress=False)
+    so 40 steps for a WGAN with n_critic 5); gives up after ``max_seconds``. The whole curve is kept."""
+    config = TrainConfig(variant, dataset=dataset, seed=seed, device=device, hparams=hparams or {}, amp=amp)
+    trainer = Trainer(config, progress=False)
     eval_every = eval_every or max(1, 200 // trainer.variant.real_batches_per_step)
     scorer = Scorer(dataset, "domain", device=trainer.device)
 
@@ -175,7 +175,7 @@ def time_to_quality(variant: str, *, threshold: float, dataset: str = "fashion-m
             break
     reached = curve[-1] if curve[-1]["fid_domain"] < threshold else None
     return {"variant": variant, "hparams": hparams or {}, "threshold": threshold, "max_seconds": max_seconds,
-            "device": str(trainer.device),
+            "device": str(trainer.device), "precision": precision(config),
             "eval_every": eval_every,
             "samples": samples, "untrained_fid_domain": round(untrained, 2),
             "seconds": reached and reached["seconds"], "cpu_seconds": reached and reached["cpu_seconds"],
@@ -255,10 +255,11 @@ def parallel_study(variant: str = REFERENCE_VARIANT, *, workers: tuple[int, ...]
             "storage": redact(storage) if storage else "journal file", "runs": rows}
 
 
-def matmul_gflops(*, size: int = 2048, repeats: int = 5, device: str = "auto") -> float:
-    """This device's float32 matrix-multiply throughput: the best of ``repeats`` timed products."""
+def matmul_gflops(*, size: int = 2048, repeats: int = 5, device: str = "auto",
+                  dtype: torch.dtype = torch.float32) -> float:
+    """This device's matrix-multiply throughput in ``dtype``: the best of ``repeats`` timed products."""
     device = resolve_device(device)
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b  # warm-up
     best = math.inf
     for _ in range(repeats):
@@ -274,8 +275,8 @@ def matmul_gflops(*, size: int = 2048, repeats: int = 5, device: str = "auto") -
 
 def hardware_limit(variant: str = REFERENCE_VARIANT, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
                    device: str = "auto", top: int = 10) -> dict:
-    """The fraction of the device's matmul throughput a training step of ``variant`` achieves
-    (its FLOPs counted by torch's FlopCounterMode), and where the time goes: the operators that
+    """The fraction of the device's matmul throughput (in the training's precision) a training step
+    of ``variant`` achieves (its FLOPs counted by torch's FlopCounterMode), and where the time goes: the operators that
     take the most self time in a torch.profiler trace of ``steps`` steps."""
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
@@ -286,17 +287,18 @@ def hardware_limit(variant: str = REFERENCE_VARIANT, *, dataset: str = "fashion-
     steps_per_second = rate / (trainer.config.batch_size * trainer.variant.real_batches_per_step)
     batch = trainer.config.batch_size * trainer.variant.real_batches_per_step
     real, labels = trainer.batches.next(batch)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, trainer.autocast():
         trainer.variant.train_step(real, labels)
     step_flops = counter.get_total_flops()
-    peak = matmul_gflops(device=device)
+    peak = matmul_gflops(device=device, dtype=trainer.amp_dtype or torch.float32)
     achieved = step_flops * steps_per_second / 1e9
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
         trainer.run(until=trainer.step + steps)
     events = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
     total = sum(event.self_cpu_time_total for event in events)
-    return {"variant": variant, "device": str(trainer.device), "step_gflop": round(step_flops / 1e9, 3),
+    return {"variant": variant, "device": str(trainer.device), "precision": precision(trainer.config),
+            "step_gflop": round(step_flops / 1e9, 3),
             "g_steps_per_second": round(steps_per_second, 2), "achieved_gflops": round(achieved, 1),
             "matmul_gflops": round(peak, 1), "fraction_of_matmul": round(achieved / peak, 3),
             "top_operators": [{"name": event.key, "self_cpu_share": round(event.self_cpu_time_total / total, 3),
@@ -327,10 +329,11 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
              repeats: int = 3, device: str = "auto", inception: bool = False, scoring_samples: int = 10000,
              overhead_steps: int = 200, quality_threshold: float | None = None, quality_seconds: float = 300,
              parallel: tuple[int, ...] = (), parallel_storage: str | None = None,
-             hparams: dict[str, dict[str, HParamValue]] | None = None) -> dict:
+             hparams: dict[str, dict[str, HParamValue]] | None = None, compare_amp: bool = False) -> dict:
     """Every measurement, written to ``out`` as JSON. The slow ones are opt-in: time to quality
     (``quality_threshold``), the parallel study (``parallel``: its worker counts) and the
-    Inception extractor. ``hparams``: per variant, settings for its time to quality."""
+    Inception extractor. ``hparams``: per variant, settings for its time to quality;
+    ``compare_amp``: time to quality in float32 too, beside the default precision."""
     for name in variants:
         get_variant(name)
     if quality_threshold is not None and not quality_threshold > 0:
@@ -353,8 +356,8 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
     if quality_threshold is not None:
         report["time_to_quality"] = [time_to_quality(name, threshold=quality_threshold, dataset=dataset,
                                                      max_seconds=quality_seconds, device=device,
-                                                     hparams=(hparams or {}).get(name))
-                                     for name in variants]
+                                                     hparams=(hparams or {}).get(name), amp=amp)
+                                     for name in variants for amp in ((True, False) if compare_amp else (True,))]
     if parallel:
         report["parallel"] = parallel_study(workers=parallel, storage=parallel_storage, dataset=dataset,
                                             device=device)
@@ -363,7 +366,38 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
+        if "time_to_quality" in report:
+            plot_time_to_quality(report["time_to_quality"], out.with_suffix(".png"))
     return report
+
+
+def plot_time_to_quality(rows: list[dict], path: Path) -> None:
+    """fid_domain against training seconds, a panel per variant and setting, a line per precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: dict[str, list[dict]] = {}
+    for row in rows:
+        settings = "".join(f" {key}={value}" for key, value in row["hparams"].items())
+        panels.setdefault(row["variant"] + settings, []).append(row)
+    columns = min(4, len(panels))
+    lines = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 2.6 * lines), squeeze=False)
+    for axis, (title, panel) in zip(axes.flat, panels.items()):
+        for row in panel:
+            seconds = [0.0] + [point["seconds"] for point in row["curve"]]
+            fids = [row["untrained_fid_domain"]] + [point["fid_domain"] for point in row["curve"]]
+            axis.plot(seconds, fids, marker=".", label=row["precision"])
+        axis.axhline(panel[0]["threshold"], color="grey", linestyle=":", linewidth=1)
+        axis.set(title=title, xlabel="training seconds", ylabel="fid_domain")
+        axis.legend(fontsize="small")
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def report_lines(report: dict) -> list[str]:
@@ -384,14 +418,15 @@ def report_lines(report: dict) -> list[str]:
     hardware = report["hardware"]
     lines.append(f"hardware limit ({hardware['variant']}): {hardware['step_gflop']} GFLOP per step x "
                  f"{hardware['g_steps_per_second']} steps/s = {hardware['achieved_gflops']} GFLOP/s, "
-                 f"{hardware['fraction_of_matmul']:.1%} of this device's matmul {hardware['matmul_gflops']} GFLOP/s; "
+                 f"{hardware['fraction_of_matmul']:.1%} of this device's matmul {hardware['matmul_gflops']} GFLOP/s "
+                 f"({hardware['precision']}); "
                  "top operators: " + ", ".join(f"{op['name']} {op['self_cpu_share']:.0%}"
                                                for op in hardware["top_operators"][:5]))
     for row in report.get("time_to_quality", []):
         reached = (f"{row['seconds']} s ({row['cpu_seconds']} CPU-s, step {row['steps']})" if row["seconds"]
                    else f"not within {row['max_seconds']:g} s (best {row['best_fid_domain']})")
         settings = "".join(f" {key}={value}" for key, value in row.get("hparams", {}).items())
-        lines.append(f"time to fid_domain < {row['threshold']:g} ({row['variant']}{settings}, untrained "
+        lines.append(f"time to fid_domain < {row['threshold']:g} ({row['variant']}{settings}, {row['precision']}, untrained "
                      f"{row['untrained_fid_domain']}): {reached}")
     for row in report.get("parallel", {}).get("runs", []):
         lines.append(f"study of {report['parallel']['trials']} trials ({report['parallel']['storage']}) with "

@@ -56,6 +56,7 @@ class Job:
     tracking_uri: str
     parent_run_id: str
     device: str
+    amp: bool
     seed: int
     worker: int
     threads: int
@@ -71,7 +72,7 @@ class Job:
 
 def run_study(variant: str | None, study: str | Path | StudySpec, *, trials: int | None = None, workers: int = 1,
               storage: str | None = None, tracking_uri: str | None = None, device: str = "auto",
-              seed: int = 0, progress: bool = False, heartbeat: int = HEARTBEAT_SECONDS,
+              amp: bool = True, seed: int = 0, progress: bool = False, heartbeat: int = HEARTBEAT_SECONDS,
               log: Callable[[str], None] | None = None) -> optuna.Study:
     """Runs the study file ``study`` for ``variant`` (None: the one the file names) until
     ``trials`` trials are complete or pruned (the file's count by default), and returns the
@@ -79,6 +80,7 @@ def run_study(variant: str | None, study: str | Path | StudySpec, *, trials: int
     file, or a PostgreSQL URL that workers on other machines share; there a trial silent for
     three ``heartbeat`` periods is failed and run again by another worker. Quiet unless given
     ``log`` (e.g. print), which hears each trial's outcome, or ``progress`` (a bar per trial).
+    ``amp=False`` trains every trial in float32 (see :func:`bench.engine.autocast_dtype`).
 
     Example::
 
@@ -110,9 +112,9 @@ def run_study(variant: str | None, study: str | Path | StudySpec, *, trials: int
          "bench.extractor": spec.features, "bench.optuna_study": optuna_study.study_name},
         {"study_file": spec.path, "objective": spec.objective, "direction": spec.direction,
          "trials": resolved.trials, "workers": workers, "sampler": spec.sampler, "pruner": spec.pruner,
-         "storage": redact(storage), "seed": seed, **dataclasses.asdict(spec.budget)})
+         "storage": redact(storage), "seed": seed, "amp": amp, **dataclasses.asdict(spec.budget)})
     threads = max(1, torch.get_num_threads() // workers)
-    jobs = [Job(variant, str(spec.path), resolved.trials, storage, tracking.uri, parent, device, seed, worker,
+    jobs = [Job(variant, str(spec.path), resolved.trials, storage, tracking.uri, parent, device, amp, seed, worker,
                 threads, progress=progress and workers == 1, heartbeat=heartbeat, log=log) for worker in range(workers)]
     try:
         if workers == 1:
@@ -288,7 +290,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     else:
         seed = job.seed + (trial.number if seed_index is None else seed_index)
     trial.set_user_attr("seed", seed)
-    config = TrainConfig(job.variant, spec.dataset, seed=seed, device=device, hparams=hparams, features=spec.features,
+    config = TrainConfig(job.variant, spec.dataset, seed=seed, device=device, amp=job.amp, hparams=hparams,
+                         features=spec.features,
                          **dataclasses.asdict(spec.budget), sample_every=spec.budget.eval_every,
                          checkpoint_every=spec.budget.steps)
     out = trial_folder(study, trial.number)

@@ -25,7 +25,7 @@ import pandas as pd
 
 from bench.errors import BenchError, ConfigError
 from bench.doctor import HEALTH, read_health
-from bench.engine import BUDGET_KEYS, CHECKPOINT, TrainConfig, TrainResult, resolve_device
+from bench.engine import BUDGET_KEYS, CHECKPOINT, TrainConfig, TrainResult, precision, resolve_device
 from bench.observer import Finding, Observer
 from bench.storage import RESULTS, check_database, has_table, redact, url_scheme
 
@@ -285,7 +285,7 @@ class Tracking:
             **environment_tags(), **tags, "mlflow.parentRunId": parent_run_id, "bench.kind": "trial",
             "bench.trial": str(trial_number), "bench.variant": config.variant, "bench.dataset": config.dataset,
             "bench.extractor": config.features, "bench.seed": str(config.seed), "bench.device": str(resolve_device(config.device)),
-            "bench.state": "running"})
+            "bench.precision": precision(config), "bench.state": "running"})
         self.log_params(run.info.run_id, {**config.hparams, **{key: getattr(config, key) for key in RUN_PARAMS}})
         return TrialRun(self.client, run.info.run_id)
 
