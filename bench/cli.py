@@ -20,9 +20,10 @@ class UserError(click.ClickException):
 tracking_uri_option = click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
                                    help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-amp_option = click.option("--amp/--no-amp", default=True, show_default=True,
-                          help="Train under bfloat16 autocast where the device computes bfloat16 natively (CUDA, "
-                               "CPUs with AVX512-BF16 or AMX); --no-amp trains in float32. Scoring is float32.")
+amp_option = click.option("--amp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                          help="bfloat16 autocast for training. auto: on a CUDA GPU that supports it, float32 on "
+                               "the CPU (no faster to a given FID there); on: also on a CPU with native bfloat16 "
+                               "(AVX512-BF16, AMX); off: float32. Scoring is always float32.")
 
 
 def reports_user_errors(command):
@@ -149,7 +150,9 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
 
 
 @main.command()
-@click.option("--variant", default=None, help="Variant name (see `bench list`) [default: the one the study names].")
+@click.option("--variant", default=None,
+              help="Variant name (see `bench list`), several separated by commas, or 'all': they advance together "
+                   "[default: the one the study names].")
 @click.option("--study", required=True, help="A study in studies/ (e.g. lr_sweep) or a path to a .toml file.")
 @click.option("--trials", type=int, default=None, help="Complete or pruned trials to reach [default: the study's].")
 @click.option("--workers", default=1, show_default=True, help="Worker processes sharing the study.")
@@ -160,24 +163,26 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
 @device_option
 @amp_option
 @click.option("--seed", default=0, show_default=True, help="Trial N trains with seed SEED+N.")
+@click.option("--progress-every", default=60.0, show_default=True,
+              help="Seconds between progress lines when the output is not a terminal (in one, a live line).")
 @click.option("--heartbeat", default=10, show_default=True,
               help="With a database storage: seconds between a trial's heartbeats; a trial silent for "
                    "three of them is run again by another worker.")
 @reports_user_errors
-def run(variant, study, trials, workers, storage, tracking_uri, device, amp, seed, heartbeat) -> None:
-    """Sweeps a variant's hyperparameters with Optuna; every trial is tracked in MLflow."""
+def run(variant, study, trials, workers, storage, tracking_uri, device, amp, seed, progress_every, heartbeat) -> None:
+    """Sweeps variants' hyperparameters with Optuna; every trial is tracked in MLflow."""
     from bench.leaderboard import study_table
-    from bench.runner import run_study
+    from bench.runner import run_studies
     from bench.study import load_study
 
     spec = load_study(study)
-    result = run_study(variant, spec, trials=trials, workers=workers, storage=storage, tracking_uri=tracking_uri,
-                       device=device, amp=amp, seed=seed, progress=sys.stderr.isatty(), heartbeat=heartbeat,
-                       log=click.echo)
-    variant = variant or spec.variant
-    click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
-    click.echo(study_table(spec, variant, tracking_uri).to_string(
-        index=False, float_format="{:.4g}".format if spec.is_ablation else None))
+    studies = run_studies(variant, spec, trials=trials, workers=workers, storage=storage, tracking_uri=tracking_uri,
+                          device=device, amp=amp, seed=seed, progress=sys.stderr.isatty(),
+                          progress_every=progress_every, heartbeat=heartbeat, log=click.echo)
+    for name, result in studies.items():
+        click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
+        click.echo(study_table(spec, name, tracking_uri).to_string(
+            index=False, float_format="{:.4g}".format if spec.is_ablation else None))
     export = (f"bench leaderboard --study {spec.name} --effects -o results/{spec.name}-effects.csv" if spec.is_ablation
               else f"bench leaderboard --study {spec.name} -o results/leaderboard.csv")
     click.echo(f"\ncompare the trials:  bench ui --study {spec.name}\nexport the table:    {export}")
@@ -208,6 +213,48 @@ def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, outpu
         except OSError as exc:
             raise UserError(f"cannot write {output} ({exc.strerror}); pass -o a path in a folder you can write to")
         click.echo(f"wrote {output}")
+
+
+@main.command("compare")
+@click.option("--study", required=True, help="The study whose variants to compare.")
+@tracking_uri_option
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Folder for the plots and tables [default: results/compare-STUDY].")
+@reports_user_errors
+def compare_command(study, tracking_uri, output) -> None:
+    """Compares a study's variants at equal budget: the expected best of k trials (k = 1..n, with a
+    95% band) and by training seconds, and the chance that one variant's best beats another's.
+    Plots go to OUTPUT and to the study's latest `bench run` in MLflow."""
+    from bench.compare import compare, report_lines, write
+
+    comparison = compare(study, tracking_uri)
+    for line in report_lines(comparison):
+        click.echo(line)
+    output = output or Path("results") / f"compare-{study}"
+    try:
+        write(comparison, output, tracking_uri)
+    except OSError as exc:
+        raise UserError(f"cannot write {output} ({exc.strerror}); pass -o a folder you can write to")
+    click.echo(f"plots and tables in {output}")
+
+
+@main.command()
+@click.option("--study", required=True, help="The study to report on.")
+@tracking_uri_option
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="The HTML file [default: results/report-STUDY.html].")
+@reports_user_errors
+def report(study, tracking_uri, output) -> None:
+    """Writes one self-contained HTML page on a study (images embedded; opens offline): leaderboard,
+    comparison at equal budget with its plots, best samples, doctor findings, failures, provenance."""
+    from bench.report import write_report
+
+    output = output or Path("results") / f"report-{study}.html"
+    try:
+        write_report(study, output, tracking_uri)
+    except OSError as exc:
+        raise UserError(f"cannot write {output} ({exc.strerror}); pass -o a path in a folder you can write to")
+    click.echo(f"wrote {output}")
 
 
 @main.command()
@@ -303,7 +350,7 @@ def evaluate(checkpoint, features, samples, device) -> None:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A hyperparameter for the time to quality, set in every variant that has it (e.g. arch=mlp).")
 @click.option("--compare-amp", is_flag=True,
-              help="Time to quality in float32 too (--no-amp), beside the default precision; plots both curves.")
+              help="Time to quality with --amp on and off, plotting both curves.")
 @click.option("--inception", is_flag=True, help="Also measure the Inception extractor (slow on a CPU).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results/perf.json"), show_default=True)
 @reports_user_errors

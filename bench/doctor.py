@@ -9,6 +9,7 @@ ones use the rows the engine already brought to the host.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import deque
 from pathlib import Path
@@ -117,6 +118,13 @@ class Doctor(Observer):
             self.found("data_range", step, f"real images lie in [{low:.3g}, {high:.3g}] but the generator "
                        f"(ending in {output}) produces [-1, 1]: D can tell them apart by range alone; "
                        f"scale the data to [-1, 1] ({scale})", fatal=True)
+        reach = output_range(self.variant.G)
+        if reach is not None and (low < reach[0] - 0.05 or high > reach[1] + 0.05):
+            self.found("output_range", step, f"the generator ends in {_last_layer(self.variant.G)}, whose outputs "
+                       f"lie in [{reach[0]:g}, {reach[1]:g}], but the real images span [{low:.3g}, {high:.3g}]: G "
+                       "can never draw the pixels outside its range, D tells real from fake by them alone, and "
+                       "the symptoms would be 'D wins' and mode collapse; end G in Tanh for [-1, 1] data",
+                       fatal=True)
 
     @torch.no_grad()
     def _check_weights(self, step: int) -> None:
@@ -188,6 +196,24 @@ class Doctor(Observer):
                            f"{self.window} steps, outside [{expected.low:g}, {expected.high:g}]; {expected.fix}")
 
 
-def _last_layer(module: nn.Module) -> str:
+BOUNDED_OUTPUTS: dict[type[nn.Module], tuple[float, float]] = {
+    nn.Tanh: (-1.0, 1.0), nn.Sigmoid: (0.0, 1.0), nn.Hardsigmoid: (0.0, 1.0), nn.ReLU: (0.0, math.inf),
+    nn.Softplus: (0.0, math.inf), nn.ELU: (-1.0, math.inf), nn.SELU: (-1.7581, math.inf)}
+"""What a generator's last layer can output, for the bounded activations it may end in."""
+
+
+def output_range(generator: nn.Module) -> tuple[float, float] | None:
+    """The interval the generator's last layer can output, or None when it is not a bounded activation."""
+    last = _last_module(generator)
+    if isinstance(last, nn.Hardtanh):  # ReLU6 too
+        return float(last.min_val), float(last.max_val)
+    return next((bounds for kind, bounds in BOUNDED_OUTPUTS.items() if isinstance(last, kind)), None)
+
+
+def _last_module(module: nn.Module) -> nn.Module:
     leaves = [child for child in module.modules() if not list(child.children())]
-    return type(leaves[-1]).__name__ if leaves else type(module).__name__
+    return leaves[-1] if leaves else module
+
+
+def _last_layer(module: nn.Module) -> str:
+    return type(_last_module(module)).__name__

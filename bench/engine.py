@@ -49,6 +49,7 @@ class Budget:
 
 
 BUDGET_KEYS = tuple(field.name for field in dataclasses.fields(Budget))
+AMP_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -69,9 +70,10 @@ class TrainConfig(Budget):
     """Training seconds after which a checkpoint is written even if ``checkpoint_every`` steps have not passed."""
     features: str = "domain"
     """Feature extractor for FID/KID: domain or inception."""
-    amp: bool = True
-    """bfloat16 autocast for training where the device computes bfloat16 natively (see
-    :func:`autocast_dtype`); scoring always runs in float32."""
+    amp: str = "auto"
+    """Training precision (scoring is always float32): 'auto' is bfloat16 autocast on a CUDA GPU that
+    supports it and float32 on the CPU; 'on' also uses it on a CPU that computes bfloat16
+    natively; 'off' is float32 everywhere. See :func:`autocast_dtype`."""
     doctor: bool = True
     """Run the training doctor's checks (bench/doctor.py)."""
     data_root: str | None = None
@@ -87,6 +89,8 @@ class TrainConfig(Budget):
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
         if not self.checkpoint_seconds > 0:
             raise ConfigError(f"checkpoint_seconds must be positive, got {self.checkpoint_seconds}")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
 
 
 @dataclass
@@ -124,22 +128,33 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bfloat16 where ``device`` computes it natively (a CUDA GPU that supports it, a CPU with
-    AVX512-BF16 or AMX), else None: float32. On this project's reference CPU, bfloat16 reaches
-    the same fid_domain sooner (README, Performance); where the CPU only emulates it, it is slower."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (elsewhere the CPU emulates it, slower than float32)."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu" and any(getattr(torch.cpu, probe, lambda: False)()
-                                    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")):
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and any(getattr(torch.cpu, probe, lambda: False)()
+                                        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype of training on ``device`` with ``amp`` (None: float32). 'auto' leaves
+    the CPU in float32: on this project's reference CPU (AVX512-BF16), bfloat16 made steps up to
+    1.3x faster but reached fid_domain < 300 no sooner overall, the MLP GAN and InfoGAN later
+    (README, Performance). 'on' where bfloat16 is not native is refused."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if native_bf16(device):
         return torch.bfloat16
+    if amp == "on":
+        raise ConfigError(f"--amp on: {device} does not compute bfloat16 natively (emulated it is slower than "
+                          "float32); use --amp auto or off")
     return None
 
 
 def precision(config: TrainConfig) -> str:
     """What a run trains in on its device: 'bfloat16 autocast' or 'float32' (recorded with every run)."""
-    dtype = autocast_dtype(resolve_device(config.device)) if config.amp else None
-    return "bfloat16 autocast" if dtype is not None else "float32"
+    return "float32" if autocast_dtype(resolve_device(config.device), config.amp) is None else "bfloat16 autocast"
 
 
 class Trainer:
@@ -159,7 +174,7 @@ class Trainer:
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self.device = resolve_device(config.device)
-        self.amp_dtype = autocast_dtype(self.device) if config.amp else None
+        self.amp_dtype = autocast_dtype(self.device, config.amp)
         variant_cls = get_variant(config.variant)
         variant_cls.resolve_hparams(config.hparams)  # fail on bad input before loading any data
         self.data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)

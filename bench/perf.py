@@ -148,7 +148,7 @@ def overhead(variant: str = REFERENCE_VARIANT, *, tracking: bool, doctor: bool, 
 
 def time_to_quality(variant: str, *, threshold: float, dataset: str = "fashion-mnist", eval_every: int | None = None,
                     samples: int = 2000, max_seconds: float = 300, seed: int = 0, device: str = "auto",
-                    hparams: dict[str, HParamValue] | None = None, amp: bool = True) -> dict:
+                    hparams: dict[str, HParamValue] | None = None, amp: str = "auto") -> dict:
     """Seconds of training (wall clock and this process's CPU time, evaluations excluded) until
     ``variant`` (at its defaults, or ``hparams``) first scores fid_domain below ``threshold``, evaluated on
     ``samples`` images every ``eval_every`` generator steps (default: every 200 real batches,
@@ -333,7 +333,7 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
     """Every measurement, written to ``out`` as JSON. The slow ones are opt-in: time to quality
     (``quality_threshold``), the parallel study (``parallel``: its worker counts) and the
     Inception extractor. ``hparams``: per variant, settings for its time to quality;
-    ``compare_amp``: time to quality in float32 too, beside the default precision."""
+    ``compare_amp``: time to quality with bfloat16 autocast on and off, instead of at the default."""
     for name in variants:
         get_variant(name)
     if quality_threshold is not None and not quality_threshold > 0:
@@ -357,7 +357,7 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
         report["time_to_quality"] = [time_to_quality(name, threshold=quality_threshold, dataset=dataset,
                                                      max_seconds=quality_seconds, device=device,
                                                      hparams=(hparams or {}).get(name), amp=amp)
-                                     for name in variants for amp in ((True, False) if compare_amp else (True,))]
+                                     for name in variants for amp in (("on", "off") if compare_amp else ("auto",))]
     if parallel:
         report["parallel"] = parallel_study(workers=parallel, storage=parallel_storage, dataset=dataset,
                                             device=device)

@@ -1,4 +1,5 @@
-"""`run_study`: an Optuna sweep over one variant, every trial trained by the engine and tracked in MLflow.
+"""`run_studies`: Optuna sweeps over one or several variants, every trial trained by the engine and
+tracked in MLflow.
 
 One Optuna study per study file x variant x dataset, shared by any number of worker processes
 through its storage (bench/storage.py: a journal file by default, PostgreSQL across machines).
@@ -6,7 +7,9 @@ Trials are asked for under a lock, so the workers together run exactly the reque
 worker that dies leaves a RUNNING trial that the other workers fail (PostgreSQL: when its
 heartbeat stops, and Optuna queues it again; journal: when its process on this host is gone,
 or at the next `bench run`), and the study goes on until the requested number of complete or
-pruned trials exists.
+pruned trials exists. Several variants in one `bench run` advance together: each new trial goes to
+the variant with the fewest trials started, so their counts never differ by more than one and an
+interrupted comparison is still a fair one.
 """
 
 from __future__ import annotations
@@ -21,18 +24,20 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 from pathlib import Path
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.compare import compare, report_lines, write
 from bench.data import load_dataset
 from bench.engine import CHECKPOINT, TrainConfig, train
 from bench.errors import BenchError, ConfigError, Interrupted, RunStopped
 from bench.observer import Observer
-from bench.registry import get_variant
+from bench.progress import PROGRESS_SECONDS, StudyProgress
+from bench.registry import get_variant, variants as registered_variants
 from bench.storage import (HEARTBEAT_SECONDS, MAX_RETRIES, ask_lock, check_storage, default_storage, fail_stale_trials,
                            heartbeat, known_heartbeat_warnings, open_storage)
 from bench.study import StudySpec, VariantStudy, load_study
@@ -49,18 +54,18 @@ MAX_FAILURES_IN_A_ROW = 10
 class Job:
     """What one worker process needs to take part in a study (picklable for spawn)."""
 
-    variant: str
+    variants: tuple[str, ...]
     study_path: str
-    trials: int
+    trials: int | None
+    """As asked (None: the study file's); each variant's study resolves it."""
     storage: str
     tracking_uri: str
     parent_run_id: str
     device: str
-    amp: bool
+    amp: str
     seed: int
     worker: int
     threads: int
-    progress: bool
     heartbeat: int
     log: Callable[[str], None] | None = None
     """Where each trial's outcome is said; a module-level function, since workers unpickle it."""
@@ -70,33 +75,82 @@ class Job:
             self.log(message)
 
 
-def run_study(variant: str | None, study: str | Path | StudySpec, *, trials: int | None = None, workers: int = 1,
-              storage: str | None = None, tracking_uri: str | None = None, device: str = "auto",
-              amp: bool = True, seed: int = 0, progress: bool = False, heartbeat: int = HEARTBEAT_SECONDS,
-              log: Callable[[str], None] | None = None) -> optuna.Study:
-    """Runs the study file ``study`` for ``variant`` (None: the one the file names) until
-    ``trials`` trials are complete or pruned (the file's count by default), and returns the
-    Optuna study. ``storage``: a journal
-    file, or a PostgreSQL URL that workers on other machines share; there a trial silent for
-    three ``heartbeat`` periods is failed and run again by another worker. Quiet unless given
-    ``log`` (e.g. print), which hears each trial's outcome, or ``progress`` (a bar per trial).
-    ``amp=False`` trains every trial in float32 (see :func:`bench.engine.autocast_dtype`).
+ALL = "all"
+"""``variants`` for every registered variant that the study's space fits."""
+
+
+def run_study(variant: str | None, study: str | Path | StudySpec, **options) -> optuna.Study:
+    """One variant's sweep (None: the one the study file names): :func:`run_studies` for one
+    variant, returning its Optuna study.
 
     Example::
 
         study = run_study("dcgan", "lr_sweep", trials=8, workers=2)
         study.best_params
     """
+    return next(iter(run_studies(None if variant is None else [variant], study, **options).values()))
+
+
+def choose_variants(names: Sequence[str] | str | None, spec: StudySpec,
+                    trials: int | None) -> tuple[list[VariantStudy], dict[str, str]]:
+    """The variants' resolved studies, and the variants skipped with the reason. ``names``: a list,
+    ALL (every registered variant; those the study's space does not fit are skipped), or None
+    (the one the study file names)."""
+    if names is None:
+        if spec.variant is None:
+            raise ConfigError(f"{spec.path} names no variant: pass --variant (see `bench list`)")
+        names = spec.variant  # a study file may name several, comma-separated, or 'all'
+    if isinstance(names, str):
+        names = names if names == ALL else [name.strip() for name in names.split(",")]
+    if names == ALL:
+        chosen, skipped = [], {}
+        for name, cls in registered_variants().items():
+            try:
+                chosen.append(spec.for_variant(cls, trials))
+            except ConfigError as exc:
+                skipped[name] = str(exc)
+        return chosen, skipped
+    if not all(names) or len(set(names)) != len(names):
+        raise ConfigError(f"--variant expects distinct variant names separated by commas, or '{ALL}'; "
+                          f"got '{','.join(names)}'")
+    return [spec.for_variant(get_variant(name), trials) for name in names], {}  # a bad space fails now
+
+
+def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudySpec, *, trials: int | None = None,
+                workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
+                device: str = "auto", amp: str = "auto", seed: int = 0, progress: bool = False,
+                progress_every: float = PROGRESS_SECONDS, heartbeat: int = HEARTBEAT_SECONDS,
+                log: Callable[[str], None] | None = None) -> dict[str, optuna.Study]:
+    """Runs the study file ``study`` for each of ``variants`` (a list, ``"all"``, or None: the one
+    the file names) until each has ``trials`` complete or pruned trials (the file's count by
+    default), and returns their Optuna studies by variant. The variants advance together.
+    ``storage``: a journal
+    file, or a PostgreSQL URL that workers on other machines share; there a trial silent for
+    three ``heartbeat`` periods is failed and run again by another worker. Quiet unless given
+    ``log`` (e.g. print), which hears each trial's outcome and, every ``progress_every`` seconds,
+    a line on the whole study; ``progress`` shows that line live in a terminal instead.
+    ``amp``: the training precision, 'auto', 'on' or 'off' (see :func:`bench.engine.autocast_dtype`).
+
+    Example::
+
+        studies = run_studies(["dcgan", "wgan_gp"], "lucic_wide", trials=10)
+        {name: study.best_value for name, study in studies.items()}
+    """
     spec = study if isinstance(study, StudySpec) else load_study(study)
-    variant = variant or spec.variant
-    if variant is None:
-        raise ConfigError(f"{spec.path} names no variant: pass --variant (see `bench list`)")
-    resolved = spec.for_variant(get_variant(variant), trials)  # a bad space fails before any storage is touched
-    for arm, reason in resolved.skipped_arms.items():
-        if log is not None:
-            log(f"arm '{arm}' skipped: {reason}")
+    lanes, skipped = choose_variants(variants, spec, trials)  # a bad space fails before any storage is touched
+    say = log or (lambda message: None)
+    for name, reason in skipped.items():
+        say(f"{name} skipped: {reason}")
+    if not lanes:
+        raise ConfigError(f"the study {spec.name} fits none of the variants; see the reasons above")
+    names = [lane.variant.name for lane in lanes]
+    for lane in lanes:
+        for arm, reason in lane.skipped_arms.items():
+            say(f"{lane.variant.name}: arm '{arm}' skipped: {reason}")
     if workers < 1 or heartbeat < 1:
         raise ConfigError("--workers and --heartbeat must be at least 1")
+    if not progress_every > 0:
+        raise ConfigError(f"--progress-every must be positive (seconds), got {progress_every}")
     # A missing dataset or a dead server fails here, before a study, a run or a file exists.
     load_dataset(spec.dataset, "train")
     storage = storage or default_storage()
@@ -104,28 +158,41 @@ def run_study(variant: str | None, study: str | Path | StudySpec, *, trials: int
     connect(tracking_uri, create=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend = open_storage(storage, heartbeat)
-    optuna_study = _load(resolved, backend, seed)
+    studies = {lane.variant.name: _load(lane, backend, seed) for lane in lanes}
     tracking = Tracking(tracking_uri, spec.name)
 
     parent = tracking.start_parent(
-        {"bench.study": spec.name, "bench.variant": variant, "bench.dataset": spec.dataset,
-         "bench.extractor": spec.features, "bench.optuna_study": optuna_study.study_name},
+        {"bench.study": spec.name, "bench.variant": ",".join(names), "bench.dataset": spec.dataset,
+         "bench.extractor": spec.features,
+         "bench.optuna_study": ",".join(study.study_name for study in studies.values())},
         {"study_file": spec.path, "objective": spec.objective, "direction": spec.direction,
-         "trials": resolved.trials, "workers": workers, "sampler": spec.sampler, "pruner": spec.pruner,
+         "trials": lanes[0].trials, "workers": workers, "sampler": spec.sampler, "pruner": spec.pruner,
          "storage": redact(storage), "seed": seed, "amp": amp, **dataclasses.asdict(spec.budget)})
     threads = max(1, torch.get_num_threads() // workers)
-    jobs = [Job(variant, str(spec.path), resolved.trials, storage, tracking.uri, parent, device, amp, seed, worker,
-                threads, progress=progress and workers == 1, heartbeat=heartbeat, log=log) for worker in range(workers)]
+    jobs = [Job(tuple(names), str(spec.path), trials, storage, tracking.uri, parent, device, amp, seed,
+                worker, threads, heartbeat=heartbeat, log=log) for worker in range(workers)]
+    watcher = StudyProgress(open_storage(storage, heartbeat), [(lane, studies[lane.variant.name]) for lane in lanes],
+                            live=progress, every=progress_every, log=log)
     try:
-        if workers == 1:
-            take_trials(jobs[0], resolved, optuna_study, backend, tracking)
-        else:
-            run_workers(jobs)
+        with watcher:
+            if workers == 1:
+                take_trials(jobs[0], list(zip(lanes, studies.values())), backend, tracking)
+            else:
+                run_workers(jobs)
     except BaseException:
         tracking.end(parent, "killed")
         raise
+    if len(lanes) > 1:
+        try:
+            comparison = compare(spec.name, tracking.uri)
+        except ConfigError as exc:  # e.g. every trial failed: the study itself is over all the same
+            say(f"no comparison: {exc}")
+        else:
+            write(comparison, None, tracking.uri, run_id=parent)  # the plots, on the parent run
+            for line in report_lines(comparison):
+                say(line)
     tracking.end(parent, "complete")
-    return optuna_study
+    return studies
 
 
 def run_workers(jobs: list[Job]) -> None:
@@ -223,32 +290,41 @@ def work(job: Job) -> None:
     os.setpgrp()  # Ctrl-C in the terminal reaches `bench run`, which passes it on once (run_workers)
     torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    resolved = load_study(job.study_path).for_variant(get_variant(job.variant), job.trials)
+    spec = load_study(job.study_path)
     storage = open_storage(job.storage, job.heartbeat)
-    study = _load(resolved, storage, job.seed, job.worker)
+    lanes = [spec.for_variant(get_variant(name), job.trials) for name in job.variants]
     try:
-        take_trials(job, resolved, study, storage, Tracking(job.tracking_uri, resolved.spec.name))
+        take_trials(job, [(lane, _load(lane, storage, job.seed, job.worker)) for lane in lanes], storage,
+                    Tracking(job.tracking_uri, spec.name))
     except Interrupted as exc:
         job.say(f"worker {job.worker}: {exc}")
         sys.exit(exc.exit_code)
 
 
-def take_trials(job: Job, resolved: VariantStudy, study: optuna.Study, storage: optuna.storages.BaseStorage,
+def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storage: optuna.storages.BaseStorage,
                 tracking: Tracking) -> None:
-    """Asks for trials until the study holds ``job.trials`` complete or pruned ones."""
+    """Asks for trials until every variant's study holds its number of complete or pruned ones,
+    each time for the variant with the fewest trials finished or running (the first on a tie)."""
     device = job.device
     if device == "auto" and torch.cuda.device_count() > 1:
         device = f"cuda:{job.worker % torch.cuda.device_count()}"  # one GPU per worker
     failures = 0  # in a row
     while failures < MAX_FAILURES_IN_A_ROW:
         with ask_lock(job.storage):
-            _recover(study, storage, tracking, job)
-            states = [trial.state for trial in study.get_trials(deepcopy=False)]
-            finished = sum(state in FINISHED for state in states)
-            if finished >= job.trials:
+            started: list[tuple[int, int, VariantStudy, optuna.Study]] = []
+            for index, (resolved, study) in enumerate(lanes):
+                _recover(study, storage, tracking, job)
+                states = [trial.state for trial in study.get_trials(deepcopy=False)]
+                finished = sum(state in FINISHED for state in states)
+                if finished < resolved.trials:
+                    started.append((finished + states.count(TrialState.RUNNING), index, resolved, study))
+            if not started:
                 return
             trial = None
-            if finished + states.count(TrialState.RUNNING) < job.trials:
+            # Among the variants that can start a trial, the one with the fewest started.
+            open_lanes = [lane for lane in started if lane[0] < lane[2].trials]
+            if open_lanes:
+                _, _, resolved, study = min(open_lanes, key=lambda lane: lane[:2])
                 with known_heartbeat_warnings():
                     trial = study.ask()  # a trial queued again after its worker died comes first
                 trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
@@ -290,7 +366,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     else:
         seed = job.seed + (trial.number if seed_index is None else seed_index)
     trial.set_user_attr("seed", seed)
-    config = TrainConfig(job.variant, spec.dataset, seed=seed, device=device, amp=job.amp, hparams=hparams,
+    config = TrainConfig(resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp, hparams=hparams,
                          features=spec.features,
                          **dataclasses.asdict(spec.budget), sample_every=spec.budget.eval_every,
                          checkpoint_every=spec.budget.steps)
@@ -307,20 +383,20 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         **({"bench.arm": trial.params["arm"]} if spec.is_ablation else {})})
     trial.set_user_attr("mlflow_run_id", run.run_id)
     try:
-        result = train(config, out, resume=resume, progress=job.progress,
+        result = train(config, out, resume=resume, progress=False,
                        observers=[run, ReportToPruner(trial, spec.objective)])
         run.log_outcome(result)
         value = float(result.scores[spec.objective].iloc[-1])
     except optuna.TrialPruned as exc:
         tracking.end(run.run_id, "pruned", str(exc))
         study.tell(trial, state=TrialState.PRUNED)
-        job.say(f"trial {trial.number} pruned ({exc}) {trial.params}")
+        job.say(f"{config.variant} trial {trial.number} pruned ({exc}) {trial.params}")
         return TrialState.PRUNED
     except RunStopped as exc:  # a NaN loss, or a failure the doctor stopped the run for
         trial.set_user_attr("fail_reason", str(exc))
         tracking.end(run.run_id, "failed", str(exc))
         study.tell(trial, state=TrialState.FAIL)
-        job.say(f"trial {trial.number} failed: {exc} {trial.params}")
+        job.say(f"{config.variant} trial {trial.number} failed: {exc} {trial.params}")
         return TrialState.FAIL
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -333,5 +409,5 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         raise
     tracking.end(run.run_id, "complete")
     study.tell(trial, value)
-    job.say(f"trial {trial.number} complete: {spec.objective} {value:.4g} {trial.params}")
+    job.say(f"{config.variant} trial {trial.number} complete: {spec.objective} {value:.4g} {trial.params}")
     return TrialState.COMPLETE

@@ -82,7 +82,7 @@ class StudySpec:
     name: str
     path: Path
     variant: str | None = None
-    """The variant `bench run` uses when --variant is not given."""
+    """The variant(s) `bench run` uses when --variant is not given: a name, several separated by commas, or 'all'."""
     dataset: str = "fashion-mnist"
     objective: str = "fid_domain"
     trials: int = 20

@@ -321,6 +321,10 @@ class Tracking:
         return closed
 
 
+FINAL_SAMPLES = "final_samples"
+"""Artifact folder of a trial's last sample grid."""
+
+
 class TrialRun(Observer):
     """One trial's MLflow run, fed by the engine: losses and scores by step, sample grids."""
 
@@ -366,6 +370,9 @@ class TrialRun(Observer):
         self.client.log_metric(self.run_id, "images_per_second", result.images_per_second)
         if result.out is not None:
             self.client.log_artifact(self.run_id, str(result.out / CHECKPOINT), "checkpoint")
+            grids = sorted((result.out / "samples").glob("step_*.png"))
+            if grids:  # the final samples, which comparisons and reports show
+                self.client.log_artifact(self.run_id, str(grids[-1]), FINAL_SAMPLES)
 
 
 def curves(frame: pd.DataFrame, xlabel: str, ylabel: str):

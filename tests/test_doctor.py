@@ -126,6 +126,16 @@ def test_data_in_unit_range_is_stopped_before_the_first_update():
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.variant.parameters()))
 
 
+@pytest.mark.parametrize("activation", [torch.nn.Sigmoid(), torch.nn.ReLU()])
+def test_a_generator_that_cannot_reach_the_data_range_is_named_as_the_cause(activation):
+    trainer = Trainer(TrainConfig("dcgan", steps=100), progress=False)
+    trainer.variant.G.net[-1] = activation  # a wrong output activation: G cannot draw the dark pixels
+    with pytest.raises(UnhealthyRun, match=rf"ends in {type(activation).__name__}, whose outputs lie in \[0, .*"
+                                           r"real images span \[-1, 1\].*end G in Tanh"):
+        trainer.run()
+    assert [(f.check, f.step) for f in trainer.findings()] == [("output_range", 1)]
+
+
 @pytest.mark.parametrize("variant, steps, hparams, checks, within", [
     ("test_overpowered_d", 250, {}, ["discriminator_wins"], 200),
     ("test_ignores_latent", 600, {}, ["mode_collapse", "few_classes"], 600),

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.engine import CHECKPOINT, TrainConfig, Trainer, resolve_device, train
+from bench import engine
+from bench.engine import CHECKPOINT, TrainConfig, Trainer, autocast_dtype, precision, resolve_device, train
 from bench.errors import ConfigError, TrainingDiverged
 from bench.registry import register
 from variants.dcgan import DCGAN
@@ -98,3 +99,21 @@ def test_the_loop_reads_losses_from_the_device_only_every_log_every_steps(monkey
     monkeypatch.setattr(trainer, "_flush", lambda: reads.append(trainer.step) or flush())
     trainer.run()
     assert reads == [5, 10, 10]  # the final call finds nothing pending
+
+
+def test_amp_modes_pick_the_training_precision(monkeypatch):
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "auto") is None and autocast_dtype(cpu, "off") is None  # the CPU trains in float32
+    assert precision(TrainConfig("dcgan", device="cpu")) == "float32"
+    monkeypatch.setattr(engine, "native_bf16", lambda device: True)  # a CPU with AVX512-BF16 or AMX
+    assert autocast_dtype(cpu, "on") == torch.bfloat16 and autocast_dtype(cpu, "auto") is None
+    trainer = Trainer(TrainConfig("dcgan", steps=3, device="cpu", amp="on"), progress=False)
+    with trainer.autocast():
+        assert trainer.variant.G(trainer.variant.latent(2)).dtype == torch.bfloat16
+    assert trainer.run().history[["loss_d", "loss_g"]].notna().all().all()
+    assert trainer.variant.G(trainer.variant.latent(2)).dtype == torch.float32  # weights and scoring stay float32
+    monkeypatch.setattr(engine, "native_bf16", lambda device: False)
+    with pytest.raises(ConfigError, match="does not compute bfloat16 natively"):
+        autocast_dtype(cpu, "on")
+    with pytest.raises(ConfigError, match="amp must be one of auto, on, off"):
+        TrainConfig("dcgan", amp="yes").validate()

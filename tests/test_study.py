@@ -186,7 +186,7 @@ def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(p
     lines = []
     for line in process.stdout:  # wait until trial 0 is complete and trial 1 has started training
         lines.append(line)
-        if line.startswith("trial 0 complete"):
+        if line.startswith("dcgan trial 0 complete"):
             break
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

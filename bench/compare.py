@@ -1,0 +1,277 @@
+"""Variants compared at equal budget, as Lucic et al. 2018 did ("Are GANs Created Equal?").
+
+With enough trials most variants reach similar scores, so a fair comparison asks what each
+reaches with the same number of trials k: the distribution of the best objective of k trials
+drawn without replacement from a variant's completed trials. It is computed exactly here (no
+resampling noise), so k = 1 gives the mean of the trials and k = n the best one. By training
+seconds instead of trials, the trials' order is drawn at random many times.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import ConfigError
+from bench.leaderboard import trial_runs
+from bench.study import MAXIMISED
+from bench.tracking import FINAL_SAMPLES, connect
+
+BAND = (0.025, 0.975)
+"""The band drawn around each expected best: the central 95% of its distribution."""
+SECONDS_DRAWS = 2000
+"""Random trial orders behind the best-by-seconds curves."""
+
+
+def best_of_k_distribution(values: np.ndarray, k: int, maximise: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(values sorted best first, the probability that each is the best of k of them drawn without
+    replacement): the i-th best is the best of a k-subset when the other k - 1 come from the n - 1 - i
+    worse ones, so P = C(n - 1 - i, k - 1) / C(n, k)."""
+    ranked = np.sort(values)[::-1] if maximise else np.sort(values)
+    n = len(ranked)
+    probabilities = np.array([math.comb(n - 1 - i, k - 1) for i in range(n)], dtype=float) / math.comb(n, k)
+    return ranked, probabilities
+
+
+def best_of_k(values: np.ndarray, maximise: bool) -> pd.DataFrame:
+    """For k = 1..n: the expected best of k trials, and the central 95% band of its distribution."""
+    rows = []
+    for k in range(1, len(values) + 1):
+        ranked, probabilities = best_of_k_distribution(values, k, maximise)
+        cumulative = np.cumsum(probabilities)
+        edges = [ranked[min(np.searchsorted(cumulative, q - 1e-12), len(ranked) - 1)] for q in BAND]
+        rows.append({"k": k, "expected": float(probabilities @ ranked), "low": float(min(edges)),
+                     "high": float(max(edges))})
+    return pd.DataFrame(rows)
+
+
+def probability_better(a: np.ndarray, b: np.ndarray, k: int, maximise: bool) -> float:
+    """P(the best of k of ``a``'s trials beats the best of k of ``b``'s), a tie counting half."""
+    a_values, a_probabilities = best_of_k_distribution(a, k, maximise)
+    b_values, b_probabilities = best_of_k_distribution(b, k, maximise)
+    difference = a_values[:, None] - b_values[None, :]
+    better = (difference > 0) if maximise else (difference < 0)
+    weight = np.outer(a_probabilities, b_probabilities)
+    return float((weight * (better + 0.5 * (difference == 0))).sum())
+
+
+def best_by_seconds(values: np.ndarray, seconds: np.ndarray, grid: np.ndarray, maximise: bool,
+                    seed: int = 0) -> pd.DataFrame:
+    """The expected best after spending each of ``grid``'s seconds on trials taken in a random order
+    (and the 95% band), over SECONDS_DRAWS orders; NaN where no order has finished a trial yet."""
+    generator = np.random.default_rng(seed)
+    orders = np.argsort(generator.random((SECONDS_DRAWS, len(values))), axis=1)
+    spent = np.cumsum(seconds[orders], axis=1)
+    running = (np.maximum if maximise else np.minimum).accumulate(values[orders], axis=1)
+    rows = []
+    for budget in grid:
+        done = (spent <= budget).sum(axis=1)
+        reached = running[np.arange(SECONDS_DRAWS), np.maximum(done - 1, 0)][done > 0]
+        rows.append({"seconds": float(budget),
+                     "expected": float(reached.mean()) if len(reached) else math.nan,
+                     "low": float(np.quantile(reached, BAND[0])) if len(reached) else math.nan,
+                     "high": float(np.quantile(reached, BAND[1])) if len(reached) else math.nan})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Comparison:
+    """What `bench compare` shows and plots."""
+
+    study: str
+    objective: str
+    maximise: bool
+    trials: pd.DataFrame
+    """Every trial run: variant, state, objective value, seconds, run id."""
+    summary: pd.DataFrame
+    """Per variant: trial counts, the expected best at k = 1, 5 and n, and at the common k."""
+    pairs: pd.DataFrame
+    """Per pair of variants: P(the first's best of k beats the second's) at the common k."""
+    by_trials: pd.DataFrame
+    """variant, k, expected, low, high."""
+    by_seconds: pd.DataFrame
+    """variant, seconds, expected, low, high."""
+    pruned: bool
+    """Some trials were pruned: the best-of-k of the complete ones is then biased."""
+
+    @property
+    def common_k(self) -> int:
+        return int(self.summary["complete"].min()) if len(self.summary) else 0
+
+
+def compare(study: str, tracking_uri: str | None = None) -> Comparison:
+    """Reads the study's trials from MLflow and compares its variants at equal budget."""
+    runs = trial_runs(tracking_uri, study)
+    if runs.empty or "tags.bench.objective" not in runs:
+        raise ConfigError(f"study '{study}' has no trials to compare yet; run `bench run --study {study}` first")
+    objective = runs["tags.bench.objective"].dropna().iloc[0]
+    maximise = objective in MAXIMISED
+    column = f"metrics.{objective}"
+    seconds = (runs["end_time"] - runs["start_time"]).dt.total_seconds()
+    trials = pd.DataFrame({"variant": runs["tags.bench.variant"], "state": runs["tags.bench.state"],
+                           "value": runs[column] if column in runs else math.nan, "seconds": seconds,
+                           "run_id": runs["run_id"], "trial": runs["tags.bench.trial"].astype(int)})
+    complete = trials[(trials["state"] == "complete") & trials["value"].notna()]
+    if complete.empty:
+        raise ConfigError(f"study '{study}' has no complete trial with {objective} yet; let `bench run` finish one")
+    summary_rows, by_trials, by_seconds = [], [], []
+    values = {name: group["value"].to_numpy() for name, group in complete.groupby("variant")}
+    for name, group in trials.groupby("variant"):
+        counts = group["state"].value_counts()
+        row = {"variant": name, "complete": int(counts.get("complete", 0)), "pruned": int(counts.get("pruned", 0)),
+               "failed": int(counts.get("failed", 0))}
+        if name in values:
+            curve = best_of_k(values[name], maximise).assign(variant=name)
+            by_trials.append(curve)
+            done = complete[complete["variant"] == name]
+            grid = np.linspace(done["seconds"].max(), done["seconds"].sum(), 24)
+            by_seconds.append(best_by_seconds(done["value"].to_numpy(), done["seconds"].to_numpy(), grid,
+                                              maximise).assign(variant=name))
+            for k in (1, 5):
+                row[f"best_of_{k}"] = float(curve["expected"].iloc[k - 1]) if k <= len(curve) else math.nan
+            row["best"] = float(curve["expected"].iloc[-1])
+        summary_rows.append(row)
+    summary = pd.DataFrame(summary_rows)
+    common = int(min(len(v) for v in values.values()))
+    summary["best_of_common_k"] = [float(best_of_k(values[name], maximise)["expected"].iloc[common - 1])
+                                    if name in values else math.nan for name in summary["variant"]]
+    names = sorted(values)
+    pairs = pd.DataFrame([{"variant": a, "other": b, "k": common,
+                           "p_better": probability_better(values[a], values[b], common, maximise)}
+                          for i, a in enumerate(names) for b in names[i + 1:]],
+                         columns=["variant", "other", "k", "p_better"])
+    return Comparison(study, objective, maximise, trials, summary, pairs,
+                      pd.concat(by_trials, ignore_index=True), pd.concat(by_seconds, ignore_index=True),
+                      pruned=bool((trials["state"] == "pruned").any()))
+
+
+def report_lines(comparison: Comparison) -> list[str]:
+    """The comparison as `bench compare` prints it."""
+    c = comparison
+    lines = [f"study {c.study}: expected best {c.objective} ({'higher' if c.maximise else 'lower'} is better) "
+             f"of k trials drawn from each variant's complete trials; k = {c.common_k} is the largest all share"]
+    if c.pruned:
+        lines.append("warning: this study pruned trials; a pruned trial might have ended better, so best-of-k "
+                     "from the complete ones is biased. Compare with a study without a pruner (e.g. lucic_wide).")
+    table = c.summary.rename(columns={"best_of_common_k": f"best_of_{c.common_k}"})
+    lines += table.to_string(index=False, float_format="{:.4g}".format).splitlines()
+    for pair in c.pairs.itertuples():
+        lines.append(f"P({pair.variant} beats {pair.other}, best of {pair.k}) = {pair.p_better:.2f}")
+    return lines
+
+
+def figures(comparison: Comparison, tracking_uri: str | None = None) -> dict[str, object]:
+    """The comparison's plots as matplotlib figures, by file name: best of k, best by seconds, the
+    spread of each variant's trial scores, each best trial's objective by step and its samples."""
+    import mlflow
+    from matplotlib.figure import Figure
+
+    c = comparison
+    result = {}
+    for name, curves, x, xlabel in (("best_of_k.png", c.by_trials, "k", "trials (k)"),
+                                    ("best_by_seconds.png", c.by_seconds, "seconds", "training seconds spent")):
+        figure = Figure(figsize=(6, 4), layout="constrained")
+        axis = figure.subplots()
+        for variant, curve in curves.groupby("variant"):
+            line, = axis.plot(curve[x], curve["expected"], marker=".", label=variant)
+            axis.fill_between(curve[x], curve["low"], curve["high"], color=line.get_color(), alpha=0.15)
+        axis.set(xscale="log", xlabel=xlabel, ylabel=f"expected best {c.objective}",
+                 title=f"{c.study}: best {c.objective} at equal budget (95% band)")
+        axis.legend()
+        result[name] = figure
+
+    complete = c.trials[(c.trials["state"] == "complete") & c.trials["value"].notna()]
+    names = sorted(complete["variant"].unique())
+    figure = Figure(figsize=(1.2 * len(names) + 2, 4), layout="constrained")
+    axis = figure.subplots()
+    axis.boxplot([complete.loc[complete["variant"] == name, "value"] for name in names], tick_labels=names)
+    axis.set(ylabel=c.objective, title="every complete trial: sensitivity to the hyperparameters")
+    result["trial_scores.png"] = figure
+
+    best = complete.sort_values("value", ascending=not c.maximise).groupby("variant").head(1).sort_values("variant")
+    client = mlflow.MlflowClient(connect(tracking_uri, create=False))
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axis = figure.subplots()
+    for row in best.itertuples():
+        history = client.get_metric_history(row.run_id, c.objective)
+        axis.plot([m.step for m in history], [m.value for m in history], marker=".",
+                  label=f"{row.variant} (trial {row.trial})")
+    axis.set(xlabel="generator step", ylabel=c.objective, title="each variant's best trial during training")
+    axis.legend()
+    result["best_trial_curves.png"] = figure
+
+    grids = {row.variant: final_samples(client, row.run_id) for row in best.itertuples()}
+    grids = {name: grid for name, grid in grids.items() if grid is not None}
+    if grids:
+        figure = Figure(figsize=(3 * len(grids), 3.4), layout="constrained")
+        for axis, (name, grid) in zip(np.atleast_1d(figure.subplots(1, len(grids))), grids.items()):
+            axis.imshow(grid, cmap="gray")
+            axis.set(title=name, xticks=[], yticks=[])
+        result["best_samples.png"] = figure
+    return result
+
+
+def final_samples(client, run_id: str) -> np.ndarray | None:
+    """The trial's last sample grid (an RGB array), or None when it logged none."""
+    from PIL import Image
+
+    listed = client.list_artifacts(run_id, FINAL_SAMPLES)
+    if not listed:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(client.download_artifacts(run_id, listed[-1].path, folder))
+        try:  # an artifact is an untrusted file: PIL refuses decompression bombs, and nothing is unpickled
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return None  # not an image we can show: the comparison goes on without this grid
+
+
+def parent_run(study: str, tracking_uri: str | None = None) -> str | None:
+    """The study's latest `bench run` (its parent run), where the comparison's plots are logged."""
+    import mlflow
+
+    client = mlflow.MlflowClient(connect(tracking_uri, create=False))
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], "tags.`bench.kind` = 'study'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def write(comparison: Comparison, out: Path | None, tracking_uri: str | None = None,
+          run_id: str | None = None) -> dict[str, bytes]:
+    """Renders the figures (PNG bytes by file name), writes them and the tables to ``out`` and logs
+    them to the MLflow run ``run_id`` (the study's latest parent run by default)."""
+    import mlflow
+
+    images = {}
+    for name, figure in figures(comparison, tracking_uri).items():
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        images[name] = buffer.getvalue()
+    tables = {"comparison.csv": comparison.summary, "pairs.csv": comparison.pairs,
+              "best_of_k.csv": comparison.by_trials, "best_by_seconds.csv": comparison.by_seconds}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in images.items():
+            (out / name).write_bytes(data)
+        for name, table in tables.items():
+            table.to_csv(out / name, index=False)
+    run_id = run_id or parent_run(comparison.study, tracking_uri)
+    if run_id is not None:
+        client = mlflow.MlflowClient(connect(tracking_uri, create=False))
+        with tempfile.TemporaryDirectory() as folder:
+            for name, data in images.items():
+                (Path(folder) / name).write_bytes(data)
+            for name, table in tables.items():
+                table.to_csv(Path(folder) / name, index=False)
+            client.log_artifacts(run_id, folder, "comparison")
+    return images

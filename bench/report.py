@@ -1,0 +1,127 @@
+"""`bench report`: one self-contained HTML page per study (images embedded, no script, nothing
+fetched), to read offline or send: the leaderboard, the comparison at equal budget and its
+plots, each variant's best samples and doctor findings, what failed or was pruned and why, and
+how the numbers were made. Everything read from MLflow is escaped: a tag is untrusted text."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench.compare import Comparison, compare, figures, final_samples, parent_run
+from bench.leaderboard import leaderboard, trial_runs
+from bench.tracking import connect
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}.variant{display:inline-block;
+margin:0 1em 1em 0;vertical-align:top;text-align:center}.variant img{width:260px;image-rendering:pixelated}
+.warning{color:#a40}"""
+
+
+def png(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format="{:.4g}".format, na_rep="", border=0, escape=True)
+
+
+def render(study: str, tracking_uri: str | None = None) -> str:
+    """The report of ``study`` as an HTML string."""
+    import mlflow
+    from PIL import Image
+
+    comparison: Comparison = compare(study, tracking_uri)
+    client = mlflow.MlflowClient(connect(tracking_uri, create=False))
+    runs = trial_runs(tracking_uri, study)
+    board = leaderboard(tracking_uri, study)
+    board = board[board["metric"] == comparison.objective].sort_values("variant")
+    escape = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ganbench report: {escape(study)}</title>"
+             f"<style>{STYLE}</style></head><body><h1>Study {escape(study)}</h1>"
+             f"<p>Generated {time.strftime('%Y-%m-%d %H:%M')} from {escape(str(len(runs)))} trial runs. Objective "
+             f"<b>{escape(comparison.objective)}</b>, {'higher' if comparison.maximise else 'lower'} is better.</p>"]
+
+    parts.append("<h2>Each variant's best trial</h2>")
+    for row in board.itertuples():
+        variant, grid = row.variant, final_samples(client, row.best_run_id)
+        image = ""
+        if grid is not None:
+            buffer = io.BytesIO()
+            Image.fromarray(grid).save(buffer, format="png")
+            image = png(buffer.getvalue(), f"samples of {variant}")
+        parts.append(f"<div class='variant' data-variant='{escape(variant)}'><h3>{escape(variant)}</h3>{image}"
+                     f"<p>best {escape(comparison.objective)} <b class='best'>{row.best:.4g}</b>"
+                     f" (trial {int(row.best_trial)})</p></div>")
+
+    parts.append("<h2>Leaderboard</h2>" + table(board.drop(columns=["study", "best_run_id"])))
+    parts.append(f"<h2>At equal budget</h2><p>Expected best {escape(comparison.objective)} of k trials drawn "
+                 f"from each variant's complete trials (Lucic et al. 2018); k = {comparison.common_k} is the "
+                 "largest every variant has.</p>")
+    if comparison.pruned:
+        parts.append("<p class='warning'>This study pruned trials: best-of-k over the complete ones is biased.</p>")
+    parts.append(table(comparison.summary.rename(columns={"best_of_common_k": f"best_of_{comparison.common_k}"})))
+    if len(comparison.pairs):
+        parts.append(table(comparison.pairs.rename(columns={"p_better": "P(variant's best beats other's)"})))
+    for name, figure in figures(comparison, tracking_uri).items():
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        parts.append(png(buffer.getvalue(), name.removesuffix(".png").replace("_", " ")))
+
+    parts.append("<h2>Doctor findings, failures and pruning</h2>")
+    found = problems(runs)
+    parts.append(table(found) if len(found) else "<p>None: no finding, no failed or pruned trial.</p>")
+
+    parts.append("<h2>How the numbers were made</h2>" + table(provenance(client, study, runs, tracking_uri)))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def problems(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per doctor finding, failed or pruned trial: variant, trial, what, and the reason."""
+    rows = []
+    for _, run in runs.sort_values(["tags.bench.variant", "tags.bench.trial"]).iterrows():
+        for column in sorted(c for c in runs.columns if c.startswith("tags.health.")):
+            if pd.notna(run[column]):
+                rows.append({"variant": run["tags.bench.variant"], "trial": run["tags.bench.trial"],
+                             "what": f"doctor: {column.removeprefix('tags.health.')}", "detail": run[column]})
+        if run["tags.bench.state"] in ("failed", "pruned"):
+            rows.append({"variant": run["tags.bench.variant"], "trial": run["tags.bench.trial"],
+                         "what": run["tags.bench.state"], "detail": run.get("tags.bench.end_reason", "")})
+    return pd.DataFrame(rows, columns=["variant", "trial", "what", "detail"])
+
+
+def provenance(client, study: str, runs: pd.DataFrame, tracking_uri: str | None) -> pd.DataFrame:
+    """Dataset, extractor, budget, seeds, precision, device, versions and git commit, as recorded."""
+    rows = {}
+    parent = parent_run(study, tracking_uri)
+    if parent is not None:
+        recorded = client.get_run(parent).data
+        for key in ("study_file", "objective", "sampler", "pruner", "steps", "batch_size", "eval_every",
+                    "eval_samples", "amp", "workers"):
+            if key in recorded.params:
+                rows[key] = recorded.params[key]
+    for tag in ("dataset", "extractor", "device", "precision", "git_commit", "python"):
+        column = f"tags.bench.{tag}"
+        if column in runs:
+            rows[tag] = ", ".join(sorted(runs[column].dropna().astype(str).unique()))
+    if "tags.bench.seed" in runs:
+        seeds = sorted(runs["tags.bench.seed"].dropna().astype(int).unique())
+        rows["seeds"] = f"{seeds[0]}..{seeds[-1]} ({len(seeds)} distinct)" if seeds else ""
+    for column in sorted(c for c in runs.columns if c.startswith("tags.bench.version.")):
+        rows[column.removeprefix("tags.bench.version.")] = ", ".join(sorted(runs[column].dropna().unique()))
+    return pd.DataFrame({"what": list(rows), "value": list(rows.values())})
+
+
+def write_report(study: str, out: Path | str, tracking_uri: str | None = None) -> Path:
+    """Writes the report of ``study`` to ``out`` (an .html file)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(study, tracking_uri), encoding="utf-8")
+    return out
