@@ -121,7 +121,7 @@ def provenance(client, study: str, runs: pd.DataFrame, tracking_uri: str | None)
 
 def write_report(study: str, out: Path | str, tracking_uri: str | None = None) -> Path:
     """Writes the report of ``study`` to ``out`` (an .html file)."""
-    out = Path(out)
+    out, page = Path(out), render(study, tracking_uri)  # a study that cannot be read leaves no folder behind
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(study, tracking_uri), encoding="utf-8")
+    out.write_text(page, encoding="utf-8")
     return out
