@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -39,9 +41,20 @@ def reports_user_errors(command):
     return wrapper
 
 
+@contextlib.contextmanager
+def writing(output: Path):
+    """A failure to write OUTPUT (-o) is one line that says so, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot write {output} ({exc.strerror}); pass -o a path you can write to") from None
+
+
 @click.group()
 def main() -> None:
     """ganbench: which GAN variant, with which hyperparameters, trains best on your data."""
+    # Artifacts (sample grids, health.json) are small; MLflow's progress bars would only clutter the output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @main.command("list")
@@ -207,11 +220,9 @@ def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, outpu
         raise UserError("no finished trials recorded yet; run `bench run --variant V --study S` first")
     click.echo(table.to_string(index=False, float_format="{:.4g}".format if show_effects else None))
     if output is not None:
-        try:
+        with writing(output):
             output.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(output, index=False)
-        except OSError as exc:
-            raise UserError(f"cannot write {output} ({exc.strerror}); pass -o a path in a folder you can write to")
         click.echo(f"wrote {output}")
 
 
@@ -231,10 +242,8 @@ def compare_command(study, tracking_uri, output) -> None:
     for line in report_lines(comparison):
         click.echo(line)
     output = output or Path("results") / f"compare-{study}"
-    try:
+    with writing(output):
         write(comparison, output, tracking_uri)
-    except OSError as exc:
-        raise UserError(f"cannot write {output} ({exc.strerror}); pass -o a folder you can write to")
     click.echo(f"plots and tables in {output}")
 
 
@@ -250,10 +259,8 @@ def report(study, tracking_uri, output) -> None:
     from bench.report import write_report
 
     output = output or Path("results") / f"report-{study}.html"
-    try:
+    with writing(output):
         write_report(study, output, tracking_uri)
-    except OSError as exc:
-        raise UserError(f"cannot write {output} ({exc.strerror}); pass -o a path in a folder you can write to")
     click.echo(f"wrote {output}")
 
 

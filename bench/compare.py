@@ -1,10 +1,12 @@
 """Variants compared at equal budget, as Lucic et al. 2018 did ("Are GANs Created Equal?").
 
 With enough trials most variants reach similar scores, so a fair comparison asks what each
-reaches with the same number of trials k: the distribution of the best objective of k trials
-drawn without replacement from a variant's completed trials. It is computed exactly here (no
-resampling noise), so k = 1 gives the mean of the trials and k = n the best one. By training
-seconds instead of trials, the trials' order is drawn at random many times.
+reaches with the same number of trials k. The expected best of k trials drawn without
+replacement from a variant's complete trials answers it (k = 1 gives the mean trial, k = n the
+best one); how far that could move with k other trials is the bootstrap's answer (draws with
+replacement, as Lucic et al. resampled): the 95% band and the odds that one variant's best beats
+another's come from it. Both distributions are computed exactly here, without resampling noise.
+By training seconds instead of trials, the trials' order is drawn at random many times.
 """
 
 from __future__ import annotations
@@ -29,22 +31,29 @@ SECONDS_DRAWS = 2000
 """Random trial orders behind the best-by-seconds curves."""
 
 
-def best_of_k_distribution(values: np.ndarray, k: int, maximise: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(values sorted best first, the probability that each is the best of k of them drawn without
-    replacement): the i-th best is the best of a k-subset when the other k - 1 come from the n - 1 - i
-    worse ones, so P = C(n - 1 - i, k - 1) / C(n, k)."""
+def best_of_k_distribution(values: np.ndarray, k: int, maximise: bool,
+                           replace: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(values sorted best first, the probability that each is the best of k of them). Without
+    replacement the i-th best (from 0) is the best of a k-subset when the other k - 1 come from the
+    n - 1 - i worse ones: C(n - 1 - i, k - 1) / C(n, k). With replacement the best is at rank i or
+    better with probability 1 - ((n - 1 - i) / n)^k."""
     ranked = np.sort(values)[::-1] if maximise else np.sort(values)
     n = len(ranked)
+    if replace:
+        at_or_better = 1 - ((n - 1 - np.arange(n)) / n) ** k
+        return ranked, np.diff(at_or_better, prepend=0.0)
     probabilities = np.array([math.comb(n - 1 - i, k - 1) for i in range(n)], dtype=float) / math.comb(n, k)
     return ranked, probabilities
 
 
 def best_of_k(values: np.ndarray, maximise: bool) -> pd.DataFrame:
-    """For k = 1..n: the expected best of k trials, and the central 95% band of its distribution."""
+    """For k = 1..n: the expected best of k of the trials (drawn without replacement), and the
+    central 95% of the bootstrap's best of k (drawn with replacement)."""
     rows = []
     for k in range(1, len(values) + 1):
-        ranked, probabilities = best_of_k_distribution(values, k, maximise)
-        cumulative = np.cumsum(probabilities)
+        ranked, probabilities = best_of_k_distribution(values, k, maximise, replace=False)
+        _, bootstrap = best_of_k_distribution(values, k, maximise, replace=True)
+        cumulative = np.cumsum(bootstrap)
         edges = [ranked[min(np.searchsorted(cumulative, q - 1e-12), len(ranked) - 1)] for q in BAND]
         rows.append({"k": k, "expected": float(probabilities @ ranked), "low": float(min(edges)),
                      "high": float(max(edges))})
@@ -52,9 +61,10 @@ def best_of_k(values: np.ndarray, maximise: bool) -> pd.DataFrame:
 
 
 def probability_better(a: np.ndarray, b: np.ndarray, k: int, maximise: bool) -> float:
-    """P(the best of k of ``a``'s trials beats the best of k of ``b``'s), a tie counting half."""
-    a_values, a_probabilities = best_of_k_distribution(a, k, maximise)
-    b_values, b_probabilities = best_of_k_distribution(b, k, maximise)
+    """P(the best of k of ``a``'s trials beats the best of k of ``b``'s), each drawn with replacement
+    (the bootstrap), a tie counting half."""
+    a_values, a_probabilities = best_of_k_distribution(a, k, maximise, replace=True)
+    b_values, b_probabilities = best_of_k_distribution(b, k, maximise, replace=True)
     difference = a_values[:, None] - b_values[None, :]
     better = (difference > 0) if maximise else (difference < 0)
     weight = np.outer(a_probabilities, b_probabilities)
@@ -90,19 +100,17 @@ class Comparison:
     trials: pd.DataFrame
     """Every trial run: variant, state, objective value, seconds, run id."""
     summary: pd.DataFrame
-    """Per variant: trial counts, the expected best at k = 1, 5 and n, and at the common k."""
+    """Per variant: trial counts, the expected best of k at k = 1, 5 and the largest k all share, and the best."""
     pairs: pd.DataFrame
     """Per pair of variants: P(the first's best of k beats the second's) at the common k."""
     by_trials: pd.DataFrame
     """variant, k, expected, low, high."""
     by_seconds: pd.DataFrame
     """variant, seconds, expected, low, high."""
+    common_k: int
+    """The largest k every variant has complete trials for."""
     pruned: bool
     """Some trials were pruned: the best-of-k of the complete ones is then biased."""
-
-    @property
-    def common_k(self) -> int:
-        return int(self.summary["complete"].min()) if len(self.summary) else 0
 
 
 def compare(study: str, tracking_uri: str | None = None) -> Comparison:
@@ -122,25 +130,24 @@ def compare(study: str, tracking_uri: str | None = None) -> Comparison:
         raise ConfigError(f"study '{study}' has no complete trial with {objective} yet; let `bench run` finish one")
     summary_rows, by_trials, by_seconds = [], [], []
     values = {name: group["value"].to_numpy() for name, group in complete.groupby("variant")}
+    common = int(min(len(v) for v in values.values()))
+    shown = sorted({1, 5, common})
     for name, group in trials.groupby("variant"):
         counts = group["state"].value_counts()
         row = {"variant": name, "complete": int(counts.get("complete", 0)), "pruned": int(counts.get("pruned", 0)),
                "failed": int(counts.get("failed", 0))}
         if name in values:
             curve = best_of_k(values[name], maximise).assign(variant=name)
+            for k in shown:
+                row[f"best_of_{k}"] = float(curve["expected"].iloc[k - 1]) if k <= len(curve) else math.nan
             by_trials.append(curve)
             done = complete[complete["variant"] == name]
             grid = np.linspace(done["seconds"].max(), done["seconds"].sum(), 24)
             by_seconds.append(best_by_seconds(done["value"].to_numpy(), done["seconds"].to_numpy(), grid,
                                               maximise).assign(variant=name))
-            for k in (1, 5):
-                row[f"best_of_{k}"] = float(curve["expected"].iloc[k - 1]) if k <= len(curve) else math.nan
             row["best"] = float(curve["expected"].iloc[-1])
         summary_rows.append(row)
     summary = pd.DataFrame(summary_rows)
-    common = int(min(len(v) for v in values.values()))
-    summary["best_of_common_k"] = [float(best_of_k(values[name], maximise)["expected"].iloc[common - 1])
-                                    if name in values else math.nan for name in summary["variant"]]
     names = sorted(values)
     pairs = pd.DataFrame([{"variant": a, "other": b, "k": common,
                            "p_better": probability_better(values[a], values[b], common, maximise)}
@@ -148,7 +155,7 @@ def compare(study: str, tracking_uri: str | None = None) -> Comparison:
                          columns=["variant", "other", "k", "p_better"])
     return Comparison(study, objective, maximise, trials, summary, pairs,
                       pd.concat(by_trials, ignore_index=True), pd.concat(by_seconds, ignore_index=True),
-                      pruned=bool((trials["state"] == "pruned").any()))
+                      common_k=common, pruned=bool((trials["state"] == "pruned").any()))
 
 
 def report_lines(comparison: Comparison) -> list[str]:
@@ -159,10 +166,9 @@ def report_lines(comparison: Comparison) -> list[str]:
     if c.pruned:
         lines.append("warning: this study pruned trials; a pruned trial might have ended better, so best-of-k "
                      "from the complete ones is biased. Compare with a study without a pruner (e.g. lucic_wide).")
-    table = c.summary.rename(columns={"best_of_common_k": f"best_of_{c.common_k}"})
-    lines += table.to_string(index=False, float_format="{:.4g}".format).splitlines()
+    lines += c.summary.to_string(index=False, float_format="{:.4g}".format).splitlines()
     for pair in c.pairs.itertuples():
-        lines.append(f"P({pair.variant} beats {pair.other}, best of {pair.k}) = {pair.p_better:.2f}")
+        lines.append(f"P({pair.variant} beats {pair.other}, best of {pair.k}, bootstrap) = {pair.p_better:.2f}")
     return lines
 
 
@@ -171,6 +177,7 @@ def figures(comparison: Comparison, tracking_uri: str | None = None) -> dict[str
     spread of each variant's trial scores, each best trial's objective by step and its samples."""
     import mlflow
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     c = comparison
     result = {}
@@ -181,8 +188,13 @@ def figures(comparison: Comparison, tracking_uri: str | None = None) -> dict[str
         for variant, curve in curves.groupby("variant"):
             line, = axis.plot(curve[x], curve["expected"], marker=".", label=variant)
             axis.fill_between(curve[x], curve["low"], curve["high"], color=line.get_color(), alpha=0.15)
-        axis.set(xscale="log", xlabel=xlabel, ylabel=f"expected best {c.objective}",
-                 title=f"{c.study}: best {c.objective} at equal budget (95% band)")
+        axis.set(xscale="log", xlabel=xlabel, ylabel=f"expected best {c.objective}")
+        axis.set_title(f"{c.study}: best {c.objective} at equal budget, 95% bootstrap band", fontsize="medium")
+        if x == "k":  # whole trial counts, not powers of ten
+            ks = sorted(curves["k"].unique())
+            axis.set_xticks(ks[::max(1, len(ks) // 10)], minor=False)
+            axis.xaxis.set_major_formatter(ScalarFormatter())
+            axis.xaxis.set_minor_formatter(NullFormatter())
         axis.legend()
         result[name] = figure
 

@@ -66,7 +66,7 @@ def render(study: str, tracking_uri: str | None = None) -> str:
                  "largest every variant has.</p>")
     if comparison.pruned:
         parts.append("<p class='warning'>This study pruned trials: best-of-k over the complete ones is biased.</p>")
-    parts.append(table(comparison.summary.rename(columns={"best_of_common_k": f"best_of_{comparison.common_k}"})))
+    parts.append(table(comparison.summary))
     if len(comparison.pairs):
         parts.append(table(comparison.pairs.rename(columns={"p_better": "P(variant's best beats other's)"})))
     for name, figure in figures(comparison, tracking_uri).items():

@@ -18,15 +18,17 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from bench.compare import best_by_seconds, best_of_k, probability_better
-from tests.test_study import BENCH, bench, clean_env, mlflow_runs, optuna_trials
+from tests.test_study import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials
 
 VARIANTS = ("cgan", "dcgan", "ragan")
-TRIALS = 3
+TRIALS = 3  # as in TINY_STUDY
 
 
-def brute_best_of_k(values: list[float], k: int, maximise: bool) -> list[float]:
+def brute_best_of_k(values: list[float], k: int, maximise: bool, replace: bool = False) -> list[float]:
+    """The best of every k-subset (without replacement) or every k-tuple (with), equally likely."""
     pick = max if maximise else min
-    return [pick(subset) for subset in itertools.combinations(values, k)]
+    draws = itertools.product(values, repeat=k) if replace else itertools.combinations(values, k)
+    return [pick(draw) for draw in draws]
 
 
 @pytest.mark.parametrize("maximise", [False, True])
@@ -35,18 +37,19 @@ def test_best_of_k_is_the_exact_distribution_of_the_best_of_k_trials(maximise):
     curve = best_of_k(np.array(values), maximise)
     assert curve["k"].tolist() == list(range(1, 7))
     for k in range(1, 7):
-        bests = brute_best_of_k(values, k, maximise)
         row = curve.iloc[k - 1]
-        assert row["expected"] == pytest.approx(np.mean(bests))
-        assert row["low"] <= row["expected"] <= row["high"]
-        assert min(bests) <= row["low"] and row["high"] <= max(bests)
+        assert row["expected"] == pytest.approx(np.mean(brute_best_of_k(values, k, maximise)))
+        bootstrap = brute_best_of_k(values, k, maximise, replace=True)
+        assert [row["low"], row["high"]] == pytest.approx(list(np.quantile(bootstrap, [0.025, 0.975],
+                                                                           method="inverted_cdf")), abs=1e-9)
     assert curve["expected"].iloc[0] == pytest.approx(np.mean(values))
     assert curve["expected"].iloc[-1] == (max(values) if maximise else min(values))
 
 
 def test_probability_better_and_best_by_seconds_match_a_direct_count():
     a, b = np.array([200.0, 260.0, 300.0, 410.0]), np.array([230.0, 250.0, 500.0])
-    pairs = [(x, y) for x in brute_best_of_k(list(a), 2, False) for y in brute_best_of_k(list(b), 2, False)]
+    pairs = [(x, y) for x in brute_best_of_k(list(a), 2, False, replace=True)
+             for y in brute_best_of_k(list(b), 2, False, replace=True)]
     assert probability_better(a, b, 2, False) == pytest.approx(np.mean([(x < y) + 0.5 * (x == y) for x, y in pairs]))
     assert probability_better(a, a, 3, False) == pytest.approx(0.5)
 
@@ -58,22 +61,7 @@ def test_probability_better_and_best_by_seconds_match_a_direct_count():
 
 # -- a real comparison ------------------------------------------------------------------------------
 
-COMPARE_STUDY = f"""
-variant = "{','.join(VARIANTS)}"
-dataset = "fashion-mnist"
-objective = "fid_domain"
-trials = {TRIALS}
-sampler = "random"
-pruner = "none"
-
-[budget]
-steps = 40
-eval_every = 20
-eval_samples = 300
-
-[space]
-lr = {{ low = 1e-4, high = 1e-3, log = true }}
-"""
+COMPARE_STUDY = f'variant = "{",".join(VARIANTS)}"\n' + TINY_STUDY.format(steps=40, eval_every=20)  # 3 trials each
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +102,7 @@ def test_compare_gives_best_of_k_as_computed_from_the_recorded_trials(comparison
         assert curve[TRIALS] == pytest.approx(min(values))  # k = n: the best one
         assert curve[2] == pytest.approx(np.mean(brute_best_of_k(values, 2, False)))
         assert re.search(rf"^\s*{variant}\s+{TRIALS}\s+0\s+0\s", printed, re.MULTILINE), printed
-    assert "P(cgan beats dcgan, best of 3) = " in printed and "pruned" not in printed.split("\n")[0]
+    assert "P(cgan beats dcgan, best of 3, bootstrap) = " in printed and "pruned" not in printed.split("\n")[0]
     for name in ("best_of_k.png", "best_by_seconds.png", "trial_scores.png", "best_trial_curves.png",
                  "best_samples.png"):
         assert (cwd / "results" / "compare" / name).stat().st_size > 5000
