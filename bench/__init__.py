@@ -8,7 +8,7 @@
     studies = run_studies(["dcgan", "wgan_gp"], "compare_quick")                  # bench run --variant a,b
     leaderboard(study="lr_sweep")                                                 # bench leaderboard
     compare("compare_quick").summary                                              # bench compare
-    write_report("compare_quick", Path("results/report.html"))                    # bench report
+    write_report("compare_quick", "results/report.html")                          # bench report
 """
 
 from bench.compare import Comparison, compare

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.data import ImageDataset, load_dataset, to_unit_range
-from bench.engine import TrainConfig, Trainer, precision, resolve_device
+from bench.engine import TrainConfig, Trainer, autocast_dtype, precision, resolve_device
 from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, HParamValue, get_variant
 from bench.scoring import DEFAULT_CACHE, InceptionFeatures, Scorer
@@ -342,6 +342,8 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
         raise ConfigError(f"--parallel worker counts must be at least 1, got {','.join(map(str, parallel))}")
     if parallel_storage is not None:
         check_storage(parallel_storage)  # now, not after minutes of the other measurements
+    if compare_amp and quality_threshold is not None:
+        autocast_dtype(resolve_device(device), "on")  # refused now where bfloat16 is not native
     report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                        "machine": platform.machine(), "processor": platform.processor()},
               "training": [training_throughput(name, dataset=dataset, steps=steps, repeats=repeats, device=device)
