@@ -175,7 +175,11 @@ def test_three_workers_on_postgres_and_a_tracking_server_survive_a_killed_worker
         assert {run.info.status for run in runs} <= {"FINISHED", "FAILED", "KILLED"}
         by_id = {run.info.run_id: run for run in runs}
         killed_run = by_id[doomed.user_attrs["mlflow_run_id"]]
-        assert killed_run.info.status == "FAILED" and "heartbeats" in killed_run.data.tags["bench.end_reason"]
+        # Whichever check sees the death first closes its run: the heartbeat going stale, or (another
+        # worker on the victim's host) the victim's process being gone. Both must name the cause.
+        reason = killed_run.data.tags["bench.end_reason"]
+        assert killed_run.info.status == "FAILED" and ("heartbeats" in reason or
+                                                       f"process {victim.pid}" in reason), reason
         assert by_id[retry.user_attrs["mlflow_run_id"]].data.tags["bench.retry_of"] == str(doomed.number)
         parents = [run for run in runs if run.data.tags["bench.kind"] == "study"]
         assert sorted(run.info.status for run in parents) == ["FINISHED", "FINISHED", "KILLED"]
