@@ -113,9 +113,10 @@ class Comparison:
     """Some trials were pruned: the best-of-k of the complete ones is then biased."""
 
 
-def compare(study: str, tracking_uri: str | None = None) -> Comparison:
-    """Reads the study's trials from MLflow and compares its variants at equal budget."""
-    runs = trial_runs(tracking_uri, study)
+def compare(study: str, tracking_uri: str | None = None, runs: pd.DataFrame | None = None) -> Comparison:
+    """Compares the study's variants at equal budget, from its trial runs in MLflow (``runs``
+    when they are already read, :func:`bench.leaderboard.trial_runs`)."""
+    runs = trial_runs(tracking_uri, study) if runs is None else runs
     if runs.empty or "tags.bench.objective" not in runs:
         raise ConfigError(f"study '{study}' has no trials to compare yet; run `bench run --study {study}` first")
     objective = runs["tags.bench.objective"].dropna().iloc[0]
@@ -258,17 +259,23 @@ def parent_run(study: str, tracking_uri: str | None = None) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def figure_images(comparison: Comparison, tracking_uri: str | None = None) -> dict[str, bytes]:
+    """:func:`figures` rendered as PNG bytes, by file name."""
+    images = {}
+    for name, figure in figures(comparison, tracking_uri).items():
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        images[name] = buffer.getvalue()
+    return images
+
+
 def write(comparison: Comparison, out: Path | None, tracking_uri: str | None = None,
           run_id: str | None = None) -> dict[str, bytes]:
     """Renders the figures (PNG bytes by file name), writes them and the tables to ``out`` and logs
     them to the MLflow run ``run_id`` (the study's latest parent run by default)."""
     import mlflow
 
-    images = {}
-    for name, figure in figures(comparison, tracking_uri).items():
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100)
-        images[name] = buffer.getvalue()
+    images = figure_images(comparison, tracking_uri)
     tables = {"comparison.csv": comparison.summary, "pairs.csv": comparison.pairs,
               "best_of_k.csv": comparison.by_trials, "best_by_seconds.csv": comparison.by_seconds}
     if out is not None:

@@ -36,7 +36,11 @@ def leaderboard(tracking_uri: str | None = None, study: str | None = None, varia
                 top_k: int = 3) -> pd.DataFrame:
     """Best value, its hyperparameters and run, trial counts, and the mean and standard deviation
     over the best ``top_k`` complete trials, for every score the trials recorded."""
-    runs = trial_runs(tracking_uri, study)
+    return rank(trial_runs(tracking_uri, study), variant, top_k)
+
+
+def rank(runs: pd.DataFrame, variant: str | None = None, top_k: int = 3) -> pd.DataFrame:
+    """The leaderboard of trial runs already read (:func:`trial_runs`)."""
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
     runs = runs.rename(columns={f"tags.bench.{key}": key for key in KEYS + ["trial", "state"]})

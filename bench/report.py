@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.compare import Comparison, compare, figures, final_samples, parent_run
-from bench.leaderboard import leaderboard, trial_runs
+from bench.compare import Comparison, compare, figure_images, final_samples, parent_run
+from bench.leaderboard import rank, trial_runs
 from bench.tracking import connect
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -37,10 +37,10 @@ def render(study: str, tracking_uri: str | None = None) -> str:
     import mlflow
     from PIL import Image
 
-    comparison: Comparison = compare(study, tracking_uri)
+    runs = trial_runs(tracking_uri, study)  # read once: the comparison and the leaderboard both rank them
+    comparison: Comparison = compare(study, tracking_uri, runs)
     client = mlflow.MlflowClient(connect(tracking_uri, create=False))
-    runs = trial_runs(tracking_uri, study)
-    board = leaderboard(tracking_uri, study)
+    board = rank(runs)
     board = board[board["metric"] == comparison.objective].sort_values("variant")
     escape = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ganbench report: {escape(study)}</title>"
@@ -69,10 +69,8 @@ def render(study: str, tracking_uri: str | None = None) -> str:
     parts.append(table(comparison.summary))
     if len(comparison.pairs):
         parts.append(table(comparison.pairs.rename(columns={"p_better": "P(variant's best beats other's)"})))
-    for name, figure in figures(comparison, tracking_uri).items():
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100)
-        parts.append(png(buffer.getvalue(), name.removesuffix(".png").replace("_", " ")))
+    for name, data in figure_images(comparison, tracking_uri).items():
+        parts.append(png(data, name.removesuffix(".png").replace("_", " ")))
 
     parts.append("<h2>Doctor findings, failures and pruning</h2>")
     found = problems(runs)
