@@ -12,7 +12,8 @@ import torch
 from bench.data import to_unit_range
 from bench.errors import TrainingDiverged
 from bench.engine import TrainConfig, Trainer, train
-from bench.scoring import InceptionFeatures, Scorer, code_accuracy, file_sha256, weights_path
+from bench.scoring import (InceptionFeatures, PrecomputedFeatures, Scorer, ShippedInception, code_accuracy,
+                           file_sha256, weights_path)
 
 BENCH = Path(sys.executable).with_name("bench")
 
@@ -97,6 +98,25 @@ def test_inception_features_from_28x28_grayscale_give_a_finite_fid(tmp_path, fas
     scores = scorer.score_images(to_unit_range(fashion_train.images[:48]))
     assert set(scores) >= {"fid_inception", "kid_inception"}
     assert torch.isfinite(torch.tensor(scores["fid_inception"])) and scores["fid_inception"] > 0
+
+
+def test_rebuilt_inception_gives_the_shipped_networks_features_and_fid(fashion_train):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    gray = to_unit_range(fashion_train.images[:32])
+    rgb = gray[:24].reshape(8, 3, 28, 28)  # three different garments as the colour channels
+    with torch.no_grad():
+        for images in (gray, rgb):
+            shipped, rebuilt = ShippedInception()(images), InceptionFeatures()(images)
+            difference = (rebuilt - shipped).norm(dim=1) / shipped.norm(dim=1)
+            assert difference.max() < 1e-4, images.shape
+    fids = []
+    for features in (ShippedInception()(gray).detach(), InceptionFeatures()(gray)):
+        fid = FrechetInceptionDistance(PrecomputedFeatures(2048))
+        fid.update(features[:16], real=True)
+        fid.update(features[16:], real=False)
+        fids.append(float(fid.compute()))
+    assert fids[0] > 1 and abs(fids[0] - fids[1]) < 0.01
 
 
 def test_engine_scores_every_eval_every_steps_and_bench_eval_scores_a_checkpoint(tmp_path):
