@@ -41,11 +41,19 @@ class Budget:
     [budget] and the params every trial records in MLflow all come from these fields."""
 
     steps: int = 2000
-    """Generator updates."""
+    """Generator updates (set from ``epochs`` when that is given)."""
+    epochs: int = 0
+    """When set, the run lasts this many passes of the discriminator over the training split
+    instead of ``steps``: a variant that takes n_critic real batches per generator step makes
+    n_critic times fewer generator steps, so that every variant sees the same data (see :func:`resolve_epochs`)."""
     batch_size: int = 64
     eval_every: int = 0
     """Steps between scorings of the generator (0: only when asked); results in ``scores``."""
     eval_samples: int = 2000
+    final_samples: int = 0
+    """When set, the finished generator is scored once more, on this many samples, with every
+    feature extractor (the papers' protocol: 10,000 samples against the 10,000 test images), as
+    the last row of ``scores``; evaluations during training stay at ``eval_samples`` with ``features``."""
 
 
 BUDGET_KEYS = tuple(field.name for field in dataclasses.fields(Budget))
@@ -87,6 +95,10 @@ class TrainConfig(Budget):
         for key in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "eval_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be 0 (use steps) or positive, got {self.epochs}")
+        if self.final_samples < 0 or self.final_samples == 1:
+            raise ConfigError(f"final_samples must be 0 (off) or at least 2, got {self.final_samples}")
         if not self.checkpoint_seconds > 0:
             raise ConfigError(f"checkpoint_seconds must be positive, got {self.checkpoint_seconds}")
         if self.amp not in AMP_MODES:
@@ -111,6 +123,18 @@ class TrainResult:
 def default_out(variant: str) -> Path:
     """Where `bench train` writes a run when not told: results/train/VARIANT-TIMESTAMP."""
     return Path("results/train") / f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve_epochs(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``steps`` set from ``epochs`` (as it is when ``epochs`` is 0): the generator
+    steps in which the discriminator sees ``epochs`` passes of the training split."""
+    if not config.epochs:
+        return config
+    data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
+    with torch.device("meta"):  # only to read how many real batches a step takes with these hparams
+        variant = get_variant(config.variant)(data.image_shape, data.num_classes, **config.hparams)
+    real_batches = math.ceil(config.epochs * len(data) / config.batch_size)
+    return dataclasses.replace(config, steps=math.ceil(real_batches / variant.real_batches_per_step))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -169,7 +193,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
                  progress: bool = True, observers: Sequence[Observer] = ()):
         config.validate()
-        self.config = config
+        config = self.config = resolve_epochs(config)
         self.extra_observers = list(observers)
         self.out = Path(out) if out is not None else None
         self.progress = progress
@@ -192,7 +216,7 @@ class Trainer:
         self._pending: list[torch.Tensor] = []  # per-step losses still on the device
         self._names: list[str] = []
         self.evaluations: list[dict[str, float]] = []
-        self._scorer: Scorer | None = None
+        self._scorers: dict[str, Scorer] = {}
         self._signal: int | None = None  # SIGINT or SIGTERM received during run()
         self._saved_at = time.perf_counter()
         self.doctor = Doctor(self.variant, config.dataset, self._report) if config.doctor else None
@@ -250,7 +274,8 @@ class Trainer:
                 self.doctor.after_step(self.step)
             if self.step % config.log_every == 0:
                 self._flush()
-            if config.eval_every and (self.step % config.eval_every == 0 or self.step == until):
+            if (config.eval_every and (self.step % config.eval_every == 0 or self.step == until) or
+                    config.final_samples and self.step == config.steps):
                 self.evaluate()
             if self.folder is not None and (self.step % config.sample_every == 0 or self.step == until):
                 self.save_grid()
@@ -292,12 +317,17 @@ class Trainer:
             observer.on_finding(finding)
 
     def evaluate(self) -> dict[str, float]:
-        """Scores the generator now (fixed sampling seed, so the training RNG is untouched)."""
+        """Scores the generator now (fixed sampling seed, so the training RNG is untouched); at the
+        last step of a run with ``final_samples``, on that many samples with every extractor."""
         self._flush()  # a loss gone NaN since the last read stops the run here, not inside FID's sqrtm
-        if self._scorer is None:
-            self._scorer = Scorer(self.config.dataset, self.config.features, device=self.device)
-        scores = {"step": self.step, **self._scorer.score(self.variant, self.config.eval_samples,
-                                                          seed=self.config.seed)}
+        config = self.config
+        final = config.final_samples and self.step == config.steps
+        scores = {"step": self.step}
+        for extractor in EXTRACTORS if final else (config.features,):
+            if extractor not in self._scorers:
+                self._scorers[extractor] = Scorer(config.dataset, extractor, device=self.device)
+            scores |= self._scorers[extractor].score(self.variant, config.final_samples if final
+                                                     else config.eval_samples, seed=config.seed)
         self.evaluations.append(scores)
         for observer in self.observers:
             observer.on_scores(scores)

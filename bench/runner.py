@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench.compare import compare, report_lines, write
 from bench.data import load_dataset
-from bench.engine import CHECKPOINT, TrainConfig, train
+from bench.engine import CHECKPOINT, TrainConfig, resolve_epochs, train
 from bench.errors import BenchError, ConfigError, Interrupted, RunStopped
 from bench.observer import Observer
 from bench.progress import PROGRESS_SECONDS, StudyProgress
@@ -347,6 +347,8 @@ class ReportToPruner(Observer):
         self.objective = objective
 
     def on_scores(self, scores: dict[str, float]) -> None:
+        if self.objective not in scores:  # measured only on the final generator (budget.final_samples)
+            return
         self.trial.report(scores[self.objective], int(scores["step"]))
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {int(scores['step'])}")
@@ -366,10 +368,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     else:
         seed = job.seed + (trial.number if seed_index is None else seed_index)
     trial.set_user_attr("seed", seed)
-    config = TrainConfig(resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp, hparams=hparams,
-                         features=spec.features,
-                         **dataclasses.asdict(spec.budget), sample_every=spec.budget.eval_every,
-                         checkpoint_every=spec.budget.steps)
+    config = resolve_epochs(TrainConfig(resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp,
+                                        hparams=hparams, features=spec.features, **dataclasses.asdict(spec.budget)))
+    config = dataclasses.replace(config, sample_every=spec.budget.eval_every or config.steps,
+                                 checkpoint_every=config.steps)
     out = trial_folder(study, trial.number)
     shutil.rmtree(out, ignore_errors=True)  # left by a study of the same name whose storage was deleted
     # A retry goes on from where the trial it repeats stopped, when that trial's folder is on this machine.

@@ -102,9 +102,10 @@ class StudySpec:
 
     @property
     def features(self) -> str:
-        """The extractor the objective is measured with (class-aware metrics use the domain one)."""
+        """The extractor of the evaluations during training: the objective's (class-aware metrics use
+        the domain one), or the cheap domain one when the objective is read from a final scoring."""
         suffix = self.objective.rsplit("_", 1)[-1]
-        return suffix if suffix in EXTRACTORS else "domain"
+        return suffix if suffix in EXTRACTORS and not self.budget.final_samples else "domain"
 
     @property
     def direction(self) -> str:
@@ -333,8 +334,15 @@ def _check(spec: StudySpec) -> None:
     budget = spec.budget
     if spec.trials < 1 or budget.steps < 1 or budget.eval_samples < 1 or budget.batch_size < 1:
         raise ConfigError(f"{spec.path}: trials and budget.steps/eval_samples/batch_size must be at least 1")
-    if not 0 < budget.eval_every <= budget.steps:
+    if budget.epochs < 0 or budget.final_samples < 0 or budget.final_samples == 1:
+        raise ConfigError(f"{spec.path}: budget.epochs must be 0 (use steps) or positive and budget.final_samples "
+                          "0 (off) or at least 2")
+    if budget.eval_every < 0 or not (budget.eval_every or budget.final_samples) or (
+            not budget.epochs and budget.eval_every > budget.steps):
         raise ConfigError(f"{spec.path}: budget.eval_every must be in [1, budget.steps={budget.steps}] "
-                          "(the objective is read from the evaluations)")
+                          "(the objective is read from the evaluations), or 0 with budget.final_samples set")
+    if budget.epochs and spec.pruner == "hyperband":
+        raise ConfigError(f"{spec.path}: the hyperband pruner needs budget.steps, but budget.epochs sets each "
+                          "variant's steps; use pruner = \"median\" or \"none\"")
     if spec.sampler == "grid" and any(not dim.choices for dim in spec.space + spec.space_if_present):
         raise ConfigError(f"{spec.path}: the grid sampler needs every [space] entry as choices = [...]")
