@@ -90,7 +90,9 @@ class StudyProgress:
                 if trial.state == TrialState.RUNNING:
                     last = (f"step {max(trial.intermediate_values)} {resolved.spec.objective} "
                             f"{trial.intermediate_values[max(trial.intermediate_values)]:.4g}"
-                            if trial.intermediate_values else "not scored yet")
+                            if trial.intermediate_values else
+                            f"{resolved.spec.objective} at its end" if resolved.spec.budget.final_samples
+                            else "not scored yet")
                     running.append(f"{resolved.variant.name} #{trial.number} {last}")
             finished_total += min(finished, resolved.trials)
             trials_total += resolved.trials

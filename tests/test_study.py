@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -74,8 +75,8 @@ def mlflow_runs(cwd: Path, study: str) -> pd.DataFrame:
 
 def test_every_shipped_study_is_valid_for_the_variants_it_is_meant_for():
     assert {"quick", "lr_sweep", "beta1_sweep", "clip_sweep", "n_critic_sweep", "gp_lambda_sweep",
-            "lucic_wide"} <= set(available_studies())
-    for name in ("quick", "lr_sweep", "lucic_wide"):
+            "lucic_wide", "literature"} <= set(available_studies())
+    for name in ("quick", "lr_sweep", "lucic_wide", "literature"):
         for variant in variants().values():
             load_study(name).for_variant(variant)
     assert [d.name for d in load_study("clip_sweep").for_variant(get_variant("wgan")).dimensions] == ["clip_c"]
@@ -97,6 +98,26 @@ def test_bad_space_names_file_key_and_fix(tmp_path, space, fragment):
     with pytest.raises(ConfigError) as info:
         load_study(path).for_variant(get_variant("dcgan"))
     assert str(path) in str(info.value) and fragment in str(info.value)
+
+
+@pytest.mark.parametrize("budget, fragment", [
+    ("epochs = -1\neval_every = 10", "budget.epochs must be 0"),
+    ("final_samples = 1\neval_every = 10", "final_samples"),
+    ("eval_every = 0", "or 0 with budget.final_samples set"),
+])
+def test_bad_epoch_and_final_scoring_budgets_name_the_key(tmp_path, budget, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[budget]\n{budget}\n")
+    with pytest.raises(ConfigError) as info:
+        load_study(path)
+    assert str(path) in str(info.value) and fragment in str(info.value)
+
+
+def test_hyperband_is_refused_with_an_epoch_budget(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('pruner = "hyperband"\n[budget]\nepochs = 2\neval_every = 10\n')
+    with pytest.raises(ConfigError, match="hyperband pruner needs budget.steps"):
+        load_study(path)
 
 
 def test_malformed_study_file_and_unknown_study_are_user_errors(tmp_path):
@@ -173,6 +194,51 @@ def test_leaderboard_csv_has_one_row_per_metric_with_best_run_and_counts(finishe
     assert fid["top_k_mean"] >= fid["best"]
     assert set(board["metric"]) >= {"fid_domain", "kid_domain", "classes_covered", "class_kl"}
     assert not board["metric"].str.startswith("loss").any()
+
+
+# -- the literature's protocol: a budget in epochs, a final Inception scoring -----------------------
+
+LITERATURE_STUDY = """
+dataset = "digits"
+objective = "fid_inception"
+sampler = "grid"
+pruner = "none"
+trials = 2
+
+[budget]
+epochs = 1
+batch_size = 64
+eval_every = 8
+eval_samples = 200
+final_samples = 64
+
+[space_if_present]
+loss = { choices = ["nonsaturating", "minimax"] }
+"""
+
+
+def test_an_epoch_budget_gives_every_variant_the_same_real_batches_and_a_final_inception_score(tmp_path):
+    (tmp_path / "lit.toml").write_text(LITERATURE_STUDY)
+    run = bench("run", "--variant", "gan,wgan", "--study", "lit.toml", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    real_batches = math.ceil(1437 / 64)  # one pass over the digits training split
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = mlflow_runs(tmp_path, "lit")
+    trials = runs[runs["tags.bench.kind"] == "trial"]
+    assert sorted(trials["tags.bench.variant"]) == ["gan", "gan", "wgan"]
+    for _, row in trials.iterrows():
+        n_critic = 5 if row["tags.bench.variant"] == "wgan" else 1
+        steps = math.ceil(real_batches / n_critic)
+        assert (row["params.epochs"], row["params.steps"]) == ("1", str(steps))
+        domain = [m.step for m in client.get_metric_history(row["run_id"], "fid_domain")]
+        inception = [m.step for m in client.get_metric_history(row["run_id"], "fid_inception")]
+        assert domain == [*range(8, steps, 8), steps] and inception == [steps]  # Inception only at the end
+        assert row["tags.bench.extractor"] == "domain"
+    assert sorted(trials[trials["tags.bench.variant"] == "gan"]["params.loss"]) == ["minimax", "nonsaturating"]
+    for variant in ("gan", "wgan"):
+        for trial in optuna_trials(tmp_path, f"lit:{variant}:digits"):
+            run_row = trials[trials["run_id"] == trial.user_attrs["mlflow_run_id"]].iloc[0]
+            assert trial.value == pytest.approx(run_row["metrics.fid_inception"])
 
 
 # -- resume after kill -9 ------------------------------------------------------------------------
