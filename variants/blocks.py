@@ -154,17 +154,41 @@ class ConvDiscriminator(nn.Module):
 
 
 def conv_generator(variant: Variant, in_dim: int | None = None) -> ConvGenerator:
-    """The DCGAN generator for ``variant``'s images, sized and activated as its tips say."""
-    return ConvGenerator(in_dim or variant.z_dim, variant.image_shape, scaled(CONV_WIDTH, variant.tip("g_width")),
-                         selu=variant.tip("activation") == "selu")
+    """The DCGAN generator for ``variant``'s images, sized, activated and initialised as its
+    hyperparameters say."""
+    return initialised(variant, ConvGenerator(in_dim or variant.z_dim, variant.image_shape,
+                                              scaled(CONV_WIDTH, variant.tip("g_width")),
+                                              selu=variant.tip("activation") == "selu"))
 
 
 def conv_discriminator(variant: Variant, **options) -> ConvDiscriminator:
-    """The DCGAN discriminator for ``variant``'s images, as its tips say (``options``: see
-    :class:`ConvDiscriminator`)."""
-    return ConvDiscriminator(variant.image_shape, scaled(CONV_WIDTH, variant.tip("d_width")),
-                             selu=variant.tip("activation") == "selu",
-                             minibatch_std=bool(variant.tip("minibatch_std")), **options)
+    """The DCGAN discriminator for ``variant``'s images, as its hyperparameters say (``options``:
+    see :class:`ConvDiscriminator`)."""
+    return initialised(variant, ConvDiscriminator(variant.image_shape, scaled(CONV_WIDTH, variant.tip("d_width")),
+                                                  selu=variant.tip("activation") == "selu",
+                                                  minibatch_std=bool(variant.tip("minibatch_std")), **options))
+
+
+INITS = ("dcgan", "pytorch")
+
+
+def init(default: str) -> dict[str, HParam]:
+    """The ``init`` hyperparameter of the convolutional networks, for variants whose paper names one."""
+    return {"init": HParam(default, choices=INITS, help="conv weights: dcgan (N(0, 0.02), batch norm scale "
+                                                         "N(1, 0.02), Radford et al. 2016) or pytorch (its default)")}
+
+
+def initialised(variant: Variant, network: nn.Module) -> nn.Module:
+    """``network`` with DCGAN's initialisation when the variant's ``init`` asks for it (Radford et
+    al. 2016: every convolution N(0, 0.02), batch norm scales N(1, 0.02), biases 0); else as PyTorch made it."""
+    if getattr(variant.hp, "init", "pytorch") != "dcgan":
+        return network
+    for module in network.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d)):
+            nn.init.normal_(module.weight, 1.0 if isinstance(module, nn.BatchNorm2d) else 0.0, 0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return network
 
 
 def mlp_pair(variant: Variant) -> tuple[MLPGenerator, MLPDiscriminator]:

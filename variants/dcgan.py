@@ -7,7 +7,7 @@ with a Tanh output, LeakyReLU(0.2) in D, no hidden fully connected layers (varia
 from __future__ import annotations
 
 from bench.registry import register, tips
-from variants.blocks import networks
+from variants.blocks import init, networks
 from variants.gan import GAN
 
 
@@ -16,7 +16,8 @@ class DCGAN(GAN):
     """Radford et al. 2016, convolutional networks; Adam 2e-4, beta1 0.5."""
 
     name = "dcgan"
-    hparams = {**{key: spec for key, spec in GAN.hparams.items() if key != "arch"}, **tips()}  # convolutional by definition
+    hparams = {**{key: spec for key, spec in GAN.hparams.items() if key != "arch"},  # convolutional by definition
+               **init("dcgan"), **tips()}
 
     def build(self) -> None:
         self.G, self.D = networks(self)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from bench.registry import HParam, Variant, register, tips
-from variants.blocks import arch, networks
+from variants.blocks import arch, init, networks
 
 
 CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation")
@@ -33,6 +33,7 @@ class WGAN(Variant):
         "clip_c": HParam(0.01, 1e-3, 1.0, log=True, help="critic weights are clipped to [-c, c]"),
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
         **arch("dcgan"),
+        **init("dcgan"),  # the authors' code is DCGAN's (Soumith Chintala's), initialisation included
         **CRITIC_TIPS,
     }
     critic = True
