@@ -153,3 +153,22 @@ def test_ebgan_energy_is_the_reconstruction_error_and_g_pays_the_pulling_away_te
     assert (losses["loss_g"] - losses["energy_fake"]).item() == pytest.approx(0.5 * losses["pulling_away"].item(),
                                                                                rel=1e-5)
     assert "pulling_away" not in get_variant("ebgan")((1, 28, 28), 10).train_step(images, torch.zeros(6).long())
+
+
+@pytest.mark.parametrize("name", ["dcgan", "cgan", "ragan", "wgan"])
+def test_init_dcgan_draws_convolutions_from_n_0_002_and_batch_norm_scales_from_n_1_002(name):
+    torch.manual_seed(0)
+    model = get_variant(name)((1, 28, 28), 10, init="dcgan")
+    for network in (model.G, model.D):
+        convs = [m for m in network.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
+        weights = torch.cat([m.weight.detach().flatten() for m in convs])
+        assert abs(weights.mean().item()) < 2e-3 and weights.std().item() == pytest.approx(0.02, rel=0.05)
+        assert all(m.bias is None or not m.bias.any() for m in convs + norms)
+        if norms:
+            scales = torch.cat([m.weight.detach() for m in norms])
+            assert scales.mean().item() == pytest.approx(1.0, abs=0.01)
+            assert scales.std().item() == pytest.approx(0.02, rel=0.3)
+    default = get_variant(name)((1, 28, 28), 10)  # PyTorch's own: Kaiming uniform, unit batch norm scales
+    first = next(m for m in default.G.modules() if isinstance(m, nn.ConvTranspose2d))
+    assert default.hp.init == "pytorch" and first.weight.std().item() != pytest.approx(0.02, rel=0.05)

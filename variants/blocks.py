@@ -173,7 +173,8 @@ INITS = ("dcgan", "pytorch")
 
 
 def init(default: str) -> dict[str, HParam]:
-    """The ``init`` hyperparameter of the convolutional networks, for variants whose paper names one."""
+    """The ``init`` hyperparameter of the convolutional networks, for the variants whose papers'
+    code initialised them as DCGAN does."""
     return {"init": HParam(default, choices=INITS, help="conv weights: dcgan (N(0, 0.02), batch norm scale "
                                                          "N(1, 0.02), Radford et al. 2016) or pytorch (its default)")}
 

@@ -17,7 +17,7 @@ class DCGAN(GAN):
 
     name = "dcgan"
     hparams = {**{key: spec for key, spec in GAN.hparams.items() if key != "arch"},  # convolutional by definition
-               **init("dcgan"), **tips()}
+               **init("pytorch"), **tips()}
 
     def build(self) -> None:
         self.G, self.D = networks(self)

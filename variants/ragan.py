@@ -34,7 +34,7 @@ class RaGAN(DCGAN):
     """Jolicoeur-Martineau 2019, relativistic average loss; Adam 2e-4, beta1 0.5."""
 
     name = "ragan"
-    hparams = {**adam_hparams(lr=2e-4, beta1=0.5), **arch("dcgan"), **init("dcgan"), **tips()}
+    hparams = {**adam_hparams(lr=2e-4, beta1=0.5), **arch("dcgan"), **init("pytorch"), **tips()}
 
     def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
         return {"loss_d": ragan_d_loss(self.D(real), self.D(fake), self.real_target)}
