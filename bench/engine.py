@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import checkpoint
-from bench.data import BatchSampler, load_dataset
+from bench.data import BatchSampler, ImageDataset, load_dataset
 from bench.doctor import Doctor
 from bench.errors import ConfigError, Interrupted, TrainingDiverged
 from bench.observer import Finding, Observer
@@ -54,6 +54,18 @@ class Budget:
     """When set, the finished generator is scored once more, on this many samples, with every
     feature extractor (the papers' protocol: 10,000 samples against the 10,000 test images), as
     the last row of ``scores``; evaluations during training stay at ``eval_samples`` with ``features``."""
+
+    def validate(self) -> None:
+        """Refuses a value no run can have, naming the field (a study file prefixes its path)."""
+        for key in ("steps", "batch_size", "eval_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be 0 (off) or positive, got {self.eval_every}")
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be 0 (use steps) or positive, got {self.epochs}")
+        if self.final_samples < 0 or self.final_samples == 1:
+            raise ConfigError(f"final_samples must be 0 (off) or at least 2, got {self.final_samples}")
 
 
 BUDGET_KEYS = tuple(field.name for field in dataclasses.fields(Budget))
@@ -90,15 +102,10 @@ class TrainConfig(Budget):
     def validate(self) -> None:
         if self.features not in EXTRACTORS:
             raise ConfigError(f"unknown feature extractor '{self.features}'; choose one of: {', '.join(EXTRACTORS)}")
-        if self.eval_every < 0:
-            raise ConfigError(f"eval_every must be 0 (off) or positive, got {self.eval_every}")
-        for key in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "eval_samples"):
+        super().validate()
+        for key in ("log_every", "sample_every", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.epochs < 0:
-            raise ConfigError(f"epochs must be 0 (use steps) or positive, got {self.epochs}")
-        if self.final_samples < 0 or self.final_samples == 1:
-            raise ConfigError(f"final_samples must be 0 (off) or at least 2, got {self.final_samples}")
         if not self.checkpoint_seconds > 0:
             raise ConfigError(f"checkpoint_seconds must be positive, got {self.checkpoint_seconds}")
         if self.amp not in AMP_MODES:
@@ -120,17 +127,23 @@ class TrainResult:
     """What the training doctor found, in the order first seen."""
 
 
+class ScoringStopped(Exception):
+    """Raised by the signal handler into a scoring pass, which then records nothing."""
+
+
 def default_out(variant: str) -> Path:
     """Where `bench train` writes a run when not told: results/train/VARIANT-TIMESTAMP."""
     return Path("results/train") / f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resolve_epochs(config: TrainConfig) -> TrainConfig:
+def resolve_epochs(config: TrainConfig, data: ImageDataset | None = None) -> TrainConfig:
     """``config`` with ``steps`` set from ``epochs`` (as it is when ``epochs`` is 0): the generator
-    steps in which the discriminator sees ``epochs`` passes of the training split."""
+    steps in which the discriminator sees ``epochs`` passes of the training split (``data``, when
+    the caller has it loaded)."""
     if not config.epochs:
         return config
-    data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
+    if data is None:
+        data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
     with torch.device("meta"):  # only to read how many real batches a step takes with these hparams
         variant = get_variant(config.variant)(data.image_shape, data.num_classes, **config.hparams)
     real_batches = math.ceil(config.epochs * len(data) / config.batch_size)
@@ -193,7 +206,6 @@ class Trainer:
     def __init__(self, config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
                  progress: bool = True, observers: Sequence[Observer] = ()):
         config.validate()
-        config = self.config = resolve_epochs(config)
         self.extra_observers = list(observers)
         self.out = Path(out) if out is not None else None
         self.progress = progress
@@ -202,6 +214,7 @@ class Trainer:
         variant_cls = get_variant(config.variant)
         variant_cls.resolve_hparams(config.hparams)  # fail on bad input before loading any data
         self.data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
+        config = self.config = resolve_epochs(config, self.data)
 
         torch.manual_seed(config.seed)
         # channels-last suits the convolution kernels of both oneDNN (CPU) and cuDNN (tensor cores).
@@ -218,6 +231,7 @@ class Trainer:
         self.evaluations: list[dict[str, float]] = []
         self._scorers: dict[str, Scorer] = {}
         self._signal: int | None = None  # SIGINT or SIGTERM received during run()
+        self._scoring = False  # whether a signal now interrupts a scoring pass (see _checkpoint_on_signals)
         self._saved_at = time.perf_counter()
         self.doctor = Doctor(self.variant, config.dataset, self._report) if config.doctor else None
         self.folder = RunFolder(self.out) if self.out is not None else None
@@ -261,6 +275,8 @@ class Trainer:
 
     def _loop(self, until: int, batch: int) -> None:
         config, variant = self.config, self.variant
+        if self.step and self._evaluation_due(until) and all(row["step"] != self.step for row in self.evaluations):
+            self._end_step(until)  # a signal stopped the saved run while it scored this step
         while self.step < until:
             real, labels = self.batches.next(batch)
             if self.doctor:
@@ -274,24 +290,35 @@ class Trainer:
                 self.doctor.after_step(self.step)
             if self.step % config.log_every == 0:
                 self._flush()
-            if (config.eval_every and (self.step % config.eval_every == 0 or self.step == until) or
-                    config.final_samples and self.step == config.steps):
-                self.evaluate()
-            if self.folder is not None and (self.step % config.sample_every == 0 or self.step == until):
-                self.save_grid()
-            if self.folder is not None and (self.step % config.checkpoint_every == 0 or self.step == until or
-                                            self._signal is not None or
-                                            time.perf_counter() - self._saved_at >= config.checkpoint_seconds):
-                self.save()  # once, even when a signal and a periodic checkpoint fall on the same step
-            if self._signal is not None:
-                self._bar.close()
-                raise Interrupted(self._signal, f"at step {self.step}; checkpoint written to {self.folder.checkpoint}")
+            self._end_step(until)
+
+    def _evaluation_due(self, until: int) -> bool:
+        config = self.config
+        return bool(config.eval_every and (self.step % config.eval_every == 0 or self.step == until) or
+                    config.final_samples and self.step == config.steps)
+
+    def _end_step(self, until: int) -> None:
+        """The scoring, sample grid and checkpoint due at this step; then stops if a signal came."""
+        config = self.config
+        if self._evaluation_due(until):
+            self.evaluate()
+        if self.folder is not None and (self.step % config.sample_every == 0 or self.step == until):
+            self.save_grid()
+        if self.folder is not None and (self.step % config.checkpoint_every == 0 or self.step == until or
+                                        self._signal is not None or
+                                        time.perf_counter() - self._saved_at >= config.checkpoint_seconds):
+            self.save()  # once, even when a signal and a periodic checkpoint fall on the same step
+        if self._signal is not None:
+            self._bar.close()
+            raise Interrupted(self._signal, f"at step {self.step}; checkpoint written to {self.folder.checkpoint}")
 
     @contextlib.contextmanager
     def _checkpoint_on_signals(self):
         """With an output folder, SIGINT and SIGTERM end the run after the current step, with a
-        checkpoint at that step; a second signal stops at once, without one. Python only lets
-        the main thread install handlers: elsewhere the signals keep their usual effect."""
+        checkpoint at that step, and cut short a scoring in progress (with Inception on a CPU it
+        can take minutes; the resumed run scores that step first). A second signal stops at once,
+        without a checkpoint. Python only lets the main thread install handlers: elsewhere the
+        signals keep their usual effect."""
         if self.folder is None or threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -300,6 +327,8 @@ class Trainer:
             if self._signal is not None:
                 raise KeyboardInterrupt
             self._signal = signum
+            if self._scoring:
+                raise ScoringStopped
 
         previous = {signum: signal.signal(signum, stop_after_this_step) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -316,18 +345,25 @@ class Trainer:
         for observer in self.extra_observers:
             observer.on_finding(finding)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float] | None:
         """Scores the generator now (fixed sampling seed, so the training RNG is untouched); at the
-        last step of a run with ``final_samples``, on that many samples with every extractor."""
+        last step of a run with ``final_samples``, on that many samples with every extractor.
+        None when a signal cut the scoring short."""
         self._flush()  # a loss gone NaN since the last read stops the run here, not inside FID's sqrtm
         config = self.config
         final = config.final_samples and self.step == config.steps
         scores = {"step": self.step}
-        for extractor in EXTRACTORS if final else (config.features,):
-            if extractor not in self._scorers:
-                self._scorers[extractor] = Scorer(config.dataset, extractor, device=self.device)
-            scores |= self._scorers[extractor].score(self.variant, config.final_samples if final
-                                                     else config.eval_samples, seed=config.seed)
+        try:
+            self._scoring = True
+            for extractor in EXTRACTORS if final else (config.features,):
+                if extractor not in self._scorers:
+                    self._scorers[extractor] = Scorer(config.dataset, extractor, device=self.device)
+                scores |= self._scorers[extractor].score(self.variant, config.final_samples if final
+                                                         else config.eval_samples, seed=config.seed)
+        except ScoringStopped:
+            return None
+        finally:
+            self._scoring = False
         self.evaluations.append(scores)
         for observer in self.observers:
             observer.on_scores(scores)

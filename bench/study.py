@@ -332,12 +332,13 @@ def _check(spec: StudySpec) -> None:
         raise ConfigError(f"{spec.path}: objective '{spec.objective}' names no extractor; "
                           f"use {spec.objective.split('_')[0]}_domain or {spec.objective.split('_')[0]}_inception")
     budget = spec.budget
-    if spec.trials < 1 or budget.steps < 1 or budget.eval_samples < 1 or budget.batch_size < 1:
-        raise ConfigError(f"{spec.path}: trials and budget.steps/eval_samples/batch_size must be at least 1")
-    if budget.epochs < 0 or budget.final_samples < 0 or budget.final_samples == 1:
-        raise ConfigError(f"{spec.path}: budget.epochs must be 0 (use steps) or positive and budget.final_samples "
-                          "0 (off) or at least 2")
-    if budget.eval_every < 0 or not (budget.eval_every or budget.final_samples) or (
+    if spec.trials < 1:
+        raise ConfigError(f"{spec.path}: trials must be at least 1, got {spec.trials}")
+    try:
+        budget.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{spec.path}: budget.{exc}") from None
+    if not (budget.eval_every or budget.final_samples) or (
             not budget.epochs and budget.eval_every > budget.steps):
         raise ConfigError(f"{spec.path}: budget.eval_every must be in [1, budget.steps={budget.steps}] "
                           "(the objective is read from the evaluations), or 0 with budget.final_samples set")

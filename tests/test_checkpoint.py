@@ -18,6 +18,8 @@ from click.testing import CliRunner
 from bench import checkpoint
 from bench.cli import main
 from bench.engine import CHECKPOINT, TrainConfig, Trainer, train
+from bench.errors import Interrupted
+from bench.scoring import Scorer
 from tests.test_cli import BENCH
 
 DIGITS_RUN = ["--variant", "gan", "--dataset", "digits", "--seed", "3"]
@@ -124,6 +126,33 @@ def test_sigterm_writes_a_checkpoint_at_that_step_and_resume_continues_with_the_
     pd.testing.assert_frame_equal(resumed_losses, straight_losses)
     resumed_weights, straight_weights = (checkpoint.load(folder)["variant"] for folder in (interrupted, tmp_path / "straight"))
     assert all(torch.equal(value, straight_weights[key]) for key, value in resumed_weights.items())
+
+
+def test_a_signal_during_scoring_stops_without_it_and_the_resumed_run_scores_that_step_first(tmp_path, monkeypatch):
+    """Scoring can take minutes (Inception on a CPU): a SIGTERM that comes while it runs ends the
+    run at once, with a checkpoint and no half-made scores, and the resumed run scores that step
+    before it trains on."""
+    config = TrainConfig("gan", dataset="digits", steps=20, eval_every=10, eval_samples=64)
+    score, scored_at = Scorer.score, []
+
+    def score_after_the_first_signal(self, *args, **kwargs):
+        scored_at.append(trainer.step)
+        if len(scored_at) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line runs
+        return score(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "score", score_after_the_first_signal)
+    trainer = Trainer(config, tmp_path, progress=False)
+    with pytest.raises(Interrupted, match="stopped by SIGTERM at step 10; checkpoint written"):
+        trainer.run()
+    saved = checkpoint.load(tmp_path)
+    assert saved["step"] == 10 and saved["evaluations"] == []
+
+    trainer = Trainer(config, tmp_path, resume=True, progress=False)
+    result = trainer.run()
+    assert scored_at == [10, 10, 20]
+    assert list(result.scores["step"]) == [10, 20] and result.scores["fid_domain"].notna().all()
+    assert [row["step"] for row in checkpoint.load(tmp_path)["evaluations"]] == [10, 20]
 
 
 def test_a_checkpoint_is_written_by_training_time_as_well_as_by_steps(tmp_path):
