@@ -270,7 +270,8 @@ def run_again(study: optuna.Study, number: int) -> None:
     most MAX_RETRIES times); the retry resumes from the trial's last checkpoint when it is here."""
     failed = study.get_trials(deepcopy=False)[number]
     with known_heartbeat_warnings():
-        optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)(study, failed)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
+        retry(study, failed)
 
 
 def trial_folder(study: optuna.Study, number: int) -> Path:
@@ -360,7 +361,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     hparams, seed_index = resolved.suggest(trial)
     frozen = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number)
     with known_heartbeat_warnings():
-        retried = optuna.storages.RetryFailedTrialCallback.retry_history(frozen)  # [original, ..., previous]
+        retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)  # [original, ..., previous]
     retry_of = retried[0] if retried else None
     # A retry repeats its original, seed included (Optuna copies the original's attributes).
     if retry_of is not None:
