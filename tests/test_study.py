@@ -185,19 +185,15 @@ def test_leaderboard_csv_has_one_row_per_metric_with_best_run_and_counts(finishe
 LITERATURE_STUDY = """
 dataset = "digits"
 objective = "fid_inception"
-sampler = "grid"
 pruner = "none"
-trials = 2
+trials = 1
 
 [budget]
 epochs = 1
 batch_size = 64
 eval_every = 8
 eval_samples = 200
-final_samples = 64
-
-[space_if_present]
-loss = { choices = ["nonsaturating", "minimax"] }
+final_samples = 32
 """
 
 
@@ -209,7 +205,7 @@ def test_an_epoch_budget_gives_every_variant_the_same_real_batches_and_a_final_i
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     runs = mlflow_runs(tmp_path, "lit")
     trials = runs[runs["tags.bench.kind"] == "trial"]
-    assert sorted(trials["tags.bench.variant"]) == ["gan", "gan", "wgan"]
+    assert sorted(trials["tags.bench.variant"]) == ["gan", "wgan"]
     for _, row in trials.iterrows():
         n_critic = 5 if row["tags.bench.variant"] == "wgan" else 1
         steps = math.ceil(real_batches / n_critic)
@@ -218,7 +214,6 @@ def test_an_epoch_budget_gives_every_variant_the_same_real_batches_and_a_final_i
         inception = [m.step for m in client.get_metric_history(row["run_id"], "fid_inception")]
         assert domain == [*range(8, steps, 8), steps] and inception == [steps]  # Inception only at the end
         assert row["tags.bench.extractor"] == "domain"
-    assert sorted(trials[trials["tags.bench.variant"] == "gan"]["params.loss"]) == ["minimax", "nonsaturating"]
     for variant in ("gan", "wgan"):
         for trial in optuna_trials(tmp_path, f"lit:{variant}:digits"):
             run_row = trials[trials["run_id"] == trial.user_attrs["mlflow_run_id"]].iloc[0]
@@ -272,7 +267,8 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
     steps, with the same hyperparameters and seeds."""
     tmp_path = project_folder("sigterm")
     study = tmp_path / "sigterm.toml"
-    study.write_text(TINY_STUDY.replace("trials = 3", "trials = 2").format(steps=1500, eval_every=1500))
+    steps = 600  # the signal comes 3 s into training, ~150 steps at one thread per worker
+    study.write_text(TINY_STUDY.replace("trials = 3", "trials = 2").format(steps=steps, eval_every=steps))
     args = ["run", "--variant", "gan", "--study", str(study), "--workers", "2"]
     process = subprocess.Popen([BENCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=clean_env())
@@ -289,7 +285,7 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
     assert [t.state for t in interrupted] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
     stopped_at = {t.number: int(re.search(r"stopped by SIGTERM at step (\d+)", t.user_attrs["fail_reason"])[1])
                   for t in interrupted[:2]}
-    assert all(0 < step < 1500 for step in stopped_at.values()), stopped_at
+    assert all(0 < step < steps for step in stopped_at.values()), stopped_at
 
     result = bench(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -302,8 +298,8 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
         assert retry.params == original.params and retry.user_attrs["seed"] == original.user_attrs["seed"]
         run_id = retry.user_attrs["mlflow_run_id"]
         assert runs.loc[run_id, "tags.bench.resumed_from"] == f"trial {original.number}"
-        steps = [metric.step for metric in client.get_metric_history(run_id, "loss_d")]
-        assert min(steps) == stopped_at[original.number] + 1 and max(steps) == 1500
+        logged = [metric.step for metric in client.get_metric_history(run_id, "loss_d")]
+        assert min(logged) == stopped_at[original.number] + 1 and max(logged) == steps
 
 
 # -- trials that go bad fail with their reason; the other worker goes on --------------------------
