@@ -27,7 +27,7 @@ VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "config": dict, "step": int, "image_shape": (list, tuple), "num_classes": int, "variant": dict,
-    "optimizers": dict, "sampler": dict, "torch_rng": torch.Tensor, "cuda_rng": (list, type(None)),
+    "optimizers": dict, "sampler": dict, "torch_rng": torch.Tensor, "cuda_rng": (torch.Tensor, type(None)),
     "rows": list, "evaluations": list, "doctor": (dict, type(None)),
 }
 """What a checkpoint holds, by type: the weights and every state that resumes the run exactly."""
@@ -51,8 +51,10 @@ def save(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load(path: Path | str, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The state saved in a checkpoint file or run folder, checked to be a ganbench checkpoint."""
+def load(path: Path | str) -> dict[str, Any]:
+    """The state saved in a checkpoint file or run folder, checked to be a ganbench checkpoint,
+    with every tensor on the CPU whatever device wrote it (load_state_dict moves weights to the
+    training device; RNG states must stay on the CPU)."""
     given = Path(path)
     path = locate(given)
     if not path.exists():
@@ -68,7 +70,7 @@ def load(path: Path | str, device: torch.device | str = "cpu") -> dict[str, Any]
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise NotACheckpoint(f"{path} is not a ganbench checkpoint: it holds Python objects other than tensors, "
                              "refused unread because loading them could run code") from None

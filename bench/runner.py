@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench.compare import compare, report_lines, write
 from bench.data import load_dataset
-from bench.engine import CHECKPOINT, TrainConfig, resolve_epochs, train
+from bench.engine import CHECKPOINT, TrainConfig, resolve_epochs, train, worker_device
 from bench.errors import BenchError, ConfigError, Interrupted, RunStopped
 from bench.observer import Observer
 from bench.progress import PROGRESS_SECONDS, StudyProgress
@@ -306,9 +306,9 @@ def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storag
                 tracking: Tracking) -> None:
     """Asks for trials until every variant's study holds its number of complete or pruned ones,
     each time for the variant with the fewest trials finished or running (the first on a tie)."""
-    device = job.device
-    if device == "auto" and torch.cuda.device_count() > 1:
-        device = f"cuda:{job.worker % torch.cuda.device_count()}"  # one GPU per worker
+    device = worker_device(job.device, job.worker)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(device)  # what a variant or library allocates without a device lands here too
     failures = 0  # in a row
     while failures < MAX_FAILURES_IN_A_ROW:
         with ask_lock(job.storage):

@@ -15,12 +15,14 @@ so FID and KID share one forward pass; the real data's features are cached on di
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import time
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,8 @@ DEFAULT_CACHE = Path("results/cache")
 EXTRACTORS = ("domain", "inception")
 KID_SUBSET = 1000
 KID_SEED = 0
+PRECISION = "float32"
+"""What scoring computes in, on every device (see :func:`ieee_float32`)."""
 
 
 class DomainClassifier(nn.Module):
@@ -191,6 +195,29 @@ class PrecomputedFeatures(nn.Module):
         return features
 
 
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """Float32 convolutions and matrix products that are float32: cuDNN computes float32
+    convolutions in TF32 on Ampere and later GPUs by default (10-bit mantissa: Inception
+    features move ~2e-3 relative), and a user may have allowed it for matrix products. Training
+    may keep TF32; scores must not depend on it. No effect on a CPU."""
+    cudnn, cublas = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(cudnn, "conv"):  # torch >= 2.9: per-backend precisions (mixing them with allow_tf32 is refused)
+        saved = cudnn.conv.fp32_precision, cublas.fp32_precision
+        cudnn.conv.fp32_precision = cublas.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            cudnn.conv.fp32_precision, cublas.fp32_precision = saved
+        return
+    saved = cudnn.allow_tf32, cublas.allow_tf32
+    cudnn.allow_tf32 = cublas.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, cublas.allow_tf32 = saved
+
+
 def inception_path() -> Path:
     from importlib.resources import files
 
@@ -338,13 +365,17 @@ class Scorer:
     def features(self, images: Tensor) -> Tensor:
         return torch.cat([self.extractor(batch.to(self.device)) for batch in images.split(self.batch_size)])
 
+    @ieee_float32()
     def _real_features(self, real: ImageDataset, samples: int, cache_dir: Path) -> tuple[Tensor, str]:
         """The real split's features, from the cache when a valid entry is there."""
         samples = min(samples, len(real))
+        # The device type and precision too: the same network gives features that differ in their
+        # last digits on a CPU and a GPU, and a cache shared by both must not mix them.
         key = {"dataset": self.dataset, "split": real.split, "samples": samples,
-               "extractor": self.extractor_name, "checksum": self.checksum}
-        path = cache_dir / "real-features" / (
-            f"{self.dataset}-{real.split}-{samples}-{self.extractor_name}-{self.checksum[:12]}.pt")
+               "extractor": self.extractor_name, "checksum": self.checksum,
+               "device": self.device.type, "precision": PRECISION}
+        path = cache_dir / "real-features" / (f"{self.dataset}-{real.split}-{samples}-{self.extractor_name}-"
+                                              f"{self.checksum[:12]}-{self.device.type}-{PRECISION}.pt")
         if path.exists():
             try:
                 cached = torch.load(path, map_location=self.device, weights_only=True)
@@ -363,6 +394,7 @@ class Scorer:
         return features, "computed"
 
     @torch.no_grad()
+    @ieee_float32()
     def score(self, variant: Variant, samples: int = 2000, *, seed: int = 0) -> dict[str, float]:
         """Metrics of ``samples`` images from ``variant`` (in eval mode), drawn with a fixed seed
         so that scores are comparable across steps and the training RNG is left untouched."""
@@ -378,6 +410,7 @@ class Scorer:
                                  codes=variant.categorical_code(latent))
 
     @torch.no_grad()
+    @ieee_float32()
     def score_images(self, images: Tensor, *, labels: Tensor | None = None,
                      codes: Tensor | None = None) -> dict[str, float]:
         """Metrics of a batch of images (N, C, H, W) in [-1, 1]. ``labels``: the classes they

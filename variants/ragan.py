@@ -17,7 +17,9 @@ from variants.dcgan import DCGAN
 
 def ragan_d_loss(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0) -> Tensor:
     """-E[log s(C(x_r) - E C(x_f))] - E[log(1 - s(C(x_f) - E C(x_r)))], s the sigmoid; the
-    first term's target is ``real_target`` (< 1: one-sided label smoothing)."""
+    first term's target is ``real_target`` (< 1: one-sided label smoothing). In float32: autocast
+    would take the differences in bfloat16 (only binary cross-entropy is on its float32 list)."""
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
     real_rel = real_logits - fake_logits.mean()
     fake_rel = fake_logits - real_logits.mean()
     return (F.binary_cross_entropy_with_logits(real_rel, torch.full_like(real_rel, real_target))

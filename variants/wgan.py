@@ -19,8 +19,9 @@ CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activat
 
 
 def wasserstein_estimate(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
-    """E[C(x_r)] - E[C(x_f)]: the critic maximises it, so its loss is the negative."""
-    return real_scores.mean() - fake_scores.mean()
+    """E[C(x_r)] - E[C(x_f)]: the critic maximises it, so its loss is the negative. In float32:
+    under bfloat16 autocast the difference of two close means would keep only ~3 digits."""
+    return real_scores.float().mean() - fake_scores.float().mean()
 
 
 @register
@@ -68,6 +69,6 @@ class WGAN(Variant):
             critic_losses = self.critic_losses(real_batch, fake)
             self.update(self.opt_d, critic_losses["loss_d"])
             self.after_critic_update()
-        loss_g = -self.D(self.G(self.latent(len(real_batch)))).mean()
+        loss_g = -self.D(self.G(self.latent(len(real_batch)))).float().mean()
         self.update(self.opt_g, loss_g)
         return {**critic_losses, "loss_g": loss_g}
