@@ -47,6 +47,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 WAIT_SECONDS = 2
 MAX_FAILURES_IN_A_ROW = 10
+SAMPLER_STREAMS = "bench.sampler_streams"
+"""The study's user attribute counting the processes that have sampled it (see _sample_anew)."""
 """A worker gives up after this many failed trials in a row: the variant or the ranges are broken."""
 
 
@@ -158,7 +160,7 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
     connect(tracking_uri, create=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend = open_storage(storage, heartbeat)
-    studies = {lane.variant.name: _load(lane, backend, seed) for lane in lanes}
+    studies = {lane.variant.name: _load(lane, backend) for lane in lanes}
     tracking = Tracking(tracking_uri, spec.name)
 
     parent = tracking.start_parent(
@@ -226,11 +228,22 @@ def run_workers(jobs: list[Job]) -> None:
                          "rerun the same command to finish the study")
 
 
-def _load(study: VariantStudy, backend: optuna.storages.BaseStorage, seed: int, worker: int = 0) -> optuna.Study:
-    # Workers of one study get different sampler seeds, or they would propose the same points.
+def _load(study: VariantStudy, backend: optuna.storages.BaseStorage) -> optuna.Study:
+    """The variant's Optuna study; the process that asks it for trials gives it a sampler (_sample_anew)."""
     return optuna.create_study(storage=backend, study_name=study.name, direction=study.spec.direction,
-                               sampler=study.sampler(seed + 1000 * worker), pruner=study.spec.make_pruner(),
-                               load_if_exists=True)
+                               pruner=study.spec.make_pruner(), load_if_exists=True)
+
+
+def _sample_anew(resolved: VariantStudy, study: optuna.Study, job: Job) -> None:
+    """Gives this process a sampler stream that no other process of the study has had. The k-th
+    process to ask the study for trials (a worker, a rerun after an interruption, another machine)
+    seeds its sampler with seed + 1000 k: a stream re-seeded from --seed alone would propose the
+    points already tried, and concurrent ones the same points. A fresh study run once stays
+    reproducible from --seed (k = 0)."""
+    with ask_lock(job.storage):
+        stream = study.user_attrs.get(SAMPLER_STREAMS, 0)
+        study.set_user_attr(SAMPLER_STREAMS, stream + 1)
+    study.sampler = resolved.sampler(job.seed + 1000 * stream)
 
 
 def _trial_id(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int) -> int:
@@ -295,7 +308,7 @@ def work(job: Job) -> None:
     storage = open_storage(job.storage, job.heartbeat)
     lanes = [spec.for_variant(get_variant(name), job.trials) for name in job.variants]
     try:
-        take_trials(job, [(lane, _load(lane, storage, job.seed, job.worker)) for lane in lanes], storage,
+        take_trials(job, [(lane, _load(lane, storage)) for lane in lanes], storage,
                     Tracking(job.tracking_uri, spec.name))
     except Interrupted as exc:
         job.say(f"worker {job.worker}: {exc}")
@@ -306,6 +319,8 @@ def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storag
                 tracking: Tracking) -> None:
     """Asks for trials until every variant's study holds its number of complete or pruned ones,
     each time for the variant with the fewest trials finished or running (the first on a tie)."""
+    for resolved, study in lanes:
+        _sample_anew(resolved, study, job)
     device = worker_device(job.device, job.worker)
     if device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.set_device(device)  # what a variant or library allocates without a device lands here too

@@ -26,6 +26,8 @@ from bench.errors import ConfigError
 
 RESULTS = Path("results")
 """Where bench writes by default: MLflow store, artifacts, Optuna journal, trial folders, CSVs."""
+UNENCODED = re.compile(r"[/?#@]|%(?![0-9A-Fa-f]{2})")
+"""What a URL's password may not hold as it is (RFC 3986): these, and a % that does not begin an escape."""
 SECRET_QUERY = re.compile(r"((?:^|[&;])[^=&;#]*(?:pass|pwd|secret|token|key)[^=&;#]*=)[^&;#]*", re.IGNORECASE)
 """Query parameters whose values are secrets: password=, sslpassword=, pwd=, token=, api_key=, ..."""
 HEARTBEAT_SECONDS = 10
@@ -41,25 +43,34 @@ STORAGE_URLS = "postgresql://USER@HOST:PORT/DB, sqlite:///PATH, or a journal fil
 def redact(url: str) -> str:
     """``url`` with its secrets replaced by ***, safe for params, tags and logs: the password of
     ``user:password@`` and the values of query parameters such as password=, token= or api_key=.
-    Works on malformed URLs too, which is when error messages quote them."""
-    base, question, query = url.partition("?")
-    scheme, slashes, rest = base.partition("://")
-    if slashes:
-        netloc, slash, path = rest.partition("/")
-        userinfo, _, host = netloc.rpartition("@")
-        if ":" in userinfo:
-            base = f"{scheme}://{userinfo.partition(':')[0]}:***@{host}{slash}{path}"
-    return base + question + SECRET_QUERY.sub(r"\1***", query)
+    Masks before parsing, so that it works on malformed URLs too, which is when error messages
+    quote them: the password runs from the user's ':' to the last '@', whatever it holds
+    (an unencoded / ? # or @ included)."""
+    scheme, slashes, rest = url.partition("://")
+    if not slashes:
+        scheme, rest = "", url
+    at = rest.rfind("@")
+    if slashes and at >= 0 and ":" in rest[:at]:
+        rest = f"{rest[:at].partition(':')[0]}:***{rest[at:]}"
+    base, question, query = rest.partition("?")
+    return scheme + slashes + base + question + SECRET_QUERY.sub(r"\1***", query)
 
 
 def url_scheme(url: str, forms: str) -> str:
     """The scheme of ``url`` without its driver (postgresql+psycopg: postgresql); ConfigError
-    naming the fault and ``forms``, the URLs expected, when ``url`` cannot be parsed."""
+    naming the fault and ``forms``, the URLs expected, when ``url`` cannot be parsed. A password
+    holding a character that URLs reserve is refused before any library reads it: each library
+    splits such a URL its own way, and quotes the pieces (parts of the password) in its errors."""
+    scheme, slashes, rest = url.partition("://")
+    userinfo = rest[:rest.rfind("@")] if slashes and "@" in rest else ""
+    if ":" in userinfo and UNENCODED.search(userinfo.partition(":")[2]):
+        raise ConfigError(f"malformed URL '{redact(url)}': its password holds a character URLs reserve; "
+                          f"percent-encode / ? # @ % as %2F %3F %23 %40 %25; use {forms}")
     try:
         parts = urlsplit(url)
         _ = parts.port  # parsed on access: 'host:abc' fails here
-    except ValueError as exc:
-        raise ConfigError(f"malformed URL '{redact(url)}' ({exc}); use {forms}") from None
+    except ValueError:  # its text quotes the URL's parts unmasked
+        raise ConfigError(f"malformed URL '{redact(url)}' (its host or port cannot be read); use {forms}") from None
     return parts.scheme.split("+")[0]
 
 
@@ -179,7 +190,7 @@ def ask_lock(url: str):
             finally:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ASK_LOCK_KEY})
         return
-    path = url.removeprefix("sqlite:///") if is_database(url) else url
+    path = urlsplit(url).path.removeprefix("/") if is_database(url) else url  # no query: it may hold a password
     with open(f"{path}.ask-lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -1,6 +1,9 @@
 """The GPU path, checked on the CPU: bfloat16 autocast that trains on current weights, checkpoints
 that resume on another device, scoring in true float32, workers spread over GPUs."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -8,7 +11,9 @@ import pytest
 import torch
 
 from bench import checkpoint, engine
+from bench.device_check import stale_weight_gaps
 from bench.engine import TrainConfig, Trainer, train, worker_device
+from bench.registry import variants
 from bench.scoring import PRECISION, Scorer
 
 
@@ -27,21 +32,7 @@ def test_under_bfloat16_every_forward_of_d_sees_its_weights_as_they_are_now(bf16
     """Each D forward of a step (after D's updates, WGAN's clipping, and G's pass through the new D)
     agrees with a float32 forward of D's current weights to bfloat16's precision. With autocast's
     weight cache they were the weights from before the step's first update: 11-170% apart."""
-    trainer = bf16_trainer(variant)
-    gaps, checking = [], False
-
-    def against_float32(module, inputs, output):
-        nonlocal checking
-        if checking:
-            return
-        checking = True
-        with torch.autocast("cpu", enabled=False), torch.no_grad():
-            exact = module(inputs[0].float())
-        checking = False
-        gaps.append(((output.float() - exact).abs().max() / exact.abs().max()).item())
-
-    trainer.variant.D.register_forward_hook(against_float32)
-    trainer.run()
+    gaps = stale_weight_gaps(bf16_trainer(variant))
     assert len(gaps) >= 3 and max(gaps) < 0.03, [round(gap, 4) for gap in gaps]
 
 
@@ -97,3 +88,19 @@ def test_study_workers_spread_over_the_gpus_and_share_them(monkeypatch):
     for name in ("auto", "cuda"):
         assert [worker_device(name, worker) for worker in range(5)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
     assert worker_device("cuda:1", 0) == "cuda:1" and worker_device("cpu", 1) == "cpu"
+
+
+def test_the_device_check_runs_every_measurement_in_smoke_mode(tmp_path):
+    out = tmp_path / "device-check.json"
+    subprocess.run([sys.executable, "-m", "bench.device_check", "--smoke", "--device", "cpu", "-o", str(out)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["smoke"] is True
+    assert report["training"].keys() == variants().keys()
+    for precisions in report["training"].values():
+        assert precisions["float32"]["steps_per_second"] > 0
+        assert precisions.get("bfloat16", {"stale_weight_max_gap": 0})["stale_weight_max_gap"] < 0.03
+    assert report["launches_per_step"] > 0
+    assert report["resume"] == {"max_weight_difference": 0.0, "max_loss_difference": 0.0, "resumed_on_cpu_to_step": 8}
+    assert report["inception_max_relative_difference_vs_cpu"] == 0.0  # the same device: the same numbers
+    assert report["scoring"]["samples"] == 8 and report["scoring"]["untrained_fid_domain"] > 0
