@@ -267,19 +267,20 @@ def report(study, tracking_uri, output) -> None:
 @main.command()
 @click.option("--study", default=None, help="Open this study's runs table.")
 @tracking_uri_option
-@click.option("--port", default=5000, show_default=True)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it to the network).")
 @reports_user_errors
 def ui(study, tracking_uri, port, host) -> None:
     """Starts the MLflow UI on the project's store and prints the address of the runs table
     (with a tracking server's URI, only the address: that server shows the UI itself)."""
-    from bench.tracking import connect, serve, study_page
+    from bench.tracking import check_port, connect, serve, study_page
 
     uri = connect(tracking_uri, create=False)
     page = study_page(uri, study)
     if uri.startswith(("http://", "https://")):
         click.echo(f"MLflow UI: {uri.rstrip('/')}/{page}")
         return
+    check_port(host, port)
     click.echo(f"MLflow UI: http://{host}:{port}/{page}   (Ctrl-C stops it)")
     serve("ui", "--backend-store-uri", uri, "--host", host, "--port", str(port))
 
@@ -289,13 +290,14 @@ def ui(study, tracking_uri, port, host) -> None:
               help="Where the server records runs: postgresql://USER@HOST/DB (or sqlite:///PATH).")
 @click.option("--artifacts", type=click.Path(path_type=Path), default=Path("results/mlartifacts"),
               show_default=True, help="Where the server keeps artifacts (sample grids, figures, checkpoints).")
-@click.option("--port", default=5000, show_default=True)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
 @reports_user_errors
 def server(backend_store_uri, artifacts, port, host) -> None:
     """Starts an MLflow tracking server for workers on many machines (bench run --tracking-uri http://HOST:PORT)."""
-    from bench.tracking import check_store, serve
+    from bench.tracking import check_port, check_store, serve
 
+    check_port(host, port)
     check_store(backend_store_uri, create=True, role="MLflow backend store")
     click.echo(f"MLflow tracking server: http://{host}:{port}   workers: bench run ... --tracking-uri "
                f"http://{host}:{port}   (Ctrl-C stops it)")

@@ -57,9 +57,11 @@ class Budget:
 
     def validate(self) -> None:
         """Refuses a value no run can have, naming the field (a study file prefixes its path)."""
-        for key in ("steps", "batch_size", "eval_samples"):
+        for key in ("steps", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.eval_samples < 2:
+            raise ConfigError(f"eval_samples must be at least 2 (FID needs a covariance), got {self.eval_samples}")
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be 0 (off) or positive, got {self.eval_every}")
         if self.epochs < 0:

@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench.compare import compare, report_lines, write
 from bench.data import load_dataset
-from bench.engine import CHECKPOINT, TrainConfig, resolve_epochs, train, worker_device
+from bench.engine import CHECKPOINT, TrainConfig, autocast_dtype, resolve_device, resolve_epochs, train, worker_device
 from bench.errors import BenchError, ConfigError, Interrupted, RunStopped
 from bench.observer import Observer
 from bench.progress import PROGRESS_SECONDS, StudyProgress
@@ -153,8 +153,12 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
         raise ConfigError("--workers and --heartbeat must be at least 1")
     if not progress_every > 0:
         raise ConfigError(f"--progress-every must be positive (seconds), got {progress_every}")
+    autocast_dtype(resolve_device(device), amp)  # a device or precision this machine lacks: before any trial
     # A missing dataset or a dead server fails here, before a study, a run or a file exists.
-    load_dataset(spec.dataset, "train")
+    data = load_dataset(spec.dataset, "train")
+    if spec.budget.batch_size > len(data):
+        raise ConfigError(f"{spec.path}: budget.batch_size {spec.budget.batch_size} is larger than {spec.dataset}'s "
+                          f"{len(data)} training images; lower it")
     storage = storage or default_storage()
     check_storage(storage)
     connect(tracking_uri, create=True)

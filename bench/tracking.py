@@ -130,6 +130,20 @@ def check_store(uri: str, *, create: bool, role: str = "MLflow store") -> None:
                       "or pass the --tracking-uri it used")
 
 
+def check_port(host: str, port: int) -> None:
+    """Fails, before any address is printed, when ``host``:``port`` cannot be listened on (a port
+    in use, a host that is not this machine's): MLflow would say so in a traceback and exit 0."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
+            probe.bind(address)
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port} ({reason}); pass another --port, or a --host "
+                          "address of this machine") from None
+
+
 def serve(command: str, *args: str) -> None:
     """Runs `mlflow COMMAND ARGS` (ui, server) until it ends, or until bench gets SIGINT (Ctrl-C)
     or SIGTERM; then stops it and every process it started (MLflow runs its web server as a child

@@ -4,6 +4,7 @@ one `Error:` line that names the problem and the fix, no traceback, and nothing 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ FILES = {
     "latin1.toml": NOT_UTF8,
     "broken.toml": b"trials = [1, 2\n",
     "unknown_dataset.toml": b'dataset = "celeba"\n[space]\nlr = { low = 1e-4, high = 1e-3, log = true }\n',
+    "huge_batch.toml": b'[budget]\nbatch_size = 100000\n[space]\nlr = { low = 1e-4, high = 1e-3, log = true }\n',
     "a_file": b"not a folder",
     "run/health.json": b"{not json",
     "run_list/health.json": json.dumps([{"check": "mode_collapse"}]).encode(),
@@ -29,7 +31,7 @@ CASES = [
     (["train", "--variant", "gan", "--set", "lr=abc"], "lr='abc' is not a number; valid: [1e-06, 0.1] (log)"),
     (["train", "--variant", "gan", "--steps", "many"], "'many' is not a valid integer"),
     (["train", "--variant", "gan", "--steps", "0"], "steps must be at least 1, got 0"),
-    (["train", "--variant", "gan", "--eval-samples", "0"], "eval_samples must be at least 1"),
+    (["train", "--variant", "gan", "--eval-samples", "1"], "eval_samples must be at least 2 (FID needs a covariance)"),
     (["train", "--variant", "gan", "--features", "vgg"], "unknown feature extractor 'vgg'; choose one of"),
     (["train", "--variant", "gan", "--checkpoint-every", "often"], "--checkpoint-every expects a positive step count"),
     (["train", "--variant", "gan", "--resume"], "--resume needs --out"),
@@ -49,6 +51,9 @@ CASES = [
     (["run", "--variant", "gan,,dcgan", "--study", "quick"], "distinct variant names separated by commas"),
     (["run", "--variant", "gan,wgan", "--study", "beta1_sweep"], "beta1_sweep.toml: [space] beta1"),
     (["run", "--variant", "gan", "--study", "quick", "--progress-every", "0"], "--progress-every must be positive"),
+    (["run", "--variant", "gan", "--study", "quick", "--device", "tpu"], "unknown device 'tpu'"),
+    (["run", "--variant", "gan", "--study", "quick", "--device", "cuda:7"], "device 'cuda:7'"),
+    (["run", "--variant", "gan", "--study", "huge_batch.toml"], "budget.batch_size 100000 is larger than"),
     (["eval", "--checkpoint", "nowhere"], "no checkpoint at nowhere"),
     (["eval", "--checkpoint", "checkpoint.pt"], "checkpoint.pt is not a ganbench checkpoint"),
     (["eval", "--checkpoint", "run"], "run holds no checkpoint.pt"),
@@ -61,6 +66,8 @@ CASES = [
     (["compare", "--study", "quick"], "no MLflow store at sqlite:///"),
     (["report", "--study", "quick"], "no MLflow store at sqlite:///"),
     (["ui", "--port", "web"], "'web' is not a valid integer"),
+    (["server", "--backend-store-uri", "sqlite:///x.db", "--port", "99999"], "99999 is not in the range 1<=x<=65535"),
+    (["server", "--backend-store-uri", "sqlite:///x.db", "--host", "192.0.2.1"], "cannot listen on 192.0.2.1:5000"),
     (["server", "--backend-store-uri", "ftp://x"], "unsupported MLflow backend store 'ftp://x'"),
     (["doctor", "0123456789abcdef"], "no MLflow store at sqlite:///"),
     (["perf", "--variants", "gan,nosuch"], "unknown variant 'nosuch'"),
@@ -93,3 +100,16 @@ def test_every_command_is_in_the_table():
     commands = {name for name in main.commands if name != "features"} | {"features train"}
     tried = {args[0] if args[0] != "features" else "features train" for args, _ in CASES}
     assert commands == tried
+
+
+def test_ui_and_server_refuse_a_port_in_use_before_printing_an_address(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(main, ["server", "--backend-store-uri", "sqlite:///x.db", "--port", port])
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); pass " \
+                                    "another --port, or a --host address of this machine"
+    assert not list(tmp_path.iterdir())
