@@ -27,7 +27,7 @@ from bench.errors import BenchError, ConfigError
 from bench.doctor import HEALTH, read_health
 from bench.engine import BUDGET_KEYS, CHECKPOINT, TrainConfig, TrainResult, precision, resolve_device
 from bench.observer import Finding, Observer
-from bench.storage import RESULTS, check_database, has_table, redact, url_scheme
+from bench.storage import RESULTS, ask_lock, check_database, has_table, redact, url_scheme
 
 HOST = socket.gethostname()
 BATCH_LIMIT = 1000
@@ -105,6 +105,13 @@ def connect(tracking_uri: str | None, *, create: bool) -> str:
         check_server(uri)
     elif scheme in ("postgresql", "sqlite"):
         check_store(uri, create=create)
+        if create:
+            from mlflow import MlflowClient
+
+            # MLflow creates its schema on first use; two `bench run`s starting at once in a fresh
+            # folder would both create it ("table already exists"): one creates, the other waits.
+            with ask_lock(uri):
+                MlflowClient(uri).search_experiments(max_results=1)
     else:
         raise ConfigError(f"unsupported tracking URI '{redact(uri)}': use {TRACKING_URIS}")
     return uri
