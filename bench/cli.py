@@ -50,6 +50,18 @@ def writing(output: Path):
         raise UserError(f"cannot write {output} ({exc.strerror}); pass -o a path you can write to") from None
 
 
+def check_writable(output: Path) -> None:
+    """Fails now, not after minutes of work, when OUTPUT (-o) cannot be written; creates nothing."""
+    if output.is_dir():
+        raise UserError(f"cannot write {output} (it is a folder); pass -o a file path")
+    folder = output.parent
+    while not folder.exists():  # the folder it would be made in
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write {output} ({folder} is not a folder you can write to); pass -o a path "
+                        "you can write to")
+
+
 @click.group()
 def main() -> None:
     """ganbench: which GAN variant, with which hyperparameters, trains best on your data."""
@@ -382,6 +394,7 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
         worker_counts = tuple(int(count) for count in parallel.split(",") if count.strip())
     except ValueError:
         raise UserError(f"--parallel expects worker counts like 1,2,3, got '{parallel}'") from None
+    check_writable(output)
     report = run_perf(chosen, output, dataset=dataset, steps=steps, repeats=repeats, device=device,
                       inception=inception, scoring_samples=scoring_samples, overhead_steps=overhead_steps,
                       quality_threshold=quality_threshold, quality_seconds=quality_seconds, parallel=worker_counts,

@@ -47,7 +47,7 @@ class RunFolder(Observer):
         """Makes the folder and writes config.json (the run's TrainConfig) and health.json (the findings so far)."""
         self.findings = list(findings)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "samples").mkdir(parents=True, exist_ok=True)  # now, not after the first training steps
             (self.path / "config.json").write_text(json.dumps(config, indent=2))
             write_health(self.path / HEALTH, self.findings)
         except OSError as exc:
