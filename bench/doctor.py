@@ -27,18 +27,44 @@ HEALTH = "health.json"
 """The doctor's findings in a run folder (and an MLflow run's artifacts), read by `bench doctor`."""
 
 
+MAX_HEALTH_BYTES = 1 << 20
+FINDING_FIELDS = {"check": str, "step": int, "message": str, "fatal": bool}
+"""A health.json entry's fields and their JSON types (observer.Finding)."""
+
+
 def write_health(path: Path, findings: list[Finding]) -> None:
     """health.json: the findings so far; an empty list is the doctor's all-clear."""
     path.write_text(json.dumps([finding.as_dict() for finding in findings], indent=2) + "\n")
 
 
 def read_health(path: Path) -> list[Finding]:
-    """The findings in a health.json, which may come from elsewhere: anything else is one line."""
+    """The findings in a health.json, which may come from elsewhere: checked field by field, read
+    only when it is a regular file of a sane size; anything else is one line naming the fault."""
+
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(f"{path} is not a list of the doctor's findings ({problem}); pass a folder written by "
+                           "`bench train` or a study trial")
+
+    if not path.is_file():  # a folder, a FIFO (whose read would block), a device
+        raise refuse("not a regular file")
+    if path.stat().st_size > MAX_HEALTH_BYTES:
+        raise refuse(f"{path.stat().st_size} bytes; the doctor writes a few kB")
     try:
-        return [Finding(**row) for row in json.loads(path.read_text())]
-    except (ValueError, TypeError) as exc:  # not JSON, or not a list of findings
-        raise ConfigError(f"{path} is not a list of the doctor's findings ({exc}); pass a folder written by "
-                          "`bench train` or a study trial") from None
+        rows = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as exc:  # not JSON (or not UTF-8), or nested past the parser's depth
+        raise refuse(f"not JSON: {str(exc)[:80] or type(exc).__name__}") from None
+    if not isinstance(rows, list):
+        raise refuse(f"a JSON {type(rows).__name__}, not a list")
+    findings = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict) or row.keys() != FINDING_FIELDS.keys():
+            raise refuse(f"entry {index} is not an object with the keys {', '.join(FINDING_FIELDS)}")
+        for key, kind in FINDING_FIELDS.items():
+            # bool is an int in Python: a step of true is refused, a fatal of 1 too
+            if not isinstance(row[key], kind) or (kind is int and isinstance(row[key], bool)):
+                raise refuse(f"entry {index}: '{key}' must be {kind.__name__}, got {type(row[key]).__name__}")
+        findings.append(Finding(**row))
+    return findings
 
 
 class Doctor(Observer):

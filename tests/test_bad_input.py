@@ -22,6 +22,10 @@ FILES = {
     "grid_is_a_file/samples": b"not a folder",
     "run/health.json": b"{not json",
     "run_list/health.json": json.dumps([{"check": "mode_collapse"}]).encode(),
+    "run_step/health.json": json.dumps([{"check": "x", "step": {"a": 1}, "message": "m", "fatal": False}]).encode(),
+    "run_message/health.json": json.dumps([{"check": "x", "step": 3, "message": 7, "fatal": False}]).encode(),
+    "run_folder/health.json/inside": b"",
+    "run_deep/health.json": b"[" * 100_000,
     "checkpoint.pt": b"\x80\x04K\x01.",
 }
 
@@ -62,6 +66,10 @@ CASES = [
     (["eval", "--checkpoint", "run", "--samples", "1"], "samples must be at least 2"),
     (["doctor", "run"], "run/health.json is not"),
     (["doctor", "run_list"], "run_list/health.json is not"),
+    (["doctor", "run_step"], "entry 0: 'step' must be int, got dict"),
+    (["doctor", "run_message"], "entry 0: 'message' must be str, got int"),
+    (["doctor", "run_folder"], "run_folder/health.json is not a list of the doctor's findings (not a regular file)"),
+    (["doctor", "run_deep"], "run_deep/health.json is not a list of the doctor's findings (not JSON"),
     (["leaderboard", "--study", "quick"], "no MLflow store at sqlite:///"),
     (["leaderboard", "--tracking-uri", "http://127.0.0.1:notaport"], "malformed URL 'http://127.0.0.1:notaport'"),
     (["ui", "--study", "quick"], "no MLflow store at sqlite:///"),
