@@ -17,7 +17,7 @@ def bench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--variant", "stylegan"], "unknown variant 'stylegan'; choose one of: cgan, dcgan, ebgan, gan, infogan, ragan"),
+    (["--variant", "stylegan"], "unknown variant 'stylegan'; choose one of: began, cgan, dcgan, dragan, ebgan, gan, infogan, lsgan, ragan"),
     (["--variant", "wgan", "--set", "beta1=0.5"], "variant 'wgan' has no hyperparameter 'beta1'; valid: lr, clip_c, n_critic"),
     (["--variant", "wgan", "--set", "label_smoothing=0.1"], "tip 'label_smoothing' does not apply to variant "
      "'wgan': it needs a discriminator trained with binary cross-entropy on real/fake targets"),
@@ -26,7 +26,7 @@ def bench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     (["--variant", "gan", "--set", "loss=hinge"], "loss='hinge' is not valid; choose one of: nonsaturating, minimax"),
     (["--variant", "gan", "--set", "lr"], "--set expects key=value, got 'lr'"),
     (["--variant", "gan", "--dataset", "celeba"], "unknown dataset 'celeba'; choose one of:"),
-    (["--variant", "gan", "--device", "cuda:3"], "device 'cuda:3'"),
+    (["--variant", "gan", "--device", "cuda:99"], "device 'cuda:99'"),  # no such GPU, on any machine the suite runs on
 ])
 def test_bad_input_is_one_line_with_the_fix_and_exit_status_2(tmp_path, args, message):
     result = CliRunner().invoke(main, ["train", *args, "--out", str(tmp_path / "run")])

@@ -99,7 +99,8 @@ class UnitRangeBatches(BatchSampler):
 
 
 def train(variant: str, steps: int, **hparams) -> Trainer:
-    trainer = Trainer(TrainConfig(variant, steps=steps, hparams=hparams), progress=False)
+    """On the CPU: the steps within which each warning must fire were stated for its float32 runs."""
+    trainer = Trainer(TrainConfig(variant, steps=steps, hparams=hparams, device="cpu"), progress=False)
     trainer.run()
     return trainer
 

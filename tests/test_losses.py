@@ -7,9 +7,12 @@ import torch
 from torch import nn
 
 from bench.registry import get_variant
+from variants.began import began_d_loss, convergence_measure, next_k, reconstruction_loss
+from variants.dragan import dragan_penalty, perturbed
 from variants.ebgan import ebgan_d_loss, pulling_away_term
 from variants.gan import discriminator_bce, generator_minimax, generator_nonsaturating
 from variants.infogan import info_loss
+from variants.lsgan import lsgan_d_loss, lsgan_g_loss
 from variants.ragan import ragan_d_loss, ragan_g_loss
 from variants.wgan import wasserstein_estimate
 from variants.wgan_gp import gradient_penalty
@@ -155,7 +158,7 @@ def test_ebgan_energy_is_the_reconstruction_error_and_g_pays_the_pulling_away_te
     assert "pulling_away" not in get_variant("ebgan")((1, 28, 28), 10).train_step(images, torch.zeros(6).long())
 
 
-@pytest.mark.parametrize("name", ["dcgan", "cgan", "ragan", "wgan"])
+@pytest.mark.parametrize("name", ["dcgan", "cgan", "ragan", "wgan", "lsgan", "dragan"])
 def test_init_dcgan_draws_convolutions_from_n_0_002_and_batch_norm_scales_from_n_1_002(name):
     torch.manual_seed(0)
     model = get_variant(name)((1, 28, 28), 10, init="dcgan")
@@ -172,3 +175,105 @@ def test_init_dcgan_draws_convolutions_from_n_0_002_and_batch_norm_scales_from_n
     default = get_variant(name)((1, 28, 28), 10)  # PyTorch's own: Kaiming uniform, unit batch norm scales
     first = next(m for m in default.G.modules() if isinstance(m, nn.ConvTranspose2d))
     assert default.hp.init == "pytorch" and first.weight.std().item() != pytest.approx(0.02, rel=0.05)
+
+
+def test_lsgan_losses_are_half_mean_squared_distances_to_their_targets():
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([0.0, 2.0])
+    # a = 0, b = c = 1: D: 1/2 mean((0, 2)^2) + 1/2 mean((0, 2)^2) = 2; G: 1/2 mean((-1, 1)^2) = 1/2.
+    assert lsgan_d_loss(real, fake).item() == pytest.approx(2.0)
+    assert lsgan_g_loss(fake).item() == pytest.approx(0.5)
+    # The paper's other coding, a = -1, b = 1, c = 0: D 1/2 mean((0, 2)^2) + 1/2 mean((1, 3)^2) = 1 + 2.5.
+    assert lsgan_d_loss(real, fake, a=-1.0, b=1.0).item() == pytest.approx(3.5)
+    assert lsgan_g_loss(fake, c=0.0).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("d_output, squash", [("raw", lambda x: x), ("sigmoid", torch.sigmoid)])
+def test_lsgan_squares_d_raw_output_or_as_compare_gan_its_sigmoid(d_output, squash):
+    torch.manual_seed(0)
+    lsgan = get_variant("lsgan")((1, 28, 28), 10, d_output=d_output)
+    real, fake = torch.rand(6, 1, 28, 28) * 2 - 1, torch.rand(6, 1, 28, 28) * 2 - 1
+    losses = lsgan.d_losses(real, fake, None, None)["loss_d"]
+    expected = lsgan_d_loss(squash(lsgan.D(real)), squash(lsgan.D(fake)))
+    assert losses.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert lsgan.g_losses(real, fake, None, None)["loss_g"].item() == pytest.approx(
+        lsgan_g_loss(squash(lsgan.D(fake))).item(), rel=1e-5)
+
+
+def test_dragan_perturbs_real_data_by_half_its_spread_times_uniform_noise():
+    real = torch.ones(4, 1, 3, 3)
+    real[::2] = -1  # population standard deviation 1
+    torch.manual_seed(0)
+    moved = perturbed(real)
+    torch.manual_seed(0)
+    assert torch.equal(moved, real + 0.5 * torch.rand_like(real))
+    assert (moved - real).min() >= 0 and (moved - real).max() < 0.5
+
+
+class RecordingCritic(LinearCritic):
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return super().forward(x)
+
+
+def test_dragan_penalty_is_taken_between_the_reals_and_their_perturbation():
+    weight = torch.zeros(1, 2, 2)
+    weight.view(-1)[:2] = torch.tensor([1.2, 1.6])  # ||w|| = 2 everywhere: the penalty is (2 - 1)^2 = 1
+    real, critic = torch.randn(5, 1, 2, 2), RecordingCritic(weight)
+    torch.manual_seed(0)
+    penalty, norm = dragan_penalty(critic, real)
+    assert penalty.item() == pytest.approx(1.0, rel=1e-5) and norm.item() == pytest.approx(2.0, rel=1e-5)
+    torch.manual_seed(0)
+    shifted = perturbed(real)
+    alpha = torch.rand(5, 1, 1, 1)
+    assert torch.allclose(critic.seen, real + alpha * (shifted - real))  # x_hat = x + alpha (x_p - x)
+
+
+def test_dragan_d_loss_is_the_cross_entropy_plus_lambda_times_the_penalty():
+    torch.manual_seed(0)
+    dragan = get_variant("dragan")((1, 28, 28), 10, gp_lambda=3.0)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in dragan.D.modules())
+    real, fake = torch.rand(6, 1, 28, 28) * 2 - 1, torch.rand(6, 1, 28, 28) * 2 - 1
+    losses = dragan.d_losses(real, fake, None, None)
+    cross_entropy = discriminator_bce(dragan.D(real), dragan.D(fake))
+    assert losses["loss_d"].item() == pytest.approx(cross_entropy.item() + 3.0 * losses["gradient_penalty"].item(),
+                                                    rel=1e-5)
+    assert dragan.g_losses(real, fake, None, None)["loss_g"].item() == pytest.approx(
+        generator_nonsaturating(dragan.D(fake)).item(), rel=1e-5)
+
+
+def test_began_loss_controller_and_convergence_measure():
+    images, reconstructions = torch.zeros(2, 1, 2, 2), torch.tensor([[1.0, -1.0, 0.5, 0.5], [0.0, 0.0, 0.0, 2.0]])
+    assert reconstruction_loss(images, reconstructions.view(2, 1, 2, 2)).tolist() == [0.75, 0.5]
+    real, fake = torch.tensor(0.4), torch.tensor(0.5)
+    assert began_d_loss(real, fake, torch.tensor(0.25)).item() == pytest.approx(0.4 - 0.25 * 0.5)
+    # k + lambda_k (gamma L(x) - L(G(z))) = 0.5 + 0.1 (0.3 - 0.5)
+    assert next_k(torch.tensor(0.5), real, fake, gamma=0.75, lambda_k=0.1).item() == pytest.approx(0.48)
+    assert convergence_measure(real, fake, gamma=0.75).item() == pytest.approx(0.4 + 0.2)
+
+
+def test_began_k_is_clipped_to_zero_and_one():
+    one, zero = torch.tensor(1.0), torch.tensor(0.0)
+    assert next_k(torch.tensor(0.99), one, zero, gamma=0.75, lambda_k=0.1).item() == 1.0  # 0.99 + 0.075
+    assert next_k(torch.tensor(0.01), zero, one, gamma=0.75, lambda_k=0.1).item() == 0.0  # 0.01 - 0.1
+    assert next_k(torch.tensor(1.0), one, one, gamma=0.75, lambda_k=0.1).item() == pytest.approx(0.975)
+
+
+def test_began_step_uses_k_then_updates_it_as_training_state():
+    torch.manual_seed(0)
+    began = get_variant("began")((1, 28, 28), 10, lambda_k=0.1)
+    assert began.k.item() == 0.0 and "k" in began.state_dict()  # k_0 = 0, saved with the weights
+    images = torch.rand(6, 1, 28, 28) * 2 - 1
+    error, code = began.D(images)
+    expected = (began.D.decoder(began.D.encoder(images)) - images).abs().flatten(1).mean(1)
+    assert torch.allclose(error, expected) and code.shape == (6, 64)
+    assert torch.allclose(began.discriminate(images, None), -error)
+    began.k.fill_(0.5)
+    losses = began.train_step(images, torch.zeros(6, dtype=torch.long))
+    real, fake = losses["recon_real"], losses["recon_fake"]
+    assert losses["loss_d"].item() == pytest.approx((real - 0.5 * fake).item(), rel=1e-5)
+    expected_k = next_k(torch.tensor(0.5), real, fake, gamma=0.75, lambda_k=0.1).item()
+    assert losses["k"].item() == began.k.item() == pytest.approx(expected_k)
+    assert losses["convergence"].item() == pytest.approx(convergence_measure(real, fake, 0.75).item())
+    restored = get_variant("began")((1, 28, 28), 10, lambda_k=0.1)
+    restored.load_state_dict(began.state_dict())
+    assert restored.k.item() == began.k.item()

@@ -12,7 +12,7 @@ from bench import registry
 from bench.errors import ConfigError, DuplicateVariantError
 from bench.registry import HParam, get_variant, register, variants
 
-BUILT_INS = {"gan", "dcgan", "wgan", "wgan_gp", "cgan", "infogan", "ragan", "ebgan"}
+BUILT_INS = {"gan", "dcgan", "wgan", "wgan_gp", "cgan", "infogan", "ragan", "ebgan", "lsgan", "dragan", "began"}
 BENCH = Path(sys.executable).with_name("bench")
 
 
@@ -54,7 +54,8 @@ def test_two_variants_with_one_name_is_an_error_naming_both():
 
 
 def test_unknown_variant_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="unknown variant 'stylegan'; choose one of: cgan, dcgan, ebgan, gan"):
+    with pytest.raises(ConfigError,
+                       match="unknown variant 'stylegan'; choose one of: began, cgan, dcgan, dragan, ebgan, gan"):
         get_variant("stylegan")
 
 
@@ -103,7 +104,8 @@ def test_cgan_samples_depend_on_the_label():
     assert not torch.allclose(zeros, fives)
 
 
-@pytest.mark.parametrize("name, default", [("gan", "mlp"), ("wgan", "dcgan"), ("wgan_gp", "dcgan"), ("ragan", "dcgan")])
+@pytest.mark.parametrize("name, default", [("gan", "mlp"), ("wgan", "dcgan"), ("wgan_gp", "dcgan"), ("ragan", "dcgan"),
+                                           ("lsgan", "dcgan"), ("dragan", "dcgan")])
 def test_arch_picks_mlp_or_dcgan_networks_and_defaults_to_the_papers(name, default):
     """Lucic et al. held one architecture fixed across variants: `arch` lets a study do that."""
     cls = get_variant(name)

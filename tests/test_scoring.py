@@ -121,11 +121,12 @@ def test_rebuilt_inception_gives_the_shipped_networks_features_and_fid(fashion_t
 
 def test_engine_scores_every_eval_every_steps_and_bench_eval_scores_a_checkpoint(tmp_path):
     out = tmp_path / "run"
-    result = train(TrainConfig("dcgan", steps=20, eval_every=10, eval_samples=200), out, progress=False)
+    # Both on the CPU, whose `bench eval` defaults to the domain features (on a GPU: Inception).
+    result = train(TrainConfig("dcgan", steps=20, eval_every=10, eval_samples=200, device="cpu"), out, progress=False)
     assert list(result.scores["step"]) == [10, 20]
     assert {"fid_domain", "kid_domain", "classes_covered", "class_kl"} <= set(result.scores.columns)
     assert (out / "scores.csv").exists()
-    shown = subprocess.run([str(BENCH), "eval", "--checkpoint", str(out), "--samples", "200"],
+    shown = subprocess.run([str(BENCH), "eval", "--checkpoint", str(out), "--samples", "200", "--device", "cpu"],
                            capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr
     assert "dcgan on fashion-mnist, step 20, 200 samples" in shown.stdout
@@ -135,9 +136,11 @@ def test_engine_scores_every_eval_every_steps_and_bench_eval_scores_a_checkpoint
 
 
 def test_scoring_during_training_leaves_the_training_unchanged():
-    plain = Trainer(TrainConfig("dcgan", steps=20, seed=0), progress=False)
+    # On the CPU: two runs compared bit for bit, and the scores against a CPU Scorer's exactly.
+    plain = Trainer(TrainConfig("dcgan", steps=20, seed=0, device="cpu"), progress=False)
     plain.run()
-    scored = Trainer(TrainConfig("dcgan", steps=20, seed=0, eval_every=10, eval_samples=200), progress=False)
+    scored = Trainer(TrainConfig("dcgan", steps=20, seed=0, eval_every=10, eval_samples=200, device="cpu"),
+                     progress=False)
     scored.run()
     assert [scores["step"] for scores in scored.evaluations] == [10, 20]
     scored_weights = scored.variant.state_dict()

@@ -229,17 +229,16 @@ def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(p
     process = subprocess.Popen([BENCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True, env=clean_env())
     lines = []
-    for line in process.stdout:  # wait until trial 0 is complete and trial 1 has started training
+    for line in process.stdout:  # wait until trial 0 is complete
         lines.append(line)
         if line.startswith("dcgan trial 0 complete"):
             break
+    # Then kill it in the middle of trial 1, at its first evaluation (the sample grid at step 50): the
+    # trial has 50 steps and a scoring left then, on the slowest device and the fastest.
+    grid = tmp_path / "results" / "studies" / "killed_dcgan_fashion-mnist" / "trial-0001" / "samples" / "step_0000050.png"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        trials = optuna_trials(tmp_path, "killed:dcgan:fashion-mnist")
-        if len(trials) == 2 and "mlflow_run_id" in trials[1].user_attrs:
-            break
-        time.sleep(0.2)
-    time.sleep(2)
+    while not grid.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     before = optuna_trials(tmp_path, "killed:dcgan:fashion-mnist")
@@ -267,16 +266,19 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
     steps, with the same hyperparameters and seeds."""
     tmp_path = project_folder("sigterm")
     study = tmp_path / "sigterm.toml"
-    steps = 600  # the signal comes 3 s into training, ~150 steps at one thread per worker
-    study.write_text(TINY_STUDY.replace("trials = 3", "trials = 2").format(steps=steps, eval_every=steps))
+    # The signal comes when both trials have written their first sample grid (step 100), which leaves
+    # them 400 steps to go, on the slowest device and the fastest: ~2 s into training at one thread
+    # per worker on the CPU.
+    steps, first_grid = 500, 100
+    study.write_text(TINY_STUDY.replace("trials = 3", "trials = 2").format(steps=steps, eval_every=first_grid))
     args = ["run", "--variant", "gan", "--study", str(study), "--workers", "2"]
     process = subprocess.Popen([BENCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=clean_env())
     folders = [tmp_path / "results" / "studies" / "sigterm_gan_fashion-mnist" / f"trial-{n:04d}" for n in (0, 1)]
     deadline = time.monotonic() + 120
-    while not all((folder / "config.json").exists() for folder in folders) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(3)
+    while not all((folder / "samples" / f"step_{first_grid:07d}.png").exists() for folder in folders) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
@@ -285,7 +287,7 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
     assert [t.state for t in interrupted] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
     stopped_at = {t.number: int(re.search(r"stopped by SIGTERM at step (\d+)", t.user_attrs["fail_reason"])[1])
                   for t in interrupted[:2]}
-    assert all(0 < step < steps for step in stopped_at.values()), stopped_at
+    assert all(first_grid <= step < steps for step in stopped_at.values()), stopped_at
 
     result = bench(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -117,7 +117,7 @@ def test_a_tip_that_does_not_apply_is_refused_with_the_reason(name, tip, needs):
 
 
 def test_tips_are_off_by_default():
-    for name in ("gan", "dcgan", "cgan", "ragan", "wgan", "wgan_gp", "ebgan"):
+    for name in ("gan", "dcgan", "cgan", "ragan", "wgan", "wgan_gp", "ebgan", "lsgan", "dragan", "began"):
         variant = get_variant(name)
         for key in set(variant.hparams) & set(TIPS):
             assert variant.hparams[key].default == TIPS[key].hparam.default, (name, key)
