@@ -222,18 +222,33 @@ class Doctor(Observer):
                            f"{self.window} steps, outside [{expected.low:g}, {expected.high:g}]; {expected.fix}")
 
 
-BOUNDED_OUTPUTS: dict[type[nn.Module], tuple[float, float]] = {
-    nn.Tanh: (-1.0, 1.0), nn.Sigmoid: (0.0, 1.0), nn.Hardsigmoid: (0.0, 1.0), nn.ReLU: (0.0, math.inf),
-    nn.Softplus: (0.0, math.inf), nn.ELU: (-1.0, math.inf), nn.SELU: (-1.7581, math.inf)}
-"""What a generator's last layer can output, for the bounded activations it may end in."""
+PROBE = torch.cat([-torch.logspace(4, -4, 81), torch.zeros(1), torch.logspace(-4, 4, 81)])
+"""Inputs from -1e4 to 1e4 through which a generator's last layer is probed for its output range."""
 
 
+@torch.no_grad()
 def output_range(generator: nn.Module) -> tuple[float, float] | None:
-    """The interval the generator's last layer can output, or None when it is not a bounded activation."""
+    """The interval the generator's last layer can output, found by probing it with inputs from
+    -1e4 to 1e4 (a side still growing at the ends is unbounded), so that any elementwise
+    module is known, a user's own as well as Tanh or Sigmoid. None when the last layer has
+    weights (a convolution, not an activation) or does not act elementwise."""
     last = _last_module(generator)
-    if isinstance(last, nn.Hardtanh):  # ReLU6 too
-        return float(last.min_val), float(last.max_val)
-    return next((bounds for kind, bounds in BOUNDED_OUTPUTS.items() if isinstance(last, kind)), None)
+    if any(True for _ in last.parameters()) or any(True for _ in last.buffers()):
+        return None
+    device = next(generator.parameters()).device
+    probe = PROBE.to(device).view(-1, 1, 1, 1)
+    try:
+        output = last(probe.clone())  # a copy: an in-place activation would change the probe
+    except Exception:  # a module that cannot take this input is no elementwise activation
+        return None
+    if not isinstance(output, torch.Tensor) or output.shape != probe.shape or not torch.isfinite(output).all():
+        return None
+    output = output.flatten()
+    # Unbounded on a side when it still moves between the probe's last two points there (ReLU and
+    # LeakyReLU do by hundreds, Tanh and Sigmoid not at all).
+    low = -math.inf if abs(output[0] - output[1]) > 1 else float(output.min())
+    high = math.inf if abs(output[-1] - output[-2]) > 1 else float(output.max())
+    return low, high
 
 
 def _last_module(module: nn.Module) -> nn.Module:
