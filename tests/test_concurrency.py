@@ -5,12 +5,14 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from bench.runner import run_study
 
 STUDY = """
 objective = "fid_domain"
 trials = 2
-sampler = "random"
+sampler = "{sampler}"
 pruner = "none"
 
 [budget]
@@ -19,18 +21,20 @@ eval_every = 2
 eval_samples = 64
 
 [space]
-lr = { low = 1e-4, high = 1e-3, log = true }
+lr = {{ low = 1e-4, high = 1e-3, log = true }}
 """
 
 
-def test_a_rerun_with_more_trials_proposes_new_points_and_a_fresh_study_repeats_its_first(tmp_path, feature_cache,
-                                                                                          monkeypatch):
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_reruns_propose_new_points_and_a_fresh_study_repeats_its_first(sampler, tmp_path, feature_cache, monkeypatch):
+    """Rerun twice, each time with one more trial (as after an interruption, or a second `bench run`
+    joining): no point twice. The same --seed on a fresh study gives its first points again."""
     monkeypatch.chdir(tmp_path)
     shutil.copytree(feature_cache, tmp_path / "results" / "cache")
-    (tmp_path / "rerun.toml").write_text(STUDY)
+    (tmp_path / "rerun.toml").write_text(STUDY.format(sampler=sampler))
     options = dict(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", device="cpu", seed=0)
-    run_study("gan", tmp_path / "rerun.toml", storage=str(tmp_path / "first.log"), **options)
-    study = run_study("gan", tmp_path / "rerun.toml", trials=4, storage=str(tmp_path / "first.log"), **options)
+    for trials in (2, 3, 4):
+        study = run_study("gan", tmp_path / "rerun.toml", trials=trials, storage=str(tmp_path / "first.log"), **options)
     tried = [trial.params["lr"] for trial in study.trials]
     assert len(tried) == 4 and len(set(tried)) == 4, tried
     fresh = run_study("gan", tmp_path / "rerun.toml", storage=str(tmp_path / "fresh.log"), **options)
