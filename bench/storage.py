@@ -40,20 +40,32 @@ CONNECT_TIMEOUT_SECONDS = 5
 STORAGE_URLS = "postgresql://USER@HOST:PORT/DB, sqlite:///PATH, or a journal file path"
 
 
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the password of ``user:password@`` lies in ``url`` (start, end), found before any
+    parsing: from the user's ':' to the last '@', whatever it holds (an unencoded / ? # or @
+    included), so that malformed URLs, which error messages quote, are read the same way."""
+    _, slashes, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not slashes or at < 0 or ":" not in rest[:at]:
+        return None
+    offset = len(url) - len(rest)
+    return offset + rest.index(":") + 1, offset + at
+
+
 def redact(url: str) -> str:
     """``url`` with its secrets replaced by ***, safe for params, tags and logs: the password of
-    ``user:password@`` and the values of query parameters such as password=, token= or api_key=.
-    Masks before parsing, so that it works on malformed URLs too, which is when error messages
-    quote them: the password runs from the user's ':' to the last '@', whatever it holds
-    (an unencoded / ? # or @ included)."""
-    scheme, slashes, rest = url.partition("://")
-    if not slashes:
-        scheme, rest = "", url
-    at = rest.rfind("@")
-    if slashes and at >= 0 and ":" in rest[:at]:
-        rest = f"{rest[:at].partition(':')[0]}:***{rest[at:]}"
-    base, question, query = rest.partition("?")
-    return scheme + slashes + base + question + SECRET_QUERY.sub(r"\1***", query)
+    ``user:password@`` and the values of query parameters such as password=, token= or api_key=."""
+    span = _password_span(url)
+    if span is not None:
+        url = url[:span[0]] + "***" + url[span[1]:]
+    authority = url.find("://") + 3 if "://" in url else 0
+    base, question, query = url[authority:].partition("?")
+    return url[:authority] + base + question + SECRET_QUERY.sub(r"\1***", query)
+
+
+def sqlite_path(url: str) -> Path:
+    """The database file of a sqlite:/// URL, without its query (which may hold a password)."""
+    return Path(urlsplit(url).path.removeprefix("/"))
 
 
 def url_scheme(url: str, forms: str) -> str:
@@ -61,9 +73,8 @@ def url_scheme(url: str, forms: str) -> str:
     naming the fault and ``forms``, the URLs expected, when ``url`` cannot be parsed. A password
     holding a character that URLs reserve is refused before any library reads it: each library
     splits such a URL its own way, and quotes the pieces (parts of the password) in its errors."""
-    scheme, slashes, rest = url.partition("://")
-    userinfo = rest[:rest.rfind("@")] if slashes and "@" in rest else ""
-    if ":" in userinfo and UNENCODED.search(userinfo.partition(":")[2]):
+    span = _password_span(url)
+    if span is not None and UNENCODED.search(url[span[0]:span[1]]):
         raise ConfigError(f"malformed URL '{redact(url)}': its password holds a character URLs reserve; "
                           f"percent-encode / ? # @ % as %2F %3F %23 %40 %25; use {forms}")
     try:
@@ -190,7 +201,7 @@ def ask_lock(url: str):
             finally:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ASK_LOCK_KEY})
         return
-    path = urlsplit(url).path.removeprefix("/") if is_database(url) else url  # no query: it may hold a password
+    path = sqlite_path(url) if is_database(url) else url
     with open(f"{path}.ask-lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -27,7 +27,7 @@ from bench.errors import BenchError, ConfigError
 from bench.doctor import HEALTH, read_health
 from bench.engine import BUDGET_KEYS, CHECKPOINT, TrainConfig, TrainResult, precision, resolve_device
 from bench.observer import Finding, Observer
-from bench.storage import RESULTS, ask_lock, check_database, has_table, redact, url_scheme
+from bench.storage import RESULTS, ask_lock, check_database, has_table, redact, sqlite_path, url_scheme
 
 HOST = socket.gethostname()
 BATCH_LIMIT = 1000
@@ -125,7 +125,7 @@ def check_store(uri: str, *, create: bool, role: str = "MLflow store") -> None:
         if create or has_table(uri, "experiments"):
             return
     elif scheme == "sqlite":
-        path = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+        path = sqlite_path(uri)
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
             return
