@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -57,9 +58,11 @@ def check_writable(output: Path) -> None:
     folder = output.parent
     while not folder.exists():  # the folder it would be made in
         folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
+    try:  # a file made and removed at once: permissions alone do not tell (root, /proc, a read-only mount)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
         raise UserError(f"cannot write {output} ({folder} is not a folder you can write to); pass -o a path "
-                        "you can write to")
+                        "you can write to") from None
 
 
 @click.group()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from bench.data import load_dataset, to_unit_range
 from bench.engine import TrainConfig, Trainer, native_bf16, resolve_device, train
+from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, variants
 from bench.scoring import InceptionFeatures, Scorer, ieee_float32
 
@@ -163,7 +165,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
     parser.add_argument("-o", "--output", type=Path, help="also write the report here as JSON")
     args = parser.parse_args()
-    report = device_check(args.device, smoke=args.smoke)
+    try:
+        report = device_check(args.device, smoke=args.smoke)
+    except ConfigError as exc:  # a device this machine lacks: one line, as every bench command
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:

@@ -85,6 +85,7 @@ CASES = [
     (["perf", "--time-to-quality", "-5"], "--time-to-quality must be a positive FID"),
     (["perf", "-o", "a_file/perf.json"], "cannot write a_file/perf.json"),
     (["perf", "-o", "run"], "cannot write run (it is a folder)"),
+    (["perf", "-o", "/proc/perf.json"], "cannot write /proc/perf.json (/proc is not a folder you can write to)"),
     (["features", "train", "--dataset", "celeba"], "unknown dataset 'celeba'"),
     (["features", "train", "--epochs", "0"], "epochs must be at least 1, got 0"),
 ]

@@ -106,3 +106,8 @@ def test_the_device_check_runs_every_measurement_in_smoke_mode(tmp_path):
     assert report["resume"] == {"max_weight_difference": 0.0, "max_loss_difference": 0.0, "resumed_on_cpu_to_step": 8}
     assert report["inception_max_relative_difference_vs_cpu"] == 0.0  # the same device: the same numbers
     assert report["scoring"]["samples"] == 8 and report["scoring"]["untrained_fid_domain"] > 0
+
+
+def test_the_device_check_refuses_a_device_this_machine_lacks_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "bench.device_check", "--device", "tpu"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == "Error: unknown device 'tpu'; use auto, cpu, cuda or cuda:N"
