@@ -45,7 +45,11 @@ class Budget:
     epochs: int = 0
     """When set, the run lasts this many passes of the discriminator over the training split
     instead of ``steps``: a variant that takes n_critic real batches per generator step makes
-    n_critic times fewer generator steps, so that every variant sees the same data (see :func:`resolve_epochs`)."""
+    n_critic times fewer generator steps, so that every variant sees the same data (see :func:`resolve_steps`)."""
+    real_batches: int = 0
+    """When set, the run lasts this many real batches through the discriminator instead of ``steps`` or
+    ``epochs``, rounded up to whole generator steps: compare_gan's ``training_steps`` (Lucic et al. 2018 count
+    20 epochs of Fashion-MNIST as 20 * 50000 // 64 = 15,625 discriminator batches)."""
     batch_size: int = 64
     eval_every: int = 0
     """Steps between scorings of the generator (0: only when asked); results in ``scores``."""
@@ -64,8 +68,12 @@ class Budget:
             raise ConfigError(f"eval_samples must be at least 2 (FID needs a covariance), got {self.eval_samples}")
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be 0 (off) or positive, got {self.eval_every}")
-        if self.epochs < 0:
-            raise ConfigError(f"epochs must be 0 (use steps) or positive, got {self.epochs}")
+        for key in ("epochs", "real_batches"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be 0 (use steps) or positive, got {getattr(self, key)}")
+        if self.epochs and self.real_batches:
+            raise ConfigError(f"epochs ({self.epochs}) and real_batches ({self.real_batches}) both set the "
+                              "length of the run; keep one of them")
         if self.final_samples < 0 or self.final_samples == 1:
             raise ConfigError(f"final_samples must be 0 (off) or at least 2, got {self.final_samples}")
 
@@ -138,17 +146,17 @@ def default_out(variant: str) -> Path:
     return Path("results/train") / f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resolve_epochs(config: TrainConfig, data: ImageDataset | None = None) -> TrainConfig:
-    """``config`` with ``steps`` set from ``epochs`` (as it is when ``epochs`` is 0): the generator
-    steps in which the discriminator sees ``epochs`` passes of the training split (``data``, when
-    the caller has it loaded)."""
-    if not config.epochs:
+def resolve_steps(config: TrainConfig, data: ImageDataset | None = None) -> TrainConfig:
+    """``config`` with ``steps`` set from ``epochs`` or ``real_batches`` (as it is when both are 0): the
+    generator steps in which the discriminator sees that many real batches, ``epochs`` passes of the
+    training split (``data``, when the caller has it loaded) or ``real_batches`` batches."""
+    if not (config.epochs or config.real_batches):
         return config
     if data is None:
         data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
+    real_batches = config.real_batches or math.ceil(config.epochs * len(data) / config.batch_size)
     with torch.device("meta"):  # only to read how many real batches a step takes with these hparams
         variant = get_variant(config.variant)(data.image_shape, data.num_classes, **config.hparams)
-    real_batches = math.ceil(config.epochs * len(data) / config.batch_size)
     return dataclasses.replace(config, steps=math.ceil(real_batches / variant.real_batches_per_step))
 
 
@@ -225,7 +233,7 @@ class Trainer:
         variant_cls = get_variant(config.variant)
         variant_cls.resolve_hparams(config.hparams)  # fail on bad input before loading any data
         self.data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
-        config = self.config = resolve_epochs(config, self.data)
+        config = self.config = resolve_steps(config, self.data)
 
         torch.manual_seed(config.seed)
         # channels-last suits the convolution kernels of both oneDNN (CPU) and cuDNN (tensor cores).

@@ -152,6 +152,8 @@ class Variant(nn.Module, abc.ABC):
     expected: ClassVar[dict[str, Expected]] = {}
     """Values train_step returns, by key, that the doctor watches for leaving their range."""
     z_dim: ClassVar[int] = 100
+    z_prior: ClassVar[str] = "normal"
+    """G's noise: 'normal', N(0, 1), or 'uniform', U(-1, 1) (compare_gan's); build() may set both for its networks."""
 
     G: nn.Module
     D: nn.Module
@@ -220,8 +222,10 @@ class Variant(nn.Module, abc.ABC):
         return next(self.parameters()).device
 
     def latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """G's input for ``n`` samples: (n, z_dim) standard normal noise."""
-        return torch.randn(n, self.z_dim, generator=generator, device=self.rng_device(generator)).to(self.device)
+        """G's input for ``n`` samples: (n, z_dim) noise drawn from ``z_prior``."""
+        draw = torch.rand if self.z_prior == "uniform" else torch.randn
+        z = draw(n, self.z_dim, generator=generator, device=self.rng_device(generator))
+        return (2 * z - 1 if self.z_prior == "uniform" else z).to(self.device)
 
     def rng_device(self, generator: torch.Generator | None) -> torch.device:
         """Where to draw random numbers: on the generator's device when one is given (fixed,

@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench.compare import compare, report_lines, write
 from bench.data import load_dataset
-from bench.engine import CHECKPOINT, TrainConfig, autocast_dtype, resolve_device, resolve_epochs, train, worker_device
+from bench.engine import CHECKPOINT, TrainConfig, autocast_dtype, resolve_device, resolve_steps, train, worker_device
 from bench.errors import BenchError, ConfigError, Interrupted, RunStopped
 from bench.observer import Observer
 from bench.progress import PROGRESS_SECONDS, StudyProgress
@@ -388,7 +388,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     else:
         seed = job.seed + (trial.number if seed_index is None else seed_index)
     trial.set_user_attr("seed", seed)
-    config = resolve_epochs(TrainConfig(resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp,
+    config = resolve_steps(TrainConfig(resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp,
                                         hparams=hparams, features=spec.features, **dataclasses.asdict(spec.budget)))
     config = dataclasses.replace(config, sample_every=spec.budget.eval_every or config.steps,
                                  checkpoint_every=config.steps)

@@ -339,11 +339,11 @@ def _check(spec: StudySpec) -> None:
     except ConfigError as exc:
         raise ConfigError(f"{spec.path}: budget.{exc}") from None
     if not (budget.eval_every or budget.final_samples) or (
-            not budget.epochs and budget.eval_every > budget.steps):
+            not (budget.epochs or budget.real_batches) and budget.eval_every > budget.steps):
         raise ConfigError(f"{spec.path}: budget.eval_every must be in [1, budget.steps={budget.steps}] "
                           "(the objective is read from the evaluations), or 0 with budget.final_samples set")
-    if budget.epochs and spec.pruner == "hyperband":
-        raise ConfigError(f"{spec.path}: the hyperband pruner needs budget.steps, but budget.epochs sets each "
-                          "variant's steps; use pruner = \"median\" or \"none\"")
+    if (budget.epochs or budget.real_batches) and spec.pruner == "hyperband":
+        raise ConfigError(f"{spec.path}: the hyperband pruner needs budget.steps, but budget.epochs or "
+                          "budget.real_batches sets each variant's steps; use pruner = \"median\" or \"none\"")
     if spec.sampler == "grid" and any(not dim.choices for dim in spec.space + spec.space_if_present):
         raise ConfigError(f"{spec.path}: the grid sampler needs every [space] entry as choices = [...]")

@@ -1,5 +1,7 @@
 """The engine: seeds, devices, checkpoints that resume exactly, outputs, divergence."""
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -8,6 +10,7 @@ from bench import engine
 from bench.engine import CHECKPOINT, TrainConfig, Trainer, autocast_dtype, precision, resolve_device, train
 from bench.errors import ConfigError, TrainingDiverged
 from bench.registry import register
+from bench.study import load_study
 from variants.dcgan import DCGAN
 
 
@@ -125,3 +128,27 @@ def test_amp_modes_pick_the_training_precision(monkeypatch):
         autocast_dtype(cpu, "on")
     with pytest.raises(ConfigError, match="amp must be one of auto, on, off"):
         TrainConfig("dcgan", amp="yes").validate()
+
+
+@pytest.mark.parametrize("n_critic", [1, 5])
+def test_real_batches_counts_discriminator_updates_and_updates_g_every_n_critic_of_them(n_critic):
+    """Lucic et al.'s budget (compare_gan's training_steps): so many real batches through D, G every n_critic."""
+    trainer = Trainer(config(variant="wgan_gp", dataset="digits", steps=1, real_batches=15, batch_size=16,
+                             hparams={"n_critic": n_critic}, device="cpu"), progress=False)
+    trainer.run()
+
+    def updates(optimizer: torch.optim.Optimizer) -> set[int]:
+        return {int(state["step"]) for state in optimizer.state.values()}
+
+    assert updates(trainer.variant.opt_d) == {15} and updates(trainer.variant.opt_g) == {15 // n_critic}
+    assert trainer.step == 15 // n_critic
+
+
+def test_the_lucic_study_trains_15625_discriminator_batches_of_64_for_every_loss():
+    spec = load_study("lucic")
+    assert (spec.budget.real_batches, spec.budget.batch_size) == (15625, 64)  # compare_gan: 20 * 50000 // 64
+    for variant, hparams, steps in (("gan", {}, 15625), ("wgan", {"n_critic": 5}, 3125), ("began", {}, 15625)):
+        resolved = engine.resolve_steps(TrainConfig(variant, hparams=hparams, **dataclasses.asdict(spec.budget)))
+        assert resolved.steps == steps
+    with pytest.raises(ConfigError, match="epochs .* and real_batches .* both set the length of the run"):
+        config(epochs=1, real_batches=10).validate()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench import registry
+from bench.engine import TrainConfig, Trainer
 from bench.errors import ConfigError, DuplicateVariantError
 from bench.registry import HParam, get_variant, register, variants
 
@@ -120,3 +121,56 @@ def test_arch_picks_mlp_or_dcgan_networks_and_defaults_to_the_papers(name, defau
         assert variant.sample(3).shape == (3, 1, 8, 8)
     with pytest.raises(ConfigError, match="minibatch_std=1 needs a convolutional discriminator"):
         get_variant("wgan")((1, 8, 8), 10, arch="mlp", minibatch_std=1)
+
+
+def dense(inputs: int, outputs: int) -> int:
+    return inputs * outputs + outputs
+
+
+def conv4(inputs: int, outputs: int) -> int:
+    """A 4x4 convolution's (or transposed convolution's) weights and biases."""
+    return 16 * inputs * outputs + outputs
+
+
+def norm(features: int) -> int:
+    return 2 * features
+
+
+def lucic_sizes(channels: int, quarter: int) -> tuple[int, int]:
+    """compare_gan v1's G and D (abstract_gan.py), layer by layer, with batch norm in D."""
+    projected = 128 * quarter ** 2
+    g = (dense(64, 1024) + norm(1024) + dense(1024, projected) + norm(projected) + conv4(128, 64) + norm(64)
+         + conv4(64, channels))
+    d = conv4(channels, 64) + conv4(64, 128) + norm(128) + dense(projected, 1024) + norm(1024) + dense(1024, 1)
+    return g, d
+
+
+@pytest.mark.parametrize("shape, quarter", [((1, 28, 28), 7), ((3, 32, 32), 8)])
+def test_arch_lucic_is_compare_gans_network_with_its_noise_and_batch_norm(shape, quarter):
+    gan = get_variant("gan")(shape, 10, arch="lucic")
+    g_size, d_size = lucic_sizes(shape[0], quarter)
+    assert (parameters(gan.G), parameters(gan.D)) == (g_size, d_size)  # 6,642,241 and 6,559,169 for 28x28x1
+    assert all((m.eps, m.momentum) == (1e-3, 1e-3) for m in gan.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    z = gan.latent(4096)
+    assert z.shape == (4096, 64) and -1 <= z.min() < -0.99 and 0.99 < z.max() <= 1
+    # The penalised critics have no batch norm in D; the others may drop it (compare_gan's discriminator_batchnorm).
+    for name, hparams in (("wgan_gp", {}), ("dragan", {}), ("wgan", {"discriminator_batchnorm": 0})):
+        assert parameters(get_variant(name)(shape, 10, arch="lucic", **hparams).D) == d_size - norm(128) - norm(1024)
+    began = get_variant("began")(shape, 10, arch="lucic")  # compare_gan's BEGAN.py auto-encoder, code of 64
+    encoder = conv4(shape[0], 64) + conv4(64, 128) + dense(128 * quarter ** 2, 64) + norm(64)
+    decoder = dense(64, 128 * quarter ** 2) + norm(128 * quarter ** 2) + conv4(128, 64) + norm(64) + conv4(64, shape[0])
+    assert parameters(began.D) == encoder + decoder and parameters(began.G) == g_size
+    with pytest.raises(ConfigError, match="arch=lucic is compare_gan's fixed network; d_width"):
+        get_variant("ragan")(shape, 10, arch="lucic", d_width=2.0)
+
+
+def parameters(network: torch.nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())
+
+
+@pytest.mark.parametrize("name", ["gan", "wgan", "wgan_gp", "ragan", "lsgan", "dragan", "began"])
+def test_every_unconditional_loss_trains_on_lucics_network_without_a_doctor_finding(name):
+    hparams = {"arch": "lucic", **({"n_critic": 1} if "n_critic" in get_variant(name).hparams else {})}
+    trainer = Trainer(TrainConfig(name, steps=10, batch_size=32, hparams=hparams, device="cpu"), progress=False)
+    result = trainer.run()
+    assert result.history["loss_g"].notna().all() and trainer.findings() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -22,8 +23,10 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from bench.cli import main
+from bench.engine import Budget
 from bench.errors import ConfigError
 from bench.registry import get_variant, variants
+from bench.runner import run_studies
 from bench.storage import open_storage
 from bench.study import available_studies, load_study
 from bench.tracking import redact
@@ -75,14 +78,17 @@ def mlflow_runs(cwd: Path, study: str) -> pd.DataFrame:
 
 def test_every_shipped_study_is_valid_for_the_variants_it_is_meant_for():
     assert {"quick", "lr_sweep", "beta1_sweep", "clip_sweep", "n_critic_sweep", "gp_lambda_sweep",
-            "lucic_wide", "literature"} <= set(available_studies())
-    for name in ("quick", "lr_sweep", "lucic_wide", "literature"):
+            "lucic_wide", "literature", "lucic", "lucic_narrow"} <= set(available_studies())
+    for name in ("quick", "lr_sweep", "lucic_wide", "literature", "lucic", "lucic_narrow"):
         for variant in variants().values():
             load_study(name).for_variant(variant)
     assert [d.name for d in load_study("clip_sweep").for_variant(get_variant("wgan")).dimensions] == ["clip_c"]
     assert [d.name for d in load_study("lucic_wide").for_variant(get_variant("wgan")).dimensions] == \
         ["lr", "n_critic", "clip_c"]
     assert load_study("lucic_wide").for_variant(get_variant("gan")).dimensions[0].low == 1e-5
+    assert [d.name for d in load_study("lucic_narrow").for_variant(get_variant("began")).dimensions] == \
+        ["lr", "arch", "beta1", "gamma"]
+    assert [d.name for d in load_study("lucic").for_variant(get_variant("gan")).dimensions] == ["arch", "loss"]
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -92,6 +98,8 @@ def test_every_shipped_study_is_valid_for_the_variants_it_is_meant_for():
     ('[space]\nlr = [1, 2]', "write either"),
     ('[space]\nlr = { low = 0.001, high = 0.01, step = 2 }', "unknown key 'step'"),
     ("[budget]\nepochs = -1\neval_every = 10", "budget.epochs must be 0"),
+    ("[budget]\nreal_batches = -5\neval_every = 10", "budget.real_batches must be 0"),
+    ("[budget]\nreal_batches = 5\nepochs = 1\neval_every = 10", "keep one of them"),
     ("[budget]\nfinal_samples = 1\neval_every = 10", "final_samples"),
     ("[budget]\neval_every = 0", "or 0 with budget.final_samples set"),
     ('pruner = "hyperband"\n[budget]\nepochs = 2\neval_every = 10', "hyperband pruner needs budget.steps"),
@@ -412,3 +420,22 @@ def test_passwords_in_storage_urls_are_redacted():
     assert redact("postgresql://bench:s3cret@db.example:5432/studies") == "postgresql://bench:***@db.example:5432/studies"
     assert redact("postgresql://bench@db.example/studies") == "postgresql://bench@db.example/studies"
     assert redact("results/optuna/journal.log") == "results/optuna/journal.log"
+
+
+def test_lucic_narrow_searches_their_ranges_on_their_network_at_a_tiny_budget(tmp_path, monkeypatch):
+    """The best-of-k study of Lucic et al. (a GPU's budget), run here on digits for a few batches."""
+    monkeypatch.chdir(tmp_path)
+    spec = dataclasses.replace(load_study("lucic_narrow"), dataset="digits", objective="fid_domain", trials=2,
+                               budget=Budget(real_batches=4, batch_size=16, eval_every=4, eval_samples=64))
+    studies = run_studies(["wgan", "began"], spec, storage=str(tmp_path / "journal.log"),
+                          tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for study in studies.values():
+        trials = study.get_trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+        for trial in trials:
+            params = trial.params
+            assert params["arch"] == "lucic" and 1e-4 <= params["lr"] <= 1e-3
+            assert params.get("n_critic", 1) == 1 and params.get("beta1", 0.5) == 0.5
+            assert 0.01 <= params.get("clip_c", 0.1) <= 1 and 0.6 <= params.get("gamma", 0.7) <= 0.9
+    assert {"discriminator_batchnorm", "clip_c"} <= set(studies["wgan"].trials[0].params)
+    assert "gamma" in studies["began"].trials[0].params

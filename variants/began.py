@@ -9,7 +9,9 @@ on its fakes (the paper's algorithm box):
 
 so that E[L(G(z))] = gamma E[L(x)]: gamma (the diversity ratio) trades diversity for quality.
 M_global = L(x) + |gamma L(x) - L(G(z))| is the paper's convergence measure; it is returned
-with k. D is EBGAN's DCGAN auto-encoder (code of 64). compare_gan v1
+with k. D is EBGAN's DCGAN auto-encoder (code of 64), or with ``arch=lucic`` compare_gan's
+(``compare_gan/src/gans/BEGAN.py``: two convolutions to a code of 64 and back through Lucic's G
+blocks, about 1.3 M parameters, batch norm as their default ``discriminator_batchnorm``). compare_gan v1
 (``compare_gan/src/gans/BEGAN.py``, tag v1.0) does not clip k, and its defaults train D five
 times per G step (``params.py``, disc_iters 5); this follows the paper: k clipped, one D step.
 """
@@ -17,11 +19,12 @@ times per G step (``params.py``, disc_iters 5); this follows the paper: k clippe
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.registry import HParam, Variant, adam_hparams, register, tips
-from variants.blocks import CONV_WIDTH, conv_generator, init, initialised, scaled
-from variants.ebgan import EnergyAutoEncoder
+from variants.blocks import (CONV_WIDTH, ConvDiscriminator, ConvGenerator, LucicGenerator, arch, conv_generator, init,
+                             initialised, lucic_generator, lucic_initialised, lucic_quarter, scaled, tf_batch_norm)
+from variants.ebgan import CODE
 
 
 def reconstruction_loss(images: Tensor, reconstructions: Tensor) -> Tensor:
@@ -44,12 +47,27 @@ def convergence_measure(real_loss: Tensor, fake_loss: Tensor, gamma: float) -> T
     return real_loss + (gamma * real_loss - fake_loss).abs()
 
 
-class ReconstructionAutoEncoder(EnergyAutoEncoder):
-    """EBGAN's auto-encoder with BEGAN's loss: images (N, C, H, W) -> (L(v) (N,), code (N, 64))."""
+class ReconstructionAutoEncoder(nn.Module):
+    """An encoder to a code of 64 and a decoder back, with BEGAN's loss: images (N, C, H, W) -> (L(v) (N,), code)."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         code = self.encoder(images)
         return reconstruction_loss(images, self.decoder(code)), code
+
+
+def lucic_auto_encoder(image_shape: tuple[int, int, int]) -> ReconstructionAutoEncoder:
+    """compare_gan v1's BEGAN D: conv 4x4/2 to 64, LeakyReLU, conv 4x4/2 to 128, FC to the code, batch norm,
+    LeakyReLU; then Lucic's generator from the code, without its FC 1024 (a Tanh for their sigmoid, as in G)."""
+    channels, side, _ = image_shape
+    encoder = nn.Sequential(
+        nn.Conv2d(channels, 64, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(64, 128, 4, 2, 1),
+        nn.Flatten(), nn.Linear(128 * lucic_quarter(side) ** 2, CODE), tf_batch_norm(CODE, 1),
+        nn.LeakyReLU(0.2, inplace=True))
+    return lucic_initialised(ReconstructionAutoEncoder(encoder, LucicGenerator(CODE, image_shape, hidden=())))
 
 
 @register
@@ -63,13 +81,17 @@ class BEGAN(Variant):
                "lambda_k": HParam(1e-3, 1e-5, 1e-1, log=True, help="the controller's gain: learning rate of k"),
                # The paper does not say; compare_gan v1 (ops.py) draws every weight from N(0, 0.02). Measured here,
                # 604 steps (seed 0, k still near 0): fid_domain 856 -> 416 with it, 727 -> 459 with PyTorch's.
-               **init("dcgan"),
+               **init("dcgan"), **arch("dcgan", choices=("dcgan", "lucic")),
                **tips("lr_d_ratio", "g_width", "d_width")}
 
     def build(self) -> None:
-        self.G = conv_generator(self)
-        width = scaled(CONV_WIDTH, self.tip("d_width"))
-        self.D = initialised(self, ReconstructionAutoEncoder(self.image_shape, width))
+        if self.hp.arch == "lucic":
+            self.G, self.D = lucic_generator(self), lucic_auto_encoder(self.image_shape)
+        else:
+            self.G = conv_generator(self)
+            width = scaled(CONV_WIDTH, self.tip("d_width"))
+            self.D = initialised(self, ReconstructionAutoEncoder(ConvDiscriminator(self.image_shape, width, outputs=CODE),
+                                                                 ConvGenerator(CODE, self.image_shape, width)))
         self.opt_g = self.adam(self.G)
         self.opt_d = self.adam(self.D, lr=self.lr_d)
         # Training state, not a weight: a buffer, so that checkpoints save it and a resumed run goes on from it.

@@ -1,7 +1,8 @@
-"""Network blocks the variants share: an MLP pair and a DCGAN-style convolutional pair.
+"""Network blocks the variants share: an MLP pair, a DCGAN-style convolutional pair, and the
+network every loss of Lucic et al. 2018 was trained on (compare_gan v1's).
 
 Shapes follow the dataset: any channel count, and any image side that halves down to a base
-of 3 to 7 pixels (8, 28, 32, 64, ...). The tips that change networks (width multipliers, SELU
+of 3 to 7 pixels (8, 28, 32, 64, ...); Lucic's network takes any side divisible by 4. The tips that change networks (width multipliers, SELU
 without batch norm, the minibatch standard-deviation channel) are arguments here, and
 :func:`conv_generator` / :func:`conv_discriminator` read them from a variant's hyperparameters.
 """
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
-from bench.registry import HParam, Variant
+from bench.registry import TIPS, HParam, Variant
 
 CONV_WIDTH = 32
 """Base channels of the convolutional networks: chosen by time to quality (README, Performance)."""
@@ -163,10 +164,16 @@ def conv_generator(variant: Variant, in_dim: int | None = None) -> ConvGenerator
 
 def conv_discriminator(variant: Variant, **options) -> ConvDiscriminator:
     """The DCGAN discriminator for ``variant``'s images, as its hyperparameters say (``options``:
-    see :class:`ConvDiscriminator`)."""
+    see :class:`ConvDiscriminator`; ``batch_norm`` defaults to the variant's ``discriminator_batchnorm``)."""
+    options.setdefault("batch_norm", batch_norm_in_d(variant))
     return initialised(variant, ConvDiscriminator(variant.image_shape, scaled(CONV_WIDTH, variant.tip("d_width")),
                                                   selu=variant.tip("activation") == "selu",
                                                   minibatch_std=bool(variant.tip("minibatch_std")), **options))
+
+
+def batch_norm_in_d(variant: Variant) -> bool:
+    """Whether D has batch norm: as the variant's ``discriminator_batchnorm`` says, or yes where it has none."""
+    return bool(getattr(variant.hp, "discriminator_batchnorm", 1))
 
 
 INITS = ("dcgan", "pytorch")
@@ -201,21 +208,124 @@ def mlp_pair(variant: Variant) -> tuple[MLPGenerator, MLPDiscriminator]:
             MLPDiscriminator(variant.image_shape, d_hidden, selu=selu))
 
 
-ARCHITECTURES = ("dcgan", "mlp")
+LUCIC_Z_DIM = 64
+"""compare_gan's noise: 64-d, uniform on (-1, 1)."""
 
 
-def arch(default: str) -> dict[str, HParam]:
-    """The ``arch`` hyperparameter, for variants whose paper works with either kind of network: a
+def tf_batch_norm(features: int, dims: int) -> nn.Module:
+    """Batch norm as compare_gan's TensorFlow ops.batch_norm: decay 0.999 (PyTorch's momentum 0.001), eps 1e-3."""
+    norm = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
+    return norm(features, eps=1e-3, momentum=1e-3)
+
+
+def lucic_quarter(side: int) -> int:
+    """The side of Lucic's network's smallest feature map: a quarter of the image's."""
+    if side % 4 or side < 8:
+        raise ConfigError(f"image side {side} is not supported by arch=lucic (two stride-2 stages); "
+                          "use a side divisible by 4, at least 8 (e.g. 28, 32)")
+    return side // 4
+
+
+class LucicGenerator(nn.Module):
+    """compare_gan v1's generator (``gans/abstract_gan.py``, the InfoGAN network): z -> FC 1024 -> FC
+    128 x (H/4) x (W/4) -> deconv 4x4/2 to 64 channels -> deconv 4x4/2 to C, batch norm and LeakyReLU(0.2)
+    between. Its output is a Tanh on [-1, 1] data where theirs is a sigmoid on [0, 1] data: the same
+    family of functions (tanh(a) = 2 sigmoid(2a) - 1), so only the data's affine scale differs.
+    ``hidden``: the FC layers before the projection (BEGAN's decoder has none)."""
+
+    def __init__(self, in_dim: int, image_shape: tuple[int, int, int], hidden: tuple[int, ...] = (1024,)):
+        super().__init__()
+        channels, side, _ = image_shape
+        quarter = lucic_quarter(side)
+        layers: list[nn.Module] = []
+        for width in (*hidden, 128 * quarter ** 2):
+            layers += [nn.Linear(in_dim, width), tf_batch_norm(width, 1), nn.LeakyReLU(0.2, inplace=True)]
+            in_dim = width
+        layers += [nn.Unflatten(1, (128, quarter, quarter)),
+                   nn.ConvTranspose2d(128, 64, 4, 2, 1), tf_batch_norm(64, 2), nn.LeakyReLU(0.2, inplace=True),
+                   nn.ConvTranspose2d(64, channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+class LucicDiscriminator(nn.Module):
+    """compare_gan v1's discriminator: conv 4x4/2 to 64 -> conv 4x4/2 to 128 -> FC 1024 -> FC ``outputs``,
+    LeakyReLU(0.2) between, batch norm after the second conv and the first FC when ``batch_norm``
+    (their ``discriminator_batchnorm``). Images (N, C, H, W) -> scores (N,), or (N, outputs)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], *, batch_norm: bool = True, outputs: int = 1):
+        super().__init__()
+        channels, side, _ = image_shape
+        quarter = lucic_quarter(side)
+
+        def normed(features: int, dims: int) -> list[nn.Module]:
+            return [tf_batch_norm(features, dims)] if batch_norm else []
+
+        self.trunk = nn.Sequential(
+            nn.Conv2d(channels, 64, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(64, 128, 4, 2, 1), *normed(128, 2), nn.LeakyReLU(0.2, inplace=True),
+            nn.Flatten(), nn.Linear(128 * quarter ** 2, 1024), *normed(1024, 1), nn.LeakyReLU(0.2, inplace=True))
+        self.head = nn.Linear(1024, outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.trunk(x)).squeeze(1)
+
+
+def lucic_initialised(network: nn.Module) -> nn.Module:
+    """compare_gan's initialisation (``gans/ops.py``): every weight N(0, 0.02), a convolution's truncated
+    at two standard deviations, biases 0; batch norm at scale 1, shift 0 (TensorFlow's, and PyTorch's)."""
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+        elif isinstance(module, (nn.Linear, nn.ConvTranspose2d)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+            nn.init.zeros_(module.bias)
+    return network
+
+
+NETWORK_TIPS = ("g_width", "d_width", "activation", "minibatch_std")
+
+
+def lucic_generator(variant: Variant) -> LucicGenerator:
+    """Lucic's G for ``variant``'s images, initialised as compare_gan did; sets the variant's noise to
+    theirs (64-d uniform), which belongs to the network as much as its layers do."""
+    changed = [name for name in NETWORK_TIPS if variant.tip(name) != TIPS[name].hparam.default]
+    if changed:
+        raise ConfigError(f"arch=lucic is compare_gan's fixed network; {', '.join(changed)} would change it: "
+                          "leave them at their defaults, or use arch=dcgan")
+    variant.z_dim, variant.z_prior = LUCIC_Z_DIM, "uniform"
+    return lucic_initialised(LucicGenerator(variant.z_dim, variant.image_shape))
+
+
+ARCHITECTURES = ("dcgan", "mlp", "lucic")
+
+
+def arch(default: str, choices: tuple[str, ...] = ARCHITECTURES) -> dict[str, HParam]:
+    """The ``arch`` hyperparameter, for variants whose paper works with other networks than its own: a
     study can then hold one architecture fixed across variants (as Lucic et al. 2018 did) or search it."""
-    return {"arch": HParam(default, choices=ARCHITECTURES,
-                           help="networks: dcgan (strided convolutions) or mlp (fully connected)")}
+    return {"arch": HParam(default, choices=choices,
+                           help="networks: dcgan (strided convolutions), mlp (fully connected) or lucic "
+                                "(compare_gan v1's, the one network of Lucic et al. 2018; its own initialisation)")}
+
+
+def discriminator_batchnorm() -> dict[str, HParam]:
+    """compare_gan's ``discriminator_batchnorm``, for the variants whose D may have batch norm."""
+    return {"discriminator_batchnorm": HParam(1, 0, 1, help="1: batch norm in D's hidden layers (DCGAN's rule, "
+                                                            "compare_gan's default), 0: none (convolutional D)")}
 
 
 def networks(variant: Variant, **critic_options) -> tuple[nn.Module, nn.Module]:
     """G and D for ``variant`` in the architecture its ``arch`` names (convolutional where it has
     none); ``critic_options`` go to the convolutional D (see :class:`ConvDiscriminator`)."""
-    if getattr(variant.hp, "arch", "dcgan") == "mlp":
+    architecture = getattr(variant.hp, "arch", "dcgan")
+    if architecture == "mlp":
         if variant.tip("minibatch_std"):
             raise ConfigError("minibatch_std=1 needs a convolutional discriminator; with arch=mlp leave it at 0")
         return mlp_pair(variant)
+    if architecture == "lucic":
+        batch_norm = critic_options.get("batch_norm", batch_norm_in_d(variant))
+        return lucic_generator(variant), lucic_initialised(LucicDiscriminator(variant.image_shape, batch_norm=batch_norm))
     return conv_generator(variant), conv_discriminator(variant, **critic_options)

@@ -25,7 +25,7 @@ from torch import Tensor
 from bench.registry import Expected, HParam, adam_hparams, register, tips
 from variants.blocks import arch, init, networks
 from variants.dcgan import DCGAN
-from variants.gan import GAN, discriminator_bce
+from variants.gan import discriminator_bce, generator_nonsaturating
 from variants.wgan_gp import gradient_penalty
 
 
@@ -50,7 +50,6 @@ class DRAGAN(DCGAN):
 
     name = "dragan"
     hparams = {**adam_hparams(lr=1e-4, beta1=0.5),
-               "loss": GAN.hparams["loss"],
                "gp_lambda": HParam(10.0, 0.01, 1000.0, log=True, help="gradient-penalty weight lambda"),
                "perturb_scale": HParam(0.5, 0.01, 10.0, log=True, help="c in x + c * std(x) * U[0, 1): how far "
                                                                        "around the data the penalty reaches"),
@@ -72,3 +71,7 @@ class DRAGAN(DCGAN):
         penalty, grad_norm = dragan_penalty(lambda images: penalised(self.discriminate(images, labels)), real,
                                             self.hp.perturb_scale)
         return {"loss_d": loss + self.hp.gp_lambda * penalty, "gradient_penalty": penalty, "grad_norm": grad_norm}
+
+    def g_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """-log D(G(z)): the paper's DRAGAN is the non-saturating game (no minimax form)."""
+        return {"loss_g": generator_nonsaturating(self.discriminate(fake, labels))}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.registry import HParam, Variant, adam_hparams, register, tips
-from variants.blocks import arch, networks
+from variants.blocks import arch, discriminator_batchnorm, networks
 
 
 def discriminator_bce(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0) -> Tensor:
@@ -41,7 +41,7 @@ class GAN(Variant):
     name = "gan"
     hparams = {**adam_hparams(lr=2e-4, beta1=0.5),
                "loss": HParam("nonsaturating", choices=tuple(GENERATOR_LOSSES), help="generator loss"),
-               **arch("mlp"),
+               **arch("mlp"), **discriminator_batchnorm(),
                **tips("label_smoothing", "lr_d_ratio", "g_width", "d_width", "activation")}
 
     def build(self) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from bench.registry import HParam, adam_hparams, register, tips
-from variants.blocks import arch, init
+from variants.blocks import arch, discriminator_batchnorm, init
 from variants.dcgan import DCGAN
 
 
@@ -43,7 +43,7 @@ class LSGAN(DCGAN):
     hparams = {**adam_hparams(lr=2e-4, beta1=0.5),
                "d_output": HParam("raw", choices=D_OUTPUTS, help="what the squares are taken of: raw (D's output, "
                                                                  "the paper) or sigmoid (of it, as compare_gan v1)"),
-               **arch("dcgan"), **init("pytorch"),
+               **arch("dcgan"), **discriminator_batchnorm(), **init("pytorch"),
                # no label smoothing: D regresses to targets, it is not trained with cross-entropy
                **tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation")}
 

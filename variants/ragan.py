@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.registry import adam_hparams, register, tips
-from variants.blocks import arch, init
+from variants.blocks import arch, discriminator_batchnorm, init
 from variants.dcgan import DCGAN
 
 
@@ -36,7 +36,8 @@ class RaGAN(DCGAN):
     """Jolicoeur-Martineau 2019, relativistic average loss; Adam 2e-4, beta1 0.5."""
 
     name = "ragan"
-    hparams = {**adam_hparams(lr=2e-4, beta1=0.5), **arch("dcgan"), **init("pytorch"), **tips()}
+    hparams = {**adam_hparams(lr=2e-4, beta1=0.5), **arch("dcgan"), **discriminator_batchnorm(), **init("pytorch"),
+               **tips()}
 
     def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
         return {"loss_d": ragan_d_loss(self.D(real), self.D(fake), self.real_target)}

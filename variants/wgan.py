@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from bench.registry import HParam, Variant, register, tips
-from variants.blocks import arch, init, networks
+from variants.blocks import arch, discriminator_batchnorm, init, networks
 
 
 CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation")
@@ -33,7 +33,7 @@ class WGAN(Variant):
         "lr": HParam(5e-5, 1e-6, 1e-2, log=True, help="RMSprop learning rate of G and the critic"),
         "clip_c": HParam(0.01, 1e-3, 1.0, log=True, help="critic weights are clipped to [-c, c]"),
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
-        **arch("dcgan"),
+        **arch("dcgan"), **discriminator_batchnorm(),
         **init("pytorch"),  # the authors' code had DCGAN's; measured slower here (README, Variants)
         **CRITIC_TIPS,
     }
