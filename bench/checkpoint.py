@@ -90,7 +90,45 @@ def load(path: Path | str) -> dict[str, Any]:
         if not isinstance(state.get(key), kind):
             raise NotACheckpoint(f"{path} is a damaged ganbench checkpoint: '{key}' is missing or of the wrong "
                                  "type; use another checkpoint of the run")
+    problem = _contents_problem(state)
+    if problem:
+        raise NotACheckpoint(f"{path} is a damaged ganbench checkpoint: {problem}; use another checkpoint of the run")
     return state
+
+
+MAX_SIDE = 4096
+MAX_CHANNELS = 4
+
+
+def is_count(value: Any) -> bool:
+    """A non-negative int that is not a bool (True is an int to Python, not a step count to us)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_table(rows: list) -> bool:
+    """Rows as the engine writes them: dicts of numbers by name, each with its integer 'step'."""
+    return all(isinstance(row, dict) and is_count(row.get("step")) and
+               all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                   for k, v in row.items()) for row in rows)
+
+
+def _contents_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong inside a checkpoint whose fields have the right types, before anything is built from it
+    (a huge image shape or class count would otherwise allocate first and fail after)."""
+    shape = state["image_shape"]
+    if not (len(shape) == 3 and all(is_count(n) and n > 0 for n in shape) and shape[0] <= MAX_CHANNELS
+            and max(shape[1:]) <= MAX_SIDE):
+        return (f"'image_shape' is {shape!r}, not [channels, height, width] with 1-{MAX_CHANNELS} channels and "
+                f"sides of 1-{MAX_SIDE} pixels")
+    if not is_count(state["num_classes"]):
+        return f"'num_classes' is {state['num_classes']!r}, not a count"
+    if not is_count(state["step"]):
+        return f"'step' is {state['step']!r}, not a count"
+    if not _is_table(state["rows"]) or len(state["rows"]) != state["step"]:
+        return f"'rows' is not the loss table of its {state['step']} steps"
+    if not _is_table(state["evaluations"]):
+        return "'evaluations' is not a table of scores by step"
+    return None
 
 
 @contextlib.contextmanager
@@ -99,7 +137,7 @@ def damaged(path: Path) -> Iterator[None]:
     shape, a config field this ganbench does not know) into one line naming the file."""
     try:
         yield
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, ConfigError) as exc:
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise NotACheckpoint(f"{path} is a damaged or incompatible ganbench checkpoint ({detail}); use another "
                              "checkpoint of the run, or the ganbench version that wrote it") from None

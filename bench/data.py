@@ -173,6 +173,13 @@ class BatchSampler:
         return {"generator": self.generator.get_state(), "order": self.order.cpu(), "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
+        """Goes on from a saved state; ValueError when it is not this dataset's (a shuffled order of its
+        images and a position within it)."""
+        order, position = state["order"], state["position"]
+        if not (isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.shape == self.order.shape
+                and torch.equal(order.sort().values, torch.arange(len(order)))):
+            raise ValueError(f"the sampler's order is not a shuffle of this dataset's {len(self.order)} images")
+        if not (isinstance(position, int) and not isinstance(position, bool) and 0 <= position <= len(order)):
+            raise ValueError(f"the sampler's position {position!r} is not within its {len(order)} images")
         self.generator.set_state(state["generator"])
-        self.order = state["order"].to(self.images.device)
-        self.position = state["position"]
+        self.order, self.position = order.to(self.images.device), position

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import signal
 import threading
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -120,6 +123,28 @@ class TrainConfig(Budget):
             raise ConfigError(f"checkpoint_seconds must be positive, got {self.checkpoint_seconds}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainConfig:
+        """The config a checkpoint holds, each field of its declared type (a file may hold anything), validated."""
+        hints = typing.get_type_hints(cls)
+        for key, value in saved.items():
+            if key in hints and not _of_type(value, hints[key]):
+                raise ConfigError(f"config field '{key}' is {value!r}, not of type {hints[key]}")
+        config = cls(**saved)
+        config.validate()
+        return config
+
+
+def _of_type(value, hint) -> bool:
+    """Whether ``value`` is of the type hint of a TrainConfig field (int and float exclude bool; an int is a float)."""
+    if isinstance(hint, types.UnionType):
+        return any(_of_type(value, arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is dict:
+        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+    if hint is float:
+        hint = (int, float)
+    return isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
 
 
 @dataclass
@@ -449,7 +474,11 @@ class Trainer:
         """Resumes from ``path``, written on this device or another: the state is read on the CPU
         (RNG states must stay CPU tensors) and load_state_dict moves weights and moments here."""
         state = checkpoint.load(path)
+        with checkpoint.damaged(path):
+            TrainConfig.from_saved(state["config"])
         changed = [key for key in RUN_IDENTITY if state["config"].get(key) != getattr(self.config, key)]
+        saved_data = {"image_shape": tuple(state["image_shape"]), "num_classes": state["num_classes"]}
+        changed += [key for key, value in saved_data.items() if value != getattr(self.variant, key)]
         if changed:
             raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ from the saved run; "
                               "resume with the same settings, or use another --out for a new run")
@@ -474,9 +503,17 @@ def load_trained(path: Path | str, device: str = "auto") -> tuple[Variant, Train
     state = checkpoint.load(path)
     path = checkpoint.locate(path)
     with checkpoint.damaged(path):
-        config = TrainConfig(**state["config"])
-    variant = get_variant(config.variant)(tuple(state["image_shape"]), state["num_classes"], **config.hparams)
-    with checkpoint.damaged(path):
+        config = TrainConfig.from_saved(state["config"])
+        build = functools.partial(get_variant(config.variant), tuple(state["image_shape"]), state["num_classes"],
+                                  **config.hparams)
+        with torch.device("meta"):  # the shapes the weights must have, before any memory is taken for them
+            expected = {key: value.shape for key, value in build().state_dict().items()}
+        wrong = [key for key, value in state["variant"].items()
+                 if not isinstance(value, torch.Tensor) or expected.get(key, value.shape) != value.shape]
+        if wrong:
+            raise ValueError(f"weights {', '.join(wrong[:3])} do not fit {config.variant} on images "
+                             f"{state['image_shape']} with {state['num_classes']} classes")
+        variant = build()
         variant.load_state_dict(state["variant"])
     return variant.to(device).eval(), config, state["step"]
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import pytest
@@ -193,3 +195,53 @@ def test_the_doctors_rolling_state_resumes_with_the_run(tmp_path):
     assert state == halfway
     resumed.run()
     assert resumed.doctor.state_dict() == straight.doctor.state_dict()
+
+
+def tampered(key: str, value) -> Callable[[dict], None]:
+    """Sets ``key`` (a path through nested dicts, 'config.seed') of a checkpoint's state to ``value``."""
+    *parents, last = key.split(".")
+
+    def tamper(state: dict) -> None:
+        for parent in parents:
+            state = state[parent]
+        state[last] = value
+    return tamper
+
+
+TAMPERED = {  # tensors and plain containers, as a teammate's or a server's file can be, wrong inside; message: a regex
+    "image_shape of two entries": ("gan", tampered("image_shape", [1, 8]), "'image_shape' is \\[1, 8\\]"),
+    "image_shape of strings": ("gan", tampered("image_shape", ["1", "8", "8"]), "'image_shape' is \\['1'"),
+    "a huge image_shape": ("gan", tampered("image_shape", [1, 100000, 100000]), "sides of 1-4096 pixels"),
+    "another image_shape": ("gan", tampered("image_shape", [1, 16, 16]), "image_shape differ|do not fit gan on images"),
+    "a negative num_classes": ("cgan", tampered("num_classes", -5), "'num_classes' is -5"),
+    "a huge num_classes": ("cgan", tampered("num_classes", 10 ** 9), "num_classes differ|do not fit cgan"),
+    "the seed as a string": ("gan", tampered("config.seed", "3"), "config field 'seed' is '3'"),
+    "hparams as a list": ("gan", tampered("config.hparams", [1]), "config field 'hparams' is \\[1\\]"),
+    "a step of True": ("gan", tampered("step", True), "'step' is True"),
+    "a step beyond its rows": ("gan", tampered("step", 10 ** 9), "'rows' is not the loss table of its"),
+    "rows of strings": ("gan", tampered("rows", ["a", "b"]), "'rows' is not the loss table"),
+    "evaluations of ints": ("gan", tampered("evaluations", [1, 2]), "'evaluations' is not a table"),
+    "the sampler at a string": ("gan", tampered("sampler.position", "x"), "position 'x' is not within|ok for eval"),
+    "the sampler past its end": ("gan", tampered("sampler.position", 10 ** 12), "is not within|ok for eval"),
+    "the sampler's order as floats": ("gan", tampered("sampler.order", torch.rand(3)), "not a shuffle|ok for eval"),
+}
+
+
+@pytest.mark.parametrize("name", TAMPERED)
+def test_a_checkpoint_wrong_inside_is_one_line_naming_the_field_in_eval_and_resume(tmp_path_factory, name):
+    variant, tamper, message = TAMPERED[name]
+    folder = tmp_path_factory.mktemp("tampered")
+    train(TrainConfig(variant, dataset="digits", steps=3, seed=3), folder, progress=False)
+    state = torch.load(folder / CHECKPOINT, weights_only=True)
+    tamper(state)
+    torch.save(state, folder / CHECKPOINT)
+    for args in (["eval", "--checkpoint", str(folder), "--samples", "64", "--device", "cpu"],
+                 ["train", "--variant", variant, "--dataset", "digits", "--seed", "3", "--steps", "5",
+                  "--out", str(folder), "--resume", "--device", "cpu"]):
+        result = CliRunner().invoke(main, args)
+        lines = result.stderr.strip().splitlines()
+        if args[0] == "eval" and "ok for eval" in message:  # eval reads no sampler
+            assert result.exit_code == 0, result.output
+            continue
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args[0], result.output)
+        assert len(lines) == 1 and re.search(message, lines[0]) and str(folder) in lines[0], (args[0], lines)
