@@ -31,12 +31,14 @@ def test_same_seed_same_losses_different_seed_different_losses():
     assert not first["loss_g"].equals(other["loss_g"])
 
 
-@pytest.mark.parametrize("variant", ["wgan_gp", "cgan", "began"])
-def test_resume_in_the_middle_equals_an_uninterrupted_run(tmp_path, variant):
+@pytest.mark.parametrize("variant, hparams", [("wgan_gp", {}), ("cgan", {}), ("began", {}),
+                                             ("gan", {"arch": "lucic"})])  # its batch norm's debiasing resumes too
+def test_resume_in_the_middle_equals_an_uninterrupted_run(tmp_path, variant, hparams):
     # Bit for bit, so on the CPU (see above); resuming on and across GPUs: test_devices.py, test_cli.py.
-    straight = train(config(variant=variant, steps=8, device="cpu"), tmp_path / "straight", progress=False)
-    train(config(variant=variant, steps=4, device="cpu"), tmp_path / "halves", progress=False)
-    resumed = train(config(variant=variant, steps=8, device="cpu"), tmp_path / "halves", resume=True, progress=False)
+    run = {"variant": variant, "hparams": hparams, "device": "cpu"}
+    straight = train(config(steps=8, **run), tmp_path / "straight", progress=False)
+    train(config(steps=4, **run), tmp_path / "halves", progress=False)
+    resumed = train(config(steps=8, **run), tmp_path / "halves", resume=True, progress=False)
     pd.testing.assert_frame_equal(straight.history, resumed.history)
     for key, value in straight.variant.state_dict().items():
         assert torch.equal(value, resumed.variant.state_dict()[key]), key
