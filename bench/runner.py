@@ -57,7 +57,8 @@ class Job:
     """What one worker process needs to take part in a study (picklable for spawn)."""
 
     variants: tuple[str, ...]
-    study_path: str
+    spec: StudySpec
+    """The study as the caller gave it (a file's, or one built or changed in Python), not re-read from its file."""
     trials: int | None
     """As asked (None: the study file's); each variant's study resolves it."""
     storage: str
@@ -175,7 +176,7 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
          "trials": lanes[0].trials, "workers": workers, "sampler": spec.sampler, "pruner": spec.pruner,
          "storage": redact(storage), "seed": seed, "amp": amp, **dataclasses.asdict(spec.budget)})
     threads = max(1, torch.get_num_threads() // workers)
-    jobs = [Job(tuple(names), str(spec.path), trials, storage, tracking.uri, parent, device, amp, seed,
+    jobs = [Job(tuple(names), spec, trials, storage, tracking.uri, parent, device, amp, seed,
                 worker, threads, heartbeat=heartbeat, log=log) for worker in range(workers)]
     watcher = StudyProgress(open_storage(storage, heartbeat), [(lane, studies[lane.variant.name]) for lane in lanes],
                             live=progress, every=progress_every, log=log)
@@ -308,7 +309,7 @@ def work(job: Job) -> None:
     os.setpgrp()  # Ctrl-C in the terminal reaches `bench run`, which passes it on once (run_workers)
     torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = load_study(job.study_path)
+    spec = job.spec
     storage = open_storage(job.storage, job.heartbeat)
     lanes = [spec.for_variant(get_variant(name), job.trials) for name in job.variants]
     try:

@@ -26,7 +26,7 @@ from bench.cli import main
 from bench.engine import Budget
 from bench.errors import ConfigError
 from bench.registry import get_variant, variants
-from bench.runner import run_studies
+from bench.runner import run_studies, run_study
 from bench.storage import open_storage
 from bench.study import available_studies, load_study
 from bench.tracking import redact
@@ -439,3 +439,16 @@ def test_lucic_narrow_searches_their_ranges_on_their_network_at_a_tiny_budget(tm
             assert 0.01 <= params.get("clip_c", 0.1) <= 1 and 0.6 <= params.get("gamma", 0.7) <= 0.9
     assert {"discriminator_batchnorm", "clip_c"} <= set(studies["wgan"].trials[0].params)
     assert "gamma" in studies["began"].trials[0].params
+
+
+def test_workers_train_the_study_they_are_given_not_its_file_again(tmp_path, monkeypatch):
+    """A spec built or changed in Python reaches every worker process as it is."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "digits.toml"
+    path.write_text(TINY_STUDY.format(steps=40, eval_every=20).replace('"fashion-mnist"', '"digits"'))
+    spec = dataclasses.replace(load_study(path), trials=2,
+                               budget=Budget(steps=4, eval_every=2, eval_samples=64, batch_size=16))
+    study = run_study("gan", spec, workers=2, storage=str(tmp_path / "journal.log"),
+                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trials = study.get_trials()
+    assert len(trials) == 2 and all(set(t.intermediate_values) == {2, 4} for t in trials), trials
