@@ -39,7 +39,25 @@ def reports_user_errors(command):
         except Interrupted as exc:
             click.echo(f"{exc}; {exc.then}", err=True)
             sys.exit(exc.exit_code)
+        except Exception as exc:
+            if not failed_server(exc):
+                raise
+            from bench.storage import masked
+
+            urls = [value for value in kwargs.values() if isinstance(value, str) and "://" in value]
+            urls.append(os.environ.get("MLFLOW_TRACKING_URI", ""))
+            detail = masked(str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "", urls)
+            raise UserError(f"the tracking server failed mid-command ({type(exc).__name__}: {detail}); check that it "
+                            "is up (its log says why), then run the command again: nothing recorded is lost") from None
     return wrapper
+
+
+def failed_server(exc: Exception) -> bool:
+    """Whether ``exc`` is MLflow's or the HTTP layer's: a server that failed after the checks before the command
+    (those name the server in one line), e.g. one that died or lost its database mid-command."""
+    kinds = [module.exceptions.MlflowException if name == "mlflow" else module.RequestException
+             for name, module in sys.modules.items() if name in ("mlflow", "requests")]
+    return isinstance(exc, tuple(kinds))
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ import re
 import threading
 import warnings
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Iterable
+from urllib.parse import unquote, urlsplit
 
 import optuna
 
@@ -61,6 +62,17 @@ def redact(url: str) -> str:
     authority = url.find("://") + 3 if "://" in url else 0
     base, question, query = url[authority:].partition("?")
     return url[:authority] + base + question + SECRET_QUERY.sub(r"\1***", query)
+
+
+def masked(text: str, urls: Iterable[str]) -> str:
+    """``text`` (an error message from a library) with the password of each of ``urls`` replaced by ***,
+    as written and percent-decoded: libraries quote URLs in their messages in either form."""
+    for url in urls:
+        span = _password_span(url)
+        if span is not None and span[1] > span[0]:
+            password = url[span[0]:span[1]]
+            text = text.replace(password, "***").replace(unquote(password), "***")
+    return text
 
 
 def sqlite_path(url: str) -> Path:

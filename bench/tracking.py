@@ -79,14 +79,26 @@ def environment_tags() -> dict[str, str]:
 
 
 def check_server(uri: str) -> None:
-    """Fails in seconds, not after MLflow's minutes of retries, when no tracking server answers."""
+    """Fails in seconds, not after MLflow's minutes of retries, when no tracking server answers, or when
+    what answers is not a working one: its health page and one call of its API (an error page, another
+    program on the port, or a server whose database is gone would fail every later request, slowly)."""
     import requests
 
+    base = uri.rstrip("/")
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+        requests.get(f"{base}/health", timeout=5).raise_for_status()
+        answer = requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=5)
     except requests.RequestException as exc:
         raise ConfigError(f"cannot reach the MLflow tracking server at {redact(uri)} ({type(exc).__name__}); "
                           "start it (bench server --backend-store-uri ...) or check --tracking-uri") from None
+    try:
+        api_works = answer.status_code == 200 and isinstance(answer.json(), dict)
+    except ValueError:  # not JSON
+        api_works = False
+    if not api_works:
+        raise ConfigError(f"the server at {redact(uri)} is not a working MLflow tracking server (its experiments "
+                          f"API answered HTTP {answer.status_code}, {answer.headers.get('content-type', 'no type')}); "
+                          "check --tracking-uri, or the server's log")
 
 
 def connect(tracking_uri: str | None, *, create: bool) -> str:

@@ -5,10 +5,12 @@ ends with it. Real processes, a real PostgreSQL (tests/test_scale_out.py's), no 
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -217,3 +219,52 @@ def test_bench_ui_stops_the_mlflow_server_and_its_children_on_sigterm(store):
             except ProcessLookupError:
                 pass
         ui.wait()
+
+
+class HalfAlive(http.server.BaseHTTPRequestHandler):
+    """Accepts and answers, but not as a working MLflow server does; ``self.server.mode`` says how."""
+
+    def do_GET(self) -> None:
+        mode, path = self.server.mode, self.path.split("?")[0]
+        if mode == "another program" or (mode == "error pages" and path == "/health"):
+            self.answer(200, "text/html", b"<html>a web page</html>")
+        elif mode == "fails after the checks" and path in ("/health", "/api/2.0/mlflow/experiments/search"):
+            self.answer(200, "application/json", b'{"experiments": []}')
+        else:
+            self.answer(500, "text/plain", b"Internal Server Error")
+
+    do_POST = do_GET
+
+    def answer(self, status: int, kind: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["error pages", "another program", "fails after the checks"])
+@pytest.mark.parametrize("command", READ_ONLY + ("run",))
+def test_a_server_that_answers_but_not_as_mlflow_is_one_line_without_the_password(command, mode, empty_folder,
+                                                                                  monkeypatch):
+    """Half-alive servers: HTTP 500 everywhere but its health page, another program's pages, or a server that
+    passes the checks and then fails (MLflow's retries turned off here: they would take half a minute)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HalfAlive)
+    server.mode = mode
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        started = time.monotonic()
+        result = CliRunner().invoke(main, command_line(command, f"http://bench:{SECRET}@{host}"))
+        seconds = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and SECRET not in result.output, result.output
+    assert seconds < 10 and (mode == "fails after the checks" or host in lines[0]), (seconds, lines[0])
