@@ -55,9 +55,9 @@ def reports_user_errors(command):
 def failed_server(exc: Exception) -> bool:
     """Whether ``exc`` is MLflow's or the HTTP layer's: a server that failed after the checks before the command
     (those name the server in one line), e.g. one that died or lost its database mid-command."""
-    kinds = [module.exceptions.MlflowException if name == "mlflow" else module.RequestException
-             for name, module in sys.modules.items() if name in ("mlflow", "requests")]
-    return isinstance(exc, tuple(kinds))
+    mlflow, requests = sys.modules.get("mlflow"), sys.modules.get("requests")  # neither imported: neither failed
+    return (mlflow is not None and isinstance(exc, mlflow.exceptions.MlflowException)
+            or requests is not None and isinstance(exc, requests.RequestException))
 
 
 @contextlib.contextmanager

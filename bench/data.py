@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.checkpoint import is_count
 from bench.errors import ConfigError, DatasetNotFound
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -179,7 +180,7 @@ class BatchSampler:
         if not (isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.shape == self.order.shape
                 and torch.equal(order.sort().values, torch.arange(len(order)))):
             raise ValueError(f"the sampler's order is not a shuffle of this dataset's {len(self.order)} images")
-        if not (isinstance(position, int) and not isinstance(position, bool) and 0 <= position <= len(order)):
+        if not (is_count(position) and position <= len(order)):
             raise ValueError(f"the sampler's position {position!r} is not within its {len(order)} images")
         self.generator.set_state(state["generator"])
         self.order, self.position = order.to(self.images.device), position
