@@ -11,6 +11,7 @@ checkpoint is refused with one line that names it and says what it is not.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import warnings
@@ -44,11 +45,22 @@ def locate(path: Path | str) -> Path:
 
 
 def save(state: dict[str, Any], path: Path) -> None:
-    """Writes ``state`` (the keys of FIELDS) to ``path`` atomically: a crash mid-write leaves the
-    previous checkpoint, never half a file."""
+    """Writes ``state`` (the keys of FIELDS) to ``path`` atomically: a crash or a full disk mid-write
+    leaves the previous checkpoint, never half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    try:
+        # Serialised in memory, then written: a full disk is then an OSError with its errno (torch's zip
+        # writer, writing to a file, buries it under an "enforce fail" RuntimeError of its own).
+        serialised = io.BytesIO()
+        torch.save({"format": FORMAT, "version": VERSION, **state}, serialised)
+        with tmp.open("wb") as handle:
+            handle.write(serialised.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())  # on the disk before it replaces the previous checkpoint
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # what a full disk or an interruption left of it
+        raise
 
 
 def load(path: Path | str) -> dict[str, Any]:

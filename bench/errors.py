@@ -17,6 +17,10 @@ class DuplicateVariantError(BenchError):
     """Two variants claim the same name."""
 
 
+class OutputNotWritten(BenchError):
+    """A run's folder refused a write mid-run (a full disk); its last checkpoint is intact, so the run resumes."""
+
+
 class RunStopped(BenchError):
     """Training was stopped because the run went bad; a study fails the trial and goes on."""
 

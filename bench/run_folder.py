@@ -6,6 +6,7 @@ health.json up to date as the doctor reports findings.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 
 from bench import checkpoint
 from bench.doctor import HEALTH, write_health
-from bench.errors import ConfigError
+from bench.errors import ConfigError, OutputNotWritten
 from bench.observer import Finding, Observer
 
 
@@ -54,22 +55,36 @@ class RunFolder(Observer):
             raise ConfigError(f"cannot write the output folder {self.path} ({exc.strerror}); choose a folder "
                               "you can write to for --out") from None
 
+    @contextlib.contextmanager
+    def _writing(self, what: str):
+        """A write refused mid-run (a full disk, a quota) is one line, and costs no training: the
+        files written before are intact, the last checkpoint included."""
+        try:
+            yield
+        except OSError as exc:
+            raise OutputNotWritten(f"cannot write {what} in {self.path} ({exc.strerror}); what it held before is "
+                                   "intact: free space on its disk, then run the same command again (bench train: "
+                                   "with --resume) to go on from its last checkpoint") from None
+
     def on_finding(self, finding: Finding) -> None:
         self.findings.append(finding)
-        write_health(self.path / HEALTH, self.findings)
+        with self._writing(HEALTH):
+            write_health(self.path / HEALTH, self.findings)
 
     def write_grid(self, images: torch.Tensor, step: int) -> Path:
         """``images`` in [-1, 1] as an 8-wide PNG grid, samples/step_NNNNNNN.png."""
         from torchvision.utils import save_image  # torchvision's import costs seconds: pay it only here
 
         path = self.path / "samples" / f"step_{step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images.float(), path, nrow=8, normalize=True, value_range=(-1, 1))
+        with self._writing(f"samples/{path.name}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(images.float(), path, nrow=8, normalize=True, value_range=(-1, 1))
         return path
 
     def write_checkpoint(self, state: dict[str, Any]) -> None:
         """The checkpoint, and the loss and score tables beside it for people and pandas."""
-        checkpoint.save(state, self.checkpoint)
-        pd.DataFrame(state["rows"]).to_csv(self.path / "losses.csv", index=False)
-        if state["evaluations"]:
-            pd.DataFrame(state["evaluations"]).to_csv(self.path / "scores.csv", index=False)
+        with self._writing(f"the checkpoint of step {state['step']}"):
+            checkpoint.save(state, self.checkpoint)
+            pd.DataFrame(state["rows"]).to_csv(self.path / "losses.csv", index=False)
+            if state["evaluations"]:
+                pd.DataFrame(state["evaluations"]).to_csv(self.path / "scores.csv", index=False)

@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bench.compare import compare, report_lines, write
 from bench.data import load_dataset
 from bench.engine import CHECKPOINT, TrainConfig, autocast_dtype, resolve_device, resolve_steps, train, worker_device
-from bench.errors import BenchError, ConfigError, Interrupted, RunStopped
+from bench.errors import BenchError, ConfigError, Interrupted, OutputNotWritten, RunStopped
 from bench.observer import Observer
 from bench.progress import PROGRESS_SECONDS, StudyProgress
 from bench.registry import get_variant, variants as registered_variants
@@ -426,8 +426,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         trial.set_user_attr("fail_reason", reason)
         tracking.end(run.run_id, "failed", reason)
         study.tell(trial, state=TrialState.FAIL)
-        if isinstance(exc, Interrupted):
+        if isinstance(exc, (Interrupted, OutputNotWritten)):  # its checkpoint is intact: go on from it later
             run_again(study, trial.number)
+        if isinstance(exc, Interrupted):
             exc.then = f"trial {trial.number} is queued to resume from it: run the same command again to continue"
         raise
     tracking.end(run.run_id, "complete")

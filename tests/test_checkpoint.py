@@ -100,6 +100,33 @@ def test_an_output_folder_that_cannot_be_one_is_one_line(tmp_path, out, message)
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB file system (tmpfs): room for one checkpoint of a digits GAN (11 MB), not for the next beside it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_disk_that_fills_mid_checkpoint_is_one_line_and_the_run_resumes_from_the_checkpoint_before(
+        small_disk, tmp_path):
+    run = ["train", *DIGITS_RUN, "--steps", "30", "--checkpoint-every", "10"]
+    result = CliRunner().invoke(main, [*run, "--out", str(small_disk / "run")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "cannot write the checkpoint of step 20" in lines[0] and "No space left on device" in lines[0]
+    assert checkpoint.load(small_disk / "run")["step"] == 10  # the one before, whole
+    assert not list((small_disk / "run").glob("*.tmp"))  # the half-written one is gone, freeing the disk
+
+    moved = tmp_path / "run"  # the user frees space; here, by moving the run to a disk that has it
+    subprocess.run(["cp", "-r", str(small_disk / "run"), str(moved)], check=True)
+    resumed = CliRunner().invoke(main, [*run, "--out", str(moved), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert checkpoint.load(moved)["step"] == 30 and losses_written(moved) == 30
+
+
 def losses_written(run: Path) -> int:
     """The rows of a run's losses.csv (written beside each checkpoint) once the file is whole; else 0."""
     try:
