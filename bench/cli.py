@@ -22,6 +22,9 @@ class UserError(click.ClickException):
 
 tracking_uri_option = click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
                                    help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
+SEEDS = click.IntRange(0, 2**31 - 1)
+"""Seeds every generator takes (NumPy's, which Optuna's samplers use, stops at 2**32 - 1), with room
+for a study's trial numbers to be added."""
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 amp_option = click.option("--amp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
                           help="bfloat16 autocast for training. auto: on a CUDA GPU that supports it, float32 on "
@@ -35,7 +38,7 @@ def reports_user_errors(command):
         try:
             return command(*args, **kwargs)
         except BenchError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(one_line(str(exc))) from None
         except Interrupted as exc:
             click.echo(f"{exc}; {exc.then}", err=True)
             sys.exit(exc.exit_code)
@@ -50,6 +53,12 @@ def reports_user_errors(command):
             raise UserError(f"the tracking server failed mid-command ({type(exc).__name__}: {detail}); check that it "
                             "is up (its log says why), then run the command again: nothing recorded is lost") from None
     return wrapper
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and other control characters escaped: an error message quotes
+    values from files, which may hold anything."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def failed_server(exc: Exception) -> bool:
@@ -131,7 +140,7 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
               help="fashion-mnist, digits, mnist, cifar10 or imagefolder:PATH.")
 @click.option("--steps", default=2000, show_default=True, help="Generator updates.")
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=SEEDS, default=0, show_default=True)
 @device_option
 @amp_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -208,7 +217,7 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
 @tracking_uri_option
 @device_option
 @amp_option
-@click.option("--seed", default=0, show_default=True, help="Trial N trains with seed SEED+N.")
+@click.option("--seed", type=SEEDS, default=0, show_default=True, help="Trial N trains with seed SEED+N.")
 @click.option("--progress-every", default=60.0, show_default=True,
               help="Seconds between progress lines when the output is not a terminal (in one, a live line).")
 @click.option("--heartbeat", default=10, show_default=True,
@@ -433,7 +442,7 @@ def features() -> None:
 @features.command("train")
 @click.option("--dataset", default="fashion-mnist", show_default=True)
 @click.option("--epochs", default=8, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=SEEDS, default=0, show_default=True)
 @device_option
 @reports_user_errors
 def features_train(dataset, epochs, seed, device) -> None:

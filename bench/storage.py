@@ -15,7 +15,9 @@ import contextlib
 import fcntl
 import functools
 import re
+import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -38,6 +40,9 @@ STALE_AFTER_HEARTBEATS = 3
 MAX_RETRIES = 2
 ASK_LOCK_KEY = 0x62656E6368  # "bench": the PostgreSQL advisory lock that serialises asking
 CONNECT_TIMEOUT_SECONDS = 5
+OUTAGE_SECONDS = 120
+"""How long a worker waits for a database server it has reached before to come back (a restart, a
+failover) before the call that needs it fails."""
 STORAGE_URLS = "postgresql://USER@HOST:PORT/DB, sqlite:///PATH, or a journal file path"
 
 
@@ -139,12 +144,41 @@ def _database(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if scheme == "postgresql" else {}
     try:
         with known_heartbeat_warnings():
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs={"connect_args": connect_args}, heartbeat_interval=heartbeat,
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True}, heartbeat_interval=heartbeat,
                 grace_period=STALE_AFTER_HEARTBEATS * heartbeat,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
     except SQLAlchemyError as exc:
         raise ConfigError(_explain(url, exc)) from None
+    wait_out_restarts(storage.engine, url, reached=True)  # Optuna connected to set up its tables
+    return storage
+
+
+def wait_out_restarts(engine, url: str, reached: bool = False) -> None:
+    """Makes ``engine`` wait for its server to come back, for up to OUTAGE_SECONDS, when it cannot
+    connect to a server it has reached before, instead of failing the worker's call (one line
+    says so). With pool_pre_ping, a pooled connection that the restart cut is replaced at its next
+    use, so a study's calls wait out a restart and go on. A server never reached fails at once, as
+    the checks before a command promise."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect, connection_record, cargs, cparams):
+        nonlocal reached
+        deadline, said = time.monotonic() + OUTAGE_SECONDS, False
+        while True:
+            try:
+                connection = dialect.connect(*cargs, **cparams)
+                reached = True
+                return connection
+            except dialect.loaded_dbapi.OperationalError:
+                if not reached or time.monotonic() > deadline:
+                    raise
+                if not said:
+                    said = True
+                    print(f"the database at {redact(url)} does not answer; waiting up to {OUTAGE_SECONDS} s for "
+                          "it to come back", file=sys.stderr, flush=True)
+                time.sleep(1)
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -226,7 +260,9 @@ def ask_lock(url: str):
 def _lock_engine(url: str):
     from sqlalchemy import create_engine
 
-    return create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
+    engine = create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS}, pool_pre_ping=True)
+    wait_out_restarts(engine, url)
+    return engine
 
 
 @contextlib.contextmanager

@@ -236,7 +236,7 @@ def load_study(name_or_path: str | Path) -> StudySpec:
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")
-    budget = raw.get("budget", {})
+    budget = _table(path, raw, "budget")
     unknown = sorted(set(budget) - set(BUDGET_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key 'budget.{unknown[0]}'; valid: {', '.join(BUDGET_KEYS)}")
@@ -252,8 +252,8 @@ def load_study(name_or_path: str | Path) -> StudySpec:
         pruner=_typed(path, raw, "pruner", str, "median"),
         budget=Budget(**{key: _typed(path, budget, key, int, getattr(STUDY_BUDGET, key), "budget.")
                          for key in BUDGET_KEYS}),
-        space=_dimensions(path, raw.get("space", {}), "space"),
-        space_if_present=_dimensions(path, raw.get("space_if_present", {}), "space_if_present"),
+        space=_dimensions(path, _table(path, raw, "space"), "space"),
+        space_if_present=_dimensions(path, _table(path, raw, "space_if_present"), "space_if_present"),
         arms=_arms(path, arms),
         seeds=_typed(path, raw, "seeds", int, 1),
     )
@@ -264,11 +264,22 @@ def load_study(name_or_path: str | Path) -> StudySpec:
     return spec
 
 
+CHOICE_TYPES = (str, int, float, bool)
+"""What a categorical dimension's choices may be (Optuna stores them as JSON scalars)."""
+
+
 def _typed(path: Path, table: dict, key: str, kind: type, default: Any, prefix: str = "") -> Any:
     value = table.get(key, default)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ConfigError(f"{path}: '{prefix}{key}' must be a {kind.__name__}, got {value!r}")
     return value
+
+
+def _table(path: Path, raw: dict, key: str) -> dict:
+    table = raw.get(key, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: '{key}' must be a table ([{key}] with its entries below it), got {table!r:.40}")
+    return table
 
 
 def _dimensions(path: Path, table: dict, section: str) -> tuple[Dimension, ...]:
@@ -282,13 +293,16 @@ def _dimensions(path: Path, table: dict, section: str) -> tuple[Dimension, ...]:
         if extra:
             raise ConfigError(f"{where}: unknown key '{extra[0]}'; valid: low, high, log, choices")
         if "choices" in entry:
-            if not isinstance(entry["choices"], list) or not entry["choices"]:
-                raise ConfigError(f"{where}: choices must be a non-empty list")
+            choices = entry["choices"]
+            if not isinstance(choices, list) or not choices or not all(isinstance(c, CHOICE_TYPES) for c in choices):
+                raise ConfigError(f"{where}: choices must be a non-empty list of strings, numbers or booleans")
             dims.append(Dimension(name, choices=tuple(entry["choices"])))
             continue
         low, high = entry["low"], entry["high"]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
             raise ConfigError(f"{where}: low and high must be numbers with low < high, got {low!r}, {high!r}")
+        if not isinstance(entry.get("log", False), bool):  # a string "false" would be truthy
+            raise ConfigError(f"{where}: log must be true or false, got {entry['log']!r:.40}")
         if entry.get("log", False) and low <= 0:
             raise ConfigError(f"{where}: a log scale needs low > 0, got {low!r}")
         dims.append(Dimension(name, float(low), float(high), bool(entry.get("log", False))))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
+import math
 import os
 import platform
 import signal
@@ -38,12 +40,12 @@ RUN_PARAMS = (*BUDGET_KEYS, "dataset", "features", "seed")
 PACKAGES = ("ganbench", "torch", "torchvision", "optuna", "mlflow", "torchmetrics")
 TRACKING_URIS = "http(s)://HOST:PORT (a tracking server), postgresql://USER@HOST:PORT/DB or sqlite:///PATH"
 STORE_URIS = "postgresql://USER@HOST:PORT/DB or sqlite:///PATH"
-HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 """MLflow's defaults retry a request for about four minutes (7 retries, backoff factor 2) and
-wait 120 s for each answer: a server that dies mid-command would hang it that long. These give
-up on a server that is gone after about half a minute (retries 0, 2, 4, 8, 16 s apart) and wait
-30 s for an answer; a user's own settings win."""
+wait 120 s for each answer. These wait out a server that restarts (retries 0, 2, 4, 8, 16, 32 s
+apart: about a minute, saying so at the first, see RetryNotice) and give up on one that is gone;
+each answer is waited for 30 s. A user's own settings win."""
 SERVER_GRACE_SECONDS = 3
 """How long a stopped MLflow server may take to shut down before it is killed."""
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
@@ -101,6 +103,29 @@ def check_server(uri: str) -> None:
                           "check --tracking-uri, or the server's log")
 
 
+class RetryNotice(logging.Handler):
+    """One line on stderr when requests to the tracking server start failing mid-command: MLflow
+    retries them for about a minute (HTTP_RETRIES), and urllib3 logs each retry to a logger it
+    silences itself, so a command would otherwise wait without a word."""
+
+    def __init__(self, uri: str):
+        super().__init__(logging.WARNING)
+        self.uri = uri
+        self.said_at = -math.inf
+
+    @classmethod
+    def install(cls, uri: str) -> None:
+        logger = logging.getLogger("urllib3.connectionpool")
+        if not any(isinstance(handler, cls) for handler in logger.handlers):
+            logger.addHandler(cls(uri))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Retrying") and time.monotonic() - self.said_at > 60:  # once an outage
+            self.said_at = time.monotonic()
+            print(f"the tracking server at {redact(self.uri)} does not answer; retrying for about a minute",
+                  file=sys.stderr, flush=True)
+
+
 def connect(tracking_uri: str | None, *, create: bool) -> str:
     """The tracking URI to use (``tracking_uri``, else the project's store), checked before MLflow
     touches it, which would retry a dead server for minutes, print a database's traceback, or
@@ -115,6 +140,7 @@ def connect(tracking_uri: str | None, *, create: bool) -> str:
         for key, value in HTTP_RETRIES.items():
             os.environ.setdefault(key, value)  # in the environment, for spawned workers too
         check_server(uri)
+        RetryNotice.install(uri)
     elif scheme in ("postgresql", "sqlite"):
         check_store(uri, create=create)
         if create:

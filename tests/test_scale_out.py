@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -47,6 +48,11 @@ class Postgres:
     def __init__(self, folder: Path, port: int):
         self.folder, self.port = folder, port
 
+    def pg_ctl(self, *action: str) -> None:
+        subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", self.folder / "data", "-l", self.folder / "server.log",
+                                   "-w", "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1",
+                                   *action), check=True, capture_output=True)
+
     def psql(self, sql: str) -> None:
         subprocess.run(as_postgres(PG_BIN / "psql", "-h", self.folder, "-p", self.port, "-U", "postgres",
                                    "-v", "ON_ERROR_STOP=1", "-qc", sql), check=True, capture_output=True)
@@ -66,18 +72,16 @@ def postgres():
     folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
-    data, port = folder / "data", free_port()
-    subprocess.run(as_postgres(PG_BIN / "initdb", "-D", data, "-U", "postgres", "--auth-local=trust",
+    subprocess.run(as_postgres(PG_BIN / "initdb", "-D", folder / "data", "-U", "postgres", "--auth-local=trust",
                                "--auth-host=scram-sha-256"), check=True, capture_output=True)
-    subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", data, "-l", folder / "server.log", "-w", "-o",
-                               f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"),
-                   check=True, capture_output=True)
-    server = Postgres(folder, port)
+    server = Postgres(folder, free_port())
+    server.pg_ctl("start")
     try:
         server.psql(f"CREATE USER bench PASSWORD '{PASSWORD}'")
         yield server
     finally:
-        subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"), capture_output=True)
+        subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", folder / "data", "-m", "immediate", "stop"),
+                       capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -192,3 +196,93 @@ def test_three_workers_on_postgres_and_a_tracking_server_survive_a_killed_worker
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
         server.wait()
+
+
+def wait_for_trial_folder(cwd: Path, seconds: float) -> None:
+    """Until a trial of the study run in ``cwd`` has started training (its run folder holds config.json)."""
+    deadline = time.monotonic() + seconds
+    while not list(cwd.glob("results/studies/*/trial-*/config.json")):
+        assert time.monotonic() < deadline, f"no trial started within {seconds} s"
+        time.sleep(0.2)
+
+
+def test_a_two_worker_study_waits_out_its_database_restarting_and_loses_no_trial(postgres, project_folder):
+    folder = project_folder("database-restart")
+    study_file = write_study(folder, "restarted", steps=60, eval_every=30)
+    storage = postgres.database("restarted")
+    run = subprocess.Popen([BENCH, "run", "--variant", "gan", "--study", str(study_file), "--trials", "4",
+                            "--workers", "2", "--storage", storage, "--heartbeat", "3"], cwd=folder,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                           env=clean_env())
+    try:
+        wait_for_trial_folder(folder, 120)
+        postgres.pg_ctl("-m", "fast", "stop")  # every connection cut, mid-trial
+        time.sleep(4)  # down: the workers' heartbeats and calls find no server
+        postgres.pg_ctl("start")
+        back = time.monotonic()
+        output = run.communicate(timeout=300)[0]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 0, output
+    assert "does not answer; waiting up to" in output and "Traceback" not in output
+    assert PASSWORD not in output
+    [summary] = optuna.study.get_all_study_summaries(open_storage(storage))
+    trials = optuna.load_study(study_name=summary.study_name, storage=open_storage(storage)).get_trials()
+    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+    retried = {trial.system_attrs.get("failed_trial") for trial in complete}
+    assert len(complete) == 4 and all(trial.number in retried for trial in trials if trial.state == TrialState.FAIL)
+    print(f"\ndatabase down 4 s mid-trial; the study ended {time.monotonic() - back:.1f} s after it was back, "
+          f"{len(complete)} of 4 trials complete, {len(trials) - len(complete)} failed and retried")
+
+
+def test_a_study_waits_out_its_tracking_server_restarting_mid_trial_and_loses_no_metric(project_folder):
+    folder = project_folder("tracking-restart")
+    study_file = write_study(folder, "restarted", steps=100, eval_every=50)
+    port = free_port()
+    tracking = f"http://127.0.0.1:{port}"
+    notice = f"the tracking server at {tracking} does not answer; retrying"
+
+    def start_server() -> subprocess.Popen:
+        server = subprocess.Popen([BENCH, "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+                                   "--artifacts", str(folder / "server-artifacts"), "--port", str(port)], cwd=folder,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                  env=clean_env())
+        wait_for_http(f"{tracking}/health", 120)
+        return server
+
+    server = start_server()
+    run = subprocess.Popen([BENCH, "run", "--variant", "gan", "--study", str(study_file), "--trials", "2",
+                            "--tracking-uri", tracking], cwd=folder, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True, env=clean_env())
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: [lines.append(line) for line in run.stdout], daemon=True)
+    reader.start()
+    try:
+        wait_for_trial_folder(folder, 120)
+        os.killpg(server.pid, signal.SIGTERM)  # the server stops mid-trial...
+        server.wait()
+        stopped = time.monotonic()
+        while not any(notice in line for line in lines):  # ...and stays down until the trial has needed it
+            assert time.monotonic() < stopped + 60 and run.poll() is None, "".join(lines)
+            time.sleep(0.2)
+        server = start_server()
+        down = time.monotonic() - stopped
+        run.wait(timeout=300)
+        reader.join()
+    finally:
+        for process in (run, server):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    output = "".join(lines)
+    assert run.returncode == 0 and "Traceback" not in output, output
+    client = mlflow.MlflowClient(tracking)
+    [experiment] = [e for e in client.search_experiments() if e.name == "restarted"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    trials = [run for run in runs if run.data.tags["bench.kind"] == "trial"]
+    assert len(trials) == 2
+    for trial in trials:  # every step's losses reached the server, those logged while it was down included
+        assert [m.step for m in client.get_metric_history(trial.info.run_id, "loss_d")] == list(range(1, 101))
+    print(f"\ntracking server down {down:.1f} s mid-trial (its restart included); 2 of 2 trials complete, "
+          "every metric recorded")
