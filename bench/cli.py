@@ -6,7 +6,6 @@ import contextlib
 import functools
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -82,14 +81,12 @@ def check_writable(output: Path) -> None:
     """Fails now, not after minutes of work, when OUTPUT (-o) cannot be written; creates nothing."""
     if output.is_dir():
         raise UserError(f"cannot write {output} (it is a folder); pass -o a file path")
-    folder = output.parent
-    while not folder.exists():  # the folder it would be made in
-        folder = folder.parent
-    try:  # a file made and removed at once: permissions alone do not tell (root, /proc, a read-only mount)
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError:
+    from bench.storage import unwritable_folder
+
+    folder = unwritable_folder(output.parent)
+    if folder is not None:
         raise UserError(f"cannot write {output} ({folder} is not a folder you can write to); pass -o a path "
-                        "you can write to") from None
+                        "you can write to")
 
 
 @click.group()
@@ -247,7 +244,7 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, amp, see
 @click.option("--study", default=None, help="Only this study [default: all].")
 @click.option("--variant", default=None, help="Only this variant [default: all].")
 @tracking_uri_option
-@click.option("--top-k", default=3, show_default=True, help="Mean and std over the best K complete trials.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Mean and std over the best K complete trials.")
 @click.option("--effects", "show_effects", is_flag=True,
               help="For an ablation study ([arms]): each arm's effect against the baseline, with a 95% interval.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")

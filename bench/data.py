@@ -8,6 +8,7 @@ generator) there, so the hot loop has no DataLoader, no PIL and no per-image tra
 from __future__ import annotations
 
 import gzip
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,11 +130,23 @@ def _image_folder(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """
     from torchvision import datasets, transforms
 
-    folder = path / split if (path / split).is_dir() else path
-    if not folder.is_dir():
+    try:
+        folder = path / split if (path / split).is_dir() else path
+        exists = folder.is_dir()
+    except OSError as exc:  # a name too long for the file system
+        raise ConfigError(f"cannot open the image folder {str(path)[:80]} ({exc.strerror}); pass imagefolder:PATH "
+                          "with one sub-folder of images per class") from None
+    if not exists:
         raise DatasetNotFound(f"image folder {folder} does not exist; pass imagefolder:PATH with "
                               "one sub-folder of images per class")
-    ds = datasets.ImageFolder(str(folder), transform=transforms.PILToTensor())
+    if os.statvfs(folder).f_blocks == 0:  # /proc, /sys: no disk behind them, and links that loop (a walk never ends)
+        raise ConfigError(f"{folder} is on a virtual file system, not a folder of images; pass imagefolder:PATH "
+                          "with one sub-folder of images per class")
+    try:
+        ds = datasets.ImageFolder(str(folder), transform=transforms.PILToTensor())
+    except FileNotFoundError as exc:  # no class folders, or none holding an image
+        raise DatasetNotFound(f"no images in {folder} ({str(exc)[:120]}); pass imagefolder:PATH with one "
+                              "sub-folder of images per class") from None
     images = [image for image, _ in ds]
     if len({tuple(image.shape) for image in images}) > 1:
         raise ConfigError(f"images in {folder} differ in size or channels; resize them to one "

@@ -69,6 +69,10 @@ class Budget:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.eval_samples < 2:
             raise ConfigError(f"eval_samples must be at least 2 (FID needs a covariance), got {self.eval_samples}")
+        for key in ("eval_samples", "final_samples"):
+            if getattr(self, key) > MAX_SAMPLES:
+                raise ConfigError(f"{key} {getattr(self, key)} is more than anyone scores ({MAX_SAMPLES:,} at most; "
+                                  "FID is usually reported on 10,000 or 50,000)")
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be 0 (off) or positive, got {self.eval_every}")
         for key in ("epochs", "real_batches"):
@@ -81,6 +85,9 @@ class Budget:
             raise ConfigError(f"final_samples must be 0 (off) or at least 2, got {self.final_samples}")
 
 
+MAX_SAMPLES = 200_000
+"""The most samples a score may take: 4x the largest standard protocol (50k), hours of Inception
+on a CPU already; more is a typo, found before training rather than when the scoring starts."""
 BUDGET_KEYS = tuple(field.name for field in dataclasses.fields(Budget))
 AMP_MODES = ("auto", "on", "off")
 
@@ -193,6 +200,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device '{name}' cannot train here; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -35,8 +35,16 @@ class RunFolder(Observer):
     def prepare(self, resume: bool) -> Path | None:
         """Checks the folder can hold this run, and returns the checkpoint to resume from (None:
         start at step 0). The folder is made, and config.json written, only by :meth:`open`."""
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"the output folder {self.path} is a file; choose a folder path for --out")
+        try:
+            if self.path.exists() and not self.path.is_dir():
+                raise ConfigError(f"the output folder {self.path} is a file; choose a folder path for --out")
+        except OSError as exc:  # a name too long, a path through a file
+            shown = str(self.path) if len(str(self.path)) <= 80 else f"{str(self.path)[:80]}..."
+            raise ConfigError(f"cannot use {shown} as the output folder ({exc.strerror}); "
+                              "choose a shorter folder path for --out") from None
+        if self.checkpoint.is_symlink() and not self.checkpoint.exists():
+            raise ConfigError(f"{self.checkpoint} is a link that leads nowhere (or loops); remove it, or point it at "
+                              "the checkpoint to resume from")
         if self.checkpoint.exists() and not resume:
             raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it, or choose another --out")
         if resume and not self.checkpoint.exists():

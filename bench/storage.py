@@ -16,6 +16,7 @@ import fcntl
 import functools
 import re
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -124,10 +125,28 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storage
 
 def check_storage(url: str) -> None:
     """Fails in seconds on a storage URL that is malformed, of an unknown kind, or names a
-    PostgreSQL server that cannot be reached or refuses us; a journal path passes."""
-    if is_database(url):
-        _scheme(url)
+    PostgreSQL server that cannot be reached or refuses us, or a file (SQLite, journal) that
+    cannot be written where it is asked for."""
+    scheme = _scheme(url) if is_database(url) else "journal"
+    if scheme == "postgresql":
         check_database(url, "Optuna storage")
+        return
+    folder = unwritable_folder((sqlite_path(url) if scheme == "sqlite" else Path(url)).parent)
+    if folder is not None:
+        raise ConfigError(f"cannot write the Optuna storage {redact(url)} ({folder} is not a folder you can "
+                          "write to); pass a path in a folder you can write to")
+
+
+def unwritable_folder(folder: Path) -> Path | None:
+    """None when files can be made in ``folder``, or in the nearest folder above it that exists (where
+    it would be made); else that folder. Creates nothing that stays."""
+    while not folder.exists():
+        folder = folder.parent
+    try:  # a file made and removed at once: permissions alone do not tell (root, /proc, a read-only mount)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return folder
+    return None
 
 
 def _scheme(url: str) -> str:
@@ -223,6 +242,9 @@ def _explain(url: str, exc: Exception, role: str = "Optuna storage") -> str:
     parts = urlsplit(url)
     where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    if parts.scheme.startswith("sqlite"):
+        return (f"cannot open the {role} {redact(url)} ({detail}); pass a sqlite:///PATH in a folder you can "
+                "write to")
     if "password authentication failed" in detail:
         return (f"the {role} at {where} refused user '{parts.username}': wrong password; check the "
                 "password in the URL, PGPASSWORD or ~/.pgpass")
@@ -248,7 +270,12 @@ def ask_lock(url: str):
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ASK_LOCK_KEY})
         return
     path = sqlite_path(url) if is_database(url) else url
-    with open(f"{path}.ask-lock", "a") as handle:
+    try:
+        handle = open(f"{path}.ask-lock", "a")
+    except OSError as exc:
+        raise ConfigError(f"cannot write beside {redact(str(path))} ({exc.strerror}); pass a store in a folder you "
+                          "can write to") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -224,10 +224,16 @@ def load_study(name_or_path: str | Path) -> StudySpec:
     if not path.exists():
         raise ConfigError(f"no study '{name_or_path}': {path} does not exist; available: "
                           f"{', '.join(available_studies())} (or pass a path to a .toml file)")
+    if not path.is_file():  # a FIFO would block the read for ever; a folder or device is no study either
+        raise ConfigError(f"{path}: not a regular file; pass a study .toml file")
+    if path.stat().st_size > MAX_STUDY_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, not a study file (they are a few kB)")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deep to read; a study file nests two levels") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
                           "TOML files must be UTF-8: save it as UTF-8") from None
@@ -264,6 +270,7 @@ def load_study(name_or_path: str | Path) -> StudySpec:
     return spec
 
 
+MAX_STUDY_BYTES = 1_000_000
 CHOICE_TYPES = (str, int, float, bool)
 """What a categorical dimension's choices may be (Optuna stores them as JSON scalars)."""
 

@@ -146,6 +146,7 @@ def connect(tracking_uri: str | None, *, create: bool) -> str:
         if create:
             from mlflow import MlflowClient
 
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables..."
             # MLflow creates its schema on first use; two `bench run`s starting at once in a fresh
             # folder would both create it ("table already exists"): one creates, the other waits.
             with ask_lock(uri):

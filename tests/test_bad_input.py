@@ -4,6 +4,7 @@ one `Error:` line that names the problem and the fix, no traceback, and nothing 
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -27,6 +28,10 @@ FILES = {
     "run_folder/health.json/inside": b"",
     "run_deep/health.json": b"[" * 100_000,
     "checkpoint.pt": b"\x80\x04K\x01.",
+    "deep.toml": b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n",
+    "space_scalar.toml": b"space = 3\n",
+    "huge_eval.toml": b'[budget]\neval_samples = 1000000000000\n[space]\nlr = { low = 1e-4, high = 1e-3 }\n',
+    "no_images/shirts/README": b"the images are elsewhere",
 }
 
 # (command line, a fragment the one error line must hold); paths are relative to a fresh folder.
@@ -60,6 +65,21 @@ CASES = [
     (["run", "--variant", "gan", "--study", "quick", "--device", "tpu"], "unknown device 'tpu'"),
     (["run", "--variant", "gan", "--study", "quick", "--device", "cuda:7"], "device 'cuda:7'"),
     (["run", "--variant", "gan", "--study", "huge_batch.toml"], "budget.batch_size 100000 is larger than"),
+    (["run", "--variant", "gan", "--study", "fifo.toml"], "fifo.toml: not a regular file"),
+    (["run", "--variant", "gan", "--study", "deep.toml"], "nested too deep to read"),
+    (["run", "--variant", "gan", "--study", "space_scalar.toml"], "'space' must be a table"),
+    (["run", "--variant", "gan", "--study", "huge_eval.toml"], "budget.eval_samples 1000000000000 is more than"),
+    (["run", "--variant", "gan", "--study", "quick", "--storage", "/proc/optuna/journal.log"],
+     "cannot write the Optuna storage /proc/optuna/journal.log (/proc is not"),
+    (["run", "--variant", "gan", "--study", "quick", "--tracking-uri", "sqlite:////proc/mlflow.db"],
+     "cannot write beside /proc/mlflow.db"),
+    (["run", "--variant", "gan", "--study", "quick", "--seed", str(2**64 + 1)], "is not in the range 0<=x<="),
+    (["train", "--variant", "gan", "--device", "meta"], "device 'meta' cannot train here"),
+    (["train", "--variant", "gan", "--dataset", "imagefolder:/proc"], "/proc is on a virtual file system"),
+    (["train", "--variant", "gan", "--dataset", "imagefolder:no_images"], "no images in no_images"),
+    (["train", "--variant", "gan", "--out", "x" * 4100], "(File name too long); choose a shorter folder path"),
+    (["train", "--variant", "gan", "--out", "loop", "--resume"], "loop/checkpoint.pt is a link that leads nowhere"),
+    (["leaderboard", "--top-k", "0"], "0 is not in the range x>=1"),
     (["eval", "--checkpoint", "nowhere"], "no checkpoint at nowhere"),
     (["eval", "--checkpoint", "checkpoint.pt"], "checkpoint.pt is not a ganbench checkpoint"),
     (["eval", "--checkpoint", "run"], "run holds no checkpoint.pt"),
@@ -98,6 +118,9 @@ def test_a_user_mistake_is_one_error_line_exit_2_and_leaves_nothing_behind(args,
     for name, content in FILES.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(content)
+    os.mkfifo(tmp_path / "fifo.toml")  # reading it would wait for a writer for ever
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / "checkpoint.pt").symlink_to("checkpoint.pt")
     before = sorted(tmp_path.rglob("*"))
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output  # no traceback
