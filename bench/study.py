@@ -226,8 +226,9 @@ def load_study(name_or_path: str | Path) -> StudySpec:
                           f"{', '.join(available_studies())} (or pass a path to a .toml file)")
     if not path.is_file():  # a FIFO would block the read for ever; a folder or device is no study either
         raise ConfigError(f"{path}: not a regular file; pass a study .toml file")
-    if path.stat().st_size > MAX_STUDY_BYTES:
-        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, not a study file (they are a few kB)")
+    size = path.stat().st_size
+    if size > MAX_STUDY_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes, not a study file (they are a few kB)")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -271,6 +272,7 @@ def load_study(name_or_path: str | Path) -> StudySpec:
 
 
 MAX_STUDY_BYTES = 1_000_000
+"""A study file is a few kB; a bigger one is some other file, refused before it is read."""
 CHOICE_TYPES = (str, int, float, bool)
 """What a categorical dimension's choices may be (Optuna stores them as JSON scalars)."""
 
@@ -303,16 +305,17 @@ def _dimensions(path: Path, table: dict, section: str) -> tuple[Dimension, ...]:
             choices = entry["choices"]
             if not isinstance(choices, list) or not choices or not all(isinstance(c, CHOICE_TYPES) for c in choices):
                 raise ConfigError(f"{where}: choices must be a non-empty list of strings, numbers or booleans")
-            dims.append(Dimension(name, choices=tuple(entry["choices"])))
+            dims.append(Dimension(name, choices=tuple(choices)))
             continue
         low, high = entry["low"], entry["high"]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
             raise ConfigError(f"{where}: low and high must be numbers with low < high, got {low!r}, {high!r}")
-        if not isinstance(entry.get("log", False), bool):  # a string "false" would be truthy
-            raise ConfigError(f"{where}: log must be true or false, got {entry['log']!r:.40}")
-        if entry.get("log", False) and low <= 0:
+        log = entry.get("log", False)
+        if not isinstance(log, bool):  # a string "false" would be truthy
+            raise ConfigError(f"{where}: log must be true or false, got {log!r:.40}")
+        if log and low <= 0:
             raise ConfigError(f"{where}: a log scale needs low > 0, got {low!r}")
-        dims.append(Dimension(name, float(low), float(high), bool(entry.get("log", False))))
+        dims.append(Dimension(name, float(low), float(high), log))
     return tuple(dims)
 
 
