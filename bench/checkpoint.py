@@ -24,14 +24,15 @@ from bench.errors import ConfigError
 
 FILENAME = "checkpoint.pt"
 FORMAT = "ganbench-checkpoint"
-VERSION = 1
+VERSION = 2
 ZIP_MAGIC = b"PK\x03\x04"
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "config": dict, "step": int, "image_shape": (list, tuple), "num_classes": int, "variant": dict,
     "optimizers": dict, "sampler": dict, "torch_rng": torch.Tensor, "cuda_rng": (torch.Tensor, type(None)),
-    "rows": list, "evaluations": list, "doctor": (dict, type(None)),
+    "rows": list, "evaluations": list, "findings": list, "observers": dict,
 }
-"""What a checkpoint holds, by type: the weights and every state that resumes the run exactly."""
+"""What a checkpoint holds, by type: the weights and every state that resumes the run exactly
+(``observers``: each named observer's state, by its name)."""
 
 
 class NotACheckpoint(ConfigError):
@@ -95,9 +96,11 @@ def load(path: Path | str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise NotACheckpoint(f"{path} is a torch file but not a ganbench checkpoint (it has no '{FORMAT}' "
                              "marker); pass a run folder written by `bench train` or its checkpoint")
+    if state.get("version") == 1:
+        state = _from_version_1(state)
     if state.get("version") != VERSION:
         raise NotACheckpoint(f"{path} is a ganbench checkpoint of format version {state.get('version')!r}; "
-                             f"this ganbench reads version {VERSION}")
+                             f"this ganbench reads versions 1 and {VERSION}")
     for key, kind in FIELDS.items():
         if not isinstance(state.get(key), kind):
             raise NotACheckpoint(f"{path} is a damaged ganbench checkpoint: '{key}' is missing or of the wrong "
@@ -106,6 +109,14 @@ def load(path: Path | str) -> dict[str, Any]:
     if problem:
         raise NotACheckpoint(f"{path} is a damaged ganbench checkpoint: {problem}; use another checkpoint of the run")
     return state
+
+
+def _from_version_1(state: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 state in version 2's fields. Version 1 gave the doctor a field of its own (None
+    when it was off), whose state also held the run's findings."""
+    doctor = state.pop("doctor", None)
+    return {**state, "version": VERSION, "observers": {} if doctor is None else {"doctor": doctor},
+            "findings": doctor.get("findings") if isinstance(doctor, dict) else []}
 
 
 MAX_SIDE = 4096

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from bench.observer import Finding, Observer
+from bench.observer import Finding, Observer, RunStart
 from bench.errors import ConfigError, UnhealthyRun
 from bench.registry import Variant
 
@@ -68,8 +68,10 @@ def read_health(path: Path) -> list[Finding]:
 
 
 class Doctor(Observer):
-    """Watches one training run; each kind of finding is reported once, at the step first seen."""
+    """Watches one training run through the observer hooks. It reports a problem each time it sees
+    it; the engine keeps the first report of each check, so the step recorded is the first seen."""
 
+    name = "doctor"
     every = 50
     """Steps between the weight checks (the first generator step is always checked)."""
     window = 100
@@ -78,45 +80,44 @@ class Doctor(Observer):
     """Steps before the sample checks: an untrained generator's samples all look alike."""
     collapse_every = 200
 
-    def __init__(self, variant: Variant, dataset: str, report: Callable[[Finding], None]):
-        self.variant = variant
-        self.report = report
-        self.findings: dict[str, Finding] = {}
+    variant: Variant  # the run's, and where its findings go: from on_start
+    report: Callable[[Finding], None]
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
         self.rows: deque[dict[str, float]] = deque(maxlen=2 * self.window)
         self.real_spread: float | None = None
-        self.fixed_latent = variant.latent(SAMPLES, torch.Generator().manual_seed(0))
-        self.fixed_labels = torch.arange(SAMPLES, device=variant.device) % variant.num_classes
-        try:
-            from bench.scoring import load_domain_classifier
-
-            self.classifier = load_domain_classifier(dataset, variant.device)
-        except ConfigError:  # no shipped classifier for this dataset: the class check is skipped
-            self.classifier = None
         self._before: list[torch.Tensor] | None = None
         self._seen: dict[str, int] = {}  # sample checks in a row at which a problem was seen
 
+    def on_start(self, run: RunStart) -> None:
+        self.variant, self.report = run.variant, run.report
+        self.fixed_latent = run.variant.latent(SAMPLES, torch.Generator().manual_seed(0))
+        self.fixed_labels = torch.arange(SAMPLES, device=run.device) % run.variant.num_classes
+        try:
+            from bench.scoring import load_domain_classifier
+
+            self.classifier = load_domain_classifier(self.dataset, run.device)
+        except ConfigError:  # no shipped classifier for this dataset: the class check is skipped
+            self.classifier = None
+
     def state_dict(self) -> dict:
         """The rolling state a resumed run needs for its checks to carry on where they were."""
-        return {"findings": [finding.as_dict() for finding in self.findings.values()], "rows": list(self.rows),
-                "real_spread": self.real_spread, "seen": dict(self._seen)}
+        return {"rows": list(self.rows), "real_spread": self.real_spread, "seen": dict(self._seen)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.findings = {row["check"]: Finding(**row) for row in state["findings"]}
         self.rows.clear()
         self.rows.extend(state["rows"])
         self.real_spread = state["real_spread"]
         self._seen = dict(state["seen"])
 
     def found(self, check: str, step: int, message: str, *, fatal: bool = False) -> None:
-        if check in self.findings:
-            return
-        finding = Finding(check, step, message, fatal)
-        self.findings[check] = finding
-        self.report(finding)
+        """Reports ``check`` (the engine keeps the first report of each) and stops the run for a fatal one."""
+        self.report(Finding(check, step, message, fatal))
         if fatal:
             raise UnhealthyRun(f"stopped at step {step}: {message}")
 
-    # -- called by the engine around each step ---------------------------------------------------
+    # -- around each step ---------------------------------------------------------------------------
 
     def before_step(self, step: int, real: torch.Tensor) -> None:
         if self.real_spread is None:
@@ -205,9 +206,10 @@ class Doctor(Observer):
             return
         rows = list(self.rows)
         recent, earlier = rows[self.window:], rows[:self.window]
-        if not self.variant.critic and "loss_d" in recent[0] and "loss_g" in recent[0]:
-            loss_d = statistics.mean(row["loss_d"] for row in recent)
-            rising = statistics.mean(row["loss_g"] for row in recent) > statistics.mean(r["loss_g"] for r in earlier)
+        if not self.variant.critic:
+            d_key, g_key = self.variant.loss_keys
+            loss_d = statistics.mean(row[d_key] for row in recent)
+            rising = statistics.mean(row[g_key] for row in recent) > statistics.mean(row[g_key] for row in earlier)
             if loss_d < 0.05 and rising:
                 self.found("discriminator_wins", step, f"D's loss averaged {loss_d:.3g} over the last "
                            f"{self.window} steps while G's loss rose: the discriminator wins outright and G "

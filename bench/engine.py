@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 
 from bench import checkpoint
 from bench.data import BatchSampler, ImageDataset, load_dataset
-from bench.doctor import Doctor
 from bench.errors import ConfigError, Interrupted, TrainingDiverged
-from bench.observer import Finding, Observer
+from bench.observer import Finding, Observer, RunStart
 from bench.registry import HParamValue, Variant, get_variant
 from bench.run_folder import RunFolder
 from bench.scoring import EXTRACTORS, Scorer
+from bench.watch import configured_observers
 
 CHECKPOINT = checkpoint.FILENAME
 GRID_SIZE = 64
@@ -115,7 +115,7 @@ class TrainConfig(Budget):
     supports it and float32 on the CPU; 'on' also uses it on a CPU that computes bfloat16
     natively; 'off' is float32 everywhere. See :func:`autocast_dtype`."""
     doctor: bool = True
-    """Run the training doctor's checks (bench/doctor.py)."""
+    """Watch the run for the classic silent GAN failures, and stop it for the fatal ones (bench/watch.py)."""
     data_root: str | None = None
     download: bool = False
 
@@ -166,7 +166,7 @@ class TrainResult:
     periodic evaluations, sample grids and checkpoints included."""
     out: Path | None
     findings: list[Finding] = field(default_factory=list)
-    """What the training doctor found, in the order first seen."""
+    """What the run's observers found (its health checks), in the order first seen."""
 
 
 class ScoringStopped(Exception):
@@ -244,7 +244,12 @@ def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
 
 def precision(config: TrainConfig) -> str:
     """What a run trains in on its device: 'bfloat16 autocast' or 'float32' (recorded with every run)."""
-    return "float32" if autocast_dtype(resolve_device(config.device), config.amp) is None else "bfloat16 autocast"
+    return precision_name(autocast_dtype(resolve_device(config.device), config.amp))
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """'bfloat16 autocast', or 'float32' when there is no autocast dtype."""
+    return "float32" if amp_dtype is None else "bfloat16 autocast"
 
 
 class Trainer:
@@ -259,7 +264,6 @@ class Trainer:
     def __init__(self, config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
                  progress: bool = True, observers: Sequence[Observer] = ()):
         config.validate()
-        self.extra_observers = list(observers)
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self.device = resolve_device(config.device)
@@ -286,15 +290,18 @@ class Trainer:
         self._signal: int | None = None  # SIGINT or SIGTERM received during run()
         self._scoring = False  # whether a signal now interrupts a scoring pass (see _checkpoint_on_signals)
         self._saved_at = time.perf_counter()
-        self.doctor = Doctor(self.variant, config.dataset, self._report) if config.doctor else None
+        self._findings: list[Finding] = []
+        self.observers = [*configured_observers(config), *observers]
         self.folder = RunFolder(self.out) if self.out is not None else None
         if self.folder is not None:
             saved = self.folder.prepare(resume)
             if saved is not None:
                 self._load(saved)
             self.folder.open(dataclasses.asdict(config), self.findings())
-            self.extra_observers.append(self.folder)
-        self.observers = ([self.doctor] if self.doctor else []) + self.extra_observers
+            self.observers.append(self.folder)
+        start = RunStart(self.variant, self.device, precision_name(self.amp_dtype), self._report)
+        for observer in self.observers:
+            observer.on_start(start)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The training's precision: bfloat16 autocast, or nothing (float32)."""
@@ -337,15 +344,17 @@ class Trainer:
             self._end_step(until)  # a signal stopped the saved run while it scored this step
         while self.step < until:
             real, labels = self.batches.next(batch)
-            if self.doctor:
-                self.doctor.before_step(self.step + 1, real)
+            for observer in self.observers:
+                observer.before_step(self.step + 1, real)
             with self.autocast():
                 losses = variant.train_step(real, labels)
+            if not self._names:  # this trainer's first step: what the contract says train_step returns
+                variant.check_losses(losses)
             self._names = list(losses)
             self._pending.append(torch.stack([value.detach().float() for value in losses.values()]))
             self.step += 1
-            if self.doctor:
-                self.doctor.after_step(self.step)
+            for observer in self.observers:
+                observer.after_step(self.step)
             if self.step % config.log_every == 0:
                 self._flush()
             self._end_step(until)
@@ -396,11 +405,16 @@ class Trainer:
                 signal.signal(signum, handler)
 
     def findings(self) -> list[Finding]:
-        return list(self.doctor.findings.values()) if self.doctor else []
+        """What the observers reported, the first finding of each check, in the order seen."""
+        return list(self._findings)
 
     def _report(self, finding: Finding) -> None:
-        tqdm.write(f"doctor, step {finding.step}: {finding.message}")
-        for observer in self.extra_observers:
+        """Where observers report findings (RunStart.report): a check already reported is not repeated."""
+        if any(seen.check == finding.check for seen in self._findings):
+            return
+        self._findings.append(finding)
+        tqdm.write(f"{finding.check}, step {finding.step}: {finding.message}")
+        for observer in self.observers:
             observer.on_finding(finding)
 
     def evaluate(self) -> dict[str, float] | None:
@@ -460,7 +474,7 @@ class Trainer:
 
     def save(self) -> None:
         """Writes a checkpoint that resumes the run exactly (weights, optimisers, every RNG, the
-        doctor's rolling state), and the loss and score tables beside it."""
+        findings and each named observer's state), and the loss and score tables beside it."""
         self._flush()
         self.folder.write_checkpoint({
             "config": dataclasses.asdict(self.config),
@@ -475,7 +489,8 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "rows": self.rows,
             "evaluations": self.evaluations,
-            "doctor": self.doctor.state_dict() if self.doctor else None,
+            "findings": [finding.as_dict() for finding in self._findings],
+            "observers": {observer.name: observer.state_dict() for observer in self.observers if observer.name},
         })
         self._saved_at = time.perf_counter()
 
@@ -499,8 +514,10 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             if state["cuda_rng"] is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-            if self.doctor and state["doctor"] is not None:
-                self.doctor.load_state_dict(state["doctor"])
+            self._findings = [Finding(**row) for row in state["findings"]]
+            for observer in self.observers:  # one the saved run did not have starts afresh
+                if observer.name in state["observers"]:
+                    observer.load_state_dict(state["observers"][observer.name])
         self.step = state["step"]
         self.rows = state["rows"]
         self.evaluations = state["evaluations"]

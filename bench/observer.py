@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, ClassVar
+
+import torch
+
+from bench.registry import Variant
 
 
 @dataclass(frozen=True)
 class Finding:
-    """A problem the training doctor saw in a run, with the cause and the fix in its message."""
+    """A problem an observer (the training doctor) saw in a run, with the cause and the fix in its message."""
 
     check: str
     """no_generator_gradient, data_range, nonfinite_weights, discriminator_wins, mode_collapse,
@@ -27,12 +32,40 @@ class Finding:
         return self.message + (" (the run was stopped)" if self.fatal else "")
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """What the engine tells every observer before a run's first step."""
+
+    variant: Variant
+    """On the training device; an observer may read its networks and sample from it, never train it."""
+    device: torch.device
+    precision: str
+    """What the run trains in: 'bfloat16 autocast' or 'float32'."""
+    report: Callable[[Finding], None]
+    """Where an observer sends a problem it sees: the engine keeps the first finding of each check,
+    prints it, passes it to every observer's on_finding and returns it with the run's result."""
+
+
 class Observer:
     """Watches a run from outside the loop (tracking, pruning, health checks).
 
-    The engine calls these only where it already holds values on the host, so an observer
-    adds no device sync. Raising from one stops the run (an Optuna pruner raises TrialPruned).
+    The engine adds no device sync to call these: the losses, scores and grids come already on
+    the host. Around each step an observer gets the device mid-run, so what it reads from there
+    (``float()``, ``.tolist()``) makes the device wait: the doctor does it at the first step and
+    once every 50. Raising from one stops the run (an Optuna pruner raises TrialPruned).
     """
+
+    name: ClassVar[str | None] = None
+    """The key of this observer's state in a run's checkpoints; None when it keeps no state there."""
+
+    def on_start(self, run: RunStart) -> None:
+        """Once, when the trainer is ready: variant built, a resumed run's state loaded."""
+
+    def before_step(self, step: int, real: torch.Tensor) -> None:
+        """Before generator step ``step`` (from 1), with the real images it will take, on the device."""
+
+    def after_step(self, step: int) -> None:
+        """After generator step ``step``: its updates done, its losses still on the device."""
 
     def on_losses(self, rows: list[dict[str, float]]) -> None:
         """Each ``log_every`` steps: one row per step, 'step' and every loss."""
@@ -44,4 +77,11 @@ class Observer:
         """After a fixed-noise sample grid was saved."""
 
     def on_finding(self, finding: Finding) -> None:
-        """When the training doctor first sees a problem (before it stops a fatal one)."""
+        """When an observer first reports a check (before the run is stopped for a fatal one)."""
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs for this observer to carry on where it was (with a ``name``)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores what :meth:`state_dict` returned in the saved run."""

@@ -146,6 +146,9 @@ class Variant(nn.Module, abc.ABC):
     hparams: ClassVar[dict[str, HParam]] = {}
     conditional: ClassVar[bool] = False
     """True when G and D see class labels."""
+    loss_keys: ClassVar[tuple[str, str]] = ("loss_d", "loss_g")
+    """The keys of D's and G's losses among the values train_step returns (the doctor's D-wins
+    check reads them); a variant that names its losses otherwise declares them here."""
     critic: ClassVar[bool] = False
     """True when D is not a real/fake classifier but gives an unbounded score (a Wasserstein
     critic, an energy): the doctor's D-wins check then does not apply to its loss."""
@@ -203,9 +206,18 @@ class Variant(nn.Module, abc.ABC):
         """One generator update with its discriminator updates.
 
         ``real``: (real_batches_per_step * B, C, H, W) in [-1, 1]; ``labels``: matching (N,)
-        class indices. Returns scalar tensors (losses and estimates), never Python floats:
-        reading them would synchronise the device every step.
+        class indices. Returns scalar tensors (losses and estimates, D's and G's losses under
+        ``loss_keys``), never Python floats: reading them would synchronise the device every step.
         """
+
+    def check_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        """Refuses what train_step returned when it lacks a key of ``loss_keys``, naming the fix."""
+        missing = [key for key in self.loss_keys if key not in losses]
+        if missing:
+            raise ConfigError(f"variant '{self.name}': train_step returns {', '.join(losses) or 'nothing'} but not "
+                              f"{' or '.join(missing)}, which loss_keys = {self.loss_keys} names as D's and G's losses; "
+                              "set loss_keys in the class to the keys of its D and G losses, e.g. "
+                              "loss_keys = ('d_loss', 'g_loss')")
 
     def weight_bound(self) -> float | None:
         """A bound every weight of D must stay within (WGAN's clipping constant), which the doctor

@@ -1,5 +1,5 @@
 """Checkpoints: one format, refused when foreign or hostile, written on SIGINT/SIGTERM and by
-training time, and resumed exactly (the doctor's rolling state included)."""
+training time, and resumed exactly (the observers' state, the doctor's rolling state included)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from click.testing import CliRunner
 
 from bench import checkpoint
 from bench.cli import main
+from bench.doctor import HEALTH, Doctor, read_health
 from bench.engine import CHECKPOINT, TrainConfig, Trainer, train
 from bench.errors import Interrupted
+from bench.observer import Finding, Observer, RunStart
 from bench.scoring import Scorer
 from tests.test_cli import BENCH
 
@@ -206,6 +208,11 @@ def test_a_checkpoint_is_written_by_training_time_as_well_as_by_steps(tmp_path):
     assert saves == [1, 2, 3], "with a tiny time interval, every step is past it"
 
 
+def doctor_of(trainer: Trainer) -> Doctor:
+    [doctor] = [observer for observer in trainer.observers if isinstance(observer, Doctor)]
+    return doctor
+
+
 def test_the_doctors_rolling_state_resumes_with_the_run(tmp_path):
     """The doctor's loss window, real-image spread and persistence counters carry over, so its
     checks after a resume see what they would have seen without one."""
@@ -213,15 +220,72 @@ def test_the_doctors_rolling_state_resumes_with_the_run(tmp_path):
     config = dict(variant="gan", dataset="digits", seed=1, log_every=10, device="cpu")
     straight = Trainer(TrainConfig(**config, steps=420), progress=False)
     straight.run(until=250)
-    halfway = straight.doctor.state_dict()
+    halfway = doctor_of(straight).state_dict()
     straight.run()  # before the resumed run: both draw from the process's one global RNG
     train(TrainConfig(**config, steps=250), tmp_path, progress=False)
     resumed = Trainer(TrainConfig(**config, steps=420), tmp_path, resume=True, progress=False)
-    state = resumed.doctor.state_dict()
+    state = doctor_of(resumed).state_dict()
     assert len(state["rows"]) == 200 and state["real_spread"] > 0 and state["seen"], "a window full, a sample check done"
     assert state == halfway
     resumed.run()
-    assert resumed.doctor.state_dict() == straight.doctor.state_dict()
+    assert doctor_of(resumed).state_dict() == doctor_of(straight).state_dict()
+
+
+class StepCounter(Observer):
+    """An observer with state of its own: the steps it saw end."""
+
+    name = "step_counter"
+
+    def __init__(self):
+        self.started: RunStart | None = None
+        self.before: list[int] = []
+        self.after: list[int] = []
+
+    def on_start(self, run: RunStart) -> None:
+        self.started = run
+
+    def before_step(self, step: int, real: torch.Tensor) -> None:
+        self.before.append(step)
+
+    def after_step(self, step: int) -> None:
+        self.after.append(step)
+
+    def state_dict(self) -> dict:
+        return {"after": list(self.after)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.after = list(state["after"])
+
+
+def test_an_observer_hears_each_step_and_its_state_resumes_with_the_run(tmp_path):
+    config = dict(variant="gan", dataset="digits", device="cpu", amp="off")
+    first = StepCounter()
+    train(TrainConfig(**config, steps=4), tmp_path, progress=False, observers=[first])
+    assert first.before == first.after == [1, 2, 3, 4]
+    assert (first.started.device, first.started.precision) == (torch.device("cpu"), "float32")
+    assert checkpoint.load(tmp_path)["observers"]["step_counter"] == {"after": [1, 2, 3, 4]}
+    resumed = StepCounter()
+    trainer = Trainer(TrainConfig(**config, steps=6), tmp_path, resume=True, progress=False, observers=[resumed])
+    assert resumed.started.variant is trainer.variant and resumed.after == [1, 2, 3, 4]
+    trainer.run()
+    assert resumed.before == [5, 6] and resumed.after == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_version_1_checkpoint_resumes_with_the_doctors_state_and_the_findings_it_held(tmp_path):
+    """Version 1 gave the doctor a field of its own, and kept the run's findings in its state."""
+    config = dict(variant="gan", dataset="digits", device="cpu")
+    train(TrainConfig(**config, steps=3), tmp_path, progress=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    doctor = state.pop("observers")["doctor"]
+    finding = Finding("clipping", 2, "D's weights reach 0.03, beyond the bound 0.01", fatal=False)
+    del state["findings"]
+    torch.save({**state, "version": 1, "doctor": {**doctor, "findings": [finding.as_dict()]}}, tmp_path / CHECKPOINT)
+    resumed = Trainer(TrainConfig(**config, steps=4), tmp_path, resume=True, progress=False)
+    assert doctor_of(resumed).state_dict() == doctor
+    assert resumed.findings() == [finding] and read_health(tmp_path / HEALTH) == [finding]
+    assert resumed.run().findings == [finding]
+    rewritten = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert rewritten["version"] == checkpoint.VERSION and rewritten["findings"] == [finding.as_dict()]
 
 
 def tampered(key: str, value) -> Callable[[dict], None]:

@@ -9,14 +9,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from bench import registry
 from bench.cli import main
 from bench.data import BatchSampler
 from bench.engine import TrainConfig, Trainer
-from bench.errors import UnhealthyRun
+from bench.errors import ConfigError, UnhealthyRun
 from bench.registry import register
 from tests.conftest import LEARNING_STEPS
 from tests.test_study import BENCH, clean_env
+from variants.blocks import MLPDiscriminator, MLPGenerator
 from variants.dcgan import DCGAN
+from variants.gan import GAN
 from variants.wgan import WGAN
 from variants.wgan_gp import WGANGP
 
@@ -186,3 +189,51 @@ def test_a_third_party_variant_gets_the_clipping_check_for_the_bound_it_declares
     report = subprocess.run([BENCH, "doctor", str(tmp_path / "run")], capture_output=True, text=True, env=env,
                             timeout=300)
     assert "clipping" in report.stdout and "beyond the bound 0.02 that 'loose_critic' declares" in report.stdout
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    """registered(cls): registers a variant for this test only, as a plugin's @register does."""
+    monkeypatch.setattr(registry, "_VARIANTS", dict(registry.variants()))  # the entry points loaded first
+    return register
+
+
+class RenamedLosses(GAN):
+    """A plugin's GAN that returns its losses as d_loss and g_loss. Small MLPs, D at 1e-2 and G at
+    1e-6: D wins outright within the doctor's first loss window."""
+
+    name = "test_renamed_losses"
+    z_dim = 16
+
+    def build(self):
+        self.G = MLPGenerator(self.z_dim, self.image_shape, hidden=(64,))
+        self.D = MLPDiscriminator(self.image_shape, hidden=(64,))
+        self.opt_g = self.adam(self.G, lr=1e-6)
+        self.opt_d = self.adam(self.D, lr=1e-2)
+
+    def train_step(self, real, labels):
+        losses = super().train_step(real, labels)
+        return {"d_loss": losses["loss_d"], "g_loss": losses["loss_g"]}
+
+
+class DeclaresItsLosses(RenamedLosses):
+    name = "test_declares_its_losses"
+    loss_keys = ("d_loss", "g_loss")
+
+
+def test_a_variant_that_declares_its_own_loss_keys_gets_the_discriminator_wins_check(registered):
+    registered(DeclaresItsLosses)
+    trainer = Trainer(TrainConfig("test_declares_its_losses", dataset="digits", steps=250, device="cpu"), progress=False)
+    trainer.run()
+    assert {f.check: f.step for f in trainer.findings()}.get("discriminator_wins") == 200, trainer.findings()
+
+
+@pytest.mark.parametrize("doctor", [True, False])
+def test_a_variant_returning_other_loss_keys_without_declaring_them_is_told_at_its_first_step(registered, doctor):
+    registered(RenamedLosses)
+    trainer = Trainer(TrainConfig("test_renamed_losses", dataset="digits", steps=250, doctor=doctor), progress=False)
+    with pytest.raises(ConfigError, match=r"^variant 'test_renamed_losses': train_step returns d_loss, g_loss but not "
+                                          r"loss_d or loss_g, .* set loss_keys in the class to the keys of its D and "
+                                          r"G losses, e.g. loss_keys = \('d_loss', 'g_loss'\)$"):
+        trainer.run()
+    assert trainer.step == 0

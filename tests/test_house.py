@@ -1,5 +1,5 @@
-"""The shape of the house: bench/ knows no particular variant, and its modules import one
-another without a cycle."""
+"""The shape of the house: bench/ knows no particular variant, its modules import one another
+without a cycle, and the engine knows its observers only through their interface."""
 
 from __future__ import annotations
 
@@ -71,3 +71,9 @@ def test_no_import_cycle_in_bench():
 
     for module in graph:
         visit(module, [module])
+
+
+def test_the_engine_knows_observers_only_through_their_interface():
+    """The doctor is an observer like tracking and pruning: the engine neither imports nor names it."""
+    assert "bench.doctor" not in bench_imports()["bench.engine"]
+    assert "Doctor" not in code_names(BENCH / "engine.py")
