@@ -44,7 +44,7 @@ def reports_user_errors(command):
         except Exception as exc:
             if not failed_server(exc):
                 raise
-            from bench.storage import masked
+            from bench.locations import masked
 
             urls = [value for value in kwargs.values() if isinstance(value, str) and "://" in value]
             urls.append(os.environ.get("MLFLOW_TRACKING_URI", ""))
@@ -81,7 +81,7 @@ def check_writable(output: Path) -> None:
     """Fails now, not after minutes of work, when OUTPUT (-o) cannot be written; creates nothing."""
     if output.is_dir():
         raise UserError(f"cannot write {output} (it is a folder); pass -o a file path")
-    from bench.storage import unwritable_folder
+    from bench.locations import unwritable_folder
 
     folder = unwritable_folder(output.parent)
     if folder is not None:
@@ -226,14 +226,16 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, amp, see
     from bench.leaderboard import study_table
     from bench.runner import run_studies
     from bench.study import load_study
+    from bench.tracking import TrackingStore
 
     spec = load_study(study)
-    studies = run_studies(variant, spec, trials=trials, workers=workers, storage=storage, tracking_uri=tracking_uri,
+    studies = run_studies(variant, spec, trials=trials, workers=workers, storage=storage, tracking=tracking_uri,
                           device=device, amp=amp, seed=seed, progress=sys.stderr.isatty(),
                           progress_every=progress_every, heartbeat=heartbeat, log=click.echo)
+    store = TrackingStore.open(tracking_uri)
     for name, result in studies.items():
         click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
-        click.echo(study_table(spec, name, tracking_uri).to_string(
+        click.echo(study_table(spec, name, store).to_string(
             index=False, float_format="{:.4g}".format if spec.is_ablation else None))
     export = (f"bench leaderboard --study {spec.name} --effects -o results/{spec.name}-effects.csv" if spec.is_ablation
               else f"bench leaderboard --study {spec.name} -o results/leaderboard.csv")
@@ -253,8 +255,10 @@ def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, outpu
     """One row per study x variant x dataset x metric: best value, its trial and parameters, trial counts;
     with --effects, one row per arm of an ablation."""
     from bench.leaderboard import effects, leaderboard
+    from bench.tracking import TrackingStore
 
-    table = effects(tracking_uri, study, variant) if show_effects else leaderboard(tracking_uri, study, variant, top_k)
+    store = TrackingStore.open(tracking_uri)
+    table = effects(store, study, variant) if show_effects else leaderboard(store, study, variant, top_k)
     if table.empty:
         raise UserError("no finished trials recorded yet; run `bench run --variant V --study S` first")
     click.echo(table.to_string(index=False, float_format="{:.4g}".format if show_effects else None))
@@ -276,13 +280,15 @@ def compare_command(study, tracking_uri, output) -> None:
     95% band) and by training seconds, and the chance that one variant's best beats another's.
     Plots go to OUTPUT and to the study's latest `bench run` in MLflow."""
     from bench.compare import compare, report_lines, write
+    from bench.tracking import TrackingStore
 
-    comparison = compare(study, tracking_uri)
+    store = TrackingStore.open(tracking_uri)
+    comparison = compare(study, store)
     for line in report_lines(comparison):
         click.echo(line)
     output = output or Path("results") / f"compare-{study}"
     with writing(output):
-        write(comparison, output, tracking_uri)
+        write(comparison, output, store)
     click.echo(f"plots and tables in {output}")
 
 
@@ -312,16 +318,17 @@ def report(study, tracking_uri, output) -> None:
 def ui(study, tracking_uri, port, host) -> None:
     """Starts the MLflow UI on the project's store and prints the address of the runs table
     (with a tracking server's URI, only the address: that server shows the UI itself)."""
-    from bench.tracking import check_port, connect, serve, study_page
+    from bench.processes import check_port, serve
+    from bench.tracking import TrackingStore
 
-    uri = connect(tracking_uri, create=False)
-    page = study_page(uri, study)
-    if uri.startswith(("http://", "https://")):
-        click.echo(f"MLflow UI: {uri.rstrip('/')}/{page}")
+    store = TrackingStore.open(tracking_uri)
+    page = store.study_page(study)
+    if store.is_server:
+        click.echo(f"MLflow UI: {store.uri.rstrip('/')}/{page}")
         return
     check_port(host, port)
     click.echo(f"MLflow UI: http://{host}:{port}/{page}   (Ctrl-C stops it)")
-    serve("ui", "--backend-store-uri", uri, "--host", host, "--port", str(port))
+    serve("ui", "--backend-store-uri", store.uri, "--host", host, "--port", str(port))
 
 
 @main.command()
@@ -334,7 +341,8 @@ def ui(study, tracking_uri, port, host) -> None:
 @reports_user_errors
 def server(backend_store_uri, artifacts, port, host) -> None:
     """Starts an MLflow tracking server for workers on many machines (bench run --tracking-uri http://HOST:PORT)."""
-    from bench.tracking import check_port, check_store, serve
+    from bench.locations import check_store
+    from bench.processes import check_port, serve
 
     check_port(host, port)
     check_store(backend_store_uri, create=True, role="MLflow backend store")
@@ -350,9 +358,16 @@ def server(backend_store_uri, artifacts, port, host) -> None:
 @reports_user_errors
 def doctor(run, tracking_uri) -> None:
     """What the training doctor found in RUN: a run folder (bench train --out) or an MLflow run id."""
-    from bench.tracking import findings_of
+    from bench.doctor import HEALTH, read_health
+    from bench.tracking import TrackingStore
 
-    findings = findings_of(run, tracking_uri)
+    folder = Path(run)
+    if not folder.is_dir():
+        findings = TrackingStore.open(tracking_uri).findings(run)
+    elif (folder / HEALTH).exists():
+        findings = read_health(folder / HEALTH)
+    else:
+        raise UserError(f"{folder} holds no {HEALTH}: pass a folder written by `bench train` or a study trial")
     if not findings:
         click.echo(f"{run}: no findings")
     for finding in findings:

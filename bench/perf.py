@@ -23,7 +23,7 @@ from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, HParamValue, get_variant
 from bench.scoring import DEFAULT_CACHE, InceptionFeatures, Scorer, ShippedInception
 from bench.storage import check_storage
-from bench.tracking import redact
+from bench.locations import redact
 
 
 def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
@@ -123,13 +123,14 @@ def overhead(variant: str = REFERENCE_VARIANT, *, tracking: bool, doctor: bool, 
              steps: int = 200, repeats: int = 3, device: str = "auto") -> dict:
     """Median images/s of the engine with MLflow logging (losses by step, one sample grid per
     repeat) and/or the doctor's checks on, against both off: same variant, settings and seed."""
-    from bench.tracking import Tracking
+    from bench.tracking import Tracking, TrackingStore
 
     with tempfile.TemporaryDirectory() as folder:
         config = dict(dataset=dataset, steps=5, device=device, sample_every=steps, checkpoint_every=10**9)
         observers, run = [], None
         if tracking:
-            client = Tracking(f"sqlite:///{folder}/mlflow.db", "perf", artifacts=Path(folder) / "artifacts")
+            store = TrackingStore.open(f"sqlite:///{folder}/mlflow.db", create=True)
+            client = Tracking(store, "perf", artifacts=Path(folder) / "artifacts")
             parent = client.start_parent({"bench.study": "perf", "bench.variant": variant}, {})
             run = client.start_trial(parent, 0, TrainConfig(variant, **config), {})
             observers = [run]

@@ -14,13 +14,11 @@ interrupted comparison is still a fair one.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import multiprocessing
 import os
 import re
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -38,13 +36,14 @@ from bench.errors import BenchError, ConfigError, Interrupted, OutputNotWritten,
 from bench.observer import Observer
 from bench.progress import PROGRESS_SECONDS, StudyProgress
 from bench.registry import get_variant, variants as registered_variants
+from bench.locations import STUDY_RUNS, redact
+from bench.processes import HOST, die_with_parent, handling_stop_signals, pid_alive
 from bench.storage import (HEARTBEAT_SECONDS, MAX_RETRIES, ask_lock, check_storage, default_storage, fail_stale_trials,
                            heartbeat, known_heartbeat_warnings, open_storage)
 from bench.study import StudySpec, VariantStudy, load_study
-from bench.tracking import HOST, RESULTS, Tracking, connect, pid_alive, redact
+from bench.tracking import Tracking, TrackingStore
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 WAIT_SECONDS = 2
 MAX_FAILURES_IN_A_ROW = 10
 SAMPLER_STREAMS = "bench.sampler_streams"
@@ -62,7 +61,7 @@ class Job:
     trials: int | None
     """As asked (None: the study file's); each variant's study resolves it."""
     storage: str
-    tracking_uri: str
+    tracking: TrackingStore
     parent_run_id: str
     device: str
     amp: str
@@ -120,7 +119,7 @@ def choose_variants(names: Sequence[str] | str | None, spec: StudySpec,
 
 
 def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudySpec, *, trials: int | None = None,
-                workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
+                workers: int = 1, storage: str | None = None, tracking: TrackingStore | str | None = None,
                 device: str = "auto", amp: str = "auto", seed: int = 0, progress: bool = False,
                 progress_every: float = PROGRESS_SECONDS, heartbeat: int = HEARTBEAT_SECONDS,
                 log: Callable[[str], None] | None = None) -> dict[str, optuna.Study]:
@@ -129,7 +128,8 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
     default), and returns their Optuna studies by variant. The variants advance together.
     ``storage``: a journal
     file, or a PostgreSQL URL that workers on other machines share; there a trial silent for
-    three ``heartbeat`` periods is failed and run again by another worker. Quiet unless given
+    three ``heartbeat`` periods is failed and run again by another worker. ``tracking``: the MLflow
+    store or its URI (see :meth:`bench.tracking.TrackingStore.open`). Quiet unless given
     ``log`` (e.g. print), which hears each trial's outcome and, every ``progress_every`` seconds,
     a line on the whole study; ``progress`` shows that line live in a terminal instead.
     ``amp``: the training precision, 'auto', 'on' or 'off' (see :func:`bench.engine.autocast_dtype`).
@@ -162,11 +162,11 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
                           f"{len(data)} training images; lower it")
     storage = storage or default_storage()
     check_storage(storage)
-    connect(tracking_uri, create=True)
+    store = TrackingStore.open(tracking, create=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend = open_storage(storage, heartbeat)
     studies = {lane.variant.name: _load(lane, backend) for lane in lanes}
-    tracking = Tracking(tracking_uri, spec.name)
+    tracking = Tracking(store, spec.name)
 
     parent = tracking.start_parent(
         {"bench.study": spec.name, "bench.variant": ",".join(names), "bench.dataset": spec.dataset,
@@ -176,7 +176,7 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
          "trials": lanes[0].trials, "workers": workers, "sampler": spec.sampler, "pruner": spec.pruner,
          "storage": redact(storage), "seed": seed, "amp": amp, **dataclasses.asdict(spec.budget)})
     threads = max(1, torch.get_num_threads() // workers)
-    jobs = [Job(tuple(names), spec, trials, storage, tracking.uri, parent, device, amp, seed,
+    jobs = [Job(tuple(names), spec, trials, storage, store, parent, device, amp, seed,
                 worker, threads, heartbeat=heartbeat, log=log) for worker in range(workers)]
     watcher = StudyProgress(open_storage(storage, heartbeat), [(lane, studies[lane.variant.name]) for lane in lanes],
                             live=progress, every=progress_every, log=log)
@@ -191,11 +191,11 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
         raise
     if len(lanes) > 1:
         try:
-            comparison = compare(spec.name, tracking.uri)
+            comparison = compare(spec.name, store)
         except ConfigError as exc:  # e.g. every trial failed: the study itself is over all the same
             say(f"no comparison: {exc}")
         else:
-            write(comparison, None, tracking.uri, run_id=parent)  # the plots, on the parent run
+            write(comparison, None, store, run_id=parent)  # the plots, on the parent run
             for line in report_lines(comparison):
                 say(line)
     tracking.end(parent, "complete")
@@ -216,15 +216,11 @@ def run_workers(jobs: list[Job]) -> None:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
-    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling_stop_signals(forward):
         for process in processes:
             process.start()
         for process in processes:
             process.join()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     if received:
         raise Interrupted(received[0], "after the workers checkpointed their trials and queued them to resume")
     failed = [p.name for p in processes if p.exitcode != 0]
@@ -293,14 +289,7 @@ def run_again(study: optuna.Study, number: int) -> None:
 
 
 def trial_folder(study: optuna.Study, number: int) -> Path:
-    return RESULTS / "studies" / re.sub(r"[^\w.-]+", "_", study.study_name) / f"trial-{number:04d}"
-
-
-def die_with_parent() -> None:
-    """Linux: a worker process ends when the `bench run` that started it is killed, even by -9,
-    instead of training on unseen (its trial is then failed by the next `bench run`)."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    return STUDY_RUNS / re.sub(r"[^\w.-]+", "_", study.study_name) / f"trial-{number:04d}"
 
 
 def work(job: Job) -> None:
@@ -314,7 +303,7 @@ def work(job: Job) -> None:
     lanes = [spec.for_variant(get_variant(name), job.trials) for name in job.variants]
     try:
         take_trials(job, [(lane, _load(lane, storage)) for lane in lanes], storage,
-                    Tracking(job.tracking_uri, spec.name))
+                    Tracking(job.tracking, spec.name))
     except Interrupted as exc:
         job.say(f"worker {job.worker}: {exc}")
         sys.exit(exc.exit_code)

@@ -17,7 +17,9 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-from bench.compare import best_by_seconds, best_of_k, probability_better
+from bench.compare import best_by_seconds, best_of_k, compare, probability_better
+from bench.leaderboard import leaderboard
+from bench.report import write_report
 from tests.test_study import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials
 
 VARIANTS = ("cgan", "dcgan", "ragan")
@@ -116,6 +118,16 @@ def test_the_parent_run_holds_the_comparison_plots(comparison):
     logged = {Path(item.path).name for item in client.list_artifacts(parent, "comparison")}
     assert {"best_of_k.png", "best_by_seconds.png", "trial_scores.png", "best_trial_curves.png",
             "best_samples.png", "comparison.csv"} <= logged
+
+
+def test_reading_a_study_leaves_mlflows_tracking_uri_as_it_was(comparison, tmp_path):
+    """A notebook that reads a study keeps its own MLflow tracking URI."""
+    cwd, _, _ = comparison
+    uri, before = f"sqlite:///{cwd / 'results' / 'mlflow.db'}", mlflow.get_tracking_uri()
+    assert uri != before
+    assert len(leaderboard(uri, "versus")) and compare("versus", uri).common_k == TRIALS
+    write_report("versus", tmp_path / "report.html", uri)
+    assert mlflow.get_tracking_uri() == before
 
 
 def test_output_to_a_file_gets_periodic_progress_lines(comparison):

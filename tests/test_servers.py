@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.storage import has_table, redact
+from bench.locations import has_table, redact
 from tests.test_scale_out import PASSWORD, free_port, postgres  # noqa: F401  (postgres: the fixture)
 from tests.test_study import BENCH, clean_env
 

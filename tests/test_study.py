@@ -29,7 +29,7 @@ from bench.registry import get_variant, variants
 from bench.runner import run_studies, run_study
 from bench.storage import open_storage
 from bench.study import available_studies, load_study
-from bench.tracking import redact
+from bench.locations import redact
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 TINY_STUDY = """
@@ -428,7 +428,7 @@ def test_lucic_narrow_searches_their_ranges_on_their_network_at_a_tiny_budget(tm
     spec = dataclasses.replace(load_study("lucic_narrow"), dataset="digits", objective="fid_domain", trials=2,
                                budget=Budget(real_batches=4, batch_size=16, eval_every=4, eval_samples=64))
     studies = run_studies(["wgan", "began"], spec, storage=str(tmp_path / "journal.log"),
-                          tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+                          tracking=f"sqlite:///{tmp_path / 'mlflow.db'}")
     for study in studies.values():
         trials = study.get_trials()
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
@@ -449,6 +449,6 @@ def test_workers_train_the_study_they_are_given_not_its_file_again(tmp_path, mon
     spec = dataclasses.replace(load_study(path), trials=2,
                                budget=Budget(steps=4, eval_every=2, eval_samples=64, batch_size=16))
     study = run_study("gan", spec, workers=2, storage=str(tmp_path / "journal.log"),
-                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+                      tracking=f"sqlite:///{tmp_path / 'mlflow.db'}")
     trials = study.get_trials()
     assert len(trials) == 2 and all(set(t.intermediate_values) == {2, 4} for t in trials), trials
