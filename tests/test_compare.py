@@ -120,14 +120,16 @@ def test_the_parent_run_holds_the_comparison_plots(comparison):
             "best_samples.png", "comparison.csv"} <= logged
 
 
-def test_reading_a_study_leaves_mlflows_tracking_uri_as_it_was(comparison, tmp_path):
+def test_reading_a_study_leaves_mlflows_tracking_uri_as_it_was(comparison, tmp_path, monkeypatch):
     """A notebook that reads a study keeps its own MLflow tracking URI."""
     cwd, _, _ = comparison
-    uri, before = f"sqlite:///{cwd / 'results' / 'mlflow.db'}", mlflow.get_tracking_uri()
-    assert uri != before
+    notebooks = f"sqlite:///{tmp_path / 'notebook.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", notebooks)
+    mlflow.set_tracking_uri(notebooks)
+    uri = f"sqlite:///{cwd / 'results' / 'mlflow.db'}"
     assert len(leaderboard(uri, "versus")) and compare("versus", uri).common_k == TRIALS
     write_report("versus", tmp_path / "report.html", uri)
-    assert mlflow.get_tracking_uri() == before
+    assert mlflow.get_tracking_uri() == notebooks
 
 
 def test_output_to_a_file_gets_periodic_progress_lines(comparison):
