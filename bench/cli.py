@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from bench.errors import BenchError, Interrupted
+from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, OPTUNA_JOURNAL, RESULTS
 
 
 class UserError(click.ClickException):
@@ -20,7 +21,7 @@ class UserError(click.ClickException):
 
 
 tracking_uri_option = click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
-                                   help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
+                                   help=f"MLflow tracking URI [default: sqlite:///{MLFLOW_DB}].")
 SEEDS = click.IntRange(0, 2**31 - 1)
 """Seeds every generator takes (NumPy's, which Optuna's samplers use, stops at 2**32 - 1), with room
 for a study's trial numbers to be added."""
@@ -210,7 +211,7 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
 @click.option("--workers", default=1, show_default=True, help="Worker processes sharing the study.")
 @click.option("--storage", default=None, help="Optuna storage: postgresql://USER@HOST/DB (shared by machines; "
               "password from the URL, PGPASSWORD or ~/.pgpass), sqlite:///PATH, or a journal file path "
-              "[default: results/optuna/journal.log].")
+              f"[default: {OPTUNA_JOURNAL}].")
 @tracking_uri_option
 @device_option
 @amp_option
@@ -237,8 +238,8 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, amp, see
         click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
         click.echo(study_table(spec, name, store).to_string(
             index=False, float_format="{:.4g}".format if spec.is_ablation else None))
-    export = (f"bench leaderboard --study {spec.name} --effects -o results/{spec.name}-effects.csv" if spec.is_ablation
-              else f"bench leaderboard --study {spec.name} -o results/leaderboard.csv")
+    export = (f"bench leaderboard --study {spec.name} --effects -o {RESULTS}/{spec.name}-effects.csv" if spec.is_ablation
+              else f"bench leaderboard --study {spec.name} -o {RESULTS}/leaderboard.csv")
     click.echo(f"\ncompare the trials:  bench ui --study {spec.name}\nexport the table:    {export}")
 
 
@@ -273,7 +274,7 @@ def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, outpu
 @click.option("--study", required=True, help="The study whose variants to compare.")
 @tracking_uri_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Folder for the plots and tables [default: results/compare-STUDY].")
+              help=f"Folder for the plots and tables [default: {RESULTS}/compare-STUDY].")
 @reports_user_errors
 def compare_command(study, tracking_uri, output) -> None:
     """Compares a study's variants at equal budget: the expected best of k trials (k = 1..n, with a
@@ -286,7 +287,7 @@ def compare_command(study, tracking_uri, output) -> None:
     comparison = compare(study, store)
     for line in report_lines(comparison):
         click.echo(line)
-    output = output or Path("results") / f"compare-{study}"
+    output = output or RESULTS / f"compare-{study}"
     with writing(output):
         write(comparison, output, store)
     click.echo(f"plots and tables in {output}")
@@ -296,14 +297,14 @@ def compare_command(study, tracking_uri, output) -> None:
 @click.option("--study", required=True, help="The study to report on.")
 @tracking_uri_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="The HTML file [default: results/report-STUDY.html].")
+              help=f"The HTML file [default: {RESULTS}/report-STUDY.html].")
 @reports_user_errors
 def report(study, tracking_uri, output) -> None:
     """Writes one self-contained HTML page on a study (images embedded; opens offline): leaderboard,
     comparison at equal budget with its plots, best samples, doctor findings, failures, provenance."""
     from bench.report import write_report
 
-    output = output or Path("results") / f"report-{study}.html"
+    output = output or RESULTS / f"report-{study}.html"
     with writing(output):
         write_report(study, output, tracking_uri)
     click.echo(f"wrote {output}")
@@ -334,7 +335,7 @@ def ui(study, tracking_uri, port, host) -> None:
 @main.command()
 @click.option("--backend-store-uri", required=True,
               help="Where the server records runs: postgresql://USER@HOST/DB (or sqlite:///PATH).")
-@click.option("--artifacts", type=click.Path(path_type=Path), default=Path("results/mlartifacts"),
+@click.option("--artifacts", type=click.Path(path_type=Path), default=MLFLOW_ARTIFACTS,
               show_default=True, help="Where the server keeps artifacts (sample grids, figures, checkpoints).")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
@@ -415,7 +416,7 @@ def evaluate(checkpoint, features, samples, device) -> None:
 @click.option("--compare-amp", is_flag=True,
               help="Time to quality with --amp on and off, plotting both curves.")
 @click.option("--inception", is_flag=True, help="Also measure the Inception extractor (slow on a CPU).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results/perf.json"), show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=RESULTS / "perf.json", show_default=True)
 @reports_user_errors
 def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps, quality_threshold, quality_seconds,
          parallel, parallel_storage, settings, compare_amp, inception, output) -> None:

@@ -21,9 +21,9 @@ from bench.data import ImageDataset, load_dataset, to_unit_range
 from bench.engine import TrainConfig, Trainer, autocast_dtype, precision, resolve_device
 from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, HParamValue, get_variant
-from bench.scoring import DEFAULT_CACHE, InceptionFeatures, Scorer, ShippedInception
+from bench.scoring import InceptionFeatures, Scorer, ShippedInception
 from bench.storage import check_storage
-from bench.locations import redact
+from bench.locations import FEATURE_CACHE, redact
 
 
 def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
@@ -230,7 +230,7 @@ def parallel_study(variant: str = REFERENCE_VARIANT, *, workers: tuple[int, ...]
     import sys
 
     Scorer(dataset, "domain", device=resolve_device(device))  # the real features, computed once, shared below
-    cache = DEFAULT_CACHE.resolve()
+    cache = FEATURE_CACHE.resolve()
     rows = []
     for count in workers:
         with tempfile.TemporaryDirectory() as folder:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
