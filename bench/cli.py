@@ -234,6 +234,8 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, amp, see
                           device=device, amp=amp, seed=seed, progress=sys.stderr.isatty(),
                           progress_every=progress_every, heartbeat=heartbeat, log=click.echo)
     store = TrackingStore.open(tracking_uri)
+    if len(studies) > 1:
+        compare_variants(spec.name, store)
     for name, result in studies.items():
         click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
         click.echo(study_table(spec, name, store).to_string(
@@ -241,6 +243,21 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, amp, see
     export = (f"bench leaderboard --study {spec.name} --effects -o {RESULTS}/{spec.name}-effects.csv" if spec.is_ablation
               else f"bench leaderboard --study {spec.name} -o {RESULTS}/leaderboard.csv")
     click.echo(f"\ncompare the trials:  bench ui --study {spec.name}\nexport the table:    {export}")
+
+
+def compare_variants(study: str, store) -> None:
+    """What `bench run` of several variants prints at its end, the plots logged to the study's run."""
+    from bench.compare import compare, report_lines, write
+    from bench.errors import ConfigError
+
+    try:
+        comparison = compare(study, store)
+    except ConfigError as exc:  # e.g. every trial failed: the study itself is over all the same
+        click.echo(f"no comparison: {exc}")
+        return
+    write(comparison, None, store)
+    for line in report_lines(comparison):
+        click.echo(line)
 
 
 @main.command("leaderboard")

@@ -29,7 +29,6 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.compare import compare, report_lines, write
 from bench.data import load_dataset
 from bench.engine import CHECKPOINT, TrainConfig, autocast_dtype, resolve_device, resolve_steps, train, worker_device
 from bench.errors import BenchError, ConfigError, Interrupted, OutputNotWritten, RunStopped
@@ -81,16 +80,22 @@ ALL = "all"
 """``variants`` for every registered variant that the study's space fits."""
 
 
-def run_study(variant: str | None, study: str | Path | StudySpec, **options) -> optuna.Study:
-    """One variant's sweep (None: the one the study file names): :func:`run_studies` for one
-    variant, returning its Optuna study.
+def run_study(variant: str | None, study: str | Path | StudySpec, *, trials: int | None = None, workers: int = 1,
+              storage: str | None = None, tracking: TrackingStore | str | None = None, device: str = "auto",
+              amp: str = "auto", seed: int = 0, heartbeat: int = HEARTBEAT_SECONDS,
+              log: Callable[[str], None] | None = None) -> optuna.Study:
+    """One variant's sweep (None: the one the study file names), returning its Optuna study; the
+    options are :func:`run_studies`'s.
 
     Example::
 
         study = run_study("dcgan", "lr_sweep", trials=8, workers=2)
         study.best_params
     """
-    return next(iter(run_studies(None if variant is None else [variant], study, **options).values()))
+    studies = run_studies(None if variant is None else [variant], study, trials=trials, workers=workers,
+                          storage=storage, tracking=tracking, device=device, amp=amp, seed=seed, heartbeat=heartbeat,
+                          log=log)
+    return next(iter(studies.values()))
 
 
 def choose_variants(names: Sequence[str] | str | None, spec: StudySpec,
@@ -126,9 +131,8 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
     """Runs the study file ``study`` for each of ``variants`` (a list, ``"all"``, or None: the one
     the file names) until each has ``trials`` complete or pruned trials (the file's count by
     default), and returns their Optuna studies by variant. The variants advance together.
-    ``storage``: a journal
-    file, or a PostgreSQL URL that workers on other machines share; there a trial silent for
-    three ``heartbeat`` periods is failed and run again by another worker. ``tracking``: the MLflow
+    ``storage``: a journal file, or a PostgreSQL URL that workers on other machines share; there a
+    trial silent for three ``heartbeat`` periods is failed and run again by another worker. ``tracking``: the MLflow
     store or its URI (see :meth:`bench.tracking.TrackingStore.open`). Quiet unless given
     ``log`` (e.g. print), which hears each trial's outcome and, every ``progress_every`` seconds,
     a line on the whole study; ``progress`` shows that line live in a terminal instead.
@@ -138,28 +142,15 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
 
         studies = run_studies(["dcgan", "wgan_gp"], "lucic_wide", trials=10)
         {name: study.best_value for name, study in studies.items()}
+        bench.compare("lucic_wide").summary  # the variants at equal budget
     """
     spec = study if isinstance(study, StudySpec) else load_study(study)
-    lanes, skipped = choose_variants(variants, spec, trials)  # a bad space fails before any storage is touched
-    say = log or (lambda message: None)
-    for name, reason in skipped.items():
-        say(f"{name} skipped: {reason}")
-    if not lanes:
-        raise ConfigError(f"the study {spec.name} fits none of the variants; see the reasons above")
-    names = [lane.variant.name for lane in lanes]
-    for lane in lanes:
-        for arm, reason in lane.skipped_arms.items():
-            say(f"{lane.variant.name}: arm '{arm}' skipped: {reason}")
     if workers < 1 or heartbeat < 1:
         raise ConfigError("--workers and --heartbeat must be at least 1")
     if not progress_every > 0:
         raise ConfigError(f"--progress-every must be positive (seconds), got {progress_every}")
-    autocast_dtype(resolve_device(device), amp)  # a device or precision this machine lacks: before any trial
-    # A missing dataset or a dead server fails here, before a study, a run or a file exists.
-    data = load_dataset(spec.dataset, "train")
-    if spec.budget.batch_size > len(data):
-        raise ConfigError(f"{spec.path}: budget.batch_size {spec.budget.batch_size} is larger than {spec.dataset}'s "
-                          f"{len(data)} training images; lower it")
+    lanes = _checked_lanes(variants, spec, trials, device, amp, log or (lambda message: None))
+    names = [lane.variant.name for lane in lanes]
     storage = storage or default_storage()
     check_storage(storage)
     store = TrackingStore.open(tracking, create=True)
@@ -189,17 +180,29 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
     except BaseException:
         tracking.end(parent, "killed")
         raise
-    if len(lanes) > 1:
-        try:
-            comparison = compare(spec.name, store)
-        except ConfigError as exc:  # e.g. every trial failed: the study itself is over all the same
-            say(f"no comparison: {exc}")
-        else:
-            write(comparison, None, store, run_id=parent)  # the plots, on the parent run
-            for line in report_lines(comparison):
-                say(line)
     tracking.end(parent, "complete")
     return studies
+
+
+def _checked_lanes(variants: Sequence[str] | str | None, spec: StudySpec, trials: int | None, device: str, amp: str,
+                   say: Callable[[str], None]) -> list[VariantStudy]:
+    """The variants' resolved studies, after every check that needs no store, so that a bad space, a
+    device or precision this machine lacks, or a missing dataset fails before a study, a run or a
+    file exists."""
+    lanes, skipped = choose_variants(variants, spec, trials)
+    for name, reason in skipped.items():
+        say(f"{name} skipped: {reason}")
+    if not lanes:
+        raise ConfigError(f"the study {spec.name} fits none of the variants; see the reasons above")
+    for lane in lanes:
+        for arm, reason in lane.skipped_arms.items():
+            say(f"{lane.variant.name}: arm '{arm}' skipped: {reason}")
+    autocast_dtype(resolve_device(device), amp)
+    data = load_dataset(spec.dataset, "train")
+    if spec.budget.batch_size > len(data):
+        raise ConfigError(f"{spec.path}: budget.batch_size {spec.budget.batch_size} is larger than {spec.dataset}'s "
+                          f"{len(data)} training images; lower it")
+    return lanes
 
 
 def run_workers(jobs: list[Job]) -> None:
