@@ -10,8 +10,11 @@ from pathlib import Path
 
 import click
 
+from bench.engine import TrainConfig  # options' defaults are the API's, read when the options are made
 from bench.errors import BenchError, Interrupted
 from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, OPTUNA_JOURNAL, RESULTS
+from bench.progress import PROGRESS_SECONDS
+from bench.storage import HEARTBEAT_SECONDS
 
 
 class UserError(click.ClickException):
@@ -132,38 +135,55 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
     return values
 
 
+def config_default(name: str):
+    """The default of TrainConfig's field NAME: stated once, in the API, so that `bench train` cannot drift from it."""
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+def config_option(name: str, *declarations: str, **kwargs):
+    """A `bench train` option that sets TrainConfig's field NAME, with its default; --NAME-WITH-DASHES unless
+    DECLARATIONS name it otherwise."""
+    return click.option(*declarations or (f"--{name.replace('_', '-')}",), name, default=config_default(name),
+                        show_default=True, **kwargs)
+
+
 @main.command()
 @click.option("--variant", required=True, help="Variant name (see `bench list`).")
-@click.option("--dataset", default="fashion-mnist", show_default=True,
-              help="fashion-mnist, digits, mnist, cifar10 or imagefolder:PATH.")
-@click.option("--steps", default=2000, show_default=True, help="Generator updates.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--seed", type=SEEDS, default=0, show_default=True)
+@config_option("dataset", help="fashion-mnist, digits, mnist, cifar10 or imagefolder:PATH.")
+@config_option("steps", help="Generator updates.")
+@config_option("epochs", help="Train for this many passes of the discriminator over the training split instead "
+                              "of --steps (0: use --steps), so that every variant sees the same data.")
+@config_option("real_batches", help="Train until the discriminator has seen this many real batches instead of "
+                                    "--steps (0: use --steps); compare_gan's training_steps.")
+@config_option("batch_size")
+@config_option("seed", type=SEEDS)
 @device_option
 @amp_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: results/train/VARIANT-TIMESTAMP].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a hyperparameter.")
-@click.option("--eval-every", default=0, show_default=True, help="Score the generator every N steps (0: off).")
-@click.option("--eval-samples", default=2000, show_default=True)
-@click.option("--features", default="domain", show_default=True, help="Extractor for FID/KID: domain or inception.")
+@config_option("eval_every", help="Score the generator every N steps (0: off).")
+@config_option("eval_samples")
+@config_option("final_samples", help="Score the finished generator once more on N samples with every extractor "
+                                     "(papers: 10000; 0: off).")
+@config_option("features", help="Extractor for FID/KID: domain or inception.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
-@click.option("--checkpoint-every", default="1000", show_default=True, metavar="STEPS|DURATION",
-              help="Checkpoint every STEPS generator steps (and at least every 5 minutes of training), or every "
-                   "DURATION of training (90s, 5m, 1h); also at the end, and on Ctrl-C or SIGTERM.")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Where torchvision datasets live.")
-@click.option("--download", is_flag=True, help="Download a missing torchvision dataset (needs internet).")
+@config_option("sample_every", help="Write a sample grid every N steps and at the end (0: only at the end).")
+@config_option("checkpoint_every", type=str, metavar="STEPS|DURATION",
+               help="Checkpoint every STEPS generator steps (and at least every "
+                    f"{config_default('checkpoint_seconds') / 60:g} minutes of training), "
+                    "or every DURATION of training instead (90s, 5m, 1h); also at the end, and on Ctrl-C or SIGTERM.")
+@config_option("log_every", help="Read the losses from the device every N steps (the loop's only host sync).")
+@config_option("doctor", "--doctor/--no-doctor", help="Run the training doctor's checks.")
+@config_option("data_root", type=click.Path(), help="Where torchvision datasets live.")
+@config_option("download", is_flag=True, help="Download a missing torchvision dataset (needs internet).")
 @reports_user_errors
-def train(variant, dataset, steps, batch_size, seed, device, amp, out, settings, eval_every, eval_samples, features,
-          resume, checkpoint_every, data_root, download) -> None:
+def train(variant, settings, out, resume, checkpoint_every, **config_fields) -> None:
     """Trains one variant once (no sweep), writing sample grids, losses and a checkpoint to OUT."""
-    from bench.engine import TrainConfig, default_out, train as run_training
+    from bench.engine import default_out, train as run_training
 
-    config = TrainConfig(variant=variant, dataset=dataset, steps=steps, batch_size=batch_size, seed=seed,
-                         device=device, amp=amp, hparams=parse_settings(variant, settings), eval_every=eval_every,
-                         eval_samples=eval_samples, features=features,
-                         data_root=str(data_root) if data_root else None, download=download,
-                         **parse_checkpoint_every(checkpoint_every))
+    config = TrainConfig(variant=variant, hparams=parse_settings(variant, settings),
+                         **parse_checkpoint_every(checkpoint_every), **config_fields)
     if resume and out is None:
         raise UserError("--resume needs --out: the folder of the run to continue")
     given_out = out is not None
@@ -187,13 +207,14 @@ DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
 def parse_checkpoint_every(text: str) -> dict[str, int | float]:
-    """--checkpoint-every: a step count ('2000') or a training duration ('90s', '5m', '1h')."""
+    """--checkpoint-every: a step count ('2000') or a training duration ('90s', '5m', '1h'), which then replaces
+    the step count."""
     text = text.strip().lower()
     try:
         if text[-1:] in DURATION_UNITS:
             seconds = float(text[:-1]) * DURATION_UNITS[text[-1]]
             if seconds > 0:
-                return {"checkpoint_seconds": seconds}
+                return {"checkpoint_every": 0, "checkpoint_seconds": seconds}
         elif int(text) > 0:
             return {"checkpoint_every": int(text)}
     except ValueError:
@@ -216,9 +237,9 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
 @device_option
 @amp_option
 @click.option("--seed", type=SEEDS, default=0, show_default=True, help="Trial N trains with seed SEED+N.")
-@click.option("--progress-every", default=60.0, show_default=True,
+@click.option("--progress-every", default=PROGRESS_SECONDS, show_default=True,
               help="Seconds between progress lines when the output is not a terminal (in one, a live line).")
-@click.option("--heartbeat", default=10, show_default=True,
+@click.option("--heartbeat", default=HEARTBEAT_SECONDS, show_default=True,
               help="With a database storage: seconds between a trial's heartbeats; a trial silent for "
                    "three of them is run again by another worker.")
 @reports_user_errors

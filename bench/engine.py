@@ -104,8 +104,10 @@ class TrainConfig(Budget):
     log_every: int = 25
     """Steps between reads of the losses from the device (the only host sync in the loop)."""
     sample_every: int = 500
+    """Steps between sample grids (with ``out``); one is also written at the end, and 0 means only then."""
     checkpoint_every: int = 1000
-    """Steps between checkpoints (with ``out``); one is also written at the end and on SIGINT/SIGTERM."""
+    """Steps between checkpoints (with ``out``); 0: none by step count. One is also written at the end, after
+    ``checkpoint_seconds`` of training without one, and on SIGINT/SIGTERM."""
     checkpoint_seconds: float = 300.0
     """Training seconds after which a checkpoint is written even if ``checkpoint_every`` steps have not passed."""
     features: str = "domain"
@@ -123,9 +125,11 @@ class TrainConfig(Budget):
         if self.features not in EXTRACTORS:
             raise ConfigError(f"unknown feature extractor '{self.features}'; choose one of: {', '.join(EXTRACTORS)}")
         super().validate()
-        for key in ("log_every", "sample_every", "checkpoint_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.log_every < 1:
+            raise ConfigError(f"log_every must be at least 1, got {self.log_every}")
+        for key in ("sample_every", "checkpoint_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be 0 (only at the end) or positive, got {getattr(self, key)}")
         if not self.checkpoint_seconds > 0:
             raise ConfigError(f"checkpoint_seconds must be positive, got {self.checkpoint_seconds}")
         if self.amp not in AMP_MODES:
@@ -360,10 +364,11 @@ class Trainer:
         config = self.config
         if self._evaluation_due(until):
             self.evaluate()
-        if self.folder is not None and (self.step % config.sample_every == 0 or self.step == until):
+        if self.folder is not None and (config.sample_every and self.step % config.sample_every == 0 or
+                                        self.step == until):
             self.save_grid()
-        if self.folder is not None and (self.step % config.checkpoint_every == 0 or self.step == until or
-                                        self._signal is not None or
+        if self.folder is not None and (config.checkpoint_every and self.step % config.checkpoint_every == 0 or
+                                        self.step == until or self._signal is not None or
                                         time.perf_counter() - self._saved_at >= config.checkpoint_seconds):
             self.save()  # once, even when a signal and a periodic checkpoint fall on the same step
         if self._signal is not None:

@@ -52,6 +52,19 @@ def test_outputs_are_sample_grids_losses_config_and_a_checkpoint(tmp_path):
     assert (tmp_path / CHECKPOINT).exists() and (tmp_path / "config.json").exists()
 
 
+def test_sample_every_and_checkpoint_every_0_write_a_grid_and_a_checkpoint_at_the_end_only(tmp_path, monkeypatch):
+    saved_at = []
+    save = Trainer.save
+    monkeypatch.setattr(Trainer, "save", lambda trainer: saved_at.append(trainer.step) or save(trainer))
+    train(config(variant="gan", dataset="digits", steps=6, sample_every=0, checkpoint_every=0), tmp_path,
+          progress=False)
+    assert [path.name for path in (tmp_path / "samples").glob("*.png")] == ["step_0000006.png"]
+    assert saved_at == [6]
+    for key in ("sample_every", "checkpoint_every"):
+        with pytest.raises(ConfigError, match=fr"{key} must be 0 \(only at the end\) or positive, got -1"):
+            config(**{key: -1}).validate()
+
+
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     train(config(steps=2), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
