@@ -10,11 +10,9 @@ from pathlib import Path
 
 import click
 
-from bench.engine import TrainConfig  # options' defaults are the API's, read when the options are made
+from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TrainConfig  # the options' defaults
 from bench.errors import BenchError, Interrupted
 from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, OPTUNA_JOURNAL, RESULTS
-from bench.progress import PROGRESS_SECONDS
-from bench.storage import HEARTBEAT_SECONDS
 
 
 class UserError(click.ClickException):

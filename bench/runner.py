@@ -29,15 +29,16 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TrainConfig
 from bench.data import load_dataset
-from bench.engine import CHECKPOINT, TrainConfig, autocast_dtype, resolve_device, resolve_steps, train, worker_device
+from bench.engine import CHECKPOINT, autocast_dtype, resolve_device, resolve_steps, train, worker_device
 from bench.errors import BenchError, ConfigError, Interrupted, OutputNotWritten, RunStopped
-from bench.observer import Observer
-from bench.progress import PROGRESS_SECONDS, StudyProgress
-from bench.registry import get_variant, variants as registered_variants
 from bench.locations import STUDY_RUNS, redact
+from bench.observer import Observer
 from bench.processes import HOST, die_with_parent, handling_stop_signals, pid_alive
-from bench.storage import (HEARTBEAT_SECONDS, MAX_RETRIES, ask_lock, check_storage, default_storage, fail_stale_trials,
+from bench.progress import StudyProgress
+from bench.registry import get_variant, variants as registered_variants
+from bench.storage import (MAX_RETRIES, ask_lock, check_storage, default_storage, fail_stale_trials,
                            heartbeat, known_heartbeat_warnings, open_storage)
 from bench.study import StudySpec, VariantStudy, load_study
 from bench.tracking import Tracking, TrackingStore

@@ -17,13 +17,12 @@ from urllib.parse import urlsplit
 
 import optuna
 
+from bench.config import HEARTBEAT_SECONDS
 from bench.errors import ConfigError
 from bench.locations import (CONNECT_TIMEOUT_SECONDS, OPTUNA_JOURNAL, check_database, database_engine,
                              explain_database_error, is_database, redact, sqlite_path, unwritable_folder, url_scheme,
                              wait_out_restarts)
 
-HEARTBEAT_SECONDS = 10
-"""How often a running trial records its heartbeat in a database storage."""
 STALE_AFTER_HEARTBEATS = 3
 """A trial silent for this many heartbeats is failed and queued again."""
 MAX_RETRIES = 2

@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from bench.engine import BUDGET_KEYS, Budget
+from bench.config import BUDGET_KEYS, Budget
 from bench.errors import ConfigError
 from bench.registry import TIPS, HParam, HParamValue, Variant, variants
 from bench.scoring import EXTRACTORS

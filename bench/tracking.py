@@ -27,7 +27,8 @@ import pandas as pd
 
 from bench.errors import ConfigError
 from bench.doctor import HEALTH, read_health
-from bench.engine import BUDGET_KEYS, CHECKPOINT, TrainConfig, TrainResult, precision, resolve_device
+from bench.config import BUDGET_KEYS, TrainConfig
+from bench.engine import CHECKPOINT, TrainResult, precision, resolve_device
 from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, check_server, check_store, redact, url_scheme
 from bench.observer import Finding, Observer
 from bench.processes import HOST, pid_alive
