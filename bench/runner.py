@@ -382,10 +382,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     else:
         seed = job.seed + (trial.number if seed_index is None else seed_index)
     trial.set_user_attr("seed", seed)
+    # A grid beside each evaluation (0: at the end only); checkpoints at the end and every few minutes. The
+    # steps are resolved here only for the params the trial's run records.
     config = resolve_steps(TrainConfig(resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp,
-                                        hparams=hparams, features=spec.features, **dataclasses.asdict(spec.budget)))
-    config = dataclasses.replace(config, sample_every=spec.budget.eval_every or config.steps,
-                                 checkpoint_every=config.steps)
+                                        hparams=hparams, features=spec.features, sample_every=spec.budget.eval_every,
+                                        checkpoint_every=0, **dataclasses.asdict(spec.budget)))
     out = trial_folder(study, trial.number)
     shutil.rmtree(out, ignore_errors=True)  # left by a study of the same name whose storage was deleted
     # A retry goes on from where the trial it repeats stopped, when that trial's folder is on this machine.
