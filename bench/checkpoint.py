@@ -95,7 +95,7 @@ def load(path: Path | str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise NotACheckpoint(f"{path} is a torch file but not a ganbench checkpoint (it has no '{FORMAT}' "
                              "marker); pass a run folder written by `bench train` or its checkpoint")
-    if state.get("version") != VERSION:
+    if not (isinstance(state.get("version"), int) and state["version"] == VERSION):  # a tensor compares elementwise
         raise NotACheckpoint(f"{path} is a ganbench checkpoint of format version {state.get('version')!r}; "
                              f"this ganbench reads version {VERSION}")
     for key, kind in FIELDS.items():

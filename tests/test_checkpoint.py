@@ -136,6 +136,7 @@ def losses_written(run: Path) -> int:
     return text.count("\n") - 1 if text.endswith("\n") else 0
 
 
+@pytest.mark.e2e
 def test_sigterm_writes_a_checkpoint_at_that_step_and_resume_continues_with_the_same_losses(tmp_path):
     """A `bench train` killed by SIGTERM mid-run resumes from the step it was stopped at, and ends
     with the losses and weights of a run that was never interrupted."""
@@ -206,6 +207,7 @@ def test_a_checkpoint_is_written_by_training_time_as_well_as_by_steps(tmp_path):
     assert saves == [1, 2, 3], "with a tiny time interval, every step is past it"
 
 
+@pytest.mark.e2e
 def test_the_doctors_rolling_state_resumes_with_the_run(tmp_path):
     """The doctor's loss window, real-image spread and persistence counters carry over, so its
     checks after a resume see what they would have seen without one."""

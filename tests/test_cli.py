@@ -38,6 +38,7 @@ def test_bad_input_is_one_line_with_the_fix_and_exit_status_2(tmp_path, args, me
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
 
 
+@pytest.mark.e2e
 def test_train_writes_its_outputs_and_resumes(tmp_path):
     out = tmp_path / "run"
     first = bench("train", "--variant", "gan", "--dataset", "digits", "--steps", "30", "--out", str(out))

@@ -25,6 +25,7 @@ lr = {{ low = 1e-4, high = 1e-3, log = true }}
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_reruns_propose_new_points_and_a_fresh_study_repeats_its_first(sampler, tmp_path, feature_cache, monkeypatch):
     """Rerun twice, each time with one more trial (as after an interruption, or a second `bench run`
@@ -41,6 +42,7 @@ def test_reruns_propose_new_points_and_a_fresh_study_repeats_its_first(sampler, 
     assert [trial.params["lr"] for trial in fresh.trials] == tried[:2], "--seed alone fixes a fresh study's points"
 
 
+@pytest.mark.e2e
 def test_runs_starting_at_once_in_a_fresh_folder_create_mlflows_store_once(tmp_path):
     connect = "from bench.tracking import Tracking, TrackingStore; Tracking(TrackingStore.open('sqlite:///results/mlflow.db', create=True), 'race')"
     for attempt in range(3):

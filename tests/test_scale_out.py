@@ -27,6 +27,8 @@ from bench.leaderboard import leaderboard
 from bench.storage import open_storage
 from tests.test_study import BENCH, clean_env, write_study
 
+pytestmark = pytest.mark.e2e  # a real PostgreSQL server, `bench server` and `bench run` processes
+
 PASSWORD = "s3cret-Pw-7"
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name), default=None)
 

@@ -137,6 +137,7 @@ def finished_study(project_folder):
     return cwd, result
 
 
+@pytest.mark.e2e
 def test_two_workers_finish_the_study_without_lost_or_duplicated_trials(finished_study):
     cwd, result = finished_study
     trials = optuna_trials(cwd, "tiny:dcgan:fashion-mnist")
@@ -149,6 +150,7 @@ def test_two_workers_finish_the_study_without_lost_or_duplicated_trials(finished
     assert "bench ui --study tiny" in result.stdout
 
 
+@pytest.mark.e2e
 def test_mlflow_holds_parent_and_child_runs_with_params_metrics_and_images(finished_study):
     cwd, _ = finished_study
     runs = mlflow_runs(cwd, "tiny")
@@ -171,6 +173,7 @@ def test_mlflow_holds_parent_and_child_runs_with_params_metrics_and_images(finis
     assert {"loss_curves.png", "score_curves.png", "checkpoint"} <= artifacts
 
 
+@pytest.mark.e2e
 def test_leaderboard_csv_has_one_row_per_metric_with_best_run_and_counts(finished_study):
     cwd, _ = finished_study
     board = pd.read_csv(cwd / "results" / "board.csv")
@@ -205,6 +208,7 @@ final_samples = 32
 """
 
 
+@pytest.mark.e2e
 def test_an_epoch_budget_gives_every_variant_the_same_real_batches_and_a_final_inception_score(tmp_path):
     (tmp_path / "lit.toml").write_text(LITERATURE_STUDY)
     run = bench("run", "--variant", "gan,wgan", "--study", "lit.toml", cwd=tmp_path)
@@ -230,6 +234,7 @@ def test_an_epoch_budget_gives_every_variant_the_same_real_batches_and_a_final_i
 
 # -- resume after kill -9 ------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(project_folder):
     tmp_path = project_folder("killed")
     study = write_study(tmp_path, "killed", steps=100, eval_every=50)
@@ -268,6 +273,7 @@ def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(p
     assert list(parents["status"]) == ["KILLED", "FINISHED"]
 
 
+@pytest.mark.e2e
 def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_there(project_folder):
     """SIGTERM to `bench run --workers 2` reaches each worker once; each checkpoints its trial at
     the current step and queues it again; the next `bench run` trains the retries on from those
@@ -331,6 +337,7 @@ fault = { choices = ["none", "nan", "detached_fake"] }
 """
 
 
+@pytest.mark.e2e
 def test_diverged_and_doctor_stopped_trials_fail_with_their_reasons_while_the_workers_go_on(project_folder,
                                                                                             plugin_site):
     cwd = project_folder("going-bad")
@@ -381,6 +388,7 @@ def browse(url: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
+@pytest.mark.e2e
 def test_mlflow_ui_shows_the_study_with_its_trials_and_their_fid(finished_study):
     cwd, _ = finished_study
     with socket.socket() as probe:
@@ -422,6 +430,7 @@ def test_passwords_in_storage_urls_are_redacted():
     assert redact("results/optuna/journal.log") == "results/optuna/journal.log"
 
 
+@pytest.mark.e2e
 def test_lucic_narrow_searches_their_ranges_on_their_network_at_a_tiny_budget(tmp_path, monkeypatch):
     """The best-of-k study of Lucic et al. (a GPU's budget), run here on digits for a few batches."""
     monkeypatch.chdir(tmp_path)
@@ -441,6 +450,7 @@ def test_lucic_narrow_searches_their_ranges_on_their_network_at_a_tiny_budget(tm
     assert "gamma" in studies["began"].trials[0].params
 
 
+@pytest.mark.e2e
 def test_workers_train_the_study_they_are_given_not_its_file_again(tmp_path, monkeypatch):
     """A spec built or changed in Python reaches every worker process as it is."""
     monkeypatch.chdir(tmp_path)
