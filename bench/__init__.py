@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what type checkers and editors read; at run time each name is imported on first use
     from bench.compare import Comparison, compare
-    from bench.engine import Budget, Evaluation, TrainConfig, TrainResult, evaluate, train
+    from bench.config import Budget, TrainConfig
+    from bench.engine import Evaluation, TrainResult, evaluate, train
     from bench.leaderboard import effects, leaderboard
     from bench.registry import HParam, Variant, get_variant, register, variants
     from bench.report import write_report
@@ -27,7 +28,8 @@ if TYPE_CHECKING:  # what type checkers and editors read; at run time each name 
 
 _HOMES = {
     "bench.compare": ("Comparison", "compare"),
-    "bench.engine": ("Budget", "Evaluation", "TrainConfig", "TrainResult", "evaluate", "train"),
+    "bench.config": ("Budget", "TrainConfig"),
+    "bench.engine": ("Evaluation", "TrainResult", "evaluate", "train"),
     "bench.leaderboard": ("effects", "leaderboard"),
     "bench.registry": ("HParam", "Variant", "get_variant", "register", "variants"),
     "bench.report": ("write_report",),

@@ -13,8 +13,6 @@ import math
 import signal
 import threading
 import time
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -26,10 +24,10 @@ from tqdm.auto import tqdm
 from bench import checkpoint
 from bench.data import BatchSampler, ImageDataset, load_dataset
 from bench.doctor import Doctor
-from bench.config import AMP_MODES, Budget, TrainConfig
+from bench.config import TrainConfig
 from bench.errors import ConfigError, Interrupted, TrainingDiverged
 from bench.observer import Finding, Observer
-from bench.registry import HParamValue, Variant, get_variant
+from bench.registry import Variant, get_variant
 from bench.run_folder import RunFolder
 from bench.scoring import EXTRACTORS, Scorer
 

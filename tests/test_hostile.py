@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from bench import checkpoint
 from bench.cli import main
 from bench.doctor import FINDING_FIELDS, read_health
-from bench.engine import BUDGET_KEYS
+from bench.config import BUDGET_KEYS
 from bench.errors import BenchError
 from bench.registry import get_variant
 from bench.study import TOP_LEVEL_KEYS, load_study

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from bench.cli import main
-from bench.engine import Budget
+from bench.config import Budget
 from bench.errors import ConfigError
 from bench.registry import get_variant, variants
 from bench.runner import run_studies, run_study
