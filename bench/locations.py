@@ -171,8 +171,8 @@ def explain_database_error(url: str, exc: Exception, role: str = "Optuna storage
     where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     if parts.scheme.startswith("sqlite"):
-        return (f"cannot open the {role} {redact(url)} ({detail}); pass a sqlite:///PATH in a folder you can "
-                "write to")
+        return (f"cannot open the {role} {redact(url)} ({detail}); pass a sqlite:///PATH of an intact database, or "
+                "of a new one in a folder you can write to")
     if "password authentication failed" in detail:
         return (f"the {role} at {where} refused user '{parts.username}': wrong password; check the "
                 "password in the URL, PGPASSWORD or ~/.pgpass")

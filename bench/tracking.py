@@ -29,7 +29,8 @@ from bench.errors import ConfigError
 from bench.doctor import HEALTH, read_health
 from bench.config import BUDGET_KEYS, TrainConfig
 from bench.engine import CHECKPOINT, TrainResult, precision, resolve_device
-from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, check_server, check_store, redact, url_scheme
+from bench.locations import (MLFLOW_ARTIFACTS, MLFLOW_DB, check_server, check_store, explain_database_error, redact,
+                             url_scheme)
 from bench.observer import Finding, Observer
 from bench.processes import HOST, pid_alive
 from bench.storage import ask_lock
@@ -90,8 +91,13 @@ class TrackingStore:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables..."
         # MLflow's client creates the schema; two `bench run`s starting at once in a fresh folder
         # would both create it ("table already exists"): one creates, the other waits.
-        with ask_lock(uri) if create else contextlib.nullcontext():
-            return cls(uri)
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with ask_lock(uri) if create else contextlib.nullcontext():
+                return cls(uri)
+        except SQLAlchemyError as exc:  # a file that is not a database, a schema MLflow cannot migrate
+            raise ConfigError(explain_database_error(uri, exc, "MLflow store")) from None
 
     def __reduce__(self):
         return TrackingStore, (self.uri,)
