@@ -222,24 +222,23 @@ class Tracking:
     def __init__(self, store: TrackingStore, study: str, artifacts: Path = MLFLOW_ARTIFACTS):
         import mlflow
 
-        self.uri = store.uri
         # MLflow's logging thread polls its queue with a 1 s timeout, and each flush (two per
         # closed run) waits that poll out: 2 s per trial, measured. Buffered, it waits on the
         # event a flush sets instead, and sends each second's metrics in one request.
         os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
         # Process-wide as well: flush_async_logging() talks to the global store, and left unset
         # that is a fresh ./mlflow.db in whatever folder the worker happens to run in.
-        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_tracking_uri(store.uri)
         self.client = store.client
-        self.experiment_id = self._experiment(study, artifacts)
+        self.experiment_id = self._experiment(study, artifacts, local=urlsplit(store.uri).scheme == "sqlite")
 
-    def _experiment(self, name: str, artifacts: Path) -> str:
+    def _experiment(self, name: str, artifacts: Path, local: bool) -> str:
         from mlflow.exceptions import MlflowException
 
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             # A local store keeps its artifacts beside it; a server decides for itself.
-            location = artifacts.resolve().as_uri() if urlsplit(self.uri).scheme in ("sqlite", "file", "") else None
+            location = artifacts.resolve().as_uri() if local else None
             try:
                 # The UI opens a 'custom model development' experiment on its runs table, not on
                 # the GenAI trace overview.
