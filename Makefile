@@ -1,19 +1,25 @@
 # `make run`: set up, then run the main job on the embedded defaults (the `quick` study).
 # `make test`: set up, then run the test suite (which also drives a headless Chromium and starts
 # a throwaway PostgreSQL server on loopback, stopped again when its tests end).
+# `make fast`: set up, then the fast lane: every test but those marked e2e (real trainings, studies,
+# servers, the browser, `bench` run as a process for many seconds); meant to take under two
+# minutes on 2 idle CPU cores.
 # `make learning`: every variant trained until it reaches a quarter of its untrained FID (about
 # half an hour on 2 CPU cores; apart from the suite, which it would more than double).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test learning setup data browser postgres
+.PHONY: run test fast learning setup data browser postgres
 
 run: setup
 	$(BIN)/bench run --variant dcgan --study quick
 
 test: setup browser postgres
 	$(BIN)/python -m pytest tests
+
+fast: setup
+	$(BIN)/python -m pytest tests -m "not e2e"
 
 learning: setup
 	$(BIN)/python -m pytest tests -m quarter -s

@@ -96,9 +96,12 @@ def load(path: Path | str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise NotACheckpoint(f"{path} is a torch file but not a ganbench checkpoint (it has no '{FORMAT}' "
                              "marker); pass a run folder written by `bench train` or its checkpoint")
-    if state.get("version") == 1:
+    version = state.get("version")
+    if not isinstance(version, int):  # a tensor would compare elementwise
+        version = None
+    if version == 1:
         state = _from_version_1(state)
-    if state.get("version") != VERSION:
+    elif version != VERSION:
         raise NotACheckpoint(f"{path} is a ganbench checkpoint of format version {state.get('version')!r}; "
                              f"this ganbench reads versions 1 and {VERSION}")
     for key, kind in FIELDS.items():

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 
+from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TrainConfig  # the options' defaults
 from bench.errors import BenchError, Interrupted
+from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, OPTUNA_JOURNAL, RESULTS
 
 
 class UserError(click.ClickException):
@@ -20,7 +22,7 @@ class UserError(click.ClickException):
 
 
 tracking_uri_option = click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
-                                   help="MLflow tracking URI [default: sqlite:///results/mlflow.db].")
+                                   help=f"MLflow tracking URI [default: sqlite:///{MLFLOW_DB}].")
 SEEDS = click.IntRange(0, 2**31 - 1)
 """Seeds every generator takes (NumPy's, which Optuna's samplers use, stops at 2**32 - 1), with room
 for a study's trial numbers to be added."""
@@ -44,7 +46,7 @@ def reports_user_errors(command):
         except Exception as exc:
             if not failed_server(exc):
                 raise
-            from bench.storage import masked
+            from bench.locations import masked
 
             urls = [value for value in kwargs.values() if isinstance(value, str) and "://" in value]
             urls.append(os.environ.get("MLFLOW_TRACKING_URI", ""))
@@ -81,7 +83,7 @@ def check_writable(output: Path) -> None:
     """Fails now, not after minutes of work, when OUTPUT (-o) cannot be written; creates nothing."""
     if output.is_dir():
         raise UserError(f"cannot write {output} (it is a folder); pass -o a file path")
-    from bench.storage import unwritable_folder
+    from bench.locations import unwritable_folder
 
     folder = unwritable_folder(output.parent)
     if folder is not None:
@@ -131,38 +133,55 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
     return values
 
 
+def config_default(name: str):
+    """The default of TrainConfig's field NAME: stated once, in the API, so that `bench train` cannot drift from it."""
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+def config_option(name: str, *declarations: str, **kwargs):
+    """A `bench train` option that sets TrainConfig's field NAME, with its default; --NAME-WITH-DASHES unless
+    DECLARATIONS name it otherwise."""
+    return click.option(*declarations or (f"--{name.replace('_', '-')}",), name, default=config_default(name),
+                        show_default=True, **kwargs)
+
+
 @main.command()
 @click.option("--variant", required=True, help="Variant name (see `bench list`).")
-@click.option("--dataset", default="fashion-mnist", show_default=True,
-              help="fashion-mnist, digits, mnist, cifar10 or imagefolder:PATH.")
-@click.option("--steps", default=2000, show_default=True, help="Generator updates.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--seed", type=SEEDS, default=0, show_default=True)
+@config_option("dataset", help="fashion-mnist, digits, mnist, cifar10 or imagefolder:PATH.")
+@config_option("steps", help="Generator updates.")
+@config_option("epochs", help="Train for this many passes of the discriminator over the training split instead "
+                              "of --steps (0: use --steps), so that every variant sees the same data.")
+@config_option("real_batches", help="Train until the discriminator has seen this many real batches instead of "
+                                    "--steps (0: use --steps); compare_gan's training_steps.")
+@config_option("batch_size")
+@config_option("seed", type=SEEDS)
 @device_option
 @amp_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: results/train/VARIANT-TIMESTAMP].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a hyperparameter.")
-@click.option("--eval-every", default=0, show_default=True, help="Score the generator every N steps (0: off).")
-@click.option("--eval-samples", default=2000, show_default=True)
-@click.option("--features", default="domain", show_default=True, help="Extractor for FID/KID: domain or inception.")
+@config_option("eval_every", help="Score the generator every N steps (0: off).")
+@config_option("eval_samples")
+@config_option("final_samples", help="Score the finished generator once more on N samples with every extractor "
+                                     "(papers: 10000; 0: off).")
+@config_option("features", help="Extractor for FID/KID: domain or inception.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
-@click.option("--checkpoint-every", default="1000", show_default=True, metavar="STEPS|DURATION",
-              help="Checkpoint every STEPS generator steps (and at least every 5 minutes of training), or every "
-                   "DURATION of training (90s, 5m, 1h); also at the end, and on Ctrl-C or SIGTERM.")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Where torchvision datasets live.")
-@click.option("--download", is_flag=True, help="Download a missing torchvision dataset (needs internet).")
+@config_option("sample_every", help="Write a sample grid every N steps and at the end (0: only at the end).")
+@config_option("checkpoint_every", type=str, metavar="STEPS|DURATION",
+               help="Checkpoint every STEPS generator steps (and at least every "
+                    f"{config_default('checkpoint_seconds') / 60:g} minutes of training), "
+                    "or every DURATION of training instead (90s, 5m, 1h); also at the end, and on Ctrl-C or SIGTERM.")
+@config_option("log_every", help="Read the losses from the device every N steps (the loop's only host sync).")
+@config_option("doctor", "--doctor/--no-doctor", help="Run the training doctor's checks.")
+@config_option("data_root", type=click.Path(), help="Where torchvision datasets live.")
+@config_option("download", is_flag=True, help="Download a missing torchvision dataset (needs internet).")
 @reports_user_errors
-def train(variant, dataset, steps, batch_size, seed, device, amp, out, settings, eval_every, eval_samples, features,
-          resume, checkpoint_every, data_root, download) -> None:
+def train(variant, settings, out, resume, checkpoint_every, **config_fields) -> None:
     """Trains one variant once (no sweep), writing sample grids, losses and a checkpoint to OUT."""
-    from bench.engine import TrainConfig, default_out, train as run_training
+    from bench.engine import default_out, train as run_training
 
-    config = TrainConfig(variant=variant, dataset=dataset, steps=steps, batch_size=batch_size, seed=seed,
-                         device=device, amp=amp, hparams=parse_settings(variant, settings), eval_every=eval_every,
-                         eval_samples=eval_samples, features=features,
-                         data_root=str(data_root) if data_root else None, download=download,
-                         **parse_checkpoint_every(checkpoint_every))
+    config = TrainConfig(variant=variant, hparams=parse_settings(variant, settings),
+                         **parse_checkpoint_every(checkpoint_every), **config_fields)
     if resume and out is None:
         raise UserError("--resume needs --out: the folder of the run to continue")
     given_out = out is not None
@@ -186,13 +205,14 @@ DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
 def parse_checkpoint_every(text: str) -> dict[str, int | float]:
-    """--checkpoint-every: a step count ('2000') or a training duration ('90s', '5m', '1h')."""
+    """--checkpoint-every: a step count ('2000') or a training duration ('90s', '5m', '1h'), which then replaces
+    the step count."""
     text = text.strip().lower()
     try:
         if text[-1:] in DURATION_UNITS:
             seconds = float(text[:-1]) * DURATION_UNITS[text[-1]]
             if seconds > 0:
-                return {"checkpoint_seconds": seconds}
+                return {"checkpoint_every": 0, "checkpoint_seconds": seconds}
         elif int(text) > 0:
             return {"checkpoint_every": int(text)}
     except ValueError:
@@ -210,14 +230,14 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
 @click.option("--workers", default=1, show_default=True, help="Worker processes sharing the study.")
 @click.option("--storage", default=None, help="Optuna storage: postgresql://USER@HOST/DB (shared by machines; "
               "password from the URL, PGPASSWORD or ~/.pgpass), sqlite:///PATH, or a journal file path "
-              "[default: results/optuna/journal.log].")
+              f"[default: {OPTUNA_JOURNAL}].")
 @tracking_uri_option
 @device_option
 @amp_option
 @click.option("--seed", type=SEEDS, default=0, show_default=True, help="Trial N trains with seed SEED+N.")
-@click.option("--progress-every", default=60.0, show_default=True,
+@click.option("--progress-every", default=PROGRESS_SECONDS, show_default=True,
               help="Seconds between progress lines when the output is not a terminal (in one, a live line).")
-@click.option("--heartbeat", default=10, show_default=True,
+@click.option("--heartbeat", default=HEARTBEAT_SECONDS, show_default=True,
               help="With a database storage: seconds between a trial's heartbeats; a trial silent for "
                    "three of them is run again by another worker.")
 @reports_user_errors
@@ -226,18 +246,37 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, amp, see
     from bench.leaderboard import study_table
     from bench.runner import run_studies
     from bench.study import load_study
+    from bench.tracking import TrackingStore
 
     spec = load_study(study)
-    studies = run_studies(variant, spec, trials=trials, workers=workers, storage=storage, tracking_uri=tracking_uri,
+    studies = run_studies(variant, spec, trials=trials, workers=workers, storage=storage, tracking=tracking_uri,
                           device=device, amp=amp, seed=seed, progress=sys.stderr.isatty(),
                           progress_every=progress_every, heartbeat=heartbeat, log=click.echo)
+    store = TrackingStore.open(tracking_uri)
+    if len(studies) > 1:
+        compare_variants(spec.name, store)
     for name, result in studies.items():
         click.echo(f"\nstudy '{result.study_name}': {len(result.trials)} trials in Optuna")
-        click.echo(study_table(spec, name, tracking_uri).to_string(
+        click.echo(study_table(spec, name, store).to_string(
             index=False, float_format="{:.4g}".format if spec.is_ablation else None))
-    export = (f"bench leaderboard --study {spec.name} --effects -o results/{spec.name}-effects.csv" if spec.is_ablation
-              else f"bench leaderboard --study {spec.name} -o results/leaderboard.csv")
+    export = (f"bench leaderboard --study {spec.name} --effects -o {RESULTS}/{spec.name}-effects.csv" if spec.is_ablation
+              else f"bench leaderboard --study {spec.name} -o {RESULTS}/leaderboard.csv")
     click.echo(f"\ncompare the trials:  bench ui --study {spec.name}\nexport the table:    {export}")
+
+
+def compare_variants(study: str, store) -> None:
+    """What `bench run` of several variants prints at its end, the plots logged to the study's run."""
+    from bench.compare import compare, report_lines, write
+    from bench.errors import ConfigError
+
+    try:
+        comparison = compare(study, store)
+    except ConfigError as exc:  # e.g. every trial failed: the study itself is over all the same
+        click.echo(f"no comparison: {exc}")
+        return
+    write(comparison, None, store)
+    for line in report_lines(comparison):
+        click.echo(line)
 
 
 @main.command("leaderboard")
@@ -253,8 +292,10 @@ def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, outpu
     """One row per study x variant x dataset x metric: best value, its trial and parameters, trial counts;
     with --effects, one row per arm of an ablation."""
     from bench.leaderboard import effects, leaderboard
+    from bench.tracking import TrackingStore
 
-    table = effects(tracking_uri, study, variant) if show_effects else leaderboard(tracking_uri, study, variant, top_k)
+    store = TrackingStore.open(tracking_uri)
+    table = effects(store, study, variant) if show_effects else leaderboard(store, study, variant, top_k)
     if table.empty:
         raise UserError("no finished trials recorded yet; run `bench run --variant V --study S` first")
     click.echo(table.to_string(index=False, float_format="{:.4g}".format if show_effects else None))
@@ -269,20 +310,22 @@ def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, outpu
 @click.option("--study", required=True, help="The study whose variants to compare.")
 @tracking_uri_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Folder for the plots and tables [default: results/compare-STUDY].")
+              help=f"Folder for the plots and tables [default: {RESULTS}/compare-STUDY].")
 @reports_user_errors
 def compare_command(study, tracking_uri, output) -> None:
     """Compares a study's variants at equal budget: the expected best of k trials (k = 1..n, with a
     95% band) and by training seconds, and the chance that one variant's best beats another's.
     Plots go to OUTPUT and to the study's latest `bench run` in MLflow."""
     from bench.compare import compare, report_lines, write
+    from bench.tracking import TrackingStore
 
-    comparison = compare(study, tracking_uri)
+    store = TrackingStore.open(tracking_uri)
+    comparison = compare(study, store)
     for line in report_lines(comparison):
         click.echo(line)
-    output = output or Path("results") / f"compare-{study}"
+    output = output or RESULTS / f"compare-{study}"
     with writing(output):
-        write(comparison, output, tracking_uri)
+        write(comparison, output, store)
     click.echo(f"plots and tables in {output}")
 
 
@@ -290,14 +333,14 @@ def compare_command(study, tracking_uri, output) -> None:
 @click.option("--study", required=True, help="The study to report on.")
 @tracking_uri_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="The HTML file [default: results/report-STUDY.html].")
+              help=f"The HTML file [default: {RESULTS}/report-STUDY.html].")
 @reports_user_errors
 def report(study, tracking_uri, output) -> None:
     """Writes one self-contained HTML page on a study (images embedded; opens offline): leaderboard,
     comparison at equal budget with its plots, best samples, doctor findings, failures, provenance."""
     from bench.report import write_report
 
-    output = output or Path("results") / f"report-{study}.html"
+    output = output or RESULTS / f"report-{study}.html"
     with writing(output):
         write_report(study, output, tracking_uri)
     click.echo(f"wrote {output}")
@@ -312,29 +355,31 @@ def report(study, tracking_uri, output) -> None:
 def ui(study, tracking_uri, port, host) -> None:
     """Starts the MLflow UI on the project's store and prints the address of the runs table
     (with a tracking server's URI, only the address: that server shows the UI itself)."""
-    from bench.tracking import check_port, connect, serve, study_page
+    from bench.processes import check_port, serve
+    from bench.tracking import TrackingStore
 
-    uri = connect(tracking_uri, create=False)
-    page = study_page(uri, study)
-    if uri.startswith(("http://", "https://")):
-        click.echo(f"MLflow UI: {uri.rstrip('/')}/{page}")
+    store = TrackingStore.open(tracking_uri)
+    page = store.study_page(study)
+    if store.is_server:
+        click.echo(f"MLflow UI: {store.uri.rstrip('/')}/{page}")
         return
     check_port(host, port)
     click.echo(f"MLflow UI: http://{host}:{port}/{page}   (Ctrl-C stops it)")
-    serve("ui", "--backend-store-uri", uri, "--host", host, "--port", str(port))
+    serve("ui", "--backend-store-uri", store.uri, "--host", host, "--port", str(port))
 
 
 @main.command()
 @click.option("--backend-store-uri", required=True,
               help="Where the server records runs: postgresql://USER@HOST/DB (or sqlite:///PATH).")
-@click.option("--artifacts", type=click.Path(path_type=Path), default=Path("results/mlartifacts"),
+@click.option("--artifacts", type=click.Path(path_type=Path), default=MLFLOW_ARTIFACTS,
               show_default=True, help="Where the server keeps artifacts (sample grids, figures, checkpoints).")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
 @reports_user_errors
 def server(backend_store_uri, artifacts, port, host) -> None:
     """Starts an MLflow tracking server for workers on many machines (bench run --tracking-uri http://HOST:PORT)."""
-    from bench.tracking import check_port, check_store, serve
+    from bench.locations import check_store
+    from bench.processes import check_port, serve
 
     check_port(host, port)
     check_store(backend_store_uri, create=True, role="MLflow backend store")
@@ -350,9 +395,16 @@ def server(backend_store_uri, artifacts, port, host) -> None:
 @reports_user_errors
 def doctor(run, tracking_uri) -> None:
     """What the training doctor found in RUN: a run folder (bench train --out) or an MLflow run id."""
-    from bench.tracking import findings_of
+    from bench.doctor import HEALTH, read_health
+    from bench.tracking import TrackingStore
 
-    findings = findings_of(run, tracking_uri)
+    folder = Path(run)
+    if not folder.is_dir():
+        findings = TrackingStore.open(tracking_uri).findings(run)
+    elif (folder / HEALTH).exists():
+        findings = read_health(folder / HEALTH)
+    else:
+        raise UserError(f"{folder} holds no {HEALTH}: pass a folder written by `bench train` or a study trial")
     if not findings:
         click.echo(f"{run}: no findings")
     for finding in findings:
@@ -400,7 +452,7 @@ def evaluate(checkpoint, features, samples, device) -> None:
 @click.option("--compare-amp", is_flag=True,
               help="Time to quality with --amp on and off, plotting both curves.")
 @click.option("--inception", is_flag=True, help="Also measure the Inception extractor (slow on a CPU).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results/perf.json"), show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=RESULTS / "perf.json", show_default=True)
 @reports_user_errors
 def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps, quality_threshold, quality_seconds,
          parallel, parallel_storage, settings, compare_amp, inception, output) -> None:

@@ -21,9 +21,8 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import ConfigError
-from bench.leaderboard import trial_runs
 from bench.study import MAXIMISED
-from bench.tracking import FINAL_SAMPLES, connect
+from bench.tracking import FINAL_SAMPLES, TrackingStore
 
 BAND = (0.025, 0.975)
 """The band drawn around each expected best: the central 95% of its distribution."""
@@ -113,10 +112,11 @@ class Comparison:
     """Some trials were pruned: the best-of-k of the complete ones is then biased."""
 
 
-def compare(study: str, tracking_uri: str | None = None, runs: pd.DataFrame | None = None) -> Comparison:
+def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.DataFrame | None = None) -> Comparison:
     """Compares the study's variants at equal budget, from its trial runs in MLflow (``runs``
-    when they are already read, :func:`bench.leaderboard.trial_runs`)."""
-    runs = trial_runs(tracking_uri, study) if runs is None else runs
+    when they are already read, :meth:`TrackingStore.trial_runs`). ``tracking``: a store or its URI
+    (see :meth:`TrackingStore.open`)."""
+    runs = TrackingStore.open(tracking).trial_runs(study) if runs is None else runs
     if runs.empty or "tags.bench.objective" not in runs:
         raise ConfigError(f"study '{study}' has no trials to compare yet; run `bench run --study {study}` first")
     objective = runs["tags.bench.objective"].dropna().iloc[0]
@@ -173,10 +173,9 @@ def report_lines(comparison: Comparison) -> list[str]:
     return lines
 
 
-def figures(comparison: Comparison, tracking_uri: str | None = None) -> dict[str, object]:
+def figures(comparison: Comparison, store: TrackingStore) -> dict[str, object]:
     """The comparison's plots as matplotlib figures, by file name: best of k, best by seconds, the
     spread of each variant's trial scores, each best trial's objective by step and its samples."""
-    import mlflow
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
@@ -208,7 +207,7 @@ def figures(comparison: Comparison, tracking_uri: str | None = None) -> dict[str
     result["trial_scores.png"] = figure
 
     best = complete.sort_values("value", ascending=not c.maximise).groupby("variant").head(1).sort_values("variant")
-    client = mlflow.MlflowClient(connect(tracking_uri, create=False))
+    client = store.client
     figure = Figure(figsize=(6, 4), layout="constrained")
     axis = figure.subplots()
     for row in best.itertuples():
@@ -246,36 +245,20 @@ def final_samples(client, run_id: str) -> np.ndarray | None:
             return None  # not an image we can show: the comparison goes on without this grid
 
 
-def parent_run(study: str, tracking_uri: str | None = None) -> str | None:
-    """The study's latest `bench run` (its parent run), where the comparison's plots are logged."""
-    import mlflow
-
-    client = mlflow.MlflowClient(connect(tracking_uri, create=False))
-    experiment = client.get_experiment_by_name(study)
-    if experiment is None:
-        return None
-    runs = client.search_runs([experiment.experiment_id], "tags.`bench.kind` = 'study'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
-def figure_images(comparison: Comparison, tracking_uri: str | None = None) -> dict[str, bytes]:
+def figure_images(comparison: Comparison, store: TrackingStore) -> dict[str, bytes]:
     """:func:`figures` rendered as PNG bytes, by file name."""
     images = {}
-    for name, figure in figures(comparison, tracking_uri).items():
+    for name, figure in figures(comparison, store).items():
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100)
         images[name] = buffer.getvalue()
     return images
 
 
-def write(comparison: Comparison, out: Path | None, tracking_uri: str | None = None,
-          run_id: str | None = None) -> dict[str, bytes]:
+def write(comparison: Comparison, out: Path | None, store: TrackingStore, run_id: str | None = None) -> dict[str, bytes]:
     """Renders the figures (PNG bytes by file name), writes them and the tables to ``out`` and logs
     them to the MLflow run ``run_id`` (the study's latest parent run by default)."""
-    import mlflow
-
-    images = figure_images(comparison, tracking_uri)
+    images = figure_images(comparison, store)
     tables = {"comparison.csv": comparison.summary, "pairs.csv": comparison.pairs,
               "best_of_k.csv": comparison.by_trials, "best_by_seconds.csv": comparison.by_seconds}
     if out is not None:
@@ -284,13 +267,12 @@ def write(comparison: Comparison, out: Path | None, tracking_uri: str | None = N
             (out / name).write_bytes(data)
         for name, table in tables.items():
             table.to_csv(out / name, index=False)
-    run_id = run_id or parent_run(comparison.study, tracking_uri)
+    run_id = run_id or store.parent_run(comparison.study)
     if run_id is not None:
-        client = mlflow.MlflowClient(connect(tracking_uri, create=False))
         with tempfile.TemporaryDirectory() as folder:
             for name, data in images.items():
                 (Path(folder) / name).write_bytes(data)
             for name, table in tables.items():
                 table.to_csv(Path(folder) / name, index=False)
-            client.log_artifacts(run_id, folder, "comparison")
+            store.client.log_artifacts(run_id, folder, "comparison")
     return images

@@ -17,9 +17,9 @@ import torch
 
 from bench.checkpoint import is_count
 from bench.errors import ConfigError, DatasetNotFound
+from bench.locations import DATA_ROOT
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_ROOT = Path("results/data")
 SPLITS = ("train", "test")
 
 
@@ -55,7 +55,7 @@ def load_dataset(name: str, split: str = "train", *, root: Path | str | None = N
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
-    root = Path(root) if root is not None else DEFAULT_ROOT
+    root = Path(root) if root is not None else DATA_ROOT
     if name == "fashion-mnist":
         images, labels = _fashion_mnist(split, root, download)
     elif name == "digits":

@@ -6,41 +6,23 @@ import pandas as pd
 
 from bench.errors import ConfigError
 from bench.study import BASELINE, MAXIMISED, StudySpec, is_score
-from bench.tracking import RUN_PARAMS, connect, redact
+from bench.tracking import RUN_PARAMS, TrackingStore
 
 KEYS = ["study", "variant", "dataset"]
 COLUMNS = KEYS + ["metric", "direction", "best", "best_trial", "best_run_id", "best_params", "complete", "pruned",
                   "failed", "retried", "top_k", "top_k_mean", "top_k_std"]
 
 
-def trial_runs(tracking_uri: str | None = None, study: str | None = None) -> pd.DataFrame:
-    """Every trial run of ``study`` (all studies by default) as MLflow's search_runs table."""
-    import mlflow
-
-    uri = connect(tracking_uri, create=False)
-    client = mlflow.MlflowClient(uri)
-    experiments = [e for e in client.search_experiments(max_results=1000) if "bench.study" in e.tags]
-    if study is not None:
-        experiments = [e for e in experiments if e.name == study]
-        if not experiments:
-            raise ConfigError(f"no study '{study}' in the MLflow store {redact(uri)}; "
-                              "run `bench run --study ...` first, or pass the --tracking-uri it used")
-    if not experiments:
-        return pd.DataFrame()
-    mlflow.set_tracking_uri(uri)  # mlflow.search_runs, the one call that returns a DataFrame, reads no other
-    return mlflow.search_runs([e.experiment_id for e in experiments], filter_string="tags.`bench.kind` = 'trial'",
-                              max_results=100_000, output_format="pandas")
-
-
-def leaderboard(tracking_uri: str | None = None, study: str | None = None, variant: str | None = None,
+def leaderboard(tracking: TrackingStore | str | None = None, study: str | None = None, variant: str | None = None,
                 top_k: int = 3) -> pd.DataFrame:
     """Best value, its hyperparameters and run, trial counts, and the mean and standard deviation
-    over the best ``top_k`` complete trials, for every score the trials recorded."""
-    return rank(trial_runs(tracking_uri, study), variant, top_k)
+    over the best ``top_k`` complete trials, for every score the trials recorded. ``tracking``: a
+    store or its URI (see :meth:`TrackingStore.open`)."""
+    return rank(TrackingStore.open(tracking).trial_runs(study), variant, top_k)
 
 
 def rank(runs: pd.DataFrame, variant: str | None = None, top_k: int = 3) -> pd.DataFrame:
-    """The leaderboard of trial runs already read (:func:`trial_runs`)."""
+    """The leaderboard of trial runs already read (:meth:`TrackingStore.trial_runs`)."""
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
     runs = runs.rename(columns={f"tags.bench.{key}": key for key in KEYS + ["trial", "state"]})
@@ -99,22 +81,22 @@ def compare(arm: pd.DataFrame, baseline: pd.DataFrame, metric: str,
     return (arm[column].mean(), *paired_effect(arm[column], baseline[column], confidence))
 
 
-def study_table(spec: StudySpec, variant: str, tracking_uri: str | None = None) -> pd.DataFrame:
+def study_table(spec: StudySpec, variant: str, tracking: TrackingStore) -> pd.DataFrame:
     """What `bench run` shows when a study ends: an ablation's effects, or the objective's row of the
     leaderboard (without the run id, which the full leaderboard gives)."""
     if spec.is_ablation:
-        return effects(tracking_uri, spec.name, variant)
-    table = leaderboard(tracking_uri, spec.name, variant)
+        return effects(tracking, spec.name, variant)
+    table = leaderboard(tracking, spec.name, variant)
     return table[table["metric"] == spec.objective].drop(columns=["best_run_id"])
 
 
-def effects(tracking_uri: str | None = None, study: str | None = None, variant: str | None = None,
+def effects(tracking: TrackingStore | str | None = None, study: str | None = None, variant: str | None = None,
             confidence: float = 0.95) -> pd.DataFrame:
     """For an ablation study (arms x seeds), each arm's effect on the objective and on mode
     coverage: the mean over seeds of (arm - baseline) with the same seed, and a ``confidence``
     interval on it. Only complete trials count; an arm's verdict is 'better' or 'worse' when
     its interval excludes 0, else 'no clear effect'."""
-    runs = trial_runs(tracking_uri, study)
+    runs = TrackingStore.open(tracking).trial_runs(study)
     if runs.empty or "tags.bench.arm" not in runs:
         raise ConfigError(f"no ablation trials (tag bench.arm) in study '{study}'; effects need a study with "
                           "[arms], run with `bench run --study ...` first")

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from bench.data import ImageDataset, load_dataset, to_unit_range
-from bench.engine import TrainConfig, Trainer, autocast_dtype, precision, resolve_device
+from bench.engine import TrainConfig, Trainer, autocast_dtype, resolve_device
 from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, HParamValue, get_variant
-from bench.scoring import DEFAULT_CACHE, InceptionFeatures, Scorer, ShippedInception
+from bench.scoring import InceptionFeatures, Scorer, ShippedInception
 from bench.storage import check_storage
-from bench.tracking import redact
+from bench.locations import FEATURE_CACHE, redact
 
 
 def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
@@ -123,13 +123,14 @@ def overhead(variant: str = REFERENCE_VARIANT, *, tracking: bool, doctor: bool, 
              steps: int = 200, repeats: int = 3, device: str = "auto") -> dict:
     """Median images/s of the engine with MLflow logging (losses by step, one sample grid per
     repeat) and/or the doctor's checks on, against both off: same variant, settings and seed."""
-    from bench.tracking import Tracking
+    from bench.tracking import Tracking, TrackingStore
 
     with tempfile.TemporaryDirectory() as folder:
         config = dict(dataset=dataset, steps=5, device=device, sample_every=steps, checkpoint_every=10**9)
         observers, run = [], None
         if tracking:
-            client = Tracking(f"sqlite:///{folder}/mlflow.db", "perf", artifacts=Path(folder) / "artifacts")
+            store = TrackingStore.open(f"sqlite:///{folder}/mlflow.db", create=True)
+            client = Tracking(store, "perf", artifacts=Path(folder) / "artifacts")
             parent = client.start_parent({"bench.study": "perf", "bench.variant": variant}, {})
             run = client.start_trial(parent, 0, TrainConfig(variant, **config), {})
             observers = [run]
@@ -175,7 +176,7 @@ def time_to_quality(variant: str, *, threshold: float, dataset: str = "fashion-m
             break
     reached = curve[-1] if curve[-1]["fid_domain"] < threshold else None
     return {"variant": variant, "hparams": hparams or {}, "threshold": threshold, "max_seconds": max_seconds,
-            "device": str(trainer.device), "precision": precision(config),
+            "device": str(trainer.device), "precision": trainer.precision,
             "eval_every": eval_every,
             "samples": samples, "untrained_fid_domain": round(untrained, 2),
             "seconds": reached and reached["seconds"], "cpu_seconds": reached and reached["cpu_seconds"],
@@ -229,7 +230,7 @@ def parallel_study(variant: str = REFERENCE_VARIANT, *, workers: tuple[int, ...]
     import sys
 
     Scorer(dataset, "domain", device=resolve_device(device))  # the real features, computed once, shared below
-    cache = DEFAULT_CACHE.resolve()
+    cache = FEATURE_CACHE.resolve()
     rows = []
     for count in workers:
         with tempfile.TemporaryDirectory() as folder:
@@ -297,7 +298,7 @@ def hardware_limit(variant: str = REFERENCE_VARIANT, *, dataset: str = "fashion-
         trainer.run(until=trainer.step + steps)
     events = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
     total = sum(event.self_cpu_time_total for event in events)
-    return {"variant": variant, "device": str(trainer.device), "precision": precision(trainer.config),
+    return {"variant": variant, "device": str(trainer.device), "precision": trainer.precision,
             "step_gflop": round(step_flops / 1e9, 3),
             "g_steps_per_second": round(steps_per_second, 2), "achieved_gflops": round(achieved, 1),
             "matmul_gflops": round(peak, 1), "fraction_of_matmul": round(achieved / peak, 3),

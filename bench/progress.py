@@ -13,8 +13,6 @@ from tqdm.auto import tqdm
 
 from bench.study import VariantStudy
 
-PROGRESS_SECONDS = 60.0
-"""Between two progress lines when the output is not a terminal (a log file, CI)."""
 LIVE_SECONDS = 2.0
 """Between two redraws of the live line in a terminal."""
 

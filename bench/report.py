@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.compare import Comparison, compare, figure_images, final_samples, parent_run
-from bench.leaderboard import rank, trial_runs
-from bench.tracking import connect
+from bench.compare import Comparison, compare, figure_images, final_samples
+from bench.leaderboard import rank
+from bench.tracking import TrackingStore
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
@@ -32,14 +32,13 @@ def table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format="{:.4g}".format, na_rep="", border=0, escape=True)
 
 
-def render(study: str, tracking_uri: str | None = None) -> str:
+def render(study: str, store: TrackingStore) -> str:
     """The report of ``study`` as an HTML string."""
-    import mlflow
     from PIL import Image
 
-    runs = trial_runs(tracking_uri, study)  # read once: the comparison and the leaderboard both rank them
-    comparison: Comparison = compare(study, tracking_uri, runs)
-    client = mlflow.MlflowClient(connect(tracking_uri, create=False))
+    runs = store.trial_runs(study)  # read once: the comparison and the leaderboard both rank them
+    comparison: Comparison = compare(study, store, runs)
+    client = store.client
     board = rank(runs)
     board = board[board["metric"] == comparison.objective].sort_values("variant")
     escape = html.escape
@@ -69,14 +68,14 @@ def render(study: str, tracking_uri: str | None = None) -> str:
     parts.append(table(comparison.summary))
     if len(comparison.pairs):
         parts.append(table(comparison.pairs.rename(columns={"p_better": "P(variant's best beats other's)"})))
-    for name, data in figure_images(comparison, tracking_uri).items():
+    for name, data in figure_images(comparison, store).items():
         parts.append(png(data, name.removesuffix(".png").replace("_", " ")))
 
     parts.append("<h2>Doctor findings, failures and pruning</h2>")
     found = problems(runs)
     parts.append(table(found) if len(found) else "<p>None: no finding, no failed or pruned trial.</p>")
 
-    parts.append("<h2>How the numbers were made</h2>" + table(provenance(client, study, runs, tracking_uri)))
+    parts.append("<h2>How the numbers were made</h2>" + table(provenance(store, study, runs)))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -95,12 +94,12 @@ def problems(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "trial", "what", "detail"])
 
 
-def provenance(client, study: str, runs: pd.DataFrame, tracking_uri: str | None) -> pd.DataFrame:
+def provenance(store: TrackingStore, study: str, runs: pd.DataFrame) -> pd.DataFrame:
     """Dataset, extractor, budget, seeds, precision, device, versions and git commit, as recorded."""
     rows = {}
-    parent = parent_run(study, tracking_uri)
+    parent = store.parent_run(study)
     if parent is not None:
-        recorded = client.get_run(parent).data
+        recorded = store.client.get_run(parent).data
         for key in ("study_file", "objective", "sampler", "pruner", "steps", "batch_size", "eval_every",
                     "eval_samples", "amp", "workers"):
             if key in recorded.params:
@@ -117,9 +116,10 @@ def provenance(client, study: str, runs: pd.DataFrame, tracking_uri: str | None)
     return pd.DataFrame({"what": list(rows), "value": list(rows.values())})
 
 
-def write_report(study: str, out: Path | str, tracking_uri: str | None = None) -> Path:
-    """Writes the report of ``study`` to ``out`` (an .html file)."""
-    out, page = Path(out), render(study, tracking_uri)  # a study that cannot be read leaves no folder behind
+def write_report(study: str, out: Path | str, tracking: TrackingStore | str | None = None) -> Path:
+    """Writes the report of ``study`` to ``out`` (an .html file). ``tracking``: a store or its URI
+    (see :meth:`TrackingStore.open`)."""
+    out, page = Path(out), render(study, TrackingStore.open(tracking))  # a study that cannot be read leaves no folder behind
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out

@@ -14,13 +14,11 @@ interrupted comparison is still a fair one.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import multiprocessing
 import os
 import re
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -31,20 +29,21 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.compare import compare, report_lines, write
+from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TrainConfig
 from bench.data import load_dataset
-from bench.engine import CHECKPOINT, TrainConfig, autocast_dtype, resolve_device, resolve_steps, train, worker_device
+from bench.engine import CHECKPOINT, autocast_dtype, resolve_device, resolve_steps, train, worker_device
 from bench.errors import BenchError, ConfigError, Interrupted, OutputNotWritten, RunStopped
+from bench.locations import STUDY_RUNS, redact
 from bench.observer import Observer
-from bench.progress import PROGRESS_SECONDS, StudyProgress
+from bench.processes import HOST, die_with_parent, handling_stop_signals, pid_alive
+from bench.progress import StudyProgress
 from bench.registry import get_variant, variants as registered_variants
-from bench.storage import (HEARTBEAT_SECONDS, MAX_RETRIES, ask_lock, check_storage, default_storage, fail_stale_trials,
+from bench.storage import (MAX_RETRIES, ask_lock, check_storage, default_storage, fail_stale_trials,
                            heartbeat, known_heartbeat_warnings, open_storage)
 from bench.study import StudySpec, VariantStudy, load_study
-from bench.tracking import HOST, RESULTS, Tracking, connect, pid_alive, redact
+from bench.tracking import Tracking, TrackingStore
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 WAIT_SECONDS = 2
 MAX_FAILURES_IN_A_ROW = 10
 SAMPLER_STREAMS = "bench.sampler_streams"
@@ -62,7 +61,7 @@ class Job:
     trials: int | None
     """As asked (None: the study file's); each variant's study resolves it."""
     storage: str
-    tracking_uri: str
+    tracking: TrackingStore
     parent_run_id: str
     device: str
     amp: str
@@ -82,16 +81,22 @@ ALL = "all"
 """``variants`` for every registered variant that the study's space fits."""
 
 
-def run_study(variant: str | None, study: str | Path | StudySpec, **options) -> optuna.Study:
-    """One variant's sweep (None: the one the study file names): :func:`run_studies` for one
-    variant, returning its Optuna study.
+def run_study(variant: str | None, study: str | Path | StudySpec, *, trials: int | None = None, workers: int = 1,
+              storage: str | None = None, tracking: TrackingStore | str | None = None, device: str = "auto",
+              amp: str = "auto", seed: int = 0, heartbeat: int = HEARTBEAT_SECONDS,
+              log: Callable[[str], None] | None = None) -> optuna.Study:
+    """One variant's sweep (None: the one the study file names), returning its Optuna study; the
+    options are :func:`run_studies`'s.
 
     Example::
 
         study = run_study("dcgan", "lr_sweep", trials=8, workers=2)
         study.best_params
     """
-    return next(iter(run_studies(None if variant is None else [variant], study, **options).values()))
+    studies = run_studies(None if variant is None else [variant], study, trials=trials, workers=workers,
+                          storage=storage, tracking=tracking, device=device, amp=amp, seed=seed, heartbeat=heartbeat,
+                          log=log)
+    return next(iter(studies.values()))
 
 
 def choose_variants(names: Sequence[str] | str | None, spec: StudySpec,
@@ -120,16 +125,16 @@ def choose_variants(names: Sequence[str] | str | None, spec: StudySpec,
 
 
 def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudySpec, *, trials: int | None = None,
-                workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
+                workers: int = 1, storage: str | None = None, tracking: TrackingStore | str | None = None,
                 device: str = "auto", amp: str = "auto", seed: int = 0, progress: bool = False,
                 progress_every: float = PROGRESS_SECONDS, heartbeat: int = HEARTBEAT_SECONDS,
                 log: Callable[[str], None] | None = None) -> dict[str, optuna.Study]:
     """Runs the study file ``study`` for each of ``variants`` (a list, ``"all"``, or None: the one
     the file names) until each has ``trials`` complete or pruned trials (the file's count by
     default), and returns their Optuna studies by variant. The variants advance together.
-    ``storage``: a journal
-    file, or a PostgreSQL URL that workers on other machines share; there a trial silent for
-    three ``heartbeat`` periods is failed and run again by another worker. Quiet unless given
+    ``storage``: a journal file, or a PostgreSQL URL that workers on other machines share; there a
+    trial silent for three ``heartbeat`` periods is failed and run again by another worker. ``tracking``: the MLflow
+    store or its URI (see :meth:`bench.tracking.TrackingStore.open`). Quiet unless given
     ``log`` (e.g. print), which hears each trial's outcome and, every ``progress_every`` seconds,
     a line on the whole study; ``progress`` shows that line live in a terminal instead.
     ``amp``: the training precision, 'auto', 'on' or 'off' (see :func:`bench.engine.autocast_dtype`).
@@ -138,35 +143,22 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
 
         studies = run_studies(["dcgan", "wgan_gp"], "lucic_wide", trials=10)
         {name: study.best_value for name, study in studies.items()}
+        bench.compare("lucic_wide").summary  # the variants at equal budget
     """
     spec = study if isinstance(study, StudySpec) else load_study(study)
-    lanes, skipped = choose_variants(variants, spec, trials)  # a bad space fails before any storage is touched
-    say = log or (lambda message: None)
-    for name, reason in skipped.items():
-        say(f"{name} skipped: {reason}")
-    if not lanes:
-        raise ConfigError(f"the study {spec.name} fits none of the variants; see the reasons above")
-    names = [lane.variant.name for lane in lanes]
-    for lane in lanes:
-        for arm, reason in lane.skipped_arms.items():
-            say(f"{lane.variant.name}: arm '{arm}' skipped: {reason}")
     if workers < 1 or heartbeat < 1:
         raise ConfigError("--workers and --heartbeat must be at least 1")
     if not progress_every > 0:
         raise ConfigError(f"--progress-every must be positive (seconds), got {progress_every}")
-    autocast_dtype(resolve_device(device), amp)  # a device or precision this machine lacks: before any trial
-    # A missing dataset or a dead server fails here, before a study, a run or a file exists.
-    data = load_dataset(spec.dataset, "train")
-    if spec.budget.batch_size > len(data):
-        raise ConfigError(f"{spec.path}: budget.batch_size {spec.budget.batch_size} is larger than {spec.dataset}'s "
-                          f"{len(data)} training images; lower it")
+    lanes = _checked_lanes(variants, spec, trials, device, amp, log or (lambda message: None))
+    names = [lane.variant.name for lane in lanes]
     storage = storage or default_storage()
     check_storage(storage)
-    connect(tracking_uri, create=True)
+    store = TrackingStore.open(tracking, create=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend = open_storage(storage, heartbeat)
     studies = {lane.variant.name: _load(lane, backend) for lane in lanes}
-    tracking = Tracking(tracking_uri, spec.name)
+    tracking = Tracking(store, spec.name)
 
     parent = tracking.start_parent(
         {"bench.study": spec.name, "bench.variant": ",".join(names), "bench.dataset": spec.dataset,
@@ -176,7 +168,7 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
          "trials": lanes[0].trials, "workers": workers, "sampler": spec.sampler, "pruner": spec.pruner,
          "storage": redact(storage), "seed": seed, "amp": amp, **dataclasses.asdict(spec.budget)})
     threads = max(1, torch.get_num_threads() // workers)
-    jobs = [Job(tuple(names), spec, trials, storage, tracking.uri, parent, device, amp, seed,
+    jobs = [Job(tuple(names), spec, trials, storage, store, parent, device, amp, seed,
                 worker, threads, heartbeat=heartbeat, log=log) for worker in range(workers)]
     watcher = StudyProgress(open_storage(storage, heartbeat), [(lane, studies[lane.variant.name]) for lane in lanes],
                             live=progress, every=progress_every, log=log)
@@ -189,17 +181,29 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
     except BaseException:
         tracking.end(parent, "killed")
         raise
-    if len(lanes) > 1:
-        try:
-            comparison = compare(spec.name, tracking.uri)
-        except ConfigError as exc:  # e.g. every trial failed: the study itself is over all the same
-            say(f"no comparison: {exc}")
-        else:
-            write(comparison, None, tracking.uri, run_id=parent)  # the plots, on the parent run
-            for line in report_lines(comparison):
-                say(line)
     tracking.end(parent, "complete")
     return studies
+
+
+def _checked_lanes(variants: Sequence[str] | str | None, spec: StudySpec, trials: int | None, device: str, amp: str,
+                   say: Callable[[str], None]) -> list[VariantStudy]:
+    """The variants' resolved studies, after every check that needs no store, so that a bad space, a
+    device or precision this machine lacks, or a missing dataset fails before a study, a run or a
+    file exists."""
+    lanes, skipped = choose_variants(variants, spec, trials)
+    for name, reason in skipped.items():
+        say(f"{name} skipped: {reason}")
+    if not lanes:
+        raise ConfigError(f"the study {spec.name} fits none of the variants; see the reasons above")
+    for lane in lanes:
+        for arm, reason in lane.skipped_arms.items():
+            say(f"{lane.variant.name}: arm '{arm}' skipped: {reason}")
+    autocast_dtype(resolve_device(device), amp)
+    data = load_dataset(spec.dataset, "train")
+    if spec.budget.batch_size > len(data):
+        raise ConfigError(f"{spec.path}: budget.batch_size {spec.budget.batch_size} is larger than {spec.dataset}'s "
+                          f"{len(data)} training images; lower it")
+    return lanes
 
 
 def run_workers(jobs: list[Job]) -> None:
@@ -216,15 +220,11 @@ def run_workers(jobs: list[Job]) -> None:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
-    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling_stop_signals(forward):
         for process in processes:
             process.start()
         for process in processes:
             process.join()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     if received:
         raise Interrupted(received[0], "after the workers checkpointed their trials and queued them to resume")
     failed = [p.name for p in processes if p.exitcode != 0]
@@ -293,14 +293,7 @@ def run_again(study: optuna.Study, number: int) -> None:
 
 
 def trial_folder(study: optuna.Study, number: int) -> Path:
-    return RESULTS / "studies" / re.sub(r"[^\w.-]+", "_", study.study_name) / f"trial-{number:04d}"
-
-
-def die_with_parent() -> None:
-    """Linux: a worker process ends when the `bench run` that started it is killed, even by -9,
-    instead of training on unseen (its trial is then failed by the next `bench run`)."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    return STUDY_RUNS / re.sub(r"[^\w.-]+", "_", study.study_name) / f"trial-{number:04d}"
 
 
 def work(job: Job) -> None:
@@ -314,7 +307,7 @@ def work(job: Job) -> None:
     lanes = [spec.for_variant(get_variant(name), job.trials) for name in job.variants]
     try:
         take_trials(job, [(lane, _load(lane, storage)) for lane in lanes], storage,
-                    Tracking(job.tracking_uri, spec.name))
+                    Tracking(job.tracking, spec.name))
     except Interrupted as exc:
         job.say(f"worker {job.worker}: {exc}")
         sys.exit(exc.exit_code)
@@ -389,10 +382,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     else:
         seed = job.seed + (trial.number if seed_index is None else seed_index)
     trial.set_user_attr("seed", seed)
+    # A grid beside each evaluation (0: at the end only); checkpoints at the end and every few minutes. The
+    # steps are resolved here only for the params the trial's run records.
     config = resolve_steps(TrainConfig(resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp,
-                                        hparams=hparams, features=spec.features, **dataclasses.asdict(spec.budget)))
-    config = dataclasses.replace(config, sample_every=spec.budget.eval_every or config.steps,
-                                 checkpoint_every=config.steps)
+                                        hparams=hparams, features=spec.features, sample_every=spec.budget.eval_every,
+                                        checkpoint_every=0, **dataclasses.asdict(spec.budget)))
     out = trial_folder(study, trial.number)
     shutil.rmtree(out, ignore_errors=True)  # left by a study of the same name whose storage was deleted
     # A retry goes on from where the trial it repeats stopped, when that trial's folder is on this machine.

@@ -30,10 +30,10 @@ from torch import Tensor, nn
 
 from bench.data import BatchSampler, ImageDataset, load_dataset, to_unit_range
 from bench.errors import ConfigError, TrainingDiverged
+from bench.locations import FEATURE_CACHE
 from bench.registry import Variant
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_CACHE = Path("results/cache")
 EXTRACTORS = ("domain", "inception")
 KID_SUBSET = 1000
 KID_SEED = 0
@@ -328,7 +328,7 @@ class Scorer:
 
     def __init__(self, dataset: str, extractor: str = "domain", *, real_split: str = "test",
                  real_samples: int = 10000, device: torch.device | str = "cpu",
-                 cache_dir: Path | str = DEFAULT_CACHE, batch_size: int | None = None):
+                 cache_dir: Path | str = FEATURE_CACHE, batch_size: int | None = None):
         if extractor not in EXTRACTORS:
             raise ConfigError(f"unknown feature extractor '{extractor}'; choose one of: {', '.join(EXTRACTORS)}")
         self.dataset, self.extractor_name, self.device = dataset, extractor, torch.device(device)

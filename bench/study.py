@@ -20,12 +20,21 @@ from typing import Any
 
 import optuna
 
-from bench.engine import BUDGET_KEYS, Budget
+from bench.config import BUDGET_KEYS, Budget
 from bench.errors import ConfigError
 from bench.registry import TIPS, HParam, HParamValue, Variant, variants
 from bench.scoring import EXTRACTORS
 
-STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+
+def _shipped_studies() -> Path:
+    """The folder of the study files ganbench ships: bench/studies in an installed wheel (pyproject.toml
+    maps the repository's studies/ there), else the repository's studies/ beside bench/ (a checkout, or an
+    editable install: setuptools' editable finder does not import a mapped folder without __init__.py)."""
+    installed = Path(__file__).resolve().parent / "studies"
+    return installed if installed.is_dir() else installed.parent.parent / "studies"
+
+
+STUDIES_DIR = _shipped_studies()
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
 MAXIMISED = ("classes_covered", "label_accuracy", "code_accuracy")

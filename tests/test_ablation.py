@@ -80,6 +80,7 @@ def ablation(project_folder):
     return folder, result, exported, csv, table
 
 
+@pytest.mark.e2e
 def test_every_arm_runs_once_per_seed_with_the_same_seeds(ablation):
     folder, result, *_ = ablation
     assert result.exit_code == 0, result.output
@@ -96,6 +97,7 @@ def test_every_arm_runs_once_per_seed_with_the_same_seeds(ablation):
     assert runs[runs["tags.bench.arm"] == "baseline"].filter(like="params.label_smoothing").isna().all().all()
 
 
+@pytest.mark.e2e
 def test_effects_are_paired_differences_from_mlflow_with_t_intervals(ablation):
     folder, result, exported, csv, table = ablation
     runs = mlflow_runs(folder, "tricks_ablation").query("`tags.bench.kind` == 'trial'")
@@ -120,6 +122,7 @@ def test_effects_are_paired_differences_from_mlflow_with_t_intervals(ablation):
                                   table.drop(columns="verdict"), check_dtype=False)
 
 
+@pytest.mark.e2e
 def test_effects_of_an_unknown_study_is_a_clear_error(ablation):
     folder, *_ = ablation
     with pytest.MonkeyPatch.context() as patch:

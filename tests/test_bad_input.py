@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -32,6 +31,7 @@ FILES = {
     "space_scalar.toml": b"space = 3\n",
     "huge_eval.toml": b'[budget]\neval_samples = 1000000000000\n[space]\nlr = { low = 1e-4, high = 1e-3 }\n',
     "no_images/shirts/README": b"the images are elsewhere",
+    "corrupt.db": b"SQLite format 2\x00" + bytes(range(256)) * 16,
 }
 
 # (command line, a fragment the one error line must hold); paths are relative to a fresh folder.
@@ -93,6 +93,8 @@ CASES = [
     (["leaderboard", "--study", "quick"], "no MLflow store at sqlite:///"),
     (["leaderboard", "--tracking-uri", "http://127.0.0.1:notaport"], "malformed URL 'http://127.0.0.1:notaport'"),
     (["ui", "--study", "quick"], "no MLflow store at sqlite:///"),
+    (["leaderboard", "--tracking-uri", "sqlite:///corrupt.db"], "cannot open the MLflow store sqlite:///corrupt.db (file is"),
+    (["report", "--study", "x", "--tracking-uri", "sqlite:///corrupt.db"], "cannot open the MLflow store"),
     (["compare", "--study", "quick"], "no MLflow store at sqlite:///"),
     (["report", "--study", "quick"], "no MLflow store at sqlite:///"),
     (["ui", "--port", "web"], "'web' is not a valid integer"),

@@ -138,6 +138,7 @@ def losses_written(run: Path) -> int:
     return text.count("\n") - 1 if text.endswith("\n") else 0
 
 
+@pytest.mark.e2e
 def test_sigterm_writes_a_checkpoint_at_that_step_and_resume_continues_with_the_same_losses(tmp_path):
     """A `bench train` killed by SIGTERM mid-run resumes from the step it was stopped at, and ends
     with the losses and weights of a run that was never interrupted."""
@@ -213,6 +214,7 @@ def doctor_of(trainer: Trainer) -> Doctor:
     return doctor
 
 
+@pytest.mark.e2e
 def test_the_doctors_rolling_state_resumes_with_the_run(tmp_path):
     """The doctor's loss window, real-image spread and persistence counters carry over, so its
     checks after a resume see what they would have seen without one."""

@@ -1,5 +1,6 @@
 """`bench train` and its errors: one line, the valid choices, exit status 2, no traceback."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from bench import cli, engine
 from bench.cli import main
+from bench.engine import TrainConfig
 
 BENCH = Path(sys.executable).with_name("bench")
 
@@ -35,6 +38,7 @@ def test_bad_input_is_one_line_with_the_fix_and_exit_status_2(tmp_path, args, me
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
 
 
+@pytest.mark.e2e
 def test_train_writes_its_outputs_and_resumes(tmp_path):
     out = tmp_path / "run"
     first = bench("train", "--variant", "gan", "--dataset", "digits", "--steps", "30", "--out", str(out))
@@ -47,3 +51,38 @@ def test_train_writes_its_outputs_and_resumes(tmp_path):
                     "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "gan: 50 steps" in resumed.stdout
+
+
+SET_OTHERWISE = {"hparams": "--set KEY=VALUE", "checkpoint_seconds": "--checkpoint-every DURATION"}
+"""The TrainConfig fields `bench train` sets through an option of another name; every other field is an option of
+its own name (--batch-size for batch_size) with the field's default."""
+
+
+def test_every_config_field_is_a_train_option_with_the_configs_default():
+    options = {param.name: param for param in cli.train.params}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in SET_OTHERWISE:
+            continue
+        assert field.name in options, f"bench train has no option for TrainConfig.{field.name}"
+        if field.default is dataclasses.MISSING:
+            assert options[field.name].required, field.name
+        else:
+            assert options[field.name].default == field.default, field.name
+
+
+class Captured(Exception):
+    """Raised in place of the training, with the config `bench train` built."""
+
+
+def test_train_options_reach_the_config(monkeypatch):
+    def capture(config, *args, **kwargs):
+        raise Captured(config)
+
+    monkeypatch.setattr(engine, "train", capture)  # the options are what is tested, not a training run
+    result = CliRunner().invoke(main, ["train", "--variant", "gan", "--epochs", "3", "--final-samples", "500",
+                                       "--sample-every", "0", "--log-every", "7", "--no-doctor",
+                                       "--checkpoint-every", "10m"])
+    assert isinstance(result.exception, Captured), result.output
+    assert result.exception.args[0] == TrainConfig(variant="gan", epochs=3, final_samples=500, sample_every=0,
+                                                   log_every=7, doctor=False, checkpoint_every=0,
+                                                   checkpoint_seconds=600.0)

@@ -17,7 +17,9 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-from bench.compare import best_by_seconds, best_of_k, probability_better
+from bench.compare import best_by_seconds, best_of_k, compare, probability_better
+from bench.leaderboard import leaderboard
+from bench.report import write_report
 from tests.test_study import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials
 
 VARIANTS = ("cgan", "dcgan", "ragan")
@@ -79,6 +81,7 @@ def comparison(project_folder):
     return cwd, log.read_text(), compared.stdout
 
 
+@pytest.mark.e2e
 def test_the_variants_advance_together_and_each_finishes_its_trials(comparison):
     cwd, _, _ = comparison
     started = sorted((trial.datetime_start, variant) for variant in VARIANTS
@@ -92,6 +95,7 @@ def test_the_variants_advance_together_and_each_finishes_its_trials(comparison):
         assert all(t.state == TrialState.COMPLETE for t in optuna_trials(cwd, f"versus:{variant}:fashion-mnist"))
 
 
+@pytest.mark.e2e
 def test_compare_gives_best_of_k_as_computed_from_the_recorded_trials(comparison):
     cwd, _, printed = comparison
     curves = pd.read_csv(cwd / "results" / "compare" / "best_of_k.csv")
@@ -108,6 +112,7 @@ def test_compare_gives_best_of_k_as_computed_from_the_recorded_trials(comparison
         assert (cwd / "results" / "compare" / name).stat().st_size > 5000
 
 
+@pytest.mark.e2e
 def test_the_parent_run_holds_the_comparison_plots(comparison):
     cwd, _, _ = comparison
     runs = mlflow_runs(cwd, "versus")
@@ -118,6 +123,20 @@ def test_the_parent_run_holds_the_comparison_plots(comparison):
             "best_samples.png", "comparison.csv"} <= logged
 
 
+@pytest.mark.e2e
+def test_reading_a_study_leaves_mlflows_tracking_uri_as_it_was(comparison, tmp_path, monkeypatch):
+    """A notebook that reads a study keeps its own MLflow tracking URI."""
+    cwd, _, _ = comparison
+    notebooks = f"sqlite:///{tmp_path / 'notebook.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", notebooks)
+    mlflow.set_tracking_uri(notebooks)
+    uri = f"sqlite:///{cwd / 'results' / 'mlflow.db'}"
+    assert len(leaderboard(uri, "versus")) and compare("versus", uri).common_k == TRIALS
+    write_report("versus", tmp_path / "report.html", uri)
+    assert mlflow.get_tracking_uri() == notebooks
+
+
+@pytest.mark.e2e
 def test_output_to_a_file_gets_periodic_progress_lines(comparison):
     _, log, _ = comparison
     lines = [line for line in log.splitlines() if re.search(rf"\d+/{TRIALS * len(VARIANTS)} trials done", line)]
@@ -127,6 +146,7 @@ def test_output_to_a_file_gets_periodic_progress_lines(comparison):
     assert f"{TRIALS * len(VARIANTS)}/{TRIALS * len(VARIANTS)} trials done" in lines[-1]
 
 
+@pytest.mark.e2e
 def test_report_renders_every_variant_its_best_score_and_samples_in_chromium(comparison, tmp_path):
     cwd, _, _ = comparison
     result = bench("report", "--study", "versus", "-o", "results/report.html", cwd=cwd)

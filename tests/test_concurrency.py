@@ -25,6 +25,7 @@ lr = {{ low = 1e-4, high = 1e-3, log = true }}
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_reruns_propose_new_points_and_a_fresh_study_repeats_its_first(sampler, tmp_path, feature_cache, monkeypatch):
     """Rerun twice, each time with one more trial (as after an interruption, or a second `bench run`
@@ -32,7 +33,7 @@ def test_reruns_propose_new_points_and_a_fresh_study_repeats_its_first(sampler, 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(feature_cache, tmp_path / "results" / "cache")
     (tmp_path / "rerun.toml").write_text(STUDY.format(sampler=sampler))
-    options = dict(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", device="cpu", seed=0)
+    options = dict(tracking=f"sqlite:///{tmp_path}/mlflow.db", device="cpu", seed=0)
     for trials in (2, 3, 4):
         study = run_study("gan", tmp_path / "rerun.toml", trials=trials, storage=str(tmp_path / "first.log"), **options)
     tried = [trial.params["lr"] for trial in study.trials]
@@ -41,8 +42,9 @@ def test_reruns_propose_new_points_and_a_fresh_study_repeats_its_first(sampler, 
     assert [trial.params["lr"] for trial in fresh.trials] == tried[:2], "--seed alone fixes a fresh study's points"
 
 
+@pytest.mark.e2e
 def test_runs_starting_at_once_in_a_fresh_folder_create_mlflows_store_once(tmp_path):
-    connect = "from bench.tracking import Tracking; Tracking('sqlite:///results/mlflow.db', 'race')"
+    connect = "from bench.tracking import Tracking, TrackingStore; Tracking(TrackingStore.open('sqlite:///results/mlflow.db', create=True), 'race')"
     for attempt in range(3):
         folder = tmp_path / str(attempt)
         folder.mkdir()

@@ -91,6 +91,7 @@ def test_study_workers_spread_over_the_gpus_and_share_them(monkeypatch):
     assert worker_device("cuda:1", 0) == "cuda:1" and worker_device("cpu", 1) == "cpu"
 
 
+@pytest.mark.e2e
 def test_the_device_check_runs_every_measurement_in_smoke_mode(tmp_path):
     out = tmp_path / "device-check.json"
     subprocess.run([sys.executable, "-m", "bench.device_check", "--smoke", "--device", "cpu", "-o", str(out)],

@@ -147,6 +147,7 @@ def test_a_generator_that_cannot_reach_the_data_range_is_named_as_the_cause(acti
     assert [(f.check, f.step) for f in trainer.findings()] == [("output_range", 1)]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("variant, steps, hparams, checks, within", [
     ("test_overpowered_d", 250, {}, ["discriminator_wins"], 200),
     ("test_ignores_latent", 600, {}, ["mode_collapse", "few_classes"], 600),
@@ -163,6 +164,7 @@ def test_warnings_fire_within_the_stated_steps_and_the_run_goes_on(capsys, varia
         assert printed.count(found[check].message) == 1  # said once, not at every later check
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(LEARNING_STEPS))
 def test_no_false_alarms_for_the_built_in_variants_at_their_defaults(trained, name):
     assert trained(name).trainer.findings() == []
@@ -178,6 +180,7 @@ def test_findings_reach_health_json_and_bench_doctor(tmp_path):
     assert runner.invoke(main, ["doctor", "no-such-run"]).exit_code == 2
 
 
+@pytest.mark.e2e
 def test_a_third_party_variant_gets_the_clipping_check_for_the_bound_it_declares(plugin_site, tmp_path):
     """The doctor reads no variant's private names: a plugin's critic bound under its own name
     (max_weight) is checked through the contract's weight_bound()."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench import engine
-from bench.engine import CHECKPOINT, TrainConfig, Trainer, autocast_dtype, precision, resolve_device, train
+from bench.engine import CHECKPOINT, TrainConfig, Trainer, autocast_dtype, resolve_device, train
 from bench.errors import ConfigError, TrainingDiverged
 from bench.registry import register
 from bench.study import load_study
@@ -50,6 +50,19 @@ def test_outputs_are_sample_grids_losses_config_and_a_checkpoint(tmp_path):
     assert grids == ["step_0000004.png", "step_0000008.png", "step_0000010.png"]
     assert len(pd.read_csv(tmp_path / "losses.csv")) == 10
     assert (tmp_path / CHECKPOINT).exists() and (tmp_path / "config.json").exists()
+
+
+def test_sample_every_and_checkpoint_every_0_write_a_grid_and_a_checkpoint_at_the_end_only(tmp_path, monkeypatch):
+    saved_at = []
+    save = Trainer.save
+    monkeypatch.setattr(Trainer, "save", lambda trainer: saved_at.append(trainer.step) or save(trainer))
+    train(config(variant="gan", dataset="digits", steps=6, sample_every=0, checkpoint_every=0), tmp_path,
+          progress=False)
+    assert [path.name for path in (tmp_path / "samples").glob("*.png")] == ["step_0000006.png"]
+    assert saved_at == [6]
+    for key in ("sample_every", "checkpoint_every"):
+        with pytest.raises(ConfigError, match=fr"{key} must be 0 \(only at the end\) or positive, got -1"):
+            config(**{key: -1}).validate()
 
 
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
@@ -117,10 +130,10 @@ def test_the_loop_reads_losses_from_the_device_only_every_log_every_steps(monkey
 def test_amp_modes_pick_the_training_precision(monkeypatch):
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "auto") is None and autocast_dtype(cpu, "off") is None  # the CPU trains in float32
-    assert precision(TrainConfig("dcgan", device="cpu")) == "float32"
     monkeypatch.setattr(engine, "native_bf16", lambda device: True)  # a CPU with AVX512-BF16 or AMX
     assert autocast_dtype(cpu, "on") == torch.bfloat16 and autocast_dtype(cpu, "auto") is None
     trainer = Trainer(TrainConfig("dcgan", steps=3, device="cpu", amp="on"), progress=False)
+    assert trainer.precision == "bfloat16 autocast"
     with trainer.autocast():
         assert trainer.variant.G(trainer.variant.latent(2)).dtype == torch.bfloat16
     assert trainer.run().history[["loss_d", "loss_g"]].notna().all().all()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from bench import checkpoint
 from bench.cli import main
 from bench.doctor import FINDING_FIELDS, read_health
-from bench.engine import BUDGET_KEYS
+from bench.config import BUDGET_KEYS
 from bench.errors import BenchError
 from bench.registry import get_variant
 from bench.study import TOP_LEVEL_KEYS, load_study
@@ -114,7 +114,8 @@ OPTION_VALUES = st.one_of(st.text(max_size=20), NUMBERS.map(str), st.sampled_fro
 # The options of one training step (--steps 1): a valid value costs a second, not a training run.
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["--seed", "--batch-size", "--device", "--checkpoint-every", "--eval-every",
-                        "--eval-samples", "--features", "--amp", "--set"]), OPTION_VALUES)
+                        "--eval-samples", "--features", "--amp", "--set", "--sample-every", "--log-every"]),
+       OPTION_VALUES)
 def test_a_training_option_is_taken_or_refused_with_one_line(option, value):
     value = f"lr={value}" if option == "--set" else value
     with tempfile.TemporaryDirectory() as folder:

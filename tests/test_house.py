@@ -4,6 +4,7 @@ without a cycle, and the engine knows its observers only through their interface
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from bench.registry import TIPS, get_variant
@@ -37,26 +38,40 @@ def code_names(path: Path) -> set[str]:
     return names
 
 
+def test_readmes_layout_names_every_module_of_bench():
+    readme = (BENCH.parent / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("    variants/")]
+    named = set(re.findall(r"\w+", layout))
+    assert [path.stem for path in sorted(BENCH.rglob("*.py")) if path.stem not in named] == []
+
+
 def test_bench_names_no_variant_and_no_variant_hyperparameter():
     private = {key for name in BUILT_INS for key in get_variant(name).hparams} - SHARED
     assert {"clip_c", "n_critic", "gp_lambda"} <= private
-    for path in sorted(BENCH.glob("*.py")):
+    for path in sorted(BENCH.rglob("*.py")):
         if path != CONTRACT:
             assert not code_names(path) & (set(BUILT_INS) | private), (path.name, code_names(path) & (set(BUILT_INS) | private))
 
 
+def module_name(path: Path) -> str:
+    """bench/engine.py: bench.engine; bench/__init__.py: bench (any depth)."""
+    parts = path.relative_to(BENCH.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def bench_imports() -> dict[str, set[str]]:
     """module -> the bench modules it imports, at the top or inside a function."""
-    modules = {f"bench.{path.stem}" for path in BENCH.glob("*.py") if path.stem != "__init__"}
+    modules = {module_name(path) for path in BENCH.rglob("*.py") if path.name != "__init__.py"}  # bench's is lazy
     graph = {}
-    for path in BENCH.glob("*.py"):
+    for path in BENCH.rglob("*.py"):
         imported = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bench"):
                 imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
             elif isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names}
-        graph["bench" if path.stem == "__init__" else f"bench.{path.stem}"] = imported & modules
+        graph[module_name(path)] = imported & modules
     return graph
 
 

@@ -12,6 +12,8 @@ import torch
 
 from tests.conftest import FID_SAMPLES, LEARNING_STEPS
 
+pytestmark = pytest.mark.e2e  # every test here reads the session's real trainings
+
 
 @pytest.fixture(scope="module")
 def noise_fid(scorer, fashion_train):

@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.perf import parallel_study, scoring_time, time_to_quality, training_throughput
 
 BENCH = Path(sys.executable).with_name("bench")
 
 
+@pytest.mark.e2e
 def test_training_throughput_reports_medians_and_generator_steps():
     row = training_throughput("wgan", steps=3, repeats=3)
     assert row["images_per_second"] > 0 and len(row["repeats"]) == 3
@@ -35,6 +38,7 @@ def test_time_to_quality_stops_at_the_first_evaluation_below_the_threshold():
     assert never["best_fid_domain"] == min(point["fid_domain"] for point in never["curve"])
 
 
+@pytest.mark.e2e
 def test_parallel_study_times_bench_run_with_its_workers():
     # One worker count only: each is a full `bench run` with its start-up, the slow part here.
     report = parallel_study("gan", workers=(1,), trials=1, steps=2)
@@ -43,6 +47,7 @@ def test_parallel_study_times_bench_run_with_its_workers():
     assert row["seconds"] > 0 and abs(row["trials_per_hour"] - 3600 / row["seconds"]) < 1
 
 
+@pytest.mark.e2e
 def test_bench_perf_writes_json(tmp_path):
     out = tmp_path / "perf.json"
     shown = subprocess.run([str(BENCH), "perf", "--variants", "gan", "--steps", "3", "--repeats", "1",

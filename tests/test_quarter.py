@@ -21,7 +21,7 @@ UNMEASURED = {"dragan", "began"}
 load: dragan levelled off near fid_domain 304 against a quarter of 182 by step 1,688): they join
 once one has; until then the suite's learning test (test_learning.py) is what holds them to learning."""
 
-pytestmark = pytest.mark.quarter
+pytestmark = [pytest.mark.quarter, pytest.mark.e2e]  # e2e too: `pytest -m "not e2e"` replaces addopts' -m
 
 
 @pytest.mark.parametrize("name", sorted(set(STEPS_PER_SECOND) - UNMEASURED))

@@ -41,6 +41,7 @@ def test_every_python_block_of_the_readme_has_a_budget_cut():
         "the README shows each function of the Python API that a command wraps"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("key", list(BUDGET_CUTS))
 def test_the_readme_python_block_runs(key, project_folder):
     folder = project_folder("readme")

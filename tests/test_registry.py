@@ -26,6 +26,7 @@ def bench_list(site: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(BENCH), "list"], env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.e2e
 def test_bench_list_shows_an_installed_plugin_beside_the_built_ins(plugin_site):
     result = bench_list(plugin_site)
     assert result.returncode == 0, result.stderr
@@ -36,6 +37,7 @@ def test_bench_list_shows_an_installed_plugin_beside_the_built_ins(plugin_site):
     assert "gp_lambda       default 10.0" in result.stdout and "[0.01, 1000] (log)" in result.stdout
 
 
+@pytest.mark.e2e
 def test_a_plugin_that_fails_to_import_gives_one_warning_naming_it(plugin_site):
     result = bench_list(plugin_site)
     warnings = [line for line in result.stderr.splitlines() if "broken_gan" in line]
@@ -168,6 +170,7 @@ def parameters(network: torch.nn.Module) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["gan", "wgan", "wgan_gp", "ragan", "lsgan", "dragan", "began"])
 def test_every_unconditional_loss_trains_on_lucics_network_without_a_doctor_finding(name):
     hparams = {"arch": "lucic", **({"n_critic": 1} if "n_critic" in get_variant(name).hparams else {})}

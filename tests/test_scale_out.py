@@ -18,6 +18,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import requests
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
@@ -25,6 +26,8 @@ from bench.cli import main
 from bench.leaderboard import leaderboard
 from bench.storage import open_storage
 from tests.test_study import BENCH, clean_env, write_study
+
+pytestmark = pytest.mark.e2e  # a real PostgreSQL server, `bench server` and `bench run` processes
 
 PASSWORD = "s3cret-Pw-7"
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name), default=None)
@@ -126,7 +129,21 @@ def running_trial_of(study: optuna.Study, pid: int) -> optuna.trial.FrozenTrial 
     return None
 
 
-def test_three_workers_on_postgres_and_a_tracking_server_survive_a_killed_worker(postgres, project_folder):
+def requests_made(monkeypatch) -> list[str]:
+    """The URL of every HTTP request this process makes from now on (MLflow's and bench's own)."""
+    urls: list[str] = []
+    send = requests.Session.request
+
+    def request(self, method, url, *args, **kwargs):
+        urls.append(url)
+        return send(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "request", request)
+    return urls
+
+
+def test_three_workers_on_postgres_and_a_tracking_server_survive_a_killed_worker(postgres, project_folder,
+                                                                                  monkeypatch):
     host_a, host_b = project_folder("host-a"), project_folder("host-b")  # two share host A's folder
     study_file = write_study(host_a, "shared", steps=60, eval_every=30)
     storage = postgres.database("optuna")
@@ -191,6 +208,12 @@ def test_three_workers_on_postgres_and_a_tracking_server_survive_a_killed_worker
 
         [row] = leaderboard(tracking, "shared").query("metric == 'fid_domain'").to_dict("records")
         assert (row["complete"], row["failed"], row["retried"]) == (4, 1, 1)
+
+        requested = requests_made(monkeypatch)
+        report = CliRunner().invoke(main, ["report", "--study", "shared", "--tracking-uri", tracking,
+                                           "-o", str(host_b / "report.html")])
+        assert report.exit_code == 0, report.output
+        assert sum(url.endswith("/health") for url in requested) == 1, "the server is checked once per command"
     finally:
         for process in [*workers, server]:
             if process.poll() is None:

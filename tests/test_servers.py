@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.storage import has_table, redact
+from bench.locations import has_table, redact
 from tests.test_scale_out import PASSWORD, free_port, postgres  # noqa: F401  (postgres: the fixture)
 from tests.test_study import BENCH, clean_env
 
@@ -72,6 +72,7 @@ def empty_folder(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command, fault", [(command, fault) for command in COMMANDS for fault in FAULTS
                                             if not (command in DATABASE_ONLY and fault == "dead server")])
 def test_each_command_fails_fast_on_a_dead_or_refusing_store(command, fault, postgres, empty_folder):
@@ -83,6 +84,7 @@ def test_each_command_fails_fast_on_a_dead_or_refusing_store(command, fault, pos
     assert not (empty_folder / "results" / "mlflow.db").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command, fault", [
     ("leaderboard", "dead server"), ("leaderboard", "dead postgres"), ("ui", "dead server"),
     ("doctor", "dead postgres"), ("run", "wrong password"), ("server", "wrong password"), ("perf", "dead postgres")])
@@ -106,6 +108,7 @@ def test_a_malformed_url_is_one_line(command, empty_folder):
         assert line.startswith(("Error: malformed URL", "Error: unsupported")) and uri in line, line
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", READ_ONLY)
 def test_read_only_commands_create_no_store(command, postgres, empty_folder):
     result = CliRunner().invoke(main, command_line(command))  # the default store, results/mlflow.db
@@ -126,6 +129,7 @@ def test_redact_masks_passwords_in_userinfo_and_query():
     assert redact("sqlite:///results/mlflow.db?timeout=5") == "sqlite:///results/mlflow.db?timeout=5"
 
 
+@pytest.mark.e2e
 def test_a_password_in_the_storage_query_reaches_no_message_param_or_tag(postgres, tmp_path):
     """A `bench run` of a study that is already finished: its parent run and params, no training."""
     postgres.database("finished")
@@ -189,6 +193,7 @@ def accepts(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.e2e
 def test_bench_ui_stops_the_mlflow_server_and_its_children_on_sigterm(store):
     port = free_port()
     ui = subprocess.Popen([BENCH, "ui", "--study", "S", "--port", str(port)], cwd=store, stdout=subprocess.PIPE,

@@ -23,13 +23,13 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from bench.cli import main
-from bench.engine import Budget
+from bench.config import Budget
 from bench.errors import ConfigError
 from bench.registry import get_variant, variants
 from bench.runner import run_studies, run_study
 from bench.storage import open_storage
 from bench.study import available_studies, load_study
-from bench.tracking import redact
+from bench.locations import redact
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 TINY_STUDY = """
@@ -137,6 +137,7 @@ def finished_study(project_folder):
     return cwd, result
 
 
+@pytest.mark.e2e
 def test_two_workers_finish_the_study_without_lost_or_duplicated_trials(finished_study):
     cwd, result = finished_study
     trials = optuna_trials(cwd, "tiny:dcgan:fashion-mnist")
@@ -149,6 +150,7 @@ def test_two_workers_finish_the_study_without_lost_or_duplicated_trials(finished
     assert "bench ui --study tiny" in result.stdout
 
 
+@pytest.mark.e2e
 def test_mlflow_holds_parent_and_child_runs_with_params_metrics_and_images(finished_study):
     cwd, _ = finished_study
     runs = mlflow_runs(cwd, "tiny")
@@ -171,6 +173,7 @@ def test_mlflow_holds_parent_and_child_runs_with_params_metrics_and_images(finis
     assert {"loss_curves.png", "score_curves.png", "checkpoint"} <= artifacts
 
 
+@pytest.mark.e2e
 def test_leaderboard_csv_has_one_row_per_metric_with_best_run_and_counts(finished_study):
     cwd, _ = finished_study
     board = pd.read_csv(cwd / "results" / "board.csv")
@@ -205,6 +208,7 @@ final_samples = 32
 """
 
 
+@pytest.mark.e2e
 def test_an_epoch_budget_gives_every_variant_the_same_real_batches_and_a_final_inception_score(tmp_path):
     (tmp_path / "lit.toml").write_text(LITERATURE_STUDY)
     run = bench("run", "--variant", "gan,wgan", "--study", "lit.toml", cwd=tmp_path)
@@ -221,7 +225,8 @@ def test_an_epoch_budget_gives_every_variant_the_same_real_batches_and_a_final_i
         domain = [m.step for m in client.get_metric_history(row["run_id"], "fid_domain")]
         inception = [m.step for m in client.get_metric_history(row["run_id"], "fid_inception")]
         assert domain == [*range(8, steps, 8), steps] and inception == [steps]  # Inception only at the end
-        assert row["tags.bench.extractor"] == "domain"
+        assert (row["tags.bench.extractor"], row["tags.bench.device"], row["tags.bench.precision"]) == (
+            "domain", "cpu", "float32")  # as the engine resolved them
     for variant in ("gan", "wgan"):
         for trial in optuna_trials(tmp_path, f"lit:{variant}:digits"):
             run_row = trials[trials["run_id"] == trial.user_attrs["mlflow_run_id"]].iloc[0]
@@ -230,6 +235,7 @@ def test_an_epoch_budget_gives_every_variant_the_same_real_batches_and_a_final_i
 
 # -- resume after kill -9 ------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(project_folder):
     tmp_path = project_folder("killed")
     study = write_study(tmp_path, "killed", steps=100, eval_every=50)
@@ -268,6 +274,7 @@ def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(p
     assert list(parents["status"]) == ["KILLED", "FINISHED"]
 
 
+@pytest.mark.e2e
 def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_there(project_folder):
     """SIGTERM to `bench run --workers 2` reaches each worker once; each checkpoints its trial at
     the current step and queues it again; the next `bench run` trains the retries on from those
@@ -331,6 +338,7 @@ fault = { choices = ["none", "nan", "detached_fake"] }
 """
 
 
+@pytest.mark.e2e
 def test_diverged_and_doctor_stopped_trials_fail_with_their_reasons_while_the_workers_go_on(project_folder,
                                                                                             plugin_site):
     cwd = project_folder("going-bad")
@@ -381,6 +389,7 @@ def browse(url: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
+@pytest.mark.e2e
 def test_mlflow_ui_shows_the_study_with_its_trials_and_their_fid(finished_study):
     cwd, _ = finished_study
     with socket.socket() as probe:
@@ -422,13 +431,14 @@ def test_passwords_in_storage_urls_are_redacted():
     assert redact("results/optuna/journal.log") == "results/optuna/journal.log"
 
 
+@pytest.mark.e2e
 def test_lucic_narrow_searches_their_ranges_on_their_network_at_a_tiny_budget(tmp_path, monkeypatch):
     """The best-of-k study of Lucic et al. (a GPU's budget), run here on digits for a few batches."""
     monkeypatch.chdir(tmp_path)
     spec = dataclasses.replace(load_study("lucic_narrow"), dataset="digits", objective="fid_domain", trials=2,
                                budget=Budget(real_batches=4, batch_size=16, eval_every=4, eval_samples=64))
     studies = run_studies(["wgan", "began"], spec, storage=str(tmp_path / "journal.log"),
-                          tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+                          tracking=f"sqlite:///{tmp_path / 'mlflow.db'}")
     for study in studies.values():
         trials = study.get_trials()
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
@@ -441,6 +451,7 @@ def test_lucic_narrow_searches_their_ranges_on_their_network_at_a_tiny_budget(tm
     assert "gamma" in studies["began"].trials[0].params
 
 
+@pytest.mark.e2e
 def test_workers_train_the_study_they_are_given_not_its_file_again(tmp_path, monkeypatch):
     """A spec built or changed in Python reaches every worker process as it is."""
     monkeypatch.chdir(tmp_path)
@@ -449,6 +460,6 @@ def test_workers_train_the_study_they_are_given_not_its_file_again(tmp_path, mon
     spec = dataclasses.replace(load_study(path), trials=2,
                                budget=Budget(steps=4, eval_every=2, eval_samples=64, batch_size=16))
     study = run_study("gan", spec, workers=2, storage=str(tmp_path / "journal.log"),
-                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+                      tracking=f"sqlite:///{tmp_path / 'mlflow.db'}")
     trials = study.get_trials()
     assert len(trials) == 2 and all(set(t.intermediate_values) == {2, 4} for t in trials), trials

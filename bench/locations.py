@@ -1,0 +1,231 @@
+"""Where bench keeps things: the results folder and its parts, and the URLs of the stores it
+writes to (MLflow's and Optuna's), read and checked here.
+
+A URL's secrets are masked in every message and record (:func:`redact`, :func:`masked`); a URL
+that does not parse, a server that does not answer and a database that refuses us are each one
+line, in seconds, before any library retries them for minutes or prints a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable
+from urllib.parse import unquote, urlsplit
+
+from bench.errors import ConfigError
+
+RESULTS = Path("results")
+"""Where bench writes by default, relative to the folder it runs in."""
+MLFLOW_DB = RESULTS / "mlflow.db"
+MLFLOW_ARTIFACTS = RESULTS / "mlartifacts"
+OPTUNA_JOURNAL = RESULTS / "optuna" / "journal.log"
+STUDY_RUNS = RESULTS / "studies"
+"""A trial's folder (checkpoint, samples, losses) is STUDY_RUNS/OPTUNA_STUDY/trial-NNNN."""
+TRAIN_RUNS = RESULTS / "train"
+FEATURE_CACHE = RESULTS / "cache"
+DATA_ROOT = RESULTS / "data"
+
+UNENCODED = re.compile(r"[/?#@]|%(?![0-9A-Fa-f]{2})")
+"""What a URL's password may not hold as it is (RFC 3986): these, and a % that does not begin an escape."""
+SECRET_QUERY = re.compile(r"((?:^|[&;])[^=&;#]*(?:pass|pwd|secret|token|key)[^=&;#]*=)[^&;#]*", re.IGNORECASE)
+"""Query parameters whose values are secrets: password=, sslpassword=, pwd=, token=, api_key=, ..."""
+CONNECT_TIMEOUT_SECONDS = 5
+OUTAGE_SECONDS = 120
+"""How long a worker waits for a database server it has reached before to come back (a restart, a
+failover) before the call that needs it fails."""
+STORE_URIS = "postgresql://USER@HOST:PORT/DB or sqlite:///PATH"
+
+
+def is_database(url: str) -> bool:
+    return "://" in url
+
+
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the password of ``user:password@`` lies in ``url`` (start, end), found before any
+    parsing: from the user's ':' to the last '@', whatever it holds (an unencoded / ? # or @
+    included), so that malformed URLs, which error messages quote, are read the same way."""
+    _, slashes, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not slashes or at < 0 or ":" not in rest[:at]:
+        return None
+    offset = len(url) - len(rest)
+    return offset + rest.index(":") + 1, offset + at
+
+
+def redact(url: str) -> str:
+    """``url`` with its secrets replaced by ***, safe for params, tags and logs: the password of
+    ``user:password@`` and the values of query parameters such as password=, token= or api_key=."""
+    span = _password_span(url)
+    if span is not None:
+        url = url[:span[0]] + "***" + url[span[1]:]
+    authority = url.find("://") + 3 if "://" in url else 0
+    base, question, query = url[authority:].partition("?")
+    return url[:authority] + base + question + SECRET_QUERY.sub(r"\1***", query)
+
+
+def masked(text: str, urls: Iterable[str]) -> str:
+    """``text`` (an error message from a library) with the password of each of ``urls`` replaced by ***,
+    as written and percent-decoded: libraries quote URLs in their messages in either form."""
+    for url in urls:
+        span = _password_span(url)
+        if span is not None and span[1] > span[0]:
+            password = url[span[0]:span[1]]
+            text = text.replace(password, "***").replace(unquote(password), "***")
+    return text
+
+
+def sqlite_path(url: str) -> Path:
+    """The database file of a sqlite:/// URL, without its query (which may hold a password)."""
+    return Path(urlsplit(url).path.removeprefix("/"))
+
+
+def url_scheme(url: str, forms: str) -> str:
+    """The scheme of ``url`` without its driver (postgresql+psycopg: postgresql); ConfigError
+    naming the fault and ``forms``, the URLs expected, when ``url`` cannot be parsed. A password
+    holding a character that URLs reserve is refused before any library reads it: each library
+    splits such a URL its own way, and quotes the pieces (parts of the password) in its errors."""
+    span = _password_span(url)
+    if span is not None and UNENCODED.search(url[span[0]:span[1]]):
+        raise ConfigError(f"malformed URL '{redact(url)}': its password holds a character URLs reserve; "
+                          f"percent-encode / ? # @ % as %2F %3F %23 %40 %25; use {forms}")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # parsed on access: 'host:abc' fails here
+    except ValueError:  # its text quotes the URL's parts unmasked
+        raise ConfigError(f"malformed URL '{redact(url)}' (its host or port cannot be read); use {forms}") from None
+    return parts.scheme.split("+")[0]
+
+
+def check_server(uri: str) -> None:
+    """Fails in seconds, not after MLflow's minutes of retries, when no tracking server answers, or when
+    what answers is not a working one: its health page and one call of its API (an error page, another
+    program on the port, or a server whose database is gone would fail every later request, slowly)."""
+    import requests
+
+    base = uri.rstrip("/")
+    try:
+        requests.get(f"{base}/health", timeout=5).raise_for_status()
+        answer = requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=5)
+    except requests.RequestException as exc:
+        raise ConfigError(f"cannot reach the MLflow tracking server at {redact(uri)} ({type(exc).__name__}); "
+                          "start it (bench server --backend-store-uri ...) or check --tracking-uri") from None
+    try:
+        api_works = answer.status_code == 200 and isinstance(answer.json(), dict)
+    except ValueError:  # not JSON
+        api_works = False
+    if not api_works:
+        raise ConfigError(f"the server at {redact(uri)} is not a working MLflow tracking server (its experiments "
+                          f"API answered HTTP {answer.status_code}, {answer.headers.get('content-type', 'no type')}); "
+                          "check --tracking-uri, or the server's log")
+
+
+def check_store(uri: str, *, create: bool, role: str = "MLflow store") -> None:
+    """Fails in seconds, with one line naming the host and what to check, on a malformed URL, a
+    database that refuses us and, unless ``create``, a store that does not exist yet."""
+    scheme = url_scheme(uri, STORE_URIS)
+    if scheme == "postgresql":
+        check_database(uri, role)
+        if create or has_table(uri, "experiments"):
+            return
+    elif scheme == "sqlite":
+        path = sqlite_path(uri)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+            return
+        if path.is_file():
+            return
+    else:
+        raise ConfigError(f"unsupported {role} '{redact(uri)}': use {STORE_URIS}")
+    raise ConfigError(f"no {role} at {redact(uri)} yet; run `bench run --variant V --study S` first, "
+                      "or pass the --tracking-uri it used")
+
+
+def check_database(url: str, role: str) -> None:
+    """Connects to a PostgreSQL ``url`` once, raising ConfigError with what to check if that fails."""
+    if not urlsplit(url).scheme.startswith("postgresql"):
+        return
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with database_engine(url).connect():
+            pass
+    except SQLAlchemyError as exc:
+        raise ConfigError(explain_database_error(url, exc, role)) from None
+
+
+def has_table(url: str, table: str) -> bool:
+    """Whether the PostgreSQL database at ``url`` holds ``table`` (after :func:`check_database`)."""
+    from sqlalchemy import inspect
+
+    return inspect(database_engine(url)).has_table(table)
+
+
+def explain_database_error(url: str, exc: Exception, role: str = "Optuna storage") -> str:
+    """A database error as what went wrong and what to check, without the password."""
+    parts = urlsplit(url)
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    if parts.scheme.startswith("sqlite"):
+        return (f"cannot open the {role} {redact(url)} ({detail}); pass a sqlite:///PATH of an intact database, or "
+                "of a new one in a folder you can write to")
+    if "password authentication failed" in detail:
+        return (f"the {role} at {where} refused user '{parts.username}': wrong password; check the "
+                "password in the URL, PGPASSWORD or ~/.pgpass")
+    if "does not exist" in detail:
+        return f"the {role} at {where}: {detail}; create it (createdb) or fix the URL"
+    return (f"cannot reach the {role} {redact(url)} ({detail}); check that PostgreSQL runs on {where} "
+            "and accepts connections from this machine (listen_addresses, pg_hba.conf, firewall)")
+
+
+@functools.cache
+def database_engine(url: str):
+    """One pooled SQLAlchemy engine per PostgreSQL URL (checks, advisory locks), which waits out restarts."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS}, pool_pre_ping=True)
+    wait_out_restarts(engine, url)
+    return engine
+
+
+def wait_out_restarts(engine, url: str, reached: bool = False) -> None:
+    """Makes ``engine`` wait for its server to come back, for up to OUTAGE_SECONDS, when it cannot
+    connect to a server it has reached before, instead of failing the worker's call (one line
+    says so). With pool_pre_ping, a pooled connection that the restart cut is replaced at its next
+    use, so a study's calls wait out a restart and go on. A server never reached fails at once, as
+    the checks before a command promise."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect, connection_record, cargs, cparams):
+        nonlocal reached
+        deadline, said = time.monotonic() + OUTAGE_SECONDS, False
+        while True:
+            try:
+                connection = dialect.connect(*cargs, **cparams)
+                reached = True
+                return connection
+            except dialect.loaded_dbapi.OperationalError:
+                if not reached or time.monotonic() > deadline:
+                    raise
+                if not said:
+                    said = True
+                    print(f"the database at {redact(url)} does not answer; waiting up to {OUTAGE_SECONDS} s for "
+                          "it to come back", file=sys.stderr, flush=True)
+                time.sleep(1)
+
+
+def unwritable_folder(folder: Path) -> Path | None:
+    """None when files can be made in ``folder``, or in the nearest folder above it that exists (where
+    it would be made); else that folder. Creates nothing that stays."""
+    while not folder.exists():
+        folder = folder.parent
+    try:  # a file made and removed at once: permissions alone do not tell (root, /proc, a read-only mount)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return folder
+    return None

@@ -1,0 +1,125 @@
+"""Processes bench starts and watches: MLflow servers it runs in the foreground, study workers, and
+which host and process own a run.
+
+A child must not outlive the `bench` command that started it, even one killed with -9 (Linux:
+PR_SET_PDEATHSIG), and Ctrl-C or SIGTERM must reach it exactly once, through bench.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable
+
+from bench.errors import BenchError, ConfigError
+
+HOST = socket.gethostname()
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SERVER_GRACE_SECONDS = 3
+"""How long a stopped MLflow server may take to shut down before it is killed."""
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
+
+@contextlib.contextmanager
+def handling_stop_signals(handler: Callable | int):
+    """SIGINT and SIGTERM handled by ``handler`` (a function, or signal.SIG_IGN) inside the block,
+    as before it after it."""
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def parent_death_signal(signum: int) -> Callable[[], None]:
+    """What makes the calling process get ``signum`` when the thread that started it ends, even by -9
+    (Linux; elsewhere nothing). Resolved before a fork, so that a child between fork and exec only
+    makes the call."""
+    if sys.platform != "linux":
+        return lambda: None
+    return functools.partial(ctypes.CDLL(None).prctl, PR_SET_PDEATHSIG, signum)
+
+
+def die_with_parent() -> None:
+    """A study worker ends when the `bench run` that started it is killed, even by -9, instead of
+    training on unseen (its trial is then failed by the next `bench run`)."""
+    parent_death_signal(signal.SIGKILL)()
+
+
+def serve(command: str, *args: str) -> None:
+    """Runs `mlflow COMMAND ARGS` (ui, server) until it ends, or until bench gets SIGINT (Ctrl-C)
+    or SIGTERM; then stops it and every process it started (MLflow runs its web server as a child
+    process), so that none outlives bench holding the port."""
+    sys.stdout.flush()
+    # The job runner serves MLflow's GenAI features; without it the server starts in seconds, not tens.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with handling_stop_signals(signal.default_int_handler):  # SIGTERM stops it as Ctrl-C does
+        # A session of its own: a terminal's Ctrl-C reaches bench alone, which stops the whole group. SIGTERM,
+        # not SIGKILL, when bench dies: MLflow passes it on to its web server, which SIGKILL would leave running.
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", command, *args, "--workers", "1"], env=env,
+                                  start_new_session=True, preexec_fn=parent_death_signal(signal.SIGTERM))
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            return
+        finally:
+            stop_group(server)
+    if server.returncode != 0:
+        raise BenchError(f"mlflow {command} ended with exit status {server.returncode}; see its messages above "
+                         "(a port already in use: pass another --port)")
+
+
+def stop_group(process: subprocess.Popen, grace: float = SERVER_GRACE_SECONDS) -> None:
+    """SIGTERM to the process group that ``process`` leads, then SIGKILL to whatever of it is
+    left after ``grace`` seconds; returns when ``process`` has ended."""
+    with handling_stop_signals(signal.SIG_IGN):  # a second Ctrl-C must not cut the stop short
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while group_alive(process) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def group_alive(process: subprocess.Popen) -> bool:
+    """Whether any process of the group that ``process`` leads is left."""
+    process.poll()  # reaps the leader: until then, its zombie counts as a member of the group
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_port(host: str, port: int) -> None:
+    """Fails, before any address is printed, when ``host``:``port`` cannot be listened on (a port
+    in use, a host that is not this machine's): MLflow would say so in a traceback and exit 0."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
+            probe.bind(address)
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port} ({reason}); pass another --port, or a --host "
+                          "address of this machine") from None
