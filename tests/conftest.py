@@ -4,9 +4,12 @@ shares that run."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,22 +18,34 @@ import pytest
 from bench.data import ImageDataset, load_dataset
 from bench.engine import TrainConfig, Trainer
 from bench.scoring import Scorer
+from tests.helpers import (FID_SAMPLES, LEARNING_STEPS, PASSWORD, PG_BIN, Postgres, as_postgres, free_port,
+                           registered_variants)
 
-FID_SAMPLES = 2000
-LEARNING_SECONDS = 40
-"""The suite's learning budget, the same for every variant: 40 s of training on the reference
-machine (2 CPU cores, AMD EPYC, torch 2.15), given as generator steps so that runs are
-deterministic: each variant's generator steps per second as this fixture measured them there,
-doctor and loss logging included (the WGANs make n_critic = 5 critic updates per generator
-step), times LEARNING_SECONDS. On that machine this fixture trains for about six minutes in
-all. test_quarter.py trains each variant much longer, apart from the suite."""
-STEPS_PER_SECOND = {"gan": 60.6, "dcgan": 30.2, "ragan": 30.2, "cgan": 27.3, "infogan": 25.6, "ebgan": 14.9,
-                    "wgan": 8.94, "wgan_gp": 4.94,
-                    # Measured with the engine on another 2-core machine (Intel Xeon, torch 2.14), partly under load
-                    # from other jobs, and scaled to the reference machine by dcgan's and ebgan's rates measured
-                    # beside them (48.3 and 24.5 there, a factor 1.62): lsgan 49.1, dragan 34.2, began 24.5 G steps/s.
-                    "lsgan": 30.3, "dragan": 21.1, "began": 15.1}
-LEARNING_STEPS = {name: round(rate * LEARNING_SECONDS) for name, rate in STEPS_PER_SECOND.items()}
+
+@pytest.fixture(scope="session")
+def postgres():
+    assert PG_BIN is not None, "PostgreSQL is not installed: `make test` installs Debian's postgresql"
+    folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    subprocess.run(as_postgres(PG_BIN / "initdb", "-D", folder / "data", "-U", "postgres", "--auth-local=trust",
+                               "--auth-host=scram-sha-256"), check=True, capture_output=True)
+    server = Postgres(folder, free_port())
+    server.pg_ctl("start")
+    try:
+        server.psql(f"CREATE USER bench PASSWORD '{PASSWORD}'")
+        yield server
+    finally:
+        subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", folder / "data", "-m", "immediate", "stop"),
+                       capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def registered():
+    """registered(*classes): registers test variants for this test only, as a plugin's @register does."""
+    with contextlib.ExitStack() as stack:
+        yield lambda *classes: stack.enter_context(registered_variants(*classes))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from bench.errors import ConfigError
 from bench.leaderboard import effects
 from bench.registry import get_variant
 from bench.study import STUDIES_DIR, load_study
-from tests.test_study import mlflow_runs, optuna_trials
+from tests.helpers import mlflow_runs, optuna_trials
 
 ARMS = {"baseline", "label_smoothing", "minibatch_std", "ttur", "small_g", "selu"}
 

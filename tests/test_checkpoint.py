@@ -24,7 +24,7 @@ from bench.engine import CHECKPOINT, TrainConfig, Trainer, train
 from bench.errors import Interrupted
 from bench.observer import Finding, Observer, RunStart
 from bench.scoring import Scorer
-from tests.test_cli import BENCH
+from tests.helpers import BENCH
 
 DIGITS_RUN = ["--variant", "gan", "--dataset", "digits", "--seed", "3"]
 

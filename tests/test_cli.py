@@ -1,9 +1,6 @@
 """`bench train` and its errors: one line, the valid choices, exit status 2, no traceback."""
 
 import dataclasses
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -11,13 +8,7 @@ from click.testing import CliRunner
 from bench import cli, engine
 from bench.cli import main
 from bench.engine import TrainConfig
-
-BENCH = Path(sys.executable).with_name("bench")
-
-
-def bench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BENCH), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
-
+from tests.helpers import bench
 
 @pytest.mark.parametrize("args, message", [
     (["--variant", "stylegan"], "unknown variant 'stylegan'; choose one of: began, cgan, dcgan, dragan, ebgan, gan, infogan, lsgan, ragan"),

@@ -20,7 +20,7 @@ from PIL import Image
 from bench.compare import best_by_seconds, best_of_k, compare, probability_better
 from bench.leaderboard import leaderboard
 from bench.report import write_report
-from tests.test_study import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials
+from tests.helpers import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials
 
 VARIANTS = ("cgan", "dcgan", "ragan")
 TRIALS = 3  # as in TINY_STUDY

@@ -9,14 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench import registry
 from bench.cli import main
 from bench.data import BatchSampler
 from bench.engine import TrainConfig, Trainer
 from bench.errors import ConfigError, UnhealthyRun
-from bench.registry import register
-from tests.conftest import LEARNING_STEPS
-from tests.test_study import BENCH, clean_env
+from tests.helpers import BENCH, LEARNING_STEPS, clean_env, registered_variants
 from variants.blocks import MLPDiscriminator, MLPGenerator
 from variants.dcgan import DCGAN
 from variants.gan import GAN
@@ -24,7 +21,6 @@ from variants.wgan import WGAN
 from variants.wgan_gp import WGANGP
 
 
-@register
 class DetachedFake(DCGAN):
     """The classic bug: the generator step sees a detached fake batch."""
 
@@ -34,7 +30,6 @@ class DetachedFake(DCGAN):
         return super().g_losses(real, fake.detach(), latent, labels)
 
 
-@register
 class NaNGradient(DCGAN):
     """Finite losses, but a NaN gradient flows into G."""
 
@@ -46,7 +41,6 @@ class NaNGradient(DCGAN):
         return super().g_losses(real, fake, latent, labels)
 
 
-@register
 class OverpoweredD(DCGAN):
     """D at 5x its learning rate, G at 1e-6: D wins outright."""
 
@@ -58,7 +52,6 @@ class OverpoweredD(DCGAN):
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=1e-3, betas=(0.5, 0.999))
 
 
-@register
 class IgnoresLatent(DCGAN):
     """G never sees its latent input: every sample is the same image."""
 
@@ -68,7 +61,6 @@ class IgnoresLatent(DCGAN):
         return self.G(torch.zeros_like(latent))
 
 
-@register
 class ForgetsToClip(WGAN):
     name = "test_forgets_to_clip"
 
@@ -76,7 +68,6 @@ class ForgetsToClip(WGAN):
         pass
 
 
-@register
 class PenaltyLeftOut(WGANGP):
     """The penalty is computed but left out of the critic's loss, and the critic starts steep."""
 
@@ -91,6 +82,13 @@ class PenaltyLeftOut(WGANGP):
     def critic_losses(self, real, fake):
         losses = super().critic_losses(real, fake)
         return {**losses, "loss_d": -losses["wasserstein"]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def planted_failures():
+    """The variants above, each with one planted failure, registered for this module's tests only."""
+    with registered_variants(DetachedFake, NaNGradient, OverpoweredD, IgnoresLatent, ForgetsToClip, PenaltyLeftOut):
+        yield
 
 
 class UnitRangeBatches(BatchSampler):
@@ -192,13 +190,6 @@ def test_a_third_party_variant_gets_the_clipping_check_for_the_bound_it_declares
     report = subprocess.run([BENCH, "doctor", str(tmp_path / "run")], capture_output=True, text=True, env=env,
                             timeout=300)
     assert "clipping" in report.stdout and "beyond the bound 0.02 that 'loose_critic' declares" in report.stdout
-
-
-@pytest.fixture
-def registered(monkeypatch):
-    """registered(cls): registers a variant for this test only, as a plugin's @register does."""
-    monkeypatch.setattr(registry, "_VARIANTS", dict(registry.variants()))  # the entry points loaded first
-    return register
 
 
 class RenamedLosses(GAN):

@@ -9,7 +9,6 @@ import torch
 from bench import engine
 from bench.engine import CHECKPOINT, TrainConfig, Trainer, autocast_dtype, resolve_device, train
 from bench.errors import ConfigError, TrainingDiverged
-from bench.registry import register
 from bench.study import load_study
 from variants.dcgan import DCGAN
 
@@ -84,7 +83,6 @@ def test_fixed_noise_grid_is_the_same_across_runs_of_one_seed():
     assert torch.equal(a.fixed_labels[:12].cpu(), torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]))
 
 
-@register
 class ExplodingDCGAN(DCGAN):
     """A DCGAN whose generator loss turns NaN at its seventh step."""
 
@@ -97,7 +95,8 @@ class ExplodingDCGAN(DCGAN):
         return {**losses, "loss_g": losses["loss_g"] * (float("nan") if ExplodingDCGAN.calls >= 7 else 1.0)}
 
 
-def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_loss():
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_loss(registered):
+    registered(ExplodingDCGAN)
     ExplodingDCGAN.calls = 0
     with pytest.raises(TrainingDiverged, match="loss_g became nan at step 7"):
         train(config(variant="test_exploding_dcgan", steps=20), progress=False)

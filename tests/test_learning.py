@@ -10,7 +10,7 @@ pixel statistic would accept). How far each gets with more time: test_quarter.py
 import pytest
 import torch
 
-from tests.conftest import FID_SAMPLES, LEARNING_STEPS
+from tests.helpers import FID_SAMPLES, LEARNING_STEPS
 
 pytestmark = pytest.mark.e2e  # every test here reads the session's real trainings
 

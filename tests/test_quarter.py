@@ -12,7 +12,7 @@ after ``make test``).
 import pytest
 
 from bench.engine import TrainConfig, Trainer
-from tests.conftest import FID_SAMPLES, STEPS_PER_SECOND
+from tests.helpers import FID_SAMPLES, STEPS_PER_SECOND
 
 QUARTER_SECONDS = 720
 EVAL_SECONDS = 20

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_study import TINY_STUDY, clean_env
+from tests.helpers import TINY_STUDY, clean_env
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BUDGET_CUTS = {

@@ -5,11 +5,8 @@ processes on real Fashion-MNIST."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
@@ -25,68 +22,9 @@ from optuna.trial import TrialState
 from bench.cli import main
 from bench.leaderboard import leaderboard
 from bench.storage import open_storage
-from tests.test_study import BENCH, clean_env, write_study
+from tests.helpers import BENCH, PASSWORD, clean_env, free_port, write_study
 
 pytestmark = pytest.mark.e2e  # a real PostgreSQL server, `bench server` and `bench run` processes
-
-PASSWORD = "s3cret-Pw-7"
-PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name), default=None)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def as_postgres(*command: object) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
-    command = [str(part) for part in command]
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
-class Postgres:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 with a password-protected user 'bench'."""
-
-    def __init__(self, folder: Path, port: int):
-        self.folder, self.port = folder, port
-
-    def pg_ctl(self, *action: str) -> None:
-        subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", self.folder / "data", "-l", self.folder / "server.log",
-                                   "-w", "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1",
-                                   *action), check=True, capture_output=True)
-
-    def psql(self, sql: str) -> None:
-        subprocess.run(as_postgres(PG_BIN / "psql", "-h", self.folder, "-p", self.port, "-U", "postgres",
-                                   "-v", "ON_ERROR_STOP=1", "-qc", sql), check=True, capture_output=True)
-
-    def database(self, name: str) -> str:
-        """A new database owned by 'bench', as a URL with the password in it."""
-        self.psql(f"CREATE DATABASE {name} OWNER bench")
-        return self.url(name)
-
-    def url(self, name: str, password: str = PASSWORD) -> str:
-        return f"postgresql://bench:{password}@127.0.0.1:{self.port}/{name}"
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    assert PG_BIN is not None, "PostgreSQL is not installed: `make test` installs Debian's postgresql"
-    folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
-    subprocess.run(as_postgres(PG_BIN / "initdb", "-D", folder / "data", "-U", "postgres", "--auth-local=trust",
-                               "--auth-host=scram-sha-256"), check=True, capture_output=True)
-    server = Postgres(folder, free_port())
-    server.pg_ctl("start")
-    try:
-        server.psql(f"CREATE USER bench PASSWORD '{PASSWORD}'")
-        yield server
-    finally:
-        subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", folder / "data", "-m", "immediate", "stop"),
-                       capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
 
 def test_unreachable_or_refused_stores_fail_fast_with_the_host_and_the_fix(postgres, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

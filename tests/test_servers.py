@@ -21,8 +21,7 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.locations import has_table, redact
-from tests.test_scale_out import PASSWORD, free_port, postgres  # noqa: F401  (postgres: the fixture)
-from tests.test_study import BENCH, clean_env
+from tests.helpers import BENCH, PASSWORD, clean_env, free_port
 
 SECRET = "Tr0ub4dor-SECRET"
 RUN_ID = "0123456789abcdef0123456789abcdef"

@@ -10,10 +10,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import mlflow
 import optuna
@@ -30,49 +28,7 @@ from bench.runner import run_studies, run_study
 from bench.storage import open_storage
 from bench.study import available_studies, load_study
 from bench.locations import redact
-
-BENCH = str(Path(sys.executable).with_name("bench"))
-TINY_STUDY = """
-dataset = "fashion-mnist"
-objective = "fid_domain"
-trials = 3
-sampler = "random"
-pruner = "none"
-
-[budget]
-steps = {steps}
-eval_every = {eval_every}
-eval_samples = 300
-
-[space]
-lr = {{ low = 1e-4, high = 1e-3, log = true }}
-"""
-
-
-def write_study(folder: Path, name: str, steps: int = 60, eval_every: int = 30) -> Path:
-    path = folder / f"{name}.toml"
-    path.write_text(TINY_STUDY.format(steps=steps, eval_every=eval_every))
-    return path
-
-
-def clean_env() -> dict[str, str]:
-    """This process's environment without the tracking URI that mlflow.set_tracking_uri exports."""
-    return {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-
-
-def bench(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([BENCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=clean_env())
-
-
-def optuna_trials(cwd: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    storage = open_storage(str(cwd / "results" / "optuna" / "journal.log"))
-    return optuna.load_study(study_name=name, storage=storage).get_trials()
-
-
-def mlflow_runs(cwd: Path, study: str) -> pd.DataFrame:
-    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'results' / 'mlflow.db'}")
-    return mlflow.search_runs(experiment_names=[study])
-
+from tests.helpers import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials, write_study
 
 # -- study files -------------------------------------------------------------------------------
 
