@@ -122,3 +122,4 @@ def trained(scorer):
         return runs[name]
 
     return get
+

@@ -1,5 +1,6 @@
 """The training doctor: each check fires on a planted failure, on real Fashion-MNIST, within a
-stated number of steps; the built-in variants at their defaults raise no finding at all."""
+stated number of steps. That the built-in variants at their defaults raise no finding at all is
+tested on the session's learning runs (test_learning.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from bench.cli import main
 from bench.data import BatchSampler
 from bench.engine import TrainConfig, Trainer
 from bench.errors import ConfigError, UnhealthyRun
-from tests.helpers import BENCH, LEARNING_STEPS, clean_env, registered_variants
+from tests.helpers import BENCH, clean_env, registered_variants
 from variants.blocks import MLPDiscriminator, MLPGenerator
 from variants.dcgan import DCGAN
 from variants.gan import GAN
@@ -160,12 +161,6 @@ def test_warnings_fire_within_the_stated_steps_and_the_run_goes_on(capsys, varia
     for check in checks:
         assert check in found and found[check].step <= within and not found[check].fatal, found
         assert printed.count(found[check].message) == 1  # said once, not at every later check
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("name", sorted(LEARNING_STEPS))
-def test_no_false_alarms_for_the_built_in_variants_at_their_defaults(trained, name):
-    assert trained(name).trainer.findings() == []
 
 
 def test_findings_reach_health_json_and_bench_doctor(tmp_path):

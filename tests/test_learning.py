@@ -32,6 +32,11 @@ def test_variant_learns_from_its_defaults(trained, noise_fid, name):
     assert after < 0.7 * noise_fid, f"{name}: fid_domain {after:.1f} vs pixel-matched noise {noise_fid:.1f}"
 
 
+@pytest.mark.parametrize("name", sorted(LEARNING_STEPS))
+def test_the_doctor_raises_no_false_alarm_on_the_built_in_variants_at_their_defaults(trained, name):
+    assert trained(name).trainer.findings() == []
+
+
 def test_cgan_generates_the_class_it_is_asked_for(trained):
     run = trained("cgan")
     assert run.scores["label_accuracy"] > 0.5, run.scores  # chance is 0.1
