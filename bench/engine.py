@@ -125,7 +125,6 @@ def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     return None
 
 
-
 class Trainer:
     """Runs one variant for ``config.steps`` generator updates, optionally writing to ``out``.
 

@@ -320,8 +320,10 @@ class TrialRun(Observer):
 
     def on_start(self, run: RunStart) -> None:
         """Where the trial trains, as the engine resolved it (a resumed trial may move)."""
-        self.client.set_tag(self.run_id, "bench.device", str(run.device))
-        self.client.set_tag(self.run_id, "bench.precision", run.precision)
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag("bench.device", str(run.device)),
+                                                 RunTag("bench.precision", run.precision)])
 
     def on_losses(self, rows: list[dict[str, float]]) -> None:
         self._log_rows(rows)

@@ -122,4 +122,3 @@ def trained(scorer):
         return runs[name]
 
     return get
-

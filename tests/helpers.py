@@ -84,8 +84,8 @@ LEARNING_SECONDS = 40
 machine (2 CPU cores, AMD EPYC, torch 2.15), given as generator steps so that runs are
 deterministic: each variant's generator steps per second as this fixture measured them there,
 doctor and loss logging included (the WGANs make n_critic = 5 critic updates per generator
-step), times LEARNING_SECONDS. On that machine this fixture trains for about six minutes in
-all. test_quarter.py trains each variant much longer, apart from the suite."""
+step), times LEARNING_SECONDS. On that machine conftest.trained trains for about six minutes
+in all. test_quarter.py trains each variant much longer, apart from the suite."""
 STEPS_PER_SECOND = {"gan": 60.6, "dcgan": 30.2, "ragan": 30.2, "cgan": 27.3, "infogan": 25.6, "ebgan": 14.9,
                     "wgan": 8.94, "wgan_gp": 4.94,
                     # Measured with the engine on another 2-core machine (Intel Xeon, torch 2.14), partly under load

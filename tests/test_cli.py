@@ -10,6 +10,7 @@ from bench.cli import main
 from bench.engine import TrainConfig
 from tests.helpers import bench
 
+
 @pytest.mark.parametrize("args, message", [
     (["--variant", "stylegan"], "unknown variant 'stylegan'; choose one of: began, cgan, dcgan, dragan, ebgan, gan, infogan, lsgan, ragan"),
     (["--variant", "wgan", "--set", "beta1=0.5"], "variant 'wgan' has no hyperparameter 'beta1'; valid: lr, clip_c, n_critic"),
