@@ -451,7 +451,9 @@ def evaluate(checkpoint, features, samples, device) -> None:
               help="A hyperparameter for the time to quality, set in every variant that has it (e.g. arch=mlp).")
 @click.option("--compare-amp", is_flag=True,
               help="Time to quality with --amp on and off, plotting both curves.")
-@click.option("--inception", is_flag=True, help="Also measure the Inception extractor (slow on a CPU).")
+@click.option("--inception", is_flag=True,
+              help="Also measure the Inception extractor, and precision/recall/density/coverage at its 2048 "
+                   "features (slow on a CPU).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=RESULTS / "perf.json", show_default=True)
 @reports_user_errors
 def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps, quality_threshold, quality_seconds,

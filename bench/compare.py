@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import ConfigError
-from bench.study import MAXIMISED
+from bench.scores import higher_is_better
 from bench.tracking import FINAL_SAMPLES, TrackingStore
 
 BAND = (0.025, 0.975)
@@ -120,7 +120,7 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
     if runs.empty or "tags.bench.objective" not in runs:
         raise ConfigError(f"study '{study}' has no trials to compare yet; run `bench run --study {study}` first")
     objective = runs["tags.bench.objective"].dropna().iloc[0]
-    maximise = objective in MAXIMISED
+    maximise = higher_is_better(objective)
     column = f"metrics.{objective}"
     seconds = (runs["end_time"] - runs["start_time"]).dt.total_seconds()
     trials = pd.DataFrame({"variant": runs["tags.bench.variant"], "state": runs["tags.bench.state"],

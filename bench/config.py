@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from bench.errors import ConfigError
 from bench.registry import HParamValue
-from bench.scoring import EXTRACTORS
+from bench.scores import EXTRACTORS
 
 HEARTBEAT_SECONDS = 10
 """How often a running trial records its heartbeat in a database storage."""

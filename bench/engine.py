@@ -28,7 +28,8 @@ from bench.errors import ConfigError, Interrupted, TrainingDiverged
 from bench.observer import Finding, Observer, RunStart
 from bench.registry import Variant, get_variant
 from bench.run_folder import RunFolder
-from bench.scoring import EXTRACTORS, Scorer
+from bench.scores import EXTRACTORS
+from bench.scoring import Scorer
 from bench.watch import configured_observers
 
 CHECKPOINT = checkpoint.FILENAME

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.errors import ConfigError
-from bench.study import BASELINE, MAXIMISED, StudySpec, is_score
+from bench.scores import higher_is_better, is_score
+from bench.study import BASELINE, StudySpec
 from bench.tracking import RUN_PARAMS, TrackingStore
 
 KEYS = ["study", "variant", "dataset"]
@@ -39,7 +40,7 @@ def rank(runs: pd.DataFrame, variant: str | None = None, top_k: int = 3) -> pd.D
             scored = complete.dropna(subset=[column])
             if scored.empty:
                 continue
-            maximise = column[8:] in MAXIMISED
+            maximise = higher_is_better(column[8:])
             ranked = scored.sort_values(column, ascending=not maximise)
             best, top = ranked.iloc[0], ranked[column].head(top_k)
             rows.append({
@@ -117,7 +118,7 @@ def effects(tracking: TrackingStore | str | None = None, study: str | None = Non
             mean, effect, low, high = compare(table, baseline, objective, confidence)
             covered, coverage_effect, _, _ = compare(table, baseline, "classes_covered", confidence)
             class_kl, class_kl_effect, _, _ = compare(table, baseline, "class_kl", confidence)
-            better, worse = (low > 0, high < 0) if objective in MAXIMISED else (high < 0, low > 0)
+            better, worse = (low > 0, high < 0) if higher_is_better(objective) else (high < 0, low > 0)
             settings = " ".join(f"{c[7:]}={table[c].iloc[0]}" for c in params if pd.notna(table[c].iloc[0]))
             rows.append({
                 "study": study_name, "variant": variant_name, "dataset": dataset, "arm": arm,

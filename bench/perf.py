@@ -11,6 +11,8 @@ import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -338,6 +340,33 @@ def inception_throughput(*, batch_sizes: tuple[int, ...] = (4, 8, 16, 64), image
     return report
 
 
+PRDC_PROBE = """
+import json, resource, sys, time, torch
+from bench.scoring import nearest_neighbour_radii, precision_recall_density_coverage
+samples, dims = int(sys.argv[1]), int(sys.argv[2])
+generator = torch.Generator().manual_seed(0)
+real, fake = torch.randn(samples, dims, generator=generator), torch.randn(samples, dims, generator=generator)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+radii = nearest_neighbour_radii(real)
+radii_seconds = time.perf_counter() - started
+precision_recall_density_coverage(real, fake, radii)
+print(json.dumps({"real_radii_seconds": round(radii_seconds, 2),
+                  "seconds": round(time.perf_counter() - started - radii_seconds, 2),
+                  "peak_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)}))
+"""
+
+
+def prdc_cost(*, samples: int = 10000, dims: int = InceptionFeatures.num_features) -> dict:
+    """Seconds and memory of precision/recall/density/coverage at ``samples`` real vs ``samples``
+    generated features (Inception's 2048 by default), in a fresh process so that its peak resident
+    memory over the features already loaded is this computation's alone. Gaussian features: the
+    cost depends on the sizes only."""
+    result = subprocess.run([sys.executable, "-c", PRDC_PROBE, str(samples), str(dims)], capture_output=True,
+                            text=True, check=True)
+    return {"samples": samples, "dims": dims, **json.loads(result.stdout)}
+
+
 def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-mnist", steps: int = 40,
              repeats: int = 3, device: str = "auto", inception: bool = False, scoring_samples: int = 10000,
              overhead_steps: int = 200, quality_threshold: float | None = None, quality_seconds: float = 300,
@@ -378,6 +407,7 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
                                             device=device)
     if inception:
         report["inception"] = inception_throughput(device=device)
+        report["prdc"] = prdc_cost()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
@@ -454,4 +484,8 @@ def report_lines(report: dict) -> list[str]:
                          f"by batch size ({inception['device']})")
         lines.append(f"inception speedup at the best batch sizes: {inception['speedup']}x; features differ by at most "
                      f"{inception['max_relative_difference']:.1e} (relative)")
+        prdc = report["prdc"]
+        lines.append(f"precision/recall/density/coverage, {prdc['samples']} vs {prdc['samples']} features of "
+                     f"{prdc['dims']}: {prdc['seconds']} s (the real k-NN radii, cached after a first run: "
+                     f"{prdc['real_radii_seconds']} s), peak memory {prdc['peak_mb']} MB over the features'")
     return lines

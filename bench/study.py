@@ -23,7 +23,7 @@ import optuna
 from bench.config import BUDGET_KEYS, Budget
 from bench.errors import ConfigError
 from bench.registry import TIPS, HParam, HParamValue, Variant, variants
-from bench.scoring import EXTRACTORS
+from bench.scores import EXTRACTORS, SCORES, higher_is_better, is_score, metric_names
 
 
 def _shipped_studies() -> Path:
@@ -37,19 +37,12 @@ def _shipped_studies() -> Path:
 STUDIES_DIR = _shipped_studies()
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
-MAXIMISED = ("classes_covered", "label_accuracy", "code_accuracy")
-"""Scores where higher is better; every other score (fid_*, kid_*, class_kl) is minimised."""
 STUDY_BUDGET = Budget(eval_every=500)
 """A study's budget where its file is silent: trials are scored every 500 steps for the pruner."""
 TOP_LEVEL_KEYS = {"description", "variant", "dataset", "objective", "trials", "sampler", "pruner", "budget",
                   "space", "space_if_present", "seeds", "arms"}
 BASELINE = "baseline"
 """The arm every other arm of an ablation is compared with."""
-
-
-def is_score(metric: str) -> bool:
-    """Scores compare generators; losses and throughput do not."""
-    return metric.startswith(("fid_", "kid_")) or metric in MAXIMISED + ("class_kl",)
 
 
 @dataclass(frozen=True)
@@ -118,7 +111,7 @@ class StudySpec:
 
     @property
     def direction(self) -> str:
-        return "maximize" if self.objective in MAXIMISED else "minimize"
+        return "maximize" if higher_is_better(self.objective) else "minimize"
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         if self.pruner == "median":
@@ -359,11 +352,12 @@ def _check(spec: StudySpec) -> None:
     if spec.pruner not in PRUNERS:
         raise ConfigError(f"{spec.path}: pruner '{spec.pruner}' is unknown; choose one of: {', '.join(PRUNERS)}")
     if not is_score(spec.objective):
-        raise ConfigError(f"{spec.path}: objective '{spec.objective}' is not a score; use fid_domain, "
-                          "kid_domain, fid_inception, kid_inception, class_kl or " + ", ".join(MAXIMISED))
-    if spec.objective.startswith(("fid_", "kid_")) and spec.objective.split("_", 1)[1] not in EXTRACTORS:
-        raise ConfigError(f"{spec.path}: objective '{spec.objective}' names no extractor; "
-                          f"use {spec.objective.split('_')[0]}_domain or {spec.objective.split('_')[0]}_inception")
+        score = spec.objective.split("_")[0]
+        if any(s.per_extractor and s.name == score for s in SCORES):
+            raise ConfigError(f"{spec.path}: objective '{spec.objective}' names no extractor; use "
+                              + " or ".join(f"{score}_{extractor}" for extractor in EXTRACTORS))
+        raise ConfigError(f"{spec.path}: objective '{spec.objective}' is not a score; use one of: "
+                          + ", ".join(metric_names()))
     budget = spec.budget
     if spec.trials < 1:
         raise ConfigError(f"{spec.path}: trials must be at least 1, got {spec.trials}")

@@ -78,7 +78,7 @@ def test_scoring_runs_in_ieee_float32_and_its_cache_names_device_and_precision(t
     scorer.score(Trainer(TrainConfig("gan", dataset="digits", device="cpu"), progress=False).variant, 32)
     assert seen and set(seen) == {("ieee", "ieee")}
     assert torch.backends.cudnn.conv.fp32_precision == "tf32", "training keeps PyTorch's setting"
-    (cached,) = (tmp_path / "real-features").glob("*.pt")
+    (cached,) = (tmp_path / "real-features").glob(f"*-{PRECISION}.pt")  # beside it: the real k-NN radii
     key = torch.load(cached, weights_only=True)["key"]
     assert (key["device"], key["precision"]) == ("cpu", PRECISION) and cached.stem.endswith(f"-cpu-{PRECISION}")
 

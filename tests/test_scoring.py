@@ -50,6 +50,20 @@ def test_class_metrics_see_a_collapse_to_one_class(scorer, fashion_test):
     assert scores["classes_covered"] == 1
     assert scores["class_kl"] > 1.5  # log(10) is the KL of a one-class histogram from a uniform one
     assert scores["label_accuracy"] > 0.9 and scores["code_accuracy"] > 0.9
+    # Real images of one class: all fidelity, little diversity, which FID alone cannot say.
+    assert scores["precision_domain"] > 0.95 and scores["density_domain"] > 0.9
+    assert scores["recall_domain"] < 0.3 and scores["coverage_domain"] < 0.2
+
+
+def test_precision_recall_density_coverage_match_the_prdc_package(scorer, fashion_train):
+    from prdc import compute_prdc
+
+    # 1,500 generated samples: the distances are computed in two chunks (1,000 + 500).
+    real = to_unit_range(fashion_train.images[:1500])
+    images = (real + 0.2 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    scores = scorer.score_images(images)
+    expected = compute_prdc(scorer.real_features.numpy(), scorer.features(images).numpy(), nearest_k=5)
+    assert {name: scores[f"{name}_domain"] for name in expected} == pytest.approx(expected, abs=1e-6)
 
 
 def test_code_accuracy_uses_the_best_one_to_one_matching():
@@ -79,8 +93,9 @@ def probe_cache(cache_dir: Path) -> list[str]:
 def test_real_features_are_computed_once_and_shared_across_processes(tmp_path):
     assert probe_cache(tmp_path) == ["computed", "0"]
     assert probe_cache(tmp_path) == ["cache", "0"]
-    (cache_file,) = (tmp_path / "real-features").glob("*.pt")
+    (cache_file,) = (tmp_path / "real-features").glob("*-float32.pt")
     assert "fashion-mnist-test-3000-domain" in cache_file.name
+    assert cache_file.with_name(f"{cache_file.stem}-radii-k5.pt").exists()  # the real k-NN radii, beside them
 
     cache_file.write_bytes(b"not a torch file")  # corrupt: detected, warned about, rebuilt
     assert probe_cache(tmp_path) == ["computed", "1"]
