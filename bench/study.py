@@ -21,9 +21,11 @@ from typing import Any
 import optuna
 
 from bench.config import BUDGET_KEYS, Budget
+from bench.data import check_dataset_name
 from bench.errors import ConfigError
 from bench.registry import TIPS, HParam, HParamValue, Variant, variants
-from bench.scores import EXTRACTORS, SCORES, higher_is_better, is_score, metric_names
+from bench.scores import EXTRACTORS, SCORES, higher_is_better, is_score, metric_names, score_of
+from bench.scoring import default_extractor, no_classifier, weights_path
 
 
 def _shipped_studies() -> Path:
@@ -104,10 +106,11 @@ class StudySpec:
 
     @property
     def features(self) -> str:
-        """The extractor of the evaluations during training: the objective's (class-aware metrics use
-        the domain one), or the cheap domain one when the objective is read from a final scoring."""
+        """The extractor of the evaluations during training: the objective's, or (class-aware
+        objectives, and an objective read from a final scoring) the cheap domain one where the
+        dataset has a domain classifier."""
         suffix = self.objective.rsplit("_", 1)[-1]
-        return suffix if suffix in EXTRACTORS and not self.budget.final_samples else "domain"
+        return suffix if suffix in EXTRACTORS and not self.budget.final_samples else default_extractor(self.dataset)
 
     @property
     def direction(self) -> str:
@@ -358,6 +361,9 @@ def _check(spec: StudySpec) -> None:
                               + " or ".join(f"{score}_{extractor}" for extractor in EXTRACTORS))
         raise ConfigError(f"{spec.path}: objective '{spec.objective}' is not a score; use one of: "
                           + ", ".join(metric_names()))
+    check_dataset_name(spec.dataset)
+    if (score_of(spec.objective).needs or spec.objective.endswith("_domain")) and weights_path(spec.dataset) is None:
+        raise ConfigError(f"{spec.path}: {no_classifier(spec.dataset, f'objective {spec.objective}')}")
     budget = spec.budget
     if spec.trials < 1:
         raise ConfigError(f"{spec.path}: trials must be at least 1, got {spec.trials}")

@@ -15,15 +15,16 @@ from bench.data import to_unit_range
 from bench.errors import TrainingDiverged
 from bench.engine import TrainConfig, Trainer, train
 from bench.scoring import (InceptionFeatures, PrecomputedFeatures, Scorer, ShippedInception, code_accuracy,
-                           file_sha256, weights_path)
+                           WEIGHTS_DIR, file_sha256, weights_name)
 
 BENCH = Path(sys.executable).with_name("bench")
 
 
 def test_domain_classifier_card_matches_its_weights():
-    card = json.loads(weights_path("fashion-mnist").with_suffix(".json").read_text())
+    shipped = WEIGHTS_DIR / weights_name("fashion-mnist")
+    card = json.loads(shipped.with_suffix(".json").read_text())
     assert card["test_accuracy"] >= 0.91
-    assert card["sha256"] == file_sha256(weights_path("fashion-mnist"))
+    assert card["sha256"] == file_sha256(shipped)
     assert card["command"].startswith("bench features train --dataset fashion-mnist")
 
 
