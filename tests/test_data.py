@@ -6,6 +6,7 @@ import torch
 from bench import data
 from bench.data import BatchSampler, load_dataset, to_unit_range
 from bench.errors import ConfigError, DatasetNotFound
+from tests.helpers import image_folder
 
 
 def test_fashion_mnist_train_and_test_splits(fashion_train, fashion_test):
@@ -68,16 +69,27 @@ def test_missing_torchvision_dataset_is_not_downloaded_unasked(tmp_path):
     assert not any(tmp_path.rglob("*.tar.gz"))
 
 
-def test_image_folder(tmp_path):
-    from PIL import Image
+def test_an_image_folder_of_real_pngs_loads_by_class_flat_and_in_rgb(tmp_path, fashion_test):
+    by_class = load_dataset(f"imagefolder:{image_folder(tmp_path / 'by_class', fashion_test, 60)}")
+    assert by_class.images.shape == (60, 1, 28, 28) and by_class.num_classes == 10
+    # Sorted by class folder, the order within a class kept: the same pixels (PNG is lossless) and labels.
+    order = torch.argsort(fashion_test.labels[:60], stable=True)
+    assert torch.equal(by_class.images, fashion_test.images[order]) and torch.equal(by_class.labels,
+                                                                                   fashion_test.labels[order])
+    flat = load_dataset(f"imagefolder:{image_folder(tmp_path / 'flat', fashion_test, 60, by_class=False)}")
+    assert torch.equal(flat.images, fashion_test.images[:60]) and flat.num_classes == 1
+    rgb = load_dataset(f"imagefolder:{image_folder(tmp_path / 'rgb', fashion_test, 60, rgb_side=32)}")
+    assert rgb.images.shape == (60, 3, 32, 32) and torch.equal(rgb.images[:, 0], rgb.images[:, 2])
 
-    for label in ("cats", "dogs"):
-        (tmp_path / label).mkdir()
-        for i in range(3):
-            Image.new("RGB", (8, 8), color=(40 * i, 100, 200)).save(tmp_path / label / f"{i}.png")
-    dataset = load_dataset(f"imagefolder:{tmp_path}")
-    assert dataset.images.shape == (6, 3, 8, 8) and dataset.num_classes == 2
-    assert dataset.images[1, 0, 0, 0].item() == 40
+
+def test_an_image_folder_skips_and_counts_the_files_that_do_not_decode(tmp_path, fashion_test):
+    folder = image_folder(tmp_path / "images", fashion_test, 20, by_class=False)
+    (folder / "truncated.png").write_bytes((folder / "00000.png").read_bytes()[:40])
+    (folder / "notes.jpg").write_text("not an image")
+    (folder / "README").write_text("not an image file name: not counted")
+    with pytest.warns(UserWarning, match="2 of 22 files .* are not readable images; skipped them"):
+        dataset = load_dataset(f"imagefolder:{folder}")
+    assert torch.equal(dataset.images, fashion_test.images[:20])
 
 
 def test_unknown_dataset_lists_the_valid_ones():
