@@ -279,12 +279,17 @@ def load_domain_classifier(dataset: str, device: torch.device | str = "cpu") -> 
     path = weights_path(dataset)
     if path is None:
         raise no_classifier(dataset, "the domain extractor")
-    state = torch.load(path, map_location=device, weights_only=True)
-    # Built on the meta device, so that no initial weights are drawn: scoring during training
-    # must not move the training's random stream.
-    with torch.device("meta"):
-        model = DomainClassifier(tuple(state["image_shape"]), state["num_classes"])
-    model.load_state_dict(state["model"], assign=True)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        # Built on the meta device, so that no initial weights are drawn: scoring during training
+        # must not move the training's random stream.
+        with torch.device("meta"):
+            model = DomainClassifier(tuple(state["image_shape"]), state["num_classes"])
+        model.load_state_dict(state["model"], assign=True)
+    except Exception as exc:  # a file from elsewhere: whatever torch.load or the state raised
+        raise ConfigError(f"the domain classifier {path} is not one `bench features train` wrote "
+                          f"({type(exc).__name__}); delete it, or retrain it with 'bench features train "
+                          f"--dataset {dataset}'") from None
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -186,3 +186,14 @@ def test_non_finite_images_are_refused_before_the_matrix_square_root(scorer):
     images[3, 0, 5, 5] = float("nan")
     with pytest.raises(TrainingDiverged, match="not finite"):
         scorer.score_images(images)
+
+
+def test_a_corrupt_user_classifier_is_one_error_naming_the_file_and_the_fix(tmp_path, monkeypatch):
+    from bench.errors import ConfigError
+    from bench.scoring import load_domain_classifier
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "classifiers").mkdir(parents=True)
+    (tmp_path / "results" / "classifiers" / "domain-digits.pt").write_bytes(b"garbage")  # before the shipped one
+    with pytest.raises(ConfigError, match="domain-digits.pt is not one `bench features train` wrote .*delete it"):
+        load_domain_classifier("digits")
