@@ -342,7 +342,7 @@ def inception_throughput(*, batch_sizes: tuple[int, ...] = (4, 8, 16, 64), image
 
 PRDC_PROBE = """
 import json, resource, sys, time, torch
-from bench.scoring import nearest_neighbour_radii, precision_recall_density_coverage
+from bench.scores import nearest_neighbour_radii, precision_recall_density_coverage
 samples, dims = int(sys.argv[1]), int(sys.argv[2])
 generator = torch.Generator().manual_seed(0)
 real, fake = torch.randn(samples, dims, generator=generator), torch.randn(samples, dims, generator=generator)

@@ -1,7 +1,8 @@
-"""Which scores exist, which way is better, and what each needs: the one table that study files,
-the leaderboard, ``bench compare``, the report and the progress line read (torchmetrics'
-``higher_is_better``, declared once). Adding a score means a row here and its computation in
-bench/scoring.py.
+"""Every score ganbench reports, in one table: which way is better, what it needs, and how it is
+computed from one scoring pass (torchmetrics' ``higher_is_better``, declared once). Study files,
+the leaderboard, ``bench compare``, the report and the progress line read directions from here;
+:class:`bench.scoring.Scorer` extracts features and hands each score its :class:`Evidence`.
+Adding a score is one row in ``SCORES`` and, when it needs one, its function below.
 
 A score computed on an extractor's features is named ``<score>_<extractor>`` (``fid_domain``,
 ``recall_inception``): values from different extractors are not comparable.
@@ -9,9 +10,59 @@ A score computed on an extractor's features is named ``<score>_<extractor>`` (``
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
 
 EXTRACTORS = ("domain", "inception")
+NEAREST_K = 5
+"""Neighbours for precision, recall, density and coverage, as in StudioGAN and the prdc package."""
+KID_SUBSET = 1000
+KID_SEED = 0
+
+
+@dataclass
+class Evidence:
+    """What one scoring pass over generated images gives every score."""
+
+    real: Tensor
+    """The real images' features (N, D), on the extractor the scores are named for."""
+    real_radii: Tensor
+    """Each real feature's distance to its k-th nearest real neighbour (:func:`nearest_neighbour_radii`)."""
+    fake: Tensor
+    """The generated images' features (M, D)."""
+    fid: FrechetInceptionDistance
+    """torchmetrics' FID over pass-through features, holding the real ones."""
+    kid: KernelInceptionDistance
+    real_classes: Tensor | None
+    """The real split's class histogram, where the dataset has a domain classifier."""
+    predicted: Tensor | None
+    """The classes the domain classifier sees in the generated images."""
+    labels: Tensor | None
+    """The classes a conditional generator was asked for."""
+    codes: Tensor | None
+    """The categorical codes the generated images came from (InfoGAN)."""
+
+    def has(self, needs: str) -> bool:
+        return {"": True, "classifier": self.predicted is not None, "labels": self.labels is not None,
+                "codes": self.codes is not None}[needs]
+
+    @functools.cached_property
+    def prdc(self) -> dict[str, float]:
+        """The four nearest-neighbour scores share one pass over the distances."""
+        return precision_recall_density_coverage(self.real, self.fake, self.real_radii)
+
+    @functools.cached_property
+    def generated_classes(self) -> Tensor:
+        return class_histogram(self.predicted, len(self.real_classes))
 
 
 @dataclass(frozen=True)
@@ -20,32 +71,120 @@ class Score:
     higher_is_better: bool
     per_extractor: bool
     """Computed on an extractor's features, and named for it."""
+    compute: Callable[[Evidence], float]
     needs: str = ""
     """What it needs beyond generated images: "classifier" (the dataset's domain classifier),
     "labels" (a conditional generator), "codes" (a categorical latent code)."""
     summary: str = ""
 
 
+def fid(evidence: Evidence) -> float:
+    evidence.fid.reset()  # keeps the real features
+    evidence.fid.update(evidence.fake, real=False)
+    return float(evidence.fid.compute())
+
+
+def kid(evidence: Evidence) -> float:
+    metric = evidence.kid
+    metric.reset()
+    metric.update(evidence.fake, real=False)
+    metric.subset_size = min(KID_SUBSET, len(evidence.fake), len(evidence.real))
+    # KID draws its subsets from the global CPU generator: a fixed seed in a forked state makes
+    # it repeatable and leaves training's random stream as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(KID_SEED)
+        mean, _ = metric.compute()
+    return float(mean)
+
+
+def class_kl(evidence: Evidence) -> float:
+    # KL(real || generated) has a floor on empty bins, so that a missing class costs a large
+    # but finite penalty.
+    real, generated = evidence.real_classes, evidence.generated_classes
+    return float((real * (real / generated.clamp_min(1e-4)).log()).sum())
+
+
+def classes_covered(evidence: Evidence) -> float:
+    # A class is covered when it gets at least a quarter of its real share (above the classifier's
+    # usual confusions).
+    return int((evidence.generated_classes >= 0.25 * evidence.real_classes).sum())
+
+
+def code_accuracy(codes: Tensor, predicted: Tensor, num_classes: int) -> float:
+    """Accuracy of ``predicted`` classes against ``codes`` under the best one-to-one
+    code -> class matching (Hungarian algorithm), as for InfoGAN's unsupervised codes."""
+    from scipy.optimize import linear_sum_assignment
+
+    counts = torch.zeros(int(codes.max()) + 1, num_classes, dtype=torch.long)
+    counts.index_put_((codes.cpu(), predicted.cpu()), torch.ones(len(codes), dtype=torch.long), accumulate=True)
+    rows, cols = linear_sum_assignment(counts.numpy(), maximize=True)
+    return counts[rows, cols].sum().item() / len(codes)
+
+
+def class_histogram(classes: Tensor, num_classes: int) -> Tensor:
+    return torch.bincount(classes.cpu(), minlength=num_classes).double() / len(classes)
+
+
+def nearest_neighbour_radii(features: Tensor, k: int = NEAREST_K, chunk: int = 1000) -> Tensor:
+    """Each row's distance to its k-th nearest other row (the row itself is its own nearest, at 0),
+    in float64 as the prdc package's scikit-learn distances; ``chunk`` rows at a time, so that
+    memory stays at chunk x N distances."""
+    features = features.double()
+    return torch.cat([torch.cdist(rows, features).kthvalue(k + 1, dim=1).values for rows in features.split(chunk)])
+
+
+def precision_recall_density_coverage(real: Tensor, fake: Tensor, real_radii: Tensor, k: int = NEAREST_K,
+                                      chunk: int = 1000) -> dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et
+    al. 2020) of ``fake`` features against ``real`` ones, whose k-NN radii are ``real_radii``: the
+    prdc package's formulas, with its N x M distance matrix computed ``chunk`` generated samples at
+    a time (at 10,000 x 10,000 the whole matrix would take 800 MB in float64)."""
+    real, fake = real.double(), fake.double()
+    fake_radii = nearest_neighbour_radii(fake, k, chunk)
+    real_balls_holding = torch.zeros(len(fake), dtype=torch.float64, device=fake.device)
+    recalled = torch.zeros(len(real), dtype=torch.bool, device=real.device)
+    nearest_fake = torch.full((len(real),), math.inf, dtype=torch.float64, device=real.device)
+    for start in range(0, len(fake), chunk):
+        distances = torch.cdist(real, fake[start:start + chunk])  # (real, chunk)
+        real_balls_holding[start:start + chunk] = (distances < real_radii[:, None]).sum(0)
+        recalled |= (distances < fake_radii[start:start + chunk]).any(1)
+        nearest_fake = torch.minimum(nearest_fake, distances.min(1).values)
+    return {"precision": (real_balls_holding > 0).double().mean().item(),
+            "recall": recalled.double().mean().item(),
+            "density": (real_balls_holding.sum() / (k * len(fake))).item(),
+            "coverage": (nearest_fake < real_radii).double().mean().item()}
+
+
 SCORES = (
-    Score("fid", False, True, summary="Fréchet distance between Gaussian fits of real and generated features"),
-    Score("kid", False, True, summary="kernel (MMD) distance between real and generated features, unbiased"),
-    Score("precision", True, True,
+    Score("fid", False, True, fid, summary="Fréchet distance between Gaussian fits of real and generated features"),
+    Score("kid", False, True, kid, summary="kernel (MMD) distance between real and generated features, unbiased"),
+    Score("precision", True, True, lambda evidence: evidence.prdc["precision"],
           summary="fidelity: share of generated samples inside the real data's k-NN balls (Kynkäänniemi et al.)"),
-    Score("recall", True, True,
+    Score("recall", True, True, lambda evidence: evidence.prdc["recall"],
           summary="diversity: share of real samples inside the generated samples' k-NN balls"),
-    Score("density", True, True,
+    Score("density", True, True, lambda evidence: evidence.prdc["density"],
           summary="fidelity, robust to outliers: real k-NN balls containing each sample, over k (Naeem et al.)"),
-    Score("coverage", True, True,
+    Score("coverage", True, True, lambda evidence: evidence.prdc["coverage"],
           summary="diversity, robust to outliers: share of real k-NN balls that hold a generated sample"),
-    Score("classes_covered", True, False, "classifier",
+    Score("classes_covered", True, False, classes_covered, "classifier",
           summary="classes the classifier finds in at least a quarter of their real share"),
-    Score("class_kl", False, False, "classifier", summary="KL(real class histogram || generated)"),
-    Score("label_accuracy", True, False, "labels", summary="generated images classified as the class asked for"),
-    Score("code_accuracy", True, False, "codes",
+    Score("class_kl", False, False, class_kl, "classifier", summary="KL(real class histogram || generated)"),
+    Score("label_accuracy", True, False,
+          lambda evidence: (evidence.predicted.cpu() == evidence.labels.cpu()).double().mean().item(), "labels",
+          summary="generated images classified as the class asked for"),
+    Score("code_accuracy", True, False,
+          lambda evidence: code_accuracy(evidence.codes, evidence.predicted, len(evidence.real_classes)), "codes",
           summary="categorical code -> class agreement under the best one-to-one matching"),
 )
-NEAREST_K = 5
-"""Neighbours for precision, recall, density and coverage, as in StudioGAN and the prdc package."""
+
+
+def metric_name(score: Score, extractor: str) -> str:
+    return f"{score.name}_{extractor}" if score.per_extractor else score.name
+
+
+def score_all(evidence: Evidence, extractor: str) -> dict[str, float]:
+    """Every score the evidence allows, by metric name."""
+    return {metric_name(score, extractor): score.compute(evidence) for score in SCORES if evidence.has(score.needs)}
 
 
 def score_of(metric: str) -> Score | None:
@@ -74,5 +213,5 @@ def higher_is_better(metric: str) -> bool:
 
 def metric_names() -> list[str]:
     """Every score's metric name, extractor by extractor."""
-    return [f"{score.name}_{extractor}" if score.per_extractor else score.name
-            for score in SCORES for extractor in (EXTRACTORS if score.per_extractor else ("",))]
+    return [metric_name(score, extractor) for score in SCORES
+            for extractor in (EXTRACTORS if score.per_extractor else ("",))]

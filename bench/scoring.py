@@ -23,7 +23,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import math
 import re
 import time
 import warnings
@@ -38,11 +37,10 @@ from bench.data import BatchSampler, ImageDataset, load_dataset, to_unit_range
 from bench.errors import ConfigError, TrainingDiverged
 from bench.locations import CLASSIFIERS, FEATURE_CACHE
 from bench.registry import Variant
-from bench.scores import EXTRACTORS, NEAREST_K
+from bench.scores import (EXTRACTORS, KID_SUBSET, NEAREST_K, Evidence, class_histogram, nearest_neighbour_radii,
+                          score_all)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-KID_SUBSET = 1000
-KID_SEED = 0
 PRECISION = "float32"
 """What scoring computes in, on every device (see :func:`ieee_float32`)."""
 
@@ -355,51 +353,6 @@ def save_domain_classifier(model: DomainClassifier, card: dict, folder: Path = C
     return path
 
 
-def code_accuracy(codes: Tensor, predicted: Tensor, num_classes: int) -> float:
-    """Accuracy of ``predicted`` classes against ``codes`` under the best one-to-one
-    code -> class matching (Hungarian algorithm), as for InfoGAN's unsupervised codes."""
-    from scipy.optimize import linear_sum_assignment
-
-    counts = torch.zeros(int(codes.max()) + 1, num_classes, dtype=torch.long)
-    counts.index_put_((codes.cpu(), predicted.cpu()), torch.ones(len(codes), dtype=torch.long), accumulate=True)
-    rows, cols = linear_sum_assignment(counts.numpy(), maximize=True)
-    return counts[rows, cols].sum().item() / len(codes)
-
-
-def class_histogram(predicted: Tensor, num_classes: int) -> Tensor:
-    return torch.bincount(predicted.cpu(), minlength=num_classes).double() / len(predicted)
-
-
-def nearest_neighbour_radii(features: Tensor, k: int = NEAREST_K, chunk: int = 1000) -> Tensor:
-    """Each row's distance to its k-th nearest other row (the row itself is its own nearest, at 0),
-    in float64 as the prdc package's scikit-learn distances; ``chunk`` rows at a time, so that
-    memory stays at chunk x N distances."""
-    features = features.double()
-    return torch.cat([torch.cdist(rows, features).kthvalue(k + 1, dim=1).values for rows in features.split(chunk)])
-
-
-def precision_recall_density_coverage(real: Tensor, fake: Tensor, real_radii: Tensor, k: int = NEAREST_K,
-                                      chunk: int = 1000) -> dict[str, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et
-    al. 2020) of ``fake`` features against ``real`` ones, whose k-NN radii are ``real_radii``: the
-    prdc package's formulas, with its N x M distance matrix computed ``chunk`` generated samples at
-    a time (at 10,000 x 10,000 the whole matrix would take 800 MB in float64)."""
-    real, fake = real.double(), fake.double()
-    fake_radii = nearest_neighbour_radii(fake, k, chunk)
-    real_balls_holding = torch.zeros(len(fake), dtype=torch.float64, device=fake.device)
-    recalled = torch.zeros(len(real), dtype=torch.bool, device=real.device)
-    nearest_fake = torch.full((len(real),), math.inf, dtype=torch.float64, device=real.device)
-    for start in range(0, len(fake), chunk):
-        distances = torch.cdist(real, fake[start:start + chunk])  # (real, chunk)
-        real_balls_holding[start:start + chunk] = (distances < real_radii[:, None]).sum(0)
-        recalled |= (distances < fake_radii[start:start + chunk]).any(1)
-        nearest_fake = torch.minimum(nearest_fake, distances.min(1).values)
-    return {"precision": (real_balls_holding > 0).double().mean().item(),
-            "recall": recalled.double().mean().item(),
-            "density": (real_balls_holding.sum() / (k * len(fake))).item(),
-            "coverage": (nearest_fake < real_radii).double().mean().item()}
-
-
 class Scorer:
     """Scores generators on one dataset with one extractor, against cached real features.
 
@@ -426,7 +379,7 @@ class Scorer:
         num_features = self.classifier.num_features if extractor == "domain" else InceptionFeatures.num_features
         real = load_dataset(dataset, real_split, root=data_root)
         self.real_split = real_split
-        self.real_histogram = class_histogram(real.labels, real.num_classes)
+        self.real_classes = class_histogram(real.labels, real.num_classes) if self.classifier is not None else None
         real_features, self.real_features_source = self._real_features(real, real_samples, Path(cache_dir))
         # torchmetrics takes seconds to import: commands that never score (list, train) skip it.
         from torchmetrics.image.fid import FrechetInceptionDistance
@@ -526,34 +479,6 @@ class Scorer:
         if not torch.isfinite(features).all():  # FID's matrix square root would fail or hang on them
             raise TrainingDiverged("the generated images are not finite (NaN/Inf): the generator diverged; "
                                    "lower the learning rate")
-        self.fid.reset()  # keeps the real features
-        self.kid.reset()
-        self.fid.update(features, real=False)
-        self.kid.update(features, real=False)
-        self.kid.subset_size = min(KID_SUBSET, len(images), len(self.real_features))
-        # KID draws its subsets from the global CPU generator: a fixed seed in a forked state makes
-        # it repeatable and leaves training's random stream as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(KID_SEED)
-            kid_mean, _ = self.kid.compute()
-        name = self.extractor_name
-        scores = {f"fid_{name}": float(self.fid.compute()), f"kid_{name}": float(kid_mean),
-                  **{f"{score}_{name}": value for score, value in
-                     precision_recall_density_coverage(self.real_features, features, self.real_radii).items()}}
-        if self.classifier is not None:
-            scores |= self.class_scores(torch.cat(logits).argmax(1), labels, codes)
-        return scores
-
-    def class_scores(self, predicted: Tensor, labels: Tensor | None, codes: Tensor | None) -> dict[str, float]:
-        """The class-aware metrics of the classes the domain classifier ``predicted``."""
-        histogram = class_histogram(predicted, self.classifier.classify[-1].out_features)
-        # A class is covered when it gets at least a quarter of its real share (above the
-        # classifier's usual confusions). KL(real || generated) has a floor on empty bins, so
-        # that a missing class costs a large but finite penalty.
-        kl = (self.real_histogram * (self.real_histogram / histogram.clamp_min(1e-4)).log()).sum()
-        scores = {"classes_covered": int((histogram >= 0.25 * self.real_histogram).sum()), "class_kl": float(kl)}
-        if labels is not None:
-            scores["label_accuracy"] = (predicted.cpu() == labels.cpu()).double().mean().item()
-        if codes is not None:
-            scores["code_accuracy"] = code_accuracy(codes, predicted, len(histogram))
-        return scores
+        evidence = Evidence(self.real_features, self.real_radii, features, self.fid, self.kid, self.real_classes,
+                            torch.cat(logits).argmax(1) if logits else None, labels, codes)
+        return score_all(evidence, self.extractor_name)

@@ -14,8 +14,10 @@ from bench.cli import main
 from bench.data import to_unit_range
 from bench.errors import TrainingDiverged
 from bench.engine import TrainConfig, Trainer, train
-from bench.scoring import (InceptionFeatures, PrecomputedFeatures, Scorer, ShippedInception, code_accuracy,
-                           WEIGHTS_DIR, file_sha256, weights_name)
+from bench.scores import code_accuracy
+from bench.scoring import (InceptionFeatures, PrecomputedFeatures, Scorer, ShippedInception, WEIGHTS_DIR,
+                           file_sha256, weights_name)
+from tests.helpers import write_study
 
 BENCH = Path(sys.executable).with_name("bench")
 
@@ -65,6 +67,20 @@ def test_precision_recall_density_coverage_match_the_prdc_package(scorer, fashio
     scores = scorer.score_images(images)
     expected = compute_prdc(scorer.real_features.numpy(), scorer.features(images).numpy(), nearest_k=5)
     assert {name: scores[f"{name}_domain"] for name in expected} == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_new_score_is_one_row_in_the_scores_table(scorer, fashion_train, monkeypatch, tmp_path):
+    import bench.scores
+    from bench.study import load_study
+
+    spread = bench.scores.Score("spread", True, True, lambda evidence: evidence.fake.std(0).mean().item())
+    monkeypatch.setattr(bench.scores, "SCORES", bench.scores.SCORES + (spread,))
+    images = to_unit_range(fashion_train.images[:300])
+    assert scorer.score_images(images)["spread_domain"] == pytest.approx(scorer.features(images).std(0).mean().item())
+    study = tmp_path / "spread.toml"
+    study.write_text(write_study(tmp_path, "tiny").read_text().replace('objective = "fid_domain"',
+                                                                       'objective = "spread_domain"'))
+    assert load_study(study).direction == "maximize"
 
 
 def test_code_accuracy_uses_the_best_one_to_one_matching():
