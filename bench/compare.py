@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import ConfigError
-from bench.scores import higher_is_better
+from bench.scores import EXTRACTORS, higher_is_better
 from bench.tracking import FINAL_SAMPLES, TrackingStore
 
 BAND = (0.025, 0.975)
@@ -97,7 +97,8 @@ class Comparison:
     objective: str
     maximise: bool
     trials: pd.DataFrame
-    """Every trial run: variant, state, objective value, seconds, run id."""
+    """Every trial run: variant, state, objective value, seconds, run id, and its precision and recall
+    on ``fidelity_extractor`` (NaN without them)."""
     summary: pd.DataFrame
     """Per variant: trial counts, the expected best of k at k = 1, 5 and the largest k all share, and the best."""
     pairs: pd.DataFrame
@@ -110,6 +111,9 @@ class Comparison:
     """The largest k every variant has complete trials for."""
     pruned: bool
     """Some trials were pruned: the best-of-k of the complete ones is then biased."""
+    fidelity_extractor: str | None = None
+    """The features the trials' precision and recall come from: the objective's, else the final
+    scoring's Inception ones, else domain; None when the trials logged neither."""
 
 
 def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.DataFrame | None = None) -> Comparison:
@@ -126,6 +130,9 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
     trials = pd.DataFrame({"variant": runs["tags.bench.variant"], "state": runs["tags.bench.state"],
                            "value": runs[column] if column in runs else math.nan, "seconds": seconds,
                            "run_id": runs["run_id"], "trial": runs["tags.bench.trial"].astype(int)})
+    extractor = fidelity_extractor(objective, runs)
+    for score in ("precision", "recall"):
+        trials[score] = runs[f"metrics.{score}_{extractor}"] if extractor else math.nan
     complete = trials[(trials["state"] == "complete") & trials["value"].notna()]
     if complete.empty:
         raise ConfigError(f"study '{study}' has no complete trial with {objective} yet; let `bench run` finish one")
@@ -156,7 +163,15 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
                          columns=["variant", "other", "k", "p_better"])
     return Comparison(study, objective, maximise, trials, summary, pairs,
                       pd.concat(by_trials, ignore_index=True), pd.concat(by_seconds, ignore_index=True),
-                      common_k=common, pruned=bool((trials["state"] == "pruned").any()))
+                      common_k=common, pruned=bool((trials["state"] == "pruned").any()), fidelity_extractor=extractor)
+
+
+def fidelity_extractor(objective: str, runs: pd.DataFrame) -> str | None:
+    suffix = objective.rsplit("_", 1)[-1]
+    for extractor in ([suffix] if suffix in EXTRACTORS else []) + ["inception", "domain"]:
+        if {f"metrics.precision_{extractor}", f"metrics.recall_{extractor}"} <= set(runs.columns):
+            return extractor
+    return None
 
 
 def report_lines(comparison: Comparison) -> list[str]:
@@ -175,7 +190,8 @@ def report_lines(comparison: Comparison) -> list[str]:
 
 def figures(comparison: Comparison, store: TrackingStore) -> dict[str, object]:
     """The comparison's plots as matplotlib figures, by file name: best of k, best by seconds, the
-    spread of each variant's trial scores, each best trial's objective by step and its samples."""
+    spread of each variant's trial scores, precision against recall, each best trial's objective by
+    step and its samples."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
@@ -207,6 +223,9 @@ def figures(comparison: Comparison, store: TrackingStore) -> dict[str, object]:
     result["trial_scores.png"] = figure
 
     best = complete.sort_values("value", ascending=not c.maximise).groupby("variant").head(1).sort_values("variant")
+    scored = complete.dropna(subset=["precision", "recall"])
+    if len(scored):
+        result["precision_recall.png"] = precision_recall_figure(scored, best, c)
     client = store.client
     figure = Figure(figsize=(6, 4), layout="constrained")
     axis = figure.subplots()
@@ -227,6 +246,27 @@ def figures(comparison: Comparison, store: TrackingStore) -> dict[str, object]:
             axis.set(title=name, xticks=[], yticks=[])
         result["best_samples.png"] = figure
     return result
+
+
+def precision_recall_figure(trials: pd.DataFrame, best: pd.DataFrame, c: Comparison):
+    """Fidelity against diversity: every trial a dot, each variant's best trial (by the objective) a
+    star. Mode collapse sits top left: real-looking samples of a small part of the data."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 5), layout="constrained")
+    axis = figure.subplots()
+    for index, (variant, group) in enumerate(trials.groupby("variant")):
+        color = f"C{index}"
+        axis.scatter(group["recall"], group["precision"], s=18, alpha=0.4, color=color)
+        top = best[best["variant"] == variant]
+        axis.scatter(top["recall"], top["precision"], s=160, marker="*", color=color, edgecolors="black",
+                     label=variant)
+    extractor = c.fidelity_extractor
+    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"recall_{extractor} (diversity)",
+             ylabel=f"precision_{extractor} (fidelity)")
+    axis.set_title(f"every trial; star: each variant's best by {c.objective}", fontsize="medium")
+    axis.legend(loc="lower right")
+    return figure
 
 
 def final_samples(client, run_id: str) -> np.ndarray | None:
@@ -259,7 +299,7 @@ def write(comparison: Comparison, out: Path | None, store: TrackingStore, run_id
     """Renders the figures (PNG bytes by file name), writes them and the tables to ``out`` and logs
     them to the MLflow run ``run_id`` (the study's latest parent run by default)."""
     images = figure_images(comparison, store)
-    tables = {"comparison.csv": comparison.summary, "pairs.csv": comparison.pairs,
+    tables = {"comparison.csv": comparison.summary, "pairs.csv": comparison.pairs, "trials.csv": comparison.trials,
               "best_of_k.csv": comparison.by_trials, "best_by_seconds.csv": comparison.by_seconds}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

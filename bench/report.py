@@ -15,6 +15,7 @@ import pandas as pd
 
 from bench.compare import Comparison, compare, figure_images, final_samples
 from bench.leaderboard import rank
+from bench.scores import SCORES, score_of
 from bench.tracking import TrackingStore
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -45,7 +46,9 @@ def render(study: str, store: TrackingStore) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ganbench report: {escape(study)}</title>"
              f"<style>{STYLE}</style></head><body><h1>Study {escape(study)}</h1>"
              f"<p>Generated {time.strftime('%Y-%m-%d %H:%M')} from {escape(str(len(runs)))} trial runs. Objective "
-             f"<b>{escape(comparison.objective)}</b>, {'higher' if comparison.maximise else 'lower'} is better.</p>"]
+             f"<b>{escape(comparison.objective)}</b> ({escape(score_of(comparison.objective).summary)}), "
+             f"{'higher' if comparison.maximise else 'lower'} is better.</p>"]
+    fidelity = comparison.trials.set_index("run_id")[["precision", "recall"]]
 
     parts.append("<h2>Each variant's best trial</h2>")
     for row in board.itertuples():
@@ -55,9 +58,12 @@ def render(study: str, store: TrackingStore) -> str:
             buffer = io.BytesIO()
             Image.fromarray(grid).save(buffer, format="png")
             image = png(buffer.getvalue(), f"samples of {variant}")
+        precision, recall = fidelity.loc[row.best_run_id] if row.best_run_id in fidelity.index else (None, None)
+        balance = (f"<br>precision {precision:.2f}, recall {recall:.2f} ({escape(comparison.fidelity_extractor)})"
+                   if pd.notna(precision) and pd.notna(recall) else "")
         parts.append(f"<div class='variant' data-variant='{escape(variant)}'><h3>{escape(variant)}</h3>{image}"
                      f"<p>best {escape(comparison.objective)} <b class='best'>{row.best:.4g}</b>"
-                     f" (trial {int(row.best_trial)})</p></div>")
+                     f" (trial {int(row.best_trial)}){balance}</p></div>")
 
     parts.append("<h2>Leaderboard</h2>" + table(board.drop(columns=["study", "best_run_id"])))
     parts.append(f"<h2>At equal budget</h2><p>Expected best {escape(comparison.objective)} of k trials drawn "
@@ -70,6 +76,9 @@ def render(study: str, store: TrackingStore) -> str:
         parts.append(table(comparison.pairs.rename(columns={"p_better": "P(variant's best beats other's)"})))
     for name, data in figure_images(comparison, store).items():
         parts.append(png(data, name.removesuffix(".png").replace("_", " ")))
+    parts.append("<h2>What the scores mean</h2>" + table(pd.DataFrame(
+        [(score.name, "higher" if score.higher_is_better else "lower", score.summary) for score in SCORES],
+        columns=["score", "better", "what it measures"])))
 
     parts.append("<h2>Doctor findings, failures and pruning</h2>")
     found = problems(runs)

@@ -107,9 +107,20 @@ def test_compare_gives_best_of_k_as_computed_from_the_recorded_trials(comparison
         assert curve[2] == pytest.approx(np.mean(brute_best_of_k(values, 2, False)))
         assert re.search(rf"^\s*{variant}\s+{TRIALS}\s+0\s+0\s", printed, re.MULTILINE), printed
     assert "P(cgan beats dcgan, best of 3, bootstrap) = " in printed and "pruned" not in printed.split("\n")[0]
-    for name in ("best_of_k.png", "best_by_seconds.png", "trial_scores.png", "best_trial_curves.png",
-                 "best_samples.png"):
+    for name in ("best_of_k.png", "best_by_seconds.png", "trial_scores.png", "precision_recall.png",
+                 "best_trial_curves.png", "best_samples.png"):
         assert (cwd / "results" / "compare" / name).stat().st_size > 5000
+
+
+@pytest.mark.e2e
+def test_compare_places_every_trial_by_its_precision_and_recall(comparison):
+    cwd, _, _ = comparison
+    trials = pd.read_csv(cwd / "results" / "compare" / "trials.csv").set_index("run_id")
+    logged = mlflow_runs(cwd, "versus").query("`tags.bench.kind` == 'trial'").set_index("run_id")
+    assert len(trials) == TRIALS * len(VARIANTS)
+    for score in ("precision", "recall"):
+        assert trials[score].between(0, 1).all()
+        assert trials[score].to_dict() == pytest.approx(logged.loc[trials.index, f"metrics.{score}_domain"].to_dict())
 
 
 @pytest.mark.e2e
@@ -119,8 +130,8 @@ def test_the_parent_run_holds_the_comparison_plots(comparison):
     parent = runs[runs["tags.bench.kind"] == "study"].sort_values("start_time")["run_id"].iloc[0]
     client = mlflow.MlflowClient(f"sqlite:///{cwd / 'results' / 'mlflow.db'}")
     logged = {Path(item.path).name for item in client.list_artifacts(parent, "comparison")}
-    assert {"best_of_k.png", "best_by_seconds.png", "trial_scores.png", "best_trial_curves.png",
-            "best_samples.png", "comparison.csv"} <= logged
+    assert {"best_of_k.png", "best_by_seconds.png", "trial_scores.png", "precision_recall.png",
+            "best_trial_curves.png", "best_samples.png", "comparison.csv", "trials.csv"} <= logged
 
 
 @pytest.mark.e2e
