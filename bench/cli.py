@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TrainConfig  # the options' defaults
+from bench.data import resized
 from bench.errors import BenchError, Interrupted
 from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, OPTUNA_JOURNAL, RESULTS
 
@@ -145,9 +146,16 @@ def config_option(name: str, *declarations: str, **kwargs):
                         show_default=True, **kwargs)
 
 
+image_size_option = click.option(
+    "--image-size", type=click.IntRange(1), default=None,
+    help="Resize an image folder's images to this side on load (scaled, centre-cropped square): the dataset "
+         "imagefolder@SIDE:PATH [default: the images' own size, when they are square].")
+
+
 @main.command()
 @click.option("--variant", required=True, help="Variant name (see `bench list`).")
-@config_option("dataset", help="fashion-mnist, digits, mnist, cifar10 or imagefolder:PATH.")
+@config_option("dataset", help="fashion-mnist, digits, mnist, cifar10, imagefolder:PATH or imagefolder@SIDE:PATH.")
+@image_size_option
 @config_option("steps", help="Generator updates.")
 @config_option("epochs", help="Train for this many passes of the discriminator over the training split instead "
                               "of --steps (0: use --steps), so that every variant sees the same data.")
@@ -177,10 +185,11 @@ def config_option(name: str, *declarations: str, **kwargs):
 @config_option("data_root", type=click.Path(), help="Where torchvision datasets live.")
 @config_option("download", is_flag=True, help="Download a missing torchvision dataset (needs internet).")
 @reports_user_errors
-def train(variant, settings, out, resume, checkpoint_every, **config_fields) -> None:
+def train(variant, settings, out, resume, checkpoint_every, image_size, **config_fields) -> None:
     """Trains one variant once (no sweep), writing sample grids, losses and a checkpoint to OUT."""
     from bench.engine import default_out, train as run_training
 
+    config_fields["dataset"] = resized(config_fields["dataset"], image_size)
     config = TrainConfig(variant=variant, hparams=parse_settings(variant, settings),
                          **parse_checkpoint_every(checkpoint_every), **config_fields)
     if resume and out is None:
@@ -495,17 +504,18 @@ def features() -> None:
 @features.command("train")
 @click.option("--dataset", default="fashion-mnist", show_default=True)
 @click.option("--data-root", type=click.Path(), default=None, help="Where torchvision datasets live.")
+@image_size_option
 @click.option("--epochs", default=8, show_default=True)
 @click.option("--seed", type=SEEDS, default=0, show_default=True)
 @device_option
 @reports_user_errors
-def features_train(dataset, data_root, epochs, seed, device) -> None:
+def features_train(dataset, data_root, image_size, epochs, seed, device) -> None:
     """Trains the domain classifier for a labelled DATASET and writes its weights and card to
     results/classifiers/, where scoring finds them: fid_domain, kid_domain and the class-aware metrics."""
     from bench.engine import resolve_device
     from bench.scoring import save_domain_classifier, train_domain_classifier
 
-    model, card = train_domain_classifier(dataset, epochs=epochs, seed=seed, device=resolve_device(device),
+    model, card = train_domain_classifier(resized(dataset, image_size), epochs=epochs, seed=seed, device=resolve_device(device),
                                           data_root=data_root, log=click.echo)
     path = save_domain_classifier(model, card)
     click.echo(f"test accuracy {card['test_accuracy']:.2%} in {card['train_seconds']:.0f} s; wrote {path}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,10 @@ from bench.locations import DATA_ROOT
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "test")
 DATASETS = ("fashion-mnist", "digits", "mnist", "cifar10", "imagefolder:PATH")
+IMAGE_FOLDER = re.compile(r"imagefolder(?:@(\d+))?:(.+)", re.DOTALL)
+"""An image folder's name: ``imagefolder:PATH``, or ``imagefolder@SIDE:PATH`` for its images resized
+to SIDE x SIDE on load (``--image-size``); resized, it is another dataset, scored and ranked apart."""
+SIDES = range(8, 1025)
 
 
 @dataclass(frozen=True)
@@ -66,13 +71,30 @@ def load_dataset(name: str, split: str = "train", *, root: Path | str | None = N
     elif name in ("mnist", "cifar10"):
         images, labels = _torchvision(name, split, root, download)
     else:
-        images, labels = _image_folder(Path(name.split(":", 1)[1]), split)
+        side, path = IMAGE_FOLDER.fullmatch(name).groups()
+        images, labels = _image_folder(Path(path), split, int(side) if side else None)
     return ImageDataset(name, split, images, labels, int(labels.max()) + 1)
 
 
 def check_dataset_name(name: str) -> None:
-    if name not in DATASETS[:-1] and not name.startswith("imagefolder:"):
+    folder = IMAGE_FOLDER.fullmatch(name)
+    if name not in DATASETS[:-1] and not folder:
         raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
+    if folder and folder[1] and int(folder[1]) not in SIDES:
+        raise ConfigError(f"image size {int(folder[1])} is out of range; give a side from {SIDES[0]} to {SIDES[-1]} "
+                          "pixels (28, 32 and 64 fit every network)")
+
+
+def resized(name: str, side: int | None) -> str:
+    """``name`` (an image folder) with its images resized to ``side`` on load: ``--image-size``."""
+    if side is None:
+        return name
+    folder = IMAGE_FOLDER.fullmatch(name)
+    if not folder:
+        raise ConfigError(f"--image-size resizes image folders; '{name}' is not one (imagefolder:PATH)")
+    resized_name = f"imagefolder@{side}:{folder[2]}"
+    check_dataset_name(resized_name)
+    return resized_name
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -132,14 +154,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
-def _image_folder(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _image_folder(path: Path, split: str, side: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PATH/<class>/ images (labelled by sub-folder), or images directly in PATH (one class), or
     PATH/train and PATH/test holding either when those exist.
 
-    Images are decoded once, here: grayscale when every image is, else RGB; every image must have
-    the same size. A file that does not decode is skipped and counted, never a traceback.
+    Images are decoded once, here: grayscale when every image is, else RGB; with ``side``, each is
+    scaled (bicubic, antialiased) until its shorter side is ``side`` and its centre cropped square,
+    else every image must be square and of one size. A file that does not decode is skipped and
+    counted, never a traceback.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
     from tqdm.auto import tqdm
 
     fix = "pass imagefolder:PATH with the images in PATH or in one sub-folder per class"
@@ -159,8 +183,9 @@ def _image_folder(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not files:
         raise DatasetNotFound(f"no images in {folder} (files ending {', '.join(IMAGE_SUFFIXES)}); {fix}")
     decoded, unreadable = [], 0
+    # A bar for a long decode on a terminal (disable=None), none in a log file.
     for file, label in tqdm(files, desc=f"decoding {folder.name}", unit="image", leave=False,
-                            disable=len(files) < 1000):
+                            disable=True if len(files) < 1000 else None):
         try:
             with Image.open(file) as image:
                 image.load()
@@ -172,12 +197,19 @@ def _image_folder(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
                       stacklevel=3)
     if not decoded:
         raise DatasetNotFound(f"none of the {len(files)} image files in {folder} decodes; {fix}")
+    mode = "L" if all(image.mode in GRAYSCALE_MODES for image, _ in decoded) else "RGB"
+    decoded = [(image.convert(mode), label) for image, label in decoded]
+    if side:
+        decoded = [(ImageOps.fit(image, (side, side), Image.Resampling.BICUBIC), label) for image, label in decoded]
+    resize = "; pass --image-size N to resize them on load (imagefolder@N:PATH in a study file)"
     sizes = {image.size for image, _ in decoded}
     if len(sizes) > 1:
         raise ConfigError(f"images in {folder} differ in size ({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:3])}"
-                          f"{', ...' if len(sizes) > 3 else ''}); resize them to one size first")
-    mode = "L" if all(image.mode in GRAYSCALE_MODES for image, _ in decoded) else "RGB"
-    images = np.stack([np.asarray(image.convert(mode)) for image, _ in decoded])
+                          f"{', ...' if len(sizes) > 3 else ''}){resize}")
+    (width, height), = sizes
+    if width != height:
+        raise ConfigError(f"images in {folder} are {width}x{height}, not square{resize} and cropped to a square")
+    images = np.stack([np.asarray(image) for image, _ in decoded])
     images = images[:, None] if mode == "L" else images.transpose(0, 3, 1, 2)
     labels = torch.tensor([label for _, label in decoded], dtype=torch.int64)
     return torch.from_numpy(np.ascontiguousarray(images)), labels

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.data import BatchSampler, ImageDataset, load_dataset, to_unit_range
+from bench.data import IMAGE_FOLDER, BatchSampler, ImageDataset, load_dataset, to_unit_range
 from bench.errors import ConfigError, TrainingDiverged
 from bench.locations import CLASSIFIERS, FEATURE_CACHE
 from bench.registry import Variant
@@ -233,7 +233,8 @@ def file_stem(dataset: str) -> str:
     and a hash of its whole path (which holds slashes and may be long)."""
     if re.fullmatch(r"[a-z0-9-]+", dataset):
         return dataset
-    readable = re.sub(r"[^A-Za-z0-9]+", "-", Path(dataset.split(":", 1)[-1]).name).strip("-")[:40]
+    side, path = IMAGE_FOLDER.fullmatch(dataset).groups()
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", Path(path).name).strip("-")[:40] + (f"-{side}px" if side else "")
     return f"imagefolder-{readable}-{hashlib.sha256(dataset.encode()).hexdigest()[:12]}"
 
 

@@ -22,12 +22,34 @@ from tests.helpers import bench
     (["--variant", "gan", "--set", "lr"], "--set expects key=value, got 'lr'"),
     (["--variant", "gan", "--dataset", "celeba"], "unknown dataset 'celeba'; choose one of:"),
     (["--variant", "gan", "--device", "cuda:99"], "device 'cuda:99'"),  # no such GPU, on any machine the suite runs on
+    (["--variant", "gan", "--image-size", "32"], "--image-size resizes image folders; 'fashion-mnist' is not one"),
 ])
 def test_bad_input_is_one_line_with_the_fix_and_exit_status_2(tmp_path, args, message):
     result = CliRunner().invoke(main, ["train", *args, "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output  # no traceback
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
+
+
+def test_image_size_trains_on_an_image_folder_resized_on_load(tmp_path, fashion_test):
+    from PIL import Image
+
+    from bench.engine import load_trained
+    from tests.helpers import image_folder
+
+    folder = image_folder(tmp_path / "oblong", fashion_test, 64, by_class=False)
+    for path in folder.iterdir():  # 28x20: not square, refused without --image-size
+        Image.open(path).crop((0, 4, 28, 24)).save(path)
+    train = ["train", "--variant", "dcgan", "--dataset", f"imagefolder:{folder}", "--steps", "2", "--batch-size", "16",
+             "--device", "cpu"]
+    refused = CliRunner().invoke(main, [*train, "--out", str(tmp_path / "refused")])
+    assert refused.exit_code == 2 and "not square; pass --image-size N" in refused.stderr, refused.output
+    result = CliRunner().invoke(main, [*train, "--image-size", "32", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    variant, config, _ = load_trained(tmp_path / "run", "cpu")
+    assert config.dataset == f"imagefolder@32:{folder}" and variant.image_shape == (1, 32, 32)
+    with Image.open(sorted((tmp_path / "run" / "samples").glob("*.png"))[-1]) as grid:
+        assert grid.width > 64
 
 
 @pytest.mark.e2e

@@ -92,6 +92,35 @@ def test_an_image_folder_skips_and_counts_the_files_that_do_not_decode(tmp_path,
     assert torch.equal(dataset.images, fashion_test.images[:20])
 
 
+def test_image_size_resizes_mixed_and_oblong_images_to_one_square_side(tmp_path, fashion_test):
+    from PIL import Image
+
+    folder = image_folder(tmp_path / "mixed", fashion_test, 12, by_class=False)
+    for index in range(6):  # half of them at twice the size
+        path = folder / f"{index:05d}.png"
+        Image.open(path).resize((56, 56), Image.Resampling.BICUBIC).save(path)
+    with pytest.raises(ConfigError, match="differ in size .*pass --image-size N"):
+        load_dataset(f"imagefolder:{folder}")
+    resized = load_dataset(data.resized(f"imagefolder:{folder}", 28))
+    assert resized.images.shape == (12, 1, 28, 28)
+    # An untouched 28x28 image comes back as it was; one scaled up and back down, close to it (bicubic
+    # blurs its edges a little), far closer than to its own transpose.
+    assert torch.equal(resized.images[6:], fashion_test.images[6:12])
+    original = fashion_test.images[:6].float()
+    error = (resized.images[:6].float() - original).abs().mean()
+    assert error < 10 and error < 0.3 * (resized.images[:6].float() - original.transpose(2, 3)).abs().mean()
+    oblong = image_folder(tmp_path / "oblong", fashion_test, 2, by_class=False)
+    for path in oblong.iterdir():
+        Image.open(path).crop((0, 0, 28, 20)).save(path)
+    with pytest.raises(ConfigError, match="are 28x20, not square; pass --image-size N"):
+        load_dataset(f"imagefolder:{oblong}")
+    assert load_dataset(f"imagefolder@16:{oblong}").images.shape == (2, 1, 16, 16)
+    with pytest.raises(ConfigError, match="--image-size resizes image folders"):
+        data.resized("fashion-mnist", 32)
+    with pytest.raises(ConfigError, match="image size 4 is out of range"):
+        load_dataset(f"imagefolder@4:{oblong}")
+
+
 def test_unknown_dataset_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="choose one of: fashion-mnist, digits"):
         load_dataset("celeba")
