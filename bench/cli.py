@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def reports_user_errors(command):
         except Interrupted as exc:
             click.echo(f"{exc}; {exc.then}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C where no handler saves work first (training and studies have theirs)
+            click.echo("stopped by SIGINT; run the same command again", err=True)
+            sys.exit(128 + signal.SIGINT)
         except Exception as exc:
             if not failed_server(exc):
                 raise

@@ -31,6 +31,15 @@ def test_bad_input_is_one_line_with_the_fix_and_exit_status_2(tmp_path, args, me
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
 
 
+def test_ctrl_c_before_training_begins_is_one_line_and_the_shells_status(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what Ctrl-C raises while the data load, before the engine's handler is in place
+
+    monkeypatch.setattr(engine, "train", interrupted)
+    result = CliRunner().invoke(main, ["train", "--variant", "gan", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 130 and result.stderr == "stopped by SIGINT; run the same command again\n"
+
+
 def test_image_size_trains_on_an_image_folder_resized_on_load(tmp_path, fashion_test):
     from PIL import Image
 
