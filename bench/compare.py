@@ -139,7 +139,7 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
     summary_rows, by_trials, by_seconds = [], [], []
     values = {name: group["value"].to_numpy() for name, group in complete.groupby("variant")}
     common = int(min(len(v) for v in values.values()))
-    shown = sorted({1, 5, common})
+    shown = sorted({k for k in (1, 5, common) if k <= max(len(v) for v in values.values())})
     for name, group in trials.groupby("variant"):
         counts = group["state"].value_counts()
         row = {"variant": name, "complete": int(counts.get("complete", 0)), "pruned": int(counts.get("pruned", 0)),
@@ -262,7 +262,7 @@ def precision_recall_figure(trials: pd.DataFrame, best: pd.DataFrame, c: Compari
         axis.scatter(top["recall"], top["precision"], s=160, marker="*", color=color, edgecolors="black",
                      label=variant)
     extractor = c.fidelity_extractor
-    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"recall_{extractor} (diversity)",
+    axis.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=f"recall_{extractor} (diversity)",
              ylabel=f"precision_{extractor} (fidelity)")
     axis.set_title(f"every trial; star: each variant's best by {c.objective}", fontsize="medium")
     axis.legend(loc="lower right")
