@@ -2,8 +2,8 @@
 named feature extractor, plus class-aware metrics from the dataset's domain classifier (what
 each score means and which way is better: bench/scores.py).
 
-Two extractors, and every metric name says which one produced it, because FIDs from
-different extractors are not comparable:
+Two extractors (:class:`FeatureExtractor`: its features, weights file and batch size), and every
+metric name says which one produced it, because FIDs from different extractors are not comparable:
 
 - ``domain``: a small CNN trained by ganbench on the dataset's training split (weights and a
   card in bench/weights/ for the shipped ones, under results/classifiers/ for those a user trains
@@ -71,6 +71,40 @@ class DomainClassifier(nn.Module):
         return self.classify(self.features(images))
 
 
+class FeatureExtractor(nn.Module):
+    """images (N, C, H, W) in [-1, 1] -> features (N, num_features), and what scoring needs to know
+    of the network: its name in metric names, the file its weights come from, and its batch size."""
+
+    name: str
+    num_features: int
+    weights: Path
+
+    def batch_size(self, device: torch.device) -> int:
+        raise NotImplementedError
+
+    @property
+    def checksum(self) -> str:
+        return file_sha256(self.weights)
+
+
+class DomainFeatures(FeatureExtractor):
+    """The dataset's domain classifier's penultimate layer; its ``classifier`` gives the class metrics."""
+
+    name = "domain"
+    num_features = DomainClassifier.num_features
+
+    def __init__(self, dataset: str):
+        super().__init__()
+        self.classifier = load_domain_classifier(dataset)
+        self.weights = weights_path(dataset)
+
+    def batch_size(self, device: torch.device) -> int:
+        return 500
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier.features(images)
+
+
 def tf_fid_pixels(images: Tensor) -> Tensor:
     """TF-FID's input: images in [-1, 1] quantised to 8 bits (rounded, not truncated) and resized
     bilinearly to 299x299, channels-last (what oneDNN and cuDNN convolve fastest)."""
@@ -96,17 +130,19 @@ class ShippedInception(nn.Module):
         return self.net(pixels / 128 - 1)
 
 
-class InceptionFeatures(nn.Module):
+class InceptionFeatures(FeatureExtractor):
     """The shipped TF-FID Inception-v3 (:class:`ShippedInception`), rebuilt as plain PyTorch modules
     from its weights so that less work gives the same features (within 1e-5 relative; about twice
     the images/s on a CPU): each batch norm is folded into its convolution, which then runs fused
     with its bias, and the first convolution absorbs the x / 128 - 1 mapping and, for grayscale,
     the repeat to three channels (it has no padding, so both folds are exact)."""
 
+    name = "inception"
     num_features = 2048
 
     def __init__(self):
         super().__init__()
+        self.weights = inception_path()
         layers = ShippedInception().net.net.layers
         first, rest = list(layers.named_children())[0][1], list(layers.named_children())[1:]
         stem = _folded(first)[0]
@@ -117,6 +153,11 @@ class InceptionFeatures(nn.Module):
         self.body = nn.Sequential(*(_rebuilt(module) for _, module in rest), nn.Flatten())
         self.eval().requires_grad_(False)
         self.to(memory_format=torch.channels_last)
+
+    def batch_size(self, device: torch.device) -> int:
+        # 299x299 activations take ~10 MB per image: small batches; on a CPU batches of 8 fit the
+        # caches best (measured by `bench perf --inception`).
+        return 8 if device.type == "cpu" else 64
 
     def forward(self, images: Tensor) -> Tensor:
         pixels = tf_fid_pixels(images)
@@ -369,15 +410,13 @@ class Scorer:
                  data_root: Path | str | None = None):
         if extractor not in EXTRACTORS:
             raise ConfigError(f"unknown feature extractor '{extractor}'; choose one of: {', '.join(EXTRACTORS)}")
-        self.dataset, self.extractor_name, self.device = dataset, extractor, torch.device(device)
-        # Inception's 299x299 activations take ~10 MB per image: keep its batches small; on a CPU
-        # batches of 8 fit the caches best (measured by `bench perf --inception`).
-        self.batch_size = batch_size or (500 if extractor == "domain" else 8 if self.device.type == "cpu" else 64)
-        # The class-aware metrics where the dataset has a classifier; the domain extractor needs one.
-        has_classifier = extractor == "domain" or weights_path(dataset) is not None
-        self.classifier = load_domain_classifier(dataset, self.device) if has_classifier else None
-        self.extractor = self.classifier.trunk if extractor == "domain" else InceptionFeatures().to(self.device)
-        num_features = self.classifier.num_features if extractor == "domain" else InceptionFeatures.num_features
+        self.dataset, self.device = dataset, torch.device(device)
+        self.extractor = (DomainFeatures(dataset) if extractor == "domain" else InceptionFeatures()).to(self.device)
+        self.batch_size = batch_size or self.extractor.batch_size(self.device)
+        # The class-aware metrics where the dataset has a classifier: the domain extractor's own.
+        self.classifier = (self.extractor.classifier if isinstance(self.extractor, DomainFeatures) else
+                           load_domain_classifier(dataset, self.device) if weights_path(dataset) else None)
+        num_features = self.extractor.num_features
         real = load_dataset(dataset, real_split, root=data_root)
         self.real_split = real_split
         self.real_classes = class_histogram(real.labels, real.num_classes) if self.classifier is not None else None
@@ -396,11 +435,6 @@ class Scorer:
         self.kid.update(real_features, real=True)
         self.real_features = real_features
 
-    @property
-    def checksum(self) -> str:
-        path = weights_path(self.dataset) if self.extractor_name == "domain" else inception_path()
-        return file_sha256(path)
-
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
         return torch.cat([self.extractor(batch.to(self.device)) for batch in images.split(self.batch_size)])
@@ -415,10 +449,10 @@ class Scorer:
         # last digits on a CPU and a GPU, and a cache shared by both must not mix them.
         key = {"dataset": self.dataset, "split": real.split, "samples": samples,
                "images": hashlib.sha256(real.images[:samples].numpy().tobytes()).hexdigest(),
-               "extractor": self.extractor_name, "checksum": self.checksum,
+               "extractor": self.extractor.name, "checksum": self.extractor.checksum,
                "device": self.device.type, "precision": PRECISION}
         path = cache_dir / "real-features" / (f"{file_stem(self.dataset)}-{real.split}-{samples}-"
-                                              f"{self.extractor_name}-{self.checksum[:12]}-{self.device.type}-"
+                                              f"{self.extractor.name}-{self.extractor.checksum[:12]}-{self.device.type}-"
                                               f"{PRECISION}.pt")
         features, source = self._cached(path, key, "features", lambda: self.features(to_unit_range(
             real.images[:samples])))
@@ -473,13 +507,13 @@ class Scorer:
             batch_features = self.extractor(batch)
             features.append(batch_features)
             if self.classifier is not None:
-                # The domain extractor is the classifier's trunk: reuse its features for the logits.
-                logits.append(self.classifier.classify(batch_features) if self.extractor_name == "domain"
-                              else self.classifier(batch))
+                # The domain extractor's features are the classifier's own: no second pass for the logits.
+                logits.append(self.classifier.classify(batch_features if isinstance(self.extractor, DomainFeatures)
+                                                       else self.classifier.features(batch)))
         features = torch.cat(features)
         if not torch.isfinite(features).all():  # FID's matrix square root would fail or hang on them
             raise TrainingDiverged("the generated images are not finite (NaN/Inf): the generator diverged; "
                                    "lower the learning rate")
         evidence = Evidence(self.real_features, self.real_radii, features, self.fid, self.kid, self.real_classes,
                             torch.cat(logits).argmax(1) if logits else None, labels, codes)
-        return score_all(evidence, self.extractor_name)
+        return score_all(evidence, self.extractor.name)
