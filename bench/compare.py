@@ -255,8 +255,8 @@ def precision_recall_figure(trials: pd.DataFrame, best: pd.DataFrame, c: Compari
 
     figure = Figure(figsize=(5.5, 5), layout="constrained")
     axis = figure.subplots()
-    for index, (variant, group) in enumerate(trials.groupby("variant")):
-        color = f"C{index}"
+    for index, variant in enumerate(best["variant"]):  # every variant in its colour of the other plots
+        color, group = f"C{index}", trials[trials["variant"] == variant]
         axis.scatter(group["recall"], group["precision"], s=18, alpha=0.4, color=color)
         top = best[best["variant"] == variant]
         axis.scatter(top["recall"], top["precision"], s=160, marker="*", color=color, edgecolors="black",

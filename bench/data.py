@@ -24,7 +24,7 @@ from bench.locations import DATA_ROOT
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "test")
 DATASETS = ("fashion-mnist", "digits", "mnist", "cifar10", "imagefolder:PATH")
-IMAGE_FOLDER = re.compile(r"imagefolder(?:@(\d+))?:(.+)", re.DOTALL)
+IMAGE_FOLDER = re.compile(r"imagefolder(?:@([1-9][0-9]*))?:(.+)", re.DOTALL | re.ASCII)
 """An image folder's name: ``imagefolder:PATH``, or ``imagefolder@SIDE:PATH`` for its images resized
 to SIDE x SIDE on load (``--image-size``); resized, it is another dataset, scored and ranked apart."""
 SIDES = range(8, 1025)
@@ -79,7 +79,7 @@ def load_dataset(name: str, split: str = "train", *, root: Path | str | None = N
 def check_dataset_name(name: str) -> None:
     folder = IMAGE_FOLDER.fullmatch(name)
     if name not in DATASETS[:-1] and not folder:
-        raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}, imagefolder@SIDE:PATH")
     if folder and folder[1] and int(folder[1]) not in SIDES:
         raise ConfigError(f"image size {int(folder[1])} is out of range; give a side from {SIDES[0]} to {SIDES[-1]} "
                           "pixels (28, 32 and 64 fit every network)")
@@ -208,7 +208,7 @@ def _image_folder(path: Path, split: str, side: int | None = None) -> tuple[torc
                           f"{', ...' if len(sizes) > 3 else ''}){resize}")
     (width, height), = sizes
     if width != height:
-        raise ConfigError(f"images in {folder} are {width}x{height}, not square{resize} and cropped to a square")
+        raise ConfigError(f"images in {folder} are {width}x{height}, not square{resize}, scaled and centre-cropped")
     images = np.stack([np.asarray(image) for image, _ in decoded])
     images = images[:, None] if mode == "L" else images.transpose(0, 3, 1, 2)
     labels = torch.tensor([label for _, label in decoded], dtype=torch.int64)

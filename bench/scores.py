@@ -52,8 +52,9 @@ class Evidence:
     """The categorical codes the generated images came from (InfoGAN)."""
 
     def has(self, needs: str) -> bool:
-        return {"": True, "classifier": self.predicted is not None, "labels": self.labels is not None,
-                "codes": self.codes is not None}[needs]
+        classified = self.predicted is not None  # labels and codes are checked against the classifier's classes
+        return {"": True, "classifier": classified, "labels": classified and self.labels is not None,
+                "codes": classified and self.codes is not None}[needs]
 
     @functools.cached_property
     def prdc(self) -> dict[str, float]:
@@ -74,7 +75,8 @@ class Score:
     compute: Callable[[Evidence], float]
     needs: str = ""
     """What it needs beyond generated images: "classifier" (the dataset's domain classifier),
-    "labels" (a conditional generator), "codes" (a categorical latent code)."""
+    "labels" (a conditional generator, and the classifier), "codes" (a categorical latent code, and
+    the classifier)."""
     summary: str = ""
 
 

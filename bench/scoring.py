@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.data import IMAGE_FOLDER, BatchSampler, ImageDataset, load_dataset, to_unit_range
+from bench.data import IMAGE_FOLDER, BatchSampler, ImageDataset, check_dataset_name, load_dataset, to_unit_range
 from bench.errors import ConfigError, TrainingDiverged
 from bench.locations import CLASSIFIERS, FEATURE_CACHE
 from bench.registry import Variant
@@ -272,6 +272,7 @@ def inception_path() -> Path:
 def file_stem(dataset: str) -> str:
     """The dataset's name as files are named for it: the name, or for an image folder its last part
     and a hash of its whole path (which holds slashes and may be long)."""
+    check_dataset_name(dataset)
     if re.fullmatch(r"[a-z0-9-]+", dataset):
         return dataset
     side, path = IMAGE_FOLDER.fullmatch(dataset).groups()
@@ -419,7 +420,7 @@ class Scorer:
         num_features = self.extractor.num_features
         real = load_dataset(dataset, real_split, root=data_root)
         self.real_split = real_split
-        self.real_classes = class_histogram(real.labels, real.num_classes) if self.classifier is not None else None
+        self.real_classes = None if self.classifier is None else self._real_classes(real)
         real_features, self.real_features_source = self._real_features(real, real_samples, Path(cache_dir))
         # torchmetrics takes seconds to import: commands that never score (list, train) skip it.
         from torchmetrics.image.fid import FrechetInceptionDistance
@@ -434,6 +435,15 @@ class Scorer:
         self.fid.update(real_features, real=True)
         self.kid.update(real_features, real=True)
         self.real_features = real_features
+
+    def _real_classes(self, real: ImageDataset) -> Tensor:
+        """The real split's class histogram over the classifier's classes."""
+        known = self.classifier.classify[-1].out_features
+        if real.num_classes > known:
+            raise ConfigError(f"the domain classifier {weights_path(self.dataset)} knows {known} classes and "
+                              f"'{self.dataset}' has {real.num_classes}; retrain it with 'bench features train "
+                              f"--dataset {self.dataset}'")
+        return class_histogram(real.labels, known)
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:

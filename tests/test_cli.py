@@ -21,6 +21,8 @@ from tests.helpers import bench
     (["--variant", "gan", "--set", "loss=hinge"], "loss='hinge' is not valid; choose one of: nonsaturating, minimax"),
     (["--variant", "gan", "--set", "lr"], "--set expects key=value, got 'lr'"),
     (["--variant", "gan", "--dataset", "celeba"], "unknown dataset 'celeba'; choose one of:"),
+    (["--variant", "gan", "--dataset", "Fashion-MNIST"], "unknown dataset 'Fashion-MNIST'; choose one of:"),
+    (["--variant", "gan", "--dataset", "imagefolder@032:x"], "unknown dataset 'imagefolder@032:x'"),
     (["--variant", "gan", "--device", "cuda:99"], "device 'cuda:99'"),  # no such GPU, on any machine the suite runs on
     (["--variant", "gan", "--image-size", "32"], "--image-size resizes image folders; 'fashion-mnist' is not one"),
 ])

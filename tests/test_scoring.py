@@ -2,6 +2,7 @@
 the Inception extractor, and `bench eval`."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,26 @@ def test_a_new_score_is_one_row_in_the_scores_table(scorer, fashion_train, monke
     study.write_text(write_study(tmp_path, "tiny").read_text().replace('objective = "fid_domain"',
                                                                        'objective = "spread_domain"'))
     assert load_study(study).direction == "maximize"
+
+
+def test_without_a_classifier_labels_and_codes_give_no_class_metrics():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from bench.scores import Evidence, nearest_neighbour_radii, score_all
+
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(64, 8, generator=generator), torch.randn(32, 8, generator=generator)
+    fid = FrechetInceptionDistance(PrecomputedFeatures(8), reset_real_features=False)
+    kid = KernelInceptionDistance(PrecomputedFeatures(8), reset_real_features=False, subset_size=16)
+    fid.update(real, real=True)
+    kid.update(real, real=True)
+    # A conditional InfoGAN-like generator scored on a dataset with no domain classifier.
+    evidence = Evidence(real, nearest_neighbour_radii(real), fake, fid, kid, real_classes=None, predicted=None,
+                        labels=torch.arange(32) % 10, codes=torch.zeros(32, dtype=torch.long))
+    scores = score_all(evidence, "inception")
+    assert set(scores) == {f"{name}_inception" for name in ("fid", "kid", "precision", "recall", "density", "coverage")}
+    assert all(math.isfinite(value) for value in scores.values())
 
 
 def test_code_accuracy_uses_the_best_one_to_one_matching():
