@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import ConfigError
-from bench.scores import EXTRACTORS, higher_is_better
+from bench.scores import extractor_of, higher_is_better
 from bench.tracking import FINAL_SAMPLES, TrackingStore
 
 BAND = (0.025, 0.975)
@@ -167,8 +167,7 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
 
 
 def fidelity_extractor(objective: str, runs: pd.DataFrame) -> str | None:
-    suffix = objective.rsplit("_", 1)[-1]
-    for extractor in ([suffix] if suffix in EXTRACTORS else []) + ["inception", "domain"]:
+    for extractor in filter(None, (extractor_of(objective), "inception", "domain")):
         if {f"metrics.precision_{extractor}", f"metrics.recall_{extractor}"} <= set(runs.columns):
             return extractor
     return None

@@ -201,6 +201,13 @@ def score_of(metric: str) -> Score | None:
     return None
 
 
+def extractor_of(metric: str) -> str | None:
+    """The extractor a per-extractor score was computed on (``recall_inception`` -> inception); None
+    for the class-aware scores and for what is not a score."""
+    score = score_of(metric)
+    return metric.removeprefix(score.name + "_") if score is not None and score.per_extractor else None
+
+
 def is_score(metric: str) -> bool:
     """Scores compare generators; losses and throughput do not."""
     return score_of(metric) is not None

@@ -24,7 +24,7 @@ from bench.config import BUDGET_KEYS, Budget
 from bench.data import check_dataset_name
 from bench.errors import ConfigError
 from bench.registry import TIPS, HParam, HParamValue, Variant, variants
-from bench.scores import EXTRACTORS, SCORES, higher_is_better, is_score, metric_names, score_of
+from bench.scores import EXTRACTORS, SCORES, extractor_of, higher_is_better, is_score, metric_names, score_of
 from bench.scoring import default_extractor, no_classifier, weights_path
 
 
@@ -109,8 +109,8 @@ class StudySpec:
         """The extractor of the evaluations during training: the objective's, or (class-aware
         objectives, and an objective read from a final scoring) the cheap domain one where the
         dataset has a domain classifier."""
-        suffix = self.objective.rsplit("_", 1)[-1]
-        return suffix if suffix in EXTRACTORS and not self.budget.final_samples else default_extractor(self.dataset)
+        extractor = extractor_of(self.objective)
+        return extractor if extractor and not self.budget.final_samples else default_extractor(self.dataset)
 
     @property
     def direction(self) -> str:
