@@ -29,7 +29,7 @@ from bench.observer import Finding, Observer, RunStart
 from bench.registry import Variant, get_variant
 from bench.run_folder import RunFolder
 from bench.scores import EXTRACTORS
-from bench.scoring import Scorer, available_extractors, default_extractor, no_classifier, weights_path
+from bench.scoring import Scorer, available_extractors, default_extractor, no_classifier, shared_scorer, weights_path
 from bench.watch import configured_observers
 
 CHECKPOINT = checkpoint.FILENAME
@@ -173,7 +173,6 @@ class Trainer:
         self._pending: list[torch.Tensor] = []  # per-step losses still on the device
         self._names: list[str] = []
         self.evaluations: list[dict[str, float]] = []
-        self._scorers: dict[str, Scorer] = {}
         self._signal: int | None = None  # SIGINT or SIGTERM received during run()
         self._scoring = False  # whether a signal now interrupts a scoring pass (see _checkpoint_on_signals)
         self._saved_at = time.perf_counter()
@@ -316,11 +315,9 @@ class Trainer:
         try:
             self._scoring = True
             for extractor in available_extractors(config.dataset) if final else (config.features,):
-                if extractor not in self._scorers:
-                    self._scorers[extractor] = Scorer(config.dataset, extractor, device=self.device,
-                                                      data_root=config.data_root)
-                scores |= self._scorers[extractor].score(self.variant, config.final_samples if final
-                                                         else config.eval_samples, seed=config.seed)
+                scorer = shared_scorer(config.dataset, extractor, self.device, config.data_root)
+                scores |= scorer.score(self.variant, config.final_samples if final else config.eval_samples,
+                                       seed=config.seed)
         except ScoringStopped:
             return None
         finally:

@@ -37,7 +37,7 @@ from bench.data import IMAGE_FOLDER, BatchSampler, ImageDataset, check_dataset_n
 from bench.errors import ConfigError, TrainingDiverged
 from bench.locations import CLASSIFIERS, FEATURE_CACHE
 from bench.registry import Variant
-from bench.scores import (EXTRACTORS, KID_SUBSET, NEAREST_K, Evidence, class_histogram, nearest_neighbour_radii,
+from bench.scores import (EXTRACTORS, NEAREST_K, Evidence, KernelDistance, class_histogram, nearest_neighbour_radii,
                           score_all)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -229,8 +229,8 @@ def _rebuilt(module: torch.jit.ScriptModule) -> nn.Module:
 
 
 class PrecomputedFeatures(nn.Module):
-    """Lets torchmetrics' FID and KID take features instead of images, so that the extractor
-    runs once per batch for both metrics and cached real features load without recomputing."""
+    """Lets torchmetrics' FID take features instead of images, so that the extractor runs once per
+    batch for every score and cached real features load without recomputing."""
 
     def __init__(self, num_features: int):
         super().__init__()
@@ -424,16 +424,10 @@ class Scorer:
         real_features, self.real_features_source = self._real_features(real, real_samples, Path(cache_dir))
         # torchmetrics takes seconds to import: commands that never score (list, train) skip it.
         from torchmetrics.image.fid import FrechetInceptionDistance
-        from torchmetrics.image.kid import KernelInceptionDistance
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # KID's notice that it keeps every feature
-            self.fid = FrechetInceptionDistance(PrecomputedFeatures(num_features), reset_real_features=False)
-            self.kid = KernelInceptionDistance(PrecomputedFeatures(num_features), reset_real_features=False,
-                                               subset_size=KID_SUBSET)
-        self.fid, self.kid = self.fid.to(self.device), self.kid.to(self.device)
+        self.fid = FrechetInceptionDistance(PrecomputedFeatures(num_features), reset_real_features=False).to(self.device)
         self.fid.update(real_features, real=True)
-        self.kid.update(real_features, real=True)
+        self.kid = KernelDistance(real_features)
         self.real_features = real_features
 
     def _real_classes(self, real: ImageDataset) -> Tensor:
@@ -527,3 +521,11 @@ class Scorer:
         evidence = Evidence(self.real_features, self.real_radii, features, self.fid, self.kid, self.real_classes,
                             torch.cat(logits).argmax(1) if logits else None, labels, codes)
         return score_all(evidence, self.extractor.name)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_scorer(dataset: str, extractor: str, device: torch.device, data_root: str | None) -> Scorer:
+    """One scorer per dataset, extractor and device in a process: a study worker's trials share its
+    real features, their subsets and the extractor (building one costs seconds)."""
+    return Scorer(dataset, extractor, device=device, data_root=data_root)
+

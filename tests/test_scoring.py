@@ -15,7 +15,7 @@ from bench.cli import main
 from bench.data import to_unit_range
 from bench.errors import TrainingDiverged
 from bench.engine import TrainConfig, Trainer, train
-from bench.scores import code_accuracy
+from bench.scores import KernelDistance, code_accuracy
 from bench.scoring import (InceptionFeatures, PrecomputedFeatures, Scorer, ShippedInception, WEIGHTS_DIR,
                            file_sha256, weights_name)
 from tests.helpers import write_study
@@ -86,22 +86,48 @@ def test_a_new_score_is_one_row_in_the_scores_table(scorer, fashion_train, monke
 
 def test_without_a_classifier_labels_and_codes_give_no_class_metrics():
     from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
 
     from bench.scores import Evidence, nearest_neighbour_radii, score_all
 
     generator = torch.Generator().manual_seed(0)
     real, fake = torch.randn(64, 8, generator=generator), torch.randn(32, 8, generator=generator)
     fid = FrechetInceptionDistance(PrecomputedFeatures(8), reset_real_features=False)
-    kid = KernelInceptionDistance(PrecomputedFeatures(8), reset_real_features=False, subset_size=16)
+    kid = KernelDistance(real, subset_size=16)
     fid.update(real, real=True)
-    kid.update(real, real=True)
     # A conditional InfoGAN-like generator scored on a dataset with no domain classifier.
     evidence = Evidence(real, nearest_neighbour_radii(real), fake, fid, kid, real_classes=None, predicted=None,
                         labels=torch.arange(32) % 10, codes=torch.zeros(32, dtype=torch.long))
     scores = score_all(evidence, "inception")
     assert set(scores) == {f"{name}_inception" for name in ("fid", "kid", "precision", "recall", "density", "coverage")}
     assert all(math.isfinite(value) for value in scores.values())
+
+
+@pytest.mark.parametrize("generated", [40, 100])
+def test_kid_is_torchmetrics_unbiased_mmd_averaged_over_the_same_subsets(generated):
+    from torchmetrics.image.kid import poly_mmd
+
+    generator = torch.Generator().manual_seed(1)
+    real = torch.randn(300, 16, generator=generator)
+    fake = torch.randn(generated, 16, generator=generator) * 1.3 + 0.2
+    kid = KernelDistance(real, subset_size=40, subsets=7)
+    real_subsets, _ = kid.real_subsets(40)
+    fake_subsets = kid.fake_subsets(generated, 40)
+    assert len(set(map(tuple, real_subsets.tolist()))) == 7  # distinct subsets, not one drawn seven times
+    expected = torch.stack([poly_mmd(real[r], fake[f]) for r, f in zip(real_subsets, fake_subsets)]).mean()
+    assert kid(fake) == pytest.approx(expected.item(), rel=1e-4)
+    assert kid(fake) == kid(fake)  # the same samples, the same score: subsets are drawn from a seed
+    assert kid(real[:generated]) < 0.1 * kid(fake)
+
+
+def test_kid_equals_torchmetrics_kernel_inception_distance_where_its_subsets_are_the_whole_sets():
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    generator = torch.Generator().manual_seed(2)
+    real, fake = torch.randn(50, 16, generator=generator), torch.randn(50, 16, generator=generator) + 0.3
+    metric = KernelInceptionDistance(PrecomputedFeatures(16), subset_size=50, subsets=3)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    assert KernelDistance(real, subset_size=50, subsets=3)(fake) == pytest.approx(metric.compute()[0].item(), rel=1e-4)
 
 
 def test_code_accuracy_uses_the_best_one_to_one_matching():
