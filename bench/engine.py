@@ -29,7 +29,7 @@ from bench.observer import Finding, Observer, RunStart
 from bench.registry import Variant, get_variant
 from bench.run_folder import RunFolder
 from bench.scores import EXTRACTORS
-from bench.scoring import Scorer, available_extractors, default_extractor, no_classifier, shared_scorer, weights_path
+from bench.scoring import available_extractors, default_extractor, no_classifier, shared_scorer, weights_path
 from bench.watch import configured_observers
 
 CHECKPOINT = checkpoint.FILENAME
@@ -463,7 +463,7 @@ def evaluate(checkpoint: Path | str, *, features: str | None = None, samples: in
     features = features or ("inception" if variant.device.type == "cuda" else default_extractor(config.dataset))
     if features not in EXTRACTORS:
         raise ConfigError(f"unknown feature extractor '{features}'; choose one of: {', '.join(EXTRACTORS)}")
-    scorer = Scorer(config.dataset, features, device=variant.device, data_root=config.data_root)
+    scorer = shared_scorer(config.dataset, features, variant.device, config.data_root)
     scores = scorer.score(variant, samples, seed=config.seed)
     return Evaluation(config, step, samples, features, scorer.real_split, scorer.real_features_source, scores)
 
