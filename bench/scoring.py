@@ -425,7 +425,8 @@ class Scorer:
         # torchmetrics takes seconds to import: commands that never score (list, train) skip it.
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        self.fid = FrechetInceptionDistance(PrecomputedFeatures(num_features), reset_real_features=False).to(self.device)
+        self.fid = FrechetInceptionDistance(PrecomputedFeatures(num_features), reset_real_features=False)
+        self.fid = self.fid.to(self.device)
         self.fid.update(real_features, real=True)
         self.kid = KernelDistance(real_features)
         self.real_features = real_features
@@ -523,9 +524,16 @@ class Scorer:
         return score_all(evidence, self.extractor.name)
 
 
-@functools.lru_cache(maxsize=4)
 def shared_scorer(dataset: str, extractor: str, device: torch.device, data_root: str | None) -> Scorer:
     """One scorer per dataset, extractor and device in a process: a study worker's trials share its
-    real features, their subsets and the extractor (building one costs seconds)."""
-    return Scorer(dataset, extractor, device=device, data_root=data_root)
+    real features, their subsets and the extractor (building one costs seconds). A classifier
+    trained or replaced since (`bench features train` in the same notebook) gets a new one."""
+    classifier = weights_path(dataset)
+    version = None if classifier is None else (str(classifier.resolve()), classifier.stat().st_mtime_ns)
+    return _scorer(dataset, extractor, device, data_root, version)
 
+
+@functools.lru_cache(maxsize=4)
+def _scorer(dataset: str, extractor: str, device: torch.device, data_root: str | None,
+            classifier: tuple | None) -> Scorer:
+    return Scorer(dataset, extractor, device=device, data_root=data_root)

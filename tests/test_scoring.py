@@ -17,7 +17,7 @@ from bench.errors import TrainingDiverged
 from bench.engine import TrainConfig, Trainer, train
 from bench.scores import KernelDistance, code_accuracy
 from bench.scoring import (InceptionFeatures, PrecomputedFeatures, Scorer, ShippedInception, WEIGHTS_DIR,
-                           file_sha256, shared_scorer, weights_name)
+                           _scorer, file_sha256, weights_name)
 from tests.helpers import write_study
 
 BENCH = Path(sys.executable).with_name("bench")
@@ -207,7 +207,7 @@ def test_rebuilt_inception_gives_the_shipped_networks_features_and_fid(fashion_t
 
 def test_engine_scores_every_eval_every_steps_and_bench_eval_scores_a_checkpoint(tmp_path):
     out = tmp_path / "run"
-    shared_scorer.cache_clear()
+    _scorer.cache_clear()
     # Both on the CPU, whose `bench eval` defaults to the domain features (on a GPU: Inception).
     result = train(TrainConfig("dcgan", steps=20, eval_every=10, eval_samples=200, device="cpu"), out, progress=False)
     assert list(result.scores["step"]) == [10, 20]
@@ -221,7 +221,7 @@ def test_engine_scores_every_eval_every_steps_and_bench_eval_scores_a_checkpoint
     # same generator, same sampling seed, same real statistics: the same number as in training
     assert float(fid_line.split()[1]) == pytest.approx(result.scores["fid_domain"].iloc[-1], rel=1e-4)
     # One scorer per process (a study worker's trials share it): built at the first evaluation only.
-    assert shared_scorer.cache_info().misses == 1
+    assert _scorer.cache_info().misses == 1
 
 
 def test_scoring_during_training_leaves_the_training_unchanged():

@@ -36,6 +36,10 @@ def test_a_torchvision_root_is_scored_with_inception_until_it_has_a_classifier(t
     evaluated = CliRunner().invoke(main, ["eval", "--checkpoint", "run", "--samples", "16", "--device", "cpu"])
     assert evaluated.exit_code == 0, evaluated.output
     assert "fid_domain" in evaluated.output and "classes_covered" in evaluated.output
+    # The Inception scorer this process built before the classifier existed is not reused without it.
+    inception = CliRunner().invoke(main, ["eval", "--checkpoint", "run", "--samples", "16", "--device", "cpu",
+                                          "--features", "inception"])
+    assert inception.exit_code == 0 and "classes_covered" in inception.output, inception.output
 
 
 @pytest.mark.e2e
