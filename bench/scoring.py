@@ -425,8 +425,8 @@ class Scorer:
         # torchmetrics takes seconds to import: commands that never score (list, train) skip it.
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        self.fid = FrechetInceptionDistance(PrecomputedFeatures(num_features), reset_real_features=False)
-        self.fid = self.fid.to(self.device)
+        self.fid = FrechetInceptionDistance(PrecomputedFeatures(num_features),
+                                            reset_real_features=False).to(self.device)
         self.fid.update(real_features, real=True)
         self.kid = KernelDistance(real_features)
         self.real_features = real_features
