@@ -1,6 +1,4 @@
-"""Shared fixtures. Real GAN training is the expensive part of the suite, so each variant is
-trained at most once per session (``trained``) and every test that needs a trained generator
-shares that run."""
+"""Shared fixtures: real datasets, the scorer, throwaway servers and project folders."""
 
 from __future__ import annotations
 
@@ -10,16 +8,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from bench.data import ImageDataset, load_dataset
-from bench.engine import TrainConfig, Trainer
 from bench.scoring import Scorer
-from tests.helpers import (FID_SAMPLES, LEARNING_STEPS, PASSWORD, PG_BIN, Postgres, as_postgres, free_port,
-                           registered_variants)
+from tests.helpers import PASSWORD, PG_BIN, Postgres, as_postgres, free_port, registered_variants
 
 
 @pytest.fixture(scope="session")
@@ -93,32 +88,3 @@ def project_folder(scorer, feature_cache, tmp_path_factory):
     return make
 
 
-@dataclass
-class TrainedVariant:
-    trainer: Trainer
-    untrained: dict[str, float]
-    """Scores of the generator before its first step."""
-    scores: dict[str, float]
-    images_per_second: float
-
-
-@pytest.fixture(scope="session")
-def trained(scorer):
-    """trained(name) -> TrainedVariant, trained once per session on real Fashion-MNIST, on the CPU
-    whatever the machine has: the budgets and the thresholds the tests hold these runs to were set
-    on the reference machine's float32 runs, which repeat exactly; a GPU would train another run
-    (bfloat16 autocast by default, other kernels)."""
-    runs: dict[str, TrainedVariant] = {}
-
-    def get(name: str) -> TrainedVariant:
-        if name not in runs:
-            trainer = Trainer(TrainConfig(name, steps=LEARNING_STEPS[name], seed=0, device="cpu"), progress=False)
-            untrained = scorer.score(trainer.variant, FID_SAMPLES, seed=1)
-            result = trainer.run()
-            scores = scorer.score(trainer.variant, FID_SAMPLES, seed=1)
-            runs[name] = TrainedVariant(trainer, untrained, scores, result.images_per_second)
-            print(f"\n{name}: {LEARNING_STEPS[name]} steps, {result.images_per_second:.0f} images/s; "
-                  f"untrained {untrained}; trained {scores}")
-        return runs[name]
-
-    return get

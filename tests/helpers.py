@@ -114,25 +114,6 @@ def image_folder(root: Path, data, count: int, *, by_class: bool = True, rgb_sid
     return root
 
 
-# -- learning budgets ------------------------------------------------------------------------------
-
-FID_SAMPLES = 2000
-LEARNING_SECONDS = 40
-"""The suite's learning budget, the same for every variant: 40 s of training on the reference
-machine (2 CPU cores, AMD EPYC, torch 2.15), given as generator steps so that runs are
-deterministic: each variant's generator steps per second as this fixture measured them there,
-doctor and loss logging included (the WGANs make n_critic = 5 critic updates per generator
-step), times LEARNING_SECONDS. On that machine conftest.trained trains for about six minutes
-in all. test_quarter.py trains each variant much longer, apart from the suite."""
-STEPS_PER_SECOND = {"gan": 60.6, "dcgan": 30.2, "ragan": 30.2, "cgan": 27.3, "infogan": 25.6, "ebgan": 14.9,
-                    "wgan": 8.94, "wgan_gp": 4.94,
-                    # Measured with the engine on another 2-core machine (Intel Xeon, torch 2.14), partly under load
-                    # from other jobs, and scaled to the reference machine by dcgan's and ebgan's rates measured
-                    # beside them (48.3 and 24.5 there, a factor 1.62): lsgan 49.1, dragan 34.2, began 24.5 G steps/s.
-                    "lsgan": 30.3, "dragan": 21.1, "began": 15.1}
-LEARNING_STEPS = {name: round(rate * LEARNING_SECONDS) for name, rate in STEPS_PER_SECOND.items()}
-
-
 # -- PostgreSQL ------------------------------------------------------------------------------------
 
 PASSWORD = "s3cret-Pw-7"

@@ -1,6 +1,6 @@
 """The training doctor: each check fires on a planted failure, on real Fashion-MNIST, within a
 stated number of steps. That the built-in variants at their defaults raise no finding at all is
-tested on the session's learning runs (test_learning.py)."""
+tested on the learning runs (test_learning.py, `make learning`)."""
 
 from __future__ import annotations
 
