@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 import torch.nn.functional as F
 import torchvision
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from bench.data import DEBIAN_FASHION_MNIST
 from bench.scoring import Scorer
@@ -80,15 +80,9 @@ def generated(namespace: dict, count: int, seed: int) -> torch.Tensor:
     return images.clamp(-1, 1)
 
 
-def time_to_quality(script: Path, *, threshold: float, max_seconds: float, options: list[str]) -> dict:
-    scorer = Scorer("fashion-mnist", "domain")
-    work = Path(tempfile.mkdtemp(prefix="public-ttq-"))
-    root = fashion_root(work / "data")
-    run_dir = work / "a" / "b"  # the scripts write to ../../data and ./images
-    run_dir.mkdir(parents=True)
-    torchvision.datasets.MNIST = lambda *args, transform=None, **kwargs: torchvision.datasets.FashionMNIST(
-        root, train=True, download=False, transform=transform)
-    torchvision.utils.save_image = lambda *args, **kwargs: None
+def time_to_quality(script: Path, scorer: Scorer, run_dir: Path, *, threshold: float, max_seconds: float,
+                    options: list[str]) -> dict:
+    """Runs ``script`` with ``options`` in ``run_dir`` until its generator scores below ``threshold``."""
     namespace: dict = {}  # the script's globals, where the hook finds its generator and optimisers
     state = {"batches": 0, "g_steps": 0, "paused": 0.0, "started": None, "curve": []}
 
@@ -128,7 +122,6 @@ def time_to_quality(script: Path, *, threshold: float, max_seconds: float, optio
         hook.remove()
         sys.argv = argv
         os.chdir(cwd)
-        shutil.rmtree(work)
     curve = state["curve"]
     reached = next((point for point in curve if point["fid_domain"] < threshold), None)
     return {"script": f"{script.parent.name}/{script.name}", "options": options, "threshold": threshold,
@@ -151,15 +144,28 @@ def main() -> None:
     overrides = {}
     for item in args.set:
         name, _, pairs = item.partition(":")
-        overrides[name] = [part for pair in pairs.split(",") for part in (f"--{pair.split('=')[0]}", pair.split("=")[1])]
+        overrides[name] = [part for pair in pairs.split(",") for option, _, value in [pair.partition("=")]
+                           for part in (f"--{option}", value)]
+    scorer = Scorer("fashion-mnist", "domain")
+    work = Path(tempfile.mkdtemp(prefix="public-ttq-"))
+    root = fashion_root(work / "data")
+    run_dir = work / "a" / "b"  # the scripts write to ../../data and ./images
+    run_dir.mkdir(parents=True)
+    torchvision.datasets.MNIST = lambda *args, transform=None, **kwargs: torchvision.datasets.FashionMNIST(
+        root, train=True, download=False, transform=transform)
+    torchvision.utils.save_image = lambda *args, **kwargs: None
     rows = []
-    for name in args.scripts.split(","):
-        script = args.checkout / "implementations" / name / f"{name}.py"
-        rows.append(time_to_quality(script, threshold=args.threshold, max_seconds=args.max_seconds,
-                                    options=overrides.get(name, [])))
-        row = rows[-1]
-        print(f"{row['script']} {' '.join(row['options'])}: {row['seconds']} s to fid_domain < {args.threshold} "
-              f"({row['batches']} real batches, {row['g_steps']} G steps, {row['g_steps_per_second']} G steps/s; best {row['best_fid_domain']})", flush=True)
+    try:
+        for name in args.scripts.split(","):
+            script = args.checkout / "implementations" / name / f"{name}.py"
+            row = time_to_quality(script, scorer, run_dir, threshold=args.threshold, max_seconds=args.max_seconds,
+                                  options=overrides.get(name, []))
+            rows.append(row)
+            print(f"{row['script']} {' '.join(row['options'])}: {row['seconds']} s to fid_domain < {args.threshold} "
+                  f"({row['batches']} real batches, {row['g_steps']} G steps, {row['g_steps_per_second']} G steps/s; "
+                  f"best {row['best_fid_domain']})", flush=True)
+    finally:
+        shutil.rmtree(work)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))

@@ -23,7 +23,10 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.data import to_unit_range
 from bench.engine import TrainConfig, Trainer
+from bench.scoring import shared_scorer
+
 pytestmark = [pytest.mark.learning, pytest.mark.e2e]  # e2e too: `pytest -m "not e2e"` replaces addopts' -m
 
 FID_SAMPLES = 2000
@@ -50,18 +53,17 @@ def steps(name: str, seconds: float) -> int:
 
 @dataclass
 class LearningRun:
+    """A variant's run as it stood at LEARNING_SECONDS; the quarter test trains ``trainer`` on from there."""
     trainer: Trainer
-    """Trained on past LEARNING_SECONDS by the quarter test, when it has run."""
     untrained: dict[str, float]
     scores: dict[str, float]
-    """The scores at LEARNING_SECONDS, and what the run held then:"""
     findings: list
     history: pd.DataFrame
 
 
 @pytest.fixture(scope="module")
 def trained():
-    """trained(name) -> the variant's LearningRun, trained to LEARNING_SECONDS once per session."""
+    """trained(name) -> the variant's LearningRun, trained to LEARNING_SECONDS once for all the tests here."""
     runs: dict[str, LearningRun] = {}
 
     def get(name: str) -> LearningRun:
@@ -80,11 +82,12 @@ def trained():
 
 
 @pytest.fixture(scope="module")
-def noise_fid(scorer, fashion_train):
-    """FID of Gaussian noise with each pixel's real mean and standard deviation."""
-    real = fashion_train.images[:10000].float() / 127.5 - 1
+def noise_fid(fashion_train):
+    """FID of Gaussian noise with each pixel's real mean and standard deviation, by the runs' own scorer."""
+    real = to_unit_range(fashion_train.images[:10000])
     generator = torch.Generator().manual_seed(0)
     noise = real.mean(0) + real.std(0) * torch.randn(FID_SAMPLES, *real.shape[1:], generator=generator)
+    scorer = shared_scorer("fashion-mnist", "domain", torch.device("cpu"), None)
     return scorer.score_images(noise.clamp(-1, 1))["fid_domain"]
 
 
