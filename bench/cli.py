@@ -15,6 +15,7 @@ from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TrainConfig  # the
 from bench.data import resized
 from bench.errors import BenchError, Interrupted
 from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, OPTUNA_JOURNAL, RESULTS
+from bench.registry import REFERENCE_VARIANT
 
 
 class UserError(click.ClickException):
@@ -466,13 +467,16 @@ def evaluate(checkpoint, features, samples, device) -> None:
               help="A hyperparameter for the time to quality, set in every variant that has it (e.g. arch=mlp).")
 @click.option("--compare-amp", is_flag=True,
               help="Time to quality with --amp on and off, plotting both curves.")
+@click.option("--roofline", default=REFERENCE_VARIANT, show_default=True, metavar="VARIANT",
+              help="The variant whose training step is set against the matmul peak, with the --set values it "
+                   "has (e.g. --roofline gan --set arch=lucic).")
 @click.option("--inception", is_flag=True,
               help="Also measure the Inception extractor, and precision/recall/density/coverage at its 2048 "
                    "features (slow on a CPU).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=RESULTS / "perf.json", show_default=True)
 @reports_user_errors
 def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps, quality_threshold, quality_seconds,
-         parallel, parallel_storage, settings, compare_amp, inception, output) -> None:
+         parallel, parallel_storage, settings, compare_amp, roofline, inception, output) -> None:
     """Measures training throughput (median images/s at batch 64) against a plain loop, scoring speed,
     tracking and doctor overheads and the hardware limit; optionally time to quality and parallel
     studies. Prints a table and writes JSON (and, with time to quality, a PNG of the curves beside it)."""
@@ -482,7 +486,7 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
     chosen = [name.strip() for name in names.split(",") if name.strip()] or list(variants())
     keys = {setting.partition("=")[0] for setting in settings}
     hparams = {name: parse_settings(name, tuple(s for s in settings if s.partition("=")[0] in get_variant(name).hparams))
-               for name in chosen}
+               for name in {*chosen, roofline}}
     unused = sorted(keys - {key for values in hparams.values() for key in values})
     if unused:
         raise UserError(f"--set {unused[0]}: none of {', '.join(chosen)} has it; see `bench list`")
@@ -494,7 +498,7 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
     report = run_perf(chosen, output, dataset=dataset, steps=steps, repeats=repeats, device=device,
                       inception=inception, scoring_samples=scoring_samples, overhead_steps=overhead_steps,
                       quality_threshold=quality_threshold, quality_seconds=quality_seconds, parallel=worker_counts,
-                      parallel_storage=parallel_storage, hparams=hparams, compare_amp=compare_amp)
+                      parallel_storage=parallel_storage, hparams=hparams, compare_amp=compare_amp, roofline=roofline)
     for line in report_lines(report):
         click.echo(line)
     click.echo(f"wrote {output}")

@@ -276,16 +276,17 @@ def matmul_gflops(*, size: int = 2048, repeats: int = 5, device: str = "auto",
     return 2 * size**3 / best / 1e9
 
 
-def hardware_limit(variant: str = REFERENCE_VARIANT, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
-                   device: str = "auto", top: int = 10) -> dict:
+def hardware_limit(variant: str = REFERENCE_VARIANT, *, hparams: dict[str, HParamValue] | None = None,
+                   dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3, device: str = "auto",
+                   top: int = 10) -> dict:
     """The fraction of the device's matmul throughput (in the training's precision) a training step
     of ``variant`` achieves (its FLOPs counted by torch's FlopCounterMode), and where the time goes: the operators that
     take the most self time in a torch.profiler trace of ``steps`` steps."""
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    trainer = Trainer(TrainConfig(variant, dataset=dataset, steps=5, device=device, log_every=steps, doctor=False),
-                      progress=False)
+    trainer = Trainer(TrainConfig(variant, dataset=dataset, steps=5, device=device, log_every=steps, doctor=False,
+                                  hparams=hparams or {}), progress=False)
     rate = statistics.median(timed_repeats({"engine": trainer}, steps, repeats)["engine"])
     steps_per_second = rate / (trainer.config.batch_size * trainer.variant.real_batches_per_step)
     batch = trainer.config.batch_size * trainer.variant.real_batches_per_step
@@ -300,8 +301,8 @@ def hardware_limit(variant: str = REFERENCE_VARIANT, *, dataset: str = "fashion-
         trainer.run(until=trainer.step + steps)
     events = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
     total = sum(event.self_cpu_time_total for event in events)
-    return {"variant": variant, "device": str(trainer.device), "precision": trainer.precision,
-            "step_gflop": round(step_flops / 1e9, 3),
+    return {"variant": variant, "hparams": hparams or {}, "device": str(trainer.device),
+            "precision": trainer.precision, "step_gflop": round(step_flops / 1e9, 3),
             "g_steps_per_second": round(steps_per_second, 2), "achieved_gflops": round(achieved, 1),
             "matmul_gflops": round(peak, 1), "fraction_of_matmul": round(achieved / peak, 3),
             "top_operators": [{"name": event.key, "self_cpu_share": round(event.self_cpu_time_total / total, 3),
@@ -371,12 +372,14 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
              repeats: int = 3, device: str = "auto", inception: bool = False, scoring_samples: int = 10000,
              overhead_steps: int = 200, quality_threshold: float | None = None, quality_seconds: float = 300,
              parallel: tuple[int, ...] = (), parallel_storage: str | None = None,
-             hparams: dict[str, dict[str, HParamValue]] | None = None, compare_amp: bool = False) -> dict:
+             hparams: dict[str, dict[str, HParamValue]] | None = None, compare_amp: bool = False,
+             roofline: str = REFERENCE_VARIANT) -> dict:
     """Every measurement, written to ``out`` as JSON. The slow ones are opt-in: time to quality
     (``quality_threshold``), the parallel study (``parallel``: its worker counts) and the
     Inception extractor. ``hparams``: per variant, settings for its time to quality;
-    ``compare_amp``: time to quality with bfloat16 autocast on and off, instead of at the default."""
-    for name in variants:
+    ``compare_amp``: time to quality with bfloat16 autocast on and off, instead of at the default;
+    ``roofline``: the variant (with its ``hparams``) whose step is set against the matmul peak."""
+    for name in (*variants, roofline):
         get_variant(name)
     if quality_threshold is not None and not quality_threshold > 0:
         raise ConfigError(f"--time-to-quality must be a positive FID, got {quality_threshold}")
@@ -394,9 +397,10 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
               "overhead": {name: overhead(tracking=name != "doctor", doctor=name != "tracking", steps=overhead_steps,
                                           dataset=dataset, repeats=repeats, device=device)
                            for name in ("tracking", "doctor", "both")},
-              # DCGAN whatever the variants: the reference network (and FlopCounterMode's module
-              # hooks cannot follow WGAN-GP's gradient of a gradient).
-              "hardware": hardware_limit(REFERENCE_VARIANT, dataset=dataset, steps=steps, repeats=repeats, device=device)}
+              # DCGAN unless asked: the reference network (and FlopCounterMode's module hooks cannot
+              # follow WGAN-GP's gradient of a gradient).
+              "hardware": hardware_limit(roofline, hparams=(hparams or {}).get(roofline), dataset=dataset,
+                                         steps=steps, repeats=repeats, device=device)}
     if quality_threshold is not None:
         report["time_to_quality"] = [time_to_quality(name, threshold=quality_threshold, dataset=dataset,
                                                      max_seconds=quality_seconds, device=device,
@@ -461,7 +465,8 @@ def report_lines(report: dict) -> list[str]:
                      f"{'MLflow logging and the doctor' if name == 'both' else name}, "
                      f"{row['off_images_per_second']:.0f} without (ratio {row['ratio']})")
     hardware = report["hardware"]
-    lines.append(f"hardware limit ({hardware['variant']}): {hardware['step_gflop']} GFLOP per step x "
+    settings = "".join(f" {key}={value}" for key, value in hardware.get("hparams", {}).items())
+    lines.append(f"hardware limit ({hardware['variant']}{settings}): {hardware['step_gflop']} GFLOP per step x "
                  f"{hardware['g_steps_per_second']} steps/s = {hardware['achieved_gflops']} GFLOP/s, "
                  f"{hardware['fraction_of_matmul']:.1%} of this device's matmul {hardware['matmul_gflops']} GFLOP/s "
                  f"({hardware['precision']}); "

@@ -51,7 +51,8 @@ def test_parallel_study_times_bench_run_with_its_workers():
 def test_bench_perf_writes_json(tmp_path):
     out = tmp_path / "perf.json"
     shown = subprocess.run([str(BENCH), "perf", "--variants", "gan", "--steps", "3", "--repeats", "1",
-                            "--scoring-samples", "300", "--overhead-steps", "10", "-o", str(out)], capture_output=True, text=True, timeout=300)
+                            "--scoring-samples", "300", "--overhead-steps", "10", "--roofline", "gan", "--set",
+                            "arch=lucic", "-o", str(out)], capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr
     report = json.loads(out.read_text())
     assert [row["variant"] for row in report["training"]] == ["gan"]
@@ -61,7 +62,9 @@ def test_bench_perf_writes_json(tmp_path):
     assert report["scoring"]["samples"] == 300 and "torch" in report["meta"]
     assert set(report["overhead"]) == {"tracking", "doctor", "both"}
     hardware = report["hardware"]
-    assert hardware["variant"] == "dcgan" and hardware["step_gflop"] > 0 and hardware["top_operators"]
+    # compare_gan's network, not gan's default MLP (about 0.1 GFLOP a step)
+    assert (hardware["variant"], hardware["hparams"]) == ("gan", {"arch": "lucic"}) and hardware["step_gflop"] > 5
+    assert hardware["top_operators"] and "hardware limit (gan arch=lucic)" in shown.stdout
     assert abs(hardware["fraction_of_matmul"] - hardware["achieved_gflops"] / hardware["matmul_gflops"]) < 0.01
     for name, row in report["overhead"].items():
         assert (row["tracking"], row["doctor"]) == (name != "doctor", name != "tracking")

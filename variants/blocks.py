@@ -66,7 +66,9 @@ class MLPGenerator(nn.Module):
         self.image_shape = image_shape
         layers: list[nn.Module] = []
         for width in hidden:
-            layers += [nn.Linear(in_dim, width), activation(selu, leaky=True)]
+            # Batch norm in every layer but the output, as DCGAN's generator has it (SELU instead normalises itself).
+            norm = [] if selu else [nn.BatchNorm1d(width)]
+            layers += [nn.Linear(in_dim, width), *norm, activation(selu, leaky=True)]
             in_dim = width
         layers += [nn.Linear(in_dim, math.prod(image_shape)), nn.Tanh()]
         self.net = nn.Sequential(*layers)
