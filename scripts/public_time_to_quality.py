@@ -4,6 +4,7 @@ as `bench perf --time-to-quality` measures ganbench's variants, on the same mach
 
     python scripts/public_time_to_quality.py PYTORCH_GAN_CHECKOUT [--scripts wgan,wgan_gp] \
         [--threshold 300] [--max-seconds 300] [--set wgan_gp:lr=0.0001,b1=0] [-o results/public.json]
+        [--beside results/perf.json]
 
 Each script runs as it is, in this process, with its own defaults (or the --set values for its
 argparse options), but for four things: it reads Fashion-MNIST's training split (Debian's IDX files
@@ -12,7 +13,8 @@ nowhere; torch and numpy are seeded (0); and every 200 real batches (discriminat
 clock stops while fid_domain is scored on 2,000 samples of its generator in eval mode, resized to
 28x28 where the script trains at 32x32, with the scorer `bench perf` uses. The seconds are those
 of training (from its first optimiser step, evaluations excluded), until fid_domain first drops
-below the threshold.
+below the threshold. ``--beside`` draws each script's curve beside its ganbench variant's from a
+``bench perf --time-to-quality`` JSON, into a PNG next to ``-o``.
 
 Two scripts do not run as published, and get the one-token correction that lets them run:
 dragan.py iterates over ``mnist_loader``, a name it never defines (its loader is ``dataloader``);
@@ -141,6 +143,38 @@ def time_to_quality(script: Path, scorer: Scorer, run_dir: Path, *, threshold: f
             "best_fid_domain": min(point["fid_domain"] for point in curve), "curve": curve}
 
 
+VARIANT_OF = {"relativistic_gan": "ragan"}  # script folder -> ganbench variant where the names differ
+
+
+def plot_beside(rows: list[dict], perf: dict, out: Path) -> None:
+    """One panel per script: its fid_domain curve and its ganbench variant's, against training seconds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours = {row["variant"]: row for row in perf["time_to_quality"]}
+    columns = 4
+    fig, axes = plt.subplots(-(-len(rows) // columns), columns, figsize=(14, 3 * -(-len(rows) // columns)),
+                             sharey=True, squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows):
+        folder = row["script"].split("/")[0]
+        name = VARIANT_OF.get(folder, folder)
+        if name in ours:
+            variant = ours[name]
+            ax.plot([0] + [point["seconds"] for point in variant["curve"]],
+                    [variant["untrained_fid_domain"]] + [point["fid_domain"] for point in variant["curve"]],
+                    marker=".", label=f"ganbench {name}")
+        ax.plot([point["seconds"] for point in row["curve"]], [point["fid_domain"] for point in row["curve"]],
+                marker=".", label=row["script"].split("/")[1])
+        ax.axhline(row["threshold"], color="grey", lw=0.8, ls="--")
+        ax.set(title=name, xlabel="training seconds", ylabel="fid_domain")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkout", type=Path, help="a clone of eriklindernoren/PyTorch-GAN")
@@ -150,7 +184,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="NAME:OPTION=VALUE,...",
                         help="argparse options for one script, e.g. wgan_gp:lr=0.0001,b1=0")
     parser.add_argument("-o", "--out", type=Path)
+    parser.add_argument("--beside", type=Path, metavar="PERF_JSON",
+                        help="a `bench perf --time-to-quality` report to plot beside (needs -o)")
     args = parser.parse_args()
+    if args.beside and not args.out:
+        parser.error("--beside draws next to -o: give -o too")
     overrides = {}
     for item in args.set:
         name, _, pairs = item.partition(":")
@@ -179,6 +217,8 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))
+    if args.beside:
+        plot_beside(rows, json.loads(args.beside.read_text()), args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
