@@ -287,13 +287,20 @@ def hardware_limit(variant: str = REFERENCE_VARIANT, *, hparams: dict[str, HPara
 
     trainer = Trainer(TrainConfig(variant, dataset=dataset, steps=5, device=device, log_every=steps, doctor=False,
                                   hparams=hparams or {}), progress=False)
-    rate = statistics.median(timed_repeats({"engine": trainer}, steps, repeats)["engine"])
-    steps_per_second = rate / (trainer.config.batch_size * trainer.variant.real_batches_per_step)
     batch = trainer.config.batch_size * trainer.variant.real_batches_per_step
     real, labels = trainer.batches.next(batch)
-    with FlopCounterMode(display=False) as counter, trainer.autocast():
-        trainer.variant.train_step(real, labels)
+    try:
+        with FlopCounterMode(display=False) as counter, trainer.autocast():
+            trainer.variant.train_step(real, labels)
+    except RuntimeError as error:
+        if "autograd.grad()" not in str(error):
+            raise
+        raise ConfigError(f"--roofline {variant}: torch's FlopCounterMode cannot count a step that differentiates "
+                          "a gradient (a gradient penalty); choose a variant without one, e.g. dcgan, or gan with "
+                          "--set arch=lucic") from None
     step_flops = counter.get_total_flops()
+    rate = statistics.median(timed_repeats({"engine": trainer}, steps, repeats)["engine"])
+    steps_per_second = rate / batch
     peak = matmul_gflops(device=device, dtype=trainer.amp_dtype or torch.float32)
     achieved = step_flops * steps_per_second / 1e9
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
@@ -389,6 +396,9 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
         check_storage(parallel_storage)  # now, not after minutes of the other measurements
     if compare_amp and quality_threshold is not None:
         autocast_dtype(resolve_device(device), "on")  # refused now where bfloat16 is not native
+    # First: the one measurement a variant can refuse (its FLOPs), in seconds rather than after the others.
+    hardware = hardware_limit(roofline, hparams=(hparams or {}).get(roofline), dataset=dataset, steps=steps,
+                              repeats=repeats, device=device)
     report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                        "machine": platform.machine(), "processor": platform.processor()},
               "training": [training_throughput(name, dataset=dataset, steps=steps, repeats=repeats, device=device)
@@ -397,10 +407,7 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
               "overhead": {name: overhead(tracking=name != "doctor", doctor=name != "tracking", steps=overhead_steps,
                                           dataset=dataset, repeats=repeats, device=device)
                            for name in ("tracking", "doctor", "both")},
-              # DCGAN unless asked: the reference network (and FlopCounterMode's module hooks cannot
-              # follow WGAN-GP's gradient of a gradient).
-              "hardware": hardware_limit(roofline, hparams=(hparams or {}).get(roofline), dataset=dataset,
-                                         steps=steps, repeats=repeats, device=device)}
+              "hardware": hardware}
     if quality_threshold is not None:
         report["time_to_quality"] = [time_to_quality(name, threshold=quality_threshold, dataset=dataset,
                                                      max_seconds=quality_seconds, device=device,

@@ -112,6 +112,7 @@ CASES = [
     (["perf", "--variants", "gan,nosuch"], "unknown variant 'nosuch'"),
     (["perf", "--parallel", "one,two"], "--parallel expects worker counts like 1,2,3"),
     (["perf", "--time-to-quality", "-5"], "--time-to-quality must be a positive FID"),
+    (["perf", "--roofline", "wgan_gp"], "--roofline wgan_gp: torch's FlopCounterMode cannot count a step"),
     (["perf", "-o", "a_file/perf.json"], "cannot write a_file/perf.json"),
     (["perf", "-o", "run"], "cannot write run (it is a folder)"),
     (["perf", "-o", "/proc/perf.json"], "cannot write /proc/perf.json (/proc is not a folder you can write to)"),
