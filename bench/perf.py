@@ -436,7 +436,7 @@ def plot_time_to_quality(rows: list[dict], path: Path) -> None:
 
     panels: dict[str, list[dict]] = {}
     for row in rows:
-        settings = "".join(f" {key}={value}" for key, value in row["hparams"].items())
+        settings = settings_text(row["hparams"])
         panels.setdefault(row["variant"] + settings, []).append(row)
     columns = min(4, len(panels))
     lines = math.ceil(len(panels) / columns)
@@ -456,6 +456,11 @@ def plot_time_to_quality(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def settings_text(hparams: dict[str, HParamValue]) -> str:
+    """`` key=value`` for each setting, as a report line names a run's hyperparameters."""
+    return "".join(f" {key}={value}" for key, value in hparams.items())
+
+
 def report_lines(report: dict) -> list[str]:
     """The report as `bench perf` prints it: a table of the training rows, then a line per measurement."""
     lines = [f"{'variant':<10} {'images/s':>9} {'G steps/s':>10} {'plain loop':>11} {'speedup':>8} "
@@ -472,7 +477,7 @@ def report_lines(report: dict) -> list[str]:
                      f"{'MLflow logging and the doctor' if name == 'both' else name}, "
                      f"{row['off_images_per_second']:.0f} without (ratio {row['ratio']})")
     hardware = report["hardware"]
-    settings = "".join(f" {key}={value}" for key, value in hardware.get("hparams", {}).items())
+    settings = settings_text(hardware.get("hparams", {}))
     lines.append(f"hardware limit ({hardware['variant']}{settings}): {hardware['step_gflop']} GFLOP per step x "
                  f"{hardware['g_steps_per_second']} steps/s = {hardware['achieved_gflops']} GFLOP/s, "
                  f"{hardware['fraction_of_matmul']:.1%} of this device's matmul {hardware['matmul_gflops']} GFLOP/s "
@@ -482,7 +487,7 @@ def report_lines(report: dict) -> list[str]:
     for row in report.get("time_to_quality", []):
         reached = (f"{row['seconds']} s ({row['cpu_seconds']} CPU-s, step {row['steps']})" if row["seconds"]
                    else f"not within {row['max_seconds']:g} s (best {row['best_fid_domain']})")
-        settings = "".join(f" {key}={value}" for key, value in row.get("hparams", {}).items())
+        settings = settings_text(row.get("hparams", {}))
         lines.append(f"time to fid_domain < {row['threshold']:g} ({row['variant']}{settings}, {row['precision']}, untrained "
                      f"{row['untrained_fid_domain']}): {reached}")
     for row in report.get("parallel", {}).get("runs", []):

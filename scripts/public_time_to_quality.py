@@ -146,13 +146,13 @@ def time_to_quality(script: Path, scorer: Scorer, run_dir: Path, *, threshold: f
 VARIANT_OF = {"relativistic_gan": "ragan"}  # script folder -> ganbench variant where the names differ
 
 
-def plot_beside(rows: list[dict], perf: dict, out: Path) -> None:
+def plot_beside(rows: list[dict], ours: list[dict], out: Path) -> None:
     """One panel per script: its fid_domain curve and its ganbench variant's, against training seconds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ours = {row["variant"]: row for row in perf["time_to_quality"]}
+    ours = {row["variant"]: row for row in ours}
     columns = 4
     fig, axes = plt.subplots(-(-len(rows) // columns), columns, figsize=(14, 3 * -(-len(rows) // columns)),
                              sharey=True, squeeze=False)
@@ -189,6 +189,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.beside and not args.out:
         parser.error("--beside draws next to -o: give -o too")
+    scripts = [args.checkout / "implementations" / name / f"{name}.py" for name in args.scripts.split(",")]
+    missing = [str(script) for script in scripts if not script.is_file()]
+    if missing:
+        parser.error(f"no {missing[0]}: give a clone of eriklindernoren/PyTorch-GAN and names from its implementations/")
+    beside = None
+    if args.beside:  # read now, not after the scripts' minutes of training
+        try:
+            beside = json.loads(args.beside.read_text())["time_to_quality"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"--beside {args.beside}: not a `bench perf --time-to-quality` report ({error!r})")
     overrides = {}
     for item in args.set:
         name, _, pairs = item.partition(":")
@@ -204,21 +214,20 @@ def main() -> None:
     torchvision.utils.save_image = lambda *args, **kwargs: None
     rows = []
     try:
-        for name in args.scripts.split(","):
-            script = args.checkout / "implementations" / name / f"{name}.py"
+        for script in scripts:
             row = time_to_quality(script, scorer, run_dir, threshold=args.threshold, max_seconds=args.max_seconds,
-                                  options=overrides.get(name, []))
+                                  options=overrides.get(script.parent.name, []))
             rows.append(row)
+            if args.out:  # after each script, so that an interrupted run keeps those already timed
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(rows, indent=1))
             print(f"{row['script']} {' '.join(row['options'])}: {row['seconds']} s to fid_domain < {args.threshold} "
                   f"({row['batches']} real batches, {row['g_steps']} G steps, {row['g_steps_per_second']} G steps/s; "
                   f"best {row['best_fid_domain']})", flush=True)
     finally:
         shutil.rmtree(work)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=1))
-    if args.beside:
-        plot_beside(rows, json.loads(args.beside.read_text()), args.out.with_suffix(".png"))
+    if beside is not None:
+        plot_beside(rows, beside, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
