@@ -1,6 +1,7 @@
 # `make run`: set up, then run the main job on the embedded defaults (the `quick` study).
 # `make test`: set up, then run the test suite (which also drives a headless Chromium and starts
 # a throwaway PostgreSQL server on loopback, stopped again when its tests end).
+# `make docs`: set up, then build the documentation site into build/site (offline, --strict).
 # `make fast`: set up, then the fast lane: every test but those marked e2e (real trainings, studies,
 # servers, the browser, `bench` run as a process for many seconds); meant to take under two
 # minutes on 2 idle CPU cores.
@@ -11,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test fast learning setup data browser postgres
+.PHONY: run test fast learning docs setup data browser postgres
 
 run: setup
 	$(BIN)/bench run --variant dcgan --study quick
@@ -24,6 +25,9 @@ fast: setup
 
 learning: setup
 	$(BIN)/python -m pytest tests -m learning -s
+
+docs: $(VENV)/.installed
+	$(BIN)/mkdocs build --strict
 
 setup: $(VENV)/.installed data
 

@@ -32,8 +32,8 @@ for a study's trial numbers to be added."""
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 amp_option = click.option("--amp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
                           help="bfloat16 autocast for training. auto: on a CUDA GPU that supports it, float32 on "
-                               "the CPU (no faster to a given FID there); on: also on a CPU with native bfloat16 "
-                               "(AVX512-BF16, AMX); off: float32. Scoring is always float32.")
+                               "the CPU; on: also on a CPU with native bfloat16 (AVX512-BF16, AMX), where it "
+                               "reaches a given FID 1.05-1.6x sooner; off: float32. Scoring is always float32.")
 
 
 def reports_user_errors(command):

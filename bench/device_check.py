@@ -1,6 +1,6 @@
-"""`python -m bench.device_check`: the figures a session with a GPU collects in a few minutes,
-and that the suite runs on the CPU in smoke mode (``--smoke``), so that the script itself is
-known to work before a GPU is lent.
+"""`python -m bench.device_check`: the figures a GPU gives in a few minutes, collected by one
+script that the suite also runs on the CPU in smoke mode (``--smoke``), so that the script is
+known to work before it runs on a GPU.
 
     python -m bench.device_check --device cuda -o results/device-check.json
 

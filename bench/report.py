@@ -22,7 +22,8 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200p
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}.variant{display:inline-block;
 margin:0 1em 1em 0;vertical-align:top;text-align:center}.variant img{width:260px;image-rendering:pixelated}
-.warning{color:#a40}"""
+.warning{color:#a40}.wide{overflow-x:auto;max-width:100%;margin:.5em 0 1.5em}.wide table{margin:0}
+h1,h2,h3{overflow-wrap:anywhere}"""
 
 
 def png(data: bytes, alt: str) -> str:
@@ -30,7 +31,9 @@ def png(data: bytes, alt: str) -> str:
 
 
 def table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format="{:.4g}".format, na_rep="", border=0, escape=True)
+    """A table that scrolls inside its own box when it is wider than the page."""
+    html_table = frame.to_html(index=False, float_format="{:.4g}".format, na_rep="", border=0, escape=True)
+    return f"<div class='wide'>{html_table}</div>"
 
 
 def render(study: str, store: TrackingStore) -> str:
