@@ -20,6 +20,7 @@ from torch import nn
 
 from bench.observer import Finding, Observer, RunStart
 from bench.errors import ConfigError, UnhealthyRun
+from bench.readers import read_bytes
 from bench.registry import Variant
 
 SAMPLES = 64
@@ -45,12 +46,10 @@ def read_health(path: Path) -> list[Finding]:
         return ConfigError(f"{path} is not a list of the doctor's findings ({problem}); pass a folder written by "
                            "`bench train` or a study trial")
 
-    if not path.is_file():  # a folder, a FIFO (whose read would block), a device
-        raise refuse("not a regular file")
-    if path.stat().st_size > MAX_HEALTH_BYTES:
-        raise refuse(f"{path.stat().st_size} bytes; the doctor writes a few kB")
+    data = read_bytes(path, "the health file", "pass a folder written by `bench train` or a study trial (the doctor "
+                      "writes a few kB)", limit=MAX_HEALTH_BYTES)
     try:
-        rows = json.loads(path.read_bytes())
+        rows = json.loads(data)
     except (ValueError, RecursionError) as exc:  # not JSON (or not UTF-8), or nested past the parser's depth
         raise refuse(f"not JSON: {str(exc)[:80] or type(exc).__name__}") from None
     if not isinstance(rows, list):

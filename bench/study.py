@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import optuna
 from bench.config import BUDGET_KEYS, Budget
 from bench.data import check_dataset_name
 from bench.errors import ConfigError
+from bench.readers import read_bytes
 from bench.registry import TIPS, HParam, HParamValue, Variant, variants
 from bench.scores import EXTRACTORS, SCORES, extractor_of, higher_is_better, is_score, metric_names, score_of
 from bench.scoring import default_extractor, no_classifier, weights_path
@@ -116,6 +118,15 @@ class StudySpec:
     def direction(self) -> str:
         return "maximize" if higher_is_better(self.objective) else "minimize"
 
+    def definition(self) -> dict[str, Any]:
+        """What makes trials of this study comparable, as plain JSON values: its dataset, objective, budget,
+        search space and arms. Another file of the same name must define the same study (the runner checks)."""
+        return json.loads(json.dumps({
+            "dataset": self.dataset, "objective": self.objective, "budget": dataclasses.asdict(self.budget),
+            "space": [dataclasses.asdict(dim) for dim in self.space],
+            "space_if_present": [dataclasses.asdict(dim) for dim in self.space_if_present],
+            "arms": {arm.name: arm.hparams for arm in self.arms}, "seeds": self.seeds}))
+
     def make_pruner(self) -> optuna.pruners.BasePruner:
         if self.pruner == "median":
             # A GAN's first evaluation is too early to judge it by: the pruner may act from the second.
@@ -135,9 +146,20 @@ class StudySpec:
             trials = min(trials, len(arms) * self.seeds)
         elif self.sampler == "grid":
             trials = min(trials, len(list(itertools.product(*(dim.choices for dim in dimensions)))))
-        if trials < 1:
-            raise ConfigError(f"trials must be at least 1, got {trials}")
+        check_trials(trials, "trials")
+        self._check_objective(variant)
         return VariantStudy(self, variant, dimensions, arms, skipped, trials)
+
+    def _check_objective(self, variant: type[Variant]) -> None:
+        """The objective is one that ``variant``'s trials record: label accuracy needs a conditional
+        generator, code accuracy a categorical latent code."""
+        needs = score_of(self.objective).needs
+        lacks = {"labels": not variant.conditional,
+                 "codes": variant.categorical_code is Variant.categorical_code}.get(needs, False)
+        if lacks:
+            what = "a conditional generator (labels)" if needs == "labels" else "a categorical latent code"
+            raise ConfigError(f"{self.path}: objective '{self.objective}' needs {what}, and variant '{variant.name}' "
+                              "has none; choose another objective (e.g. fid_domain) or another variant")
 
     def _dimensions(self, variant: type[Variant]) -> list[Dimension]:
         dims = list(self.space) + [dim for dim in self.space_if_present if dim.name in variant.hparams]
@@ -217,6 +239,12 @@ class VariantStudy:
         return dict(arms[arm].hparams), trial.suggest_categorical("seed", list(range(self.spec.seeds)))
 
 
+def check_trials(trials: int, what: str) -> None:
+    if not 1 <= trials <= MAX_TRIALS:
+        raise ConfigError(f"{what} must be from 1 to {MAX_TRIALS:,}, got {trials}: each trial is a row in the "
+                          "Optuna storage and a run in MLflow that every later ask and comparison reads")
+
+
 def available_studies() -> list[str]:
     return sorted(path.stem for path in STUDIES_DIR.glob("*.toml"))
 
@@ -226,16 +254,17 @@ def load_study(name_or_path: str | Path) -> StudySpec:
     path = Path(name_or_path)
     if path.suffix != ".toml":
         path = STUDIES_DIR / f"{name_or_path}.toml"
-    if not path.exists():
+    try:
+        missing = not path.exists()
+    except OSError as exc:  # a name too long for the file system
+        raise ConfigError(f"no study '{str(name_or_path)[:80]}...': {exc.strerror}; a study's name is its file's "
+                          f"name, at most {MAX_NAME} characters") from None
+    if missing:
         raise ConfigError(f"no study '{name_or_path}': {path} does not exist; available: "
                           f"{', '.join(available_studies())} (or pass a path to a .toml file)")
-    if not path.is_file():  # a FIFO would block the read for ever; a folder or device is no study either
-        raise ConfigError(f"{path}: not a regular file; pass a study .toml file")
-    size = path.stat().st_size
-    if size > MAX_STUDY_BYTES:
-        raise ConfigError(f"{path}: {size:,} bytes, not a study file (they are a few kB)")
+    data = read_bytes(path, "the study file", "pass a study .toml file (they are a few kB)", limit=MAX_STUDY_BYTES)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
     except RecursionError:
@@ -243,8 +272,6 @@ def load_study(name_or_path: str | Path) -> StudySpec:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
                           "TOML files must be UTF-8: save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the study file ({exc.strerror}); pass a readable .toml file") from None
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")
@@ -278,6 +305,12 @@ def load_study(name_or_path: str | Path) -> StudySpec:
 
 MAX_STUDY_BYTES = 1_000_000
 """A study file is a few kB; a bigger one is some other file, refused before it is read."""
+MAX_NAME = 100
+"""The longest study name (its file's name): it names the study's folders, its Optuna studies (with the
+variant and dataset) and its MLflow experiment, and file systems allow 255 bytes a name."""
+MAX_TRIALS = 100_000
+"""The most trials a study may ask for: each is a row in the Optuna storage and a run in MLflow that every
+ask, leaderboard and comparison reads back; at a few minutes a trial, more would run for a year."""
 CHOICE_TYPES = (str, int, float, bool)
 """What a categorical dimension's choices may be (Optuna stores them as JSON scalars)."""
 
@@ -365,8 +398,10 @@ def _check(spec: StudySpec) -> None:
     if (score_of(spec.objective).needs or spec.objective.endswith("_domain")) and weights_path(spec.dataset) is None:
         raise ConfigError(f"{spec.path}: {no_classifier(spec.dataset, f'objective {spec.objective}')}")
     budget = spec.budget
-    if spec.trials < 1:
-        raise ConfigError(f"{spec.path}: trials must be at least 1, got {spec.trials}")
+    check_trials(spec.trials, f"{spec.path}: trials")
+    if len(spec.name) > MAX_NAME:
+        raise ConfigError(f"{spec.path}: the study's name (its file's name) has {len(spec.name)} characters, over "
+                          f"{MAX_NAME}; give the file a shorter name")
     try:
         budget.validate()
     except ConfigError as exc:

@@ -1,0 +1,106 @@
+"""A study is known by its name: another file of that name that defines another study is refused
+before any trial, and a variant that keeps failing is skipped while the others run, the command
+ending non-zero and naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench import runner
+from bench.cli import main
+from variants.gan import GAN
+
+STUDY = """
+dataset = "digits"
+objective = "fid_domain"
+trials = {trials}
+sampler = "random"
+pruner = "none"
+{variant}
+
+[budget]
+steps = {steps}
+batch_size = 32
+eval_every = 2
+eval_samples = 100
+
+[space]
+{space}
+"""
+LR = 'lr = { low = 1e-4, high = 1e-3, log = true }'
+
+
+def study_file(folder: Path, *, steps: int = 4, trials: int = 1, variant: str = "", space: str = LR) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "shared_name.toml"
+    path.write_text(STUDY.format(steps=steps, trials=trials, variant=variant, space=space))
+    return path
+
+
+def invoke(folder: Path, monkeypatch, *args: str):
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return CliRunner().invoke(main, ["run", *args])
+
+
+@pytest.mark.e2e
+def test_a_file_of_the_same_name_with_another_budget_is_refused_before_any_trial(tmp_path, monkeypatch):
+    first = study_file(tmp_path / "mine", steps=4)
+    result = invoke(tmp_path, monkeypatch, "--variant", "gan", "--study", str(first))
+    assert result.exit_code == 0, result.output
+    journal = tmp_path / "results" / "optuna" / "journal.log"
+    recorded = journal.read_bytes()
+
+    other = study_file(tmp_path / "teammate", steps=6)  # the same stem, another budget
+    result = invoke(tmp_path, monkeypatch, "--variant", "gan", "--study", str(other))
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    error, = result.stderr.strip().splitlines()
+    assert ("the study 'shared_name'" in error and "budget.steps 4" in error and "this file gives 6" in error
+            and "give the file another name" in error), error
+    assert journal.read_bytes() == recorded  # no trial asked, nothing written to the stored study
+
+    # Another variant under the same name and other terms is refused too: its trials would be compared.
+    result = invoke(tmp_path, monkeypatch, "--variant", "dcgan", "--study", str(other))
+    assert result.exit_code == 2 and "budget.steps 4" in result.stderr, result.output
+
+    # The same definition continues the stored study (more trials are not another definition).
+    again = study_file(tmp_path / "copy", steps=4)
+    result = invoke(tmp_path, monkeypatch, "--variant", "gan", "--study", str(again), "--trials", "2")
+    assert result.exit_code == 0, result.output
+    assert "2 trials in Optuna" in result.output
+
+
+class AlwaysNaN(GAN):
+    """A third-party GAN whose discriminator loss is NaN from the first step."""
+
+    name = "always_nan"
+
+    def d_losses(self, real, fake, latent, labels):
+        losses = super().d_losses(real, fake, latent, labels)
+        return {**losses, "loss_d": losses["loss_d"] * torch.tensor(float("nan"))}
+
+
+@pytest.mark.e2e
+def test_with_variant_all_a_variant_that_keeps_failing_is_skipped_and_the_others_run(tmp_path, monkeypatch,
+                                                                                     registered):
+    registered(AlwaysNaN)
+    monkeypatch.setattr(runner, "MAX_FAILURES_IN_A_ROW", 3)
+    # Only gan and its subclasses have both keys: 'all' resolves to gan and always_nan.
+    space = ('arch = { choices = ["mlp"] }\nloss = { choices = ["nonsaturating", "minimax"] }')
+    path = study_file(tmp_path / "studies", trials=2, variant='variant = "all"', space=space)
+    result = invoke(tmp_path, monkeypatch, "--study", str(path))
+    assert result.exit_code == 1, result.output
+    assert "always_nan skipped: 3 of its trials in a row failed" in result.stdout
+    assert "became NaN" in result.stdout, result.stdout  # the reason of the last failure
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: variant always_nan was skipped")
+    assert "study 'shared_name:gan:digits': 2 trials in Optuna" in result.stdout  # gan ran its trials
+    summary = result.stdout[result.stdout.index("study shared_name"):]
+    assert "always_nan" in summary and "gan" in summary  # the comparison shows both, the failures counted
+
+    # A rerun tries the skipped variant again (its failures may have been fixed), and gan is already done.
+    result = invoke(tmp_path, monkeypatch, "--study", str(path))
+    assert result.exit_code == 1 and result.stdout.count("always_nan skipped") == 1, result.output
