@@ -25,6 +25,7 @@ from bench import checkpoint
 from bench.data import BatchSampler, ImageDataset, load_dataset
 from bench.config import TrainConfig
 from bench.errors import ConfigError, Interrupted, TrainingDiverged
+from bench.memory import check_fits, training_need
 from bench.observer import Finding, Observer, RunStart
 from bench.registry import Variant, get_variant
 from bench.run_folder import RunFolder
@@ -160,6 +161,11 @@ class Trainer:
         self.data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
         config = self.config = resolve_steps(config, self.data)
 
+        shape = "x".join(map(str, self.data.image_shape))
+        check_fits(training_need(variant_cls, config.hparams, self.data.image_shape, self.data.num_classes,
+                                 config.batch_size, value_bytes=4 if self.amp_dtype is None else 2,
+                                 data_bytes=self.data.images.numel() if self.device.type == "cuda" else 0),
+                   self.device, f"training {config.variant} on {shape} images in batches of {config.batch_size}")
         torch.manual_seed(config.seed)
         # channels-last suits the convolution kernels of both oneDNN (CPU) and cuDNN (tensor cores).
         self.variant = variant_cls(self.data.image_shape, self.data.num_classes, **config.hparams).to(

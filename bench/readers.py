@@ -144,3 +144,13 @@ def _decoded(source: Path | io.BytesIO, named: str, fix: str, max_pixels: int):
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # truncated, not an image
         raise UnreadableFile(f"{named} is not a readable image ({type(exc).__name__}); {fix}") from None
+
+
+def kernel_text(path: Path | str) -> str | None:
+    """A small text file the kernel provides (/proc, /sys: memory figures, limits), or None where this
+    system has none. These are not regular files on a disk, so they do not go through regular_file."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read(1 << 16)
+    except (OSError, ValueError):
+        return None
