@@ -13,19 +13,17 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import pickle
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from bench import readers
 from bench.errors import ConfigError
 
 FILENAME = "checkpoint.pt"
 FORMAT = "ganbench-checkpoint"
 VERSION = 2
-ZIP_MAGIC = b"PK\x03\x04"
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "config": dict, "step": int, "image_shape": (list, tuple), "num_classes": int, "variant": dict,
     "optimizers": dict, "sampler": dict, "torch_rng": torch.Tensor, "cuda_rng": (torch.Tensor, type(None)),
@@ -70,29 +68,24 @@ def load(path: Path | str) -> dict[str, Any]:
     training device; RNG states must stay on the CPU)."""
     given = Path(path)
     path = locate(given)
-    if not path.exists():
+    try:
+        present = os.path.lexists(path)
+    except OSError:  # a name too long: regular_file below says so
+        present = True
+    if not present:
         if given.is_dir():
             raise NotACheckpoint(f"{given} holds no {FILENAME}: pass a run folder written by `bench train` "
                                  "(or a study trial) or the checkpoint file itself")
         raise NotACheckpoint(f"no checkpoint at {path}; pass a run folder written by `bench train` or its {FILENAME}")
-    if not path.is_file():
-        raise NotACheckpoint(f"{path} is not a file: pass a run folder written by `bench train` or its {FILENAME}")
-    if path.stat().st_size == 0:
-        raise NotACheckpoint(f"{path} is empty, not a ganbench checkpoint (an interrupted copy?); "
-                             "copy it again from where the run was trained")
+    # Missing, a folder, a FIFO, a device, /proc, no read permission: refused as what the file is.
     try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise NotACheckpoint(f"{path} is not a ganbench checkpoint: it holds Python objects other than tensors, "
-                             "refused unread because loading them could run code") from None
-    except Exception:  # whatever the reader raised on bytes it cannot parse: truncated, corrupt, not torch
-        with path.open("rb") as handle:
-            zipped = handle.read(4) == ZIP_MAGIC  # torch.save writes a zip archive
-        what = "a truncated or corrupt torch file" if zipped else "not a file torch can read"
-        raise NotACheckpoint(f"{path} is not a ganbench checkpoint: {what}; copy it again from where the run "
-                             "was trained") from None
+        readers.regular_file(path, "checkpoint", f"pass a run folder written by `bench train` or its {FILENAME}")
+    except readers.UnreadableFile as exc:
+        raise NotACheckpoint(str(exc)) from None
+    try:
+        state = readers.load_tensors(path, "checkpoint", COPY_AGAIN)
+    except readers.UnreadableFile as exc:  # empty, truncated, not torch, Python objects that could run code
+        raise NotACheckpoint(_not_a_checkpoint(path, str(exc))) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise NotACheckpoint(f"{path} is a torch file but not a ganbench checkpoint (it has no '{FORMAT}' "
                              "marker); pass a run folder written by `bench train` or its checkpoint")
@@ -111,7 +104,32 @@ def load(path: Path | str) -> dict[str, Any]:
     problem = _contents_problem(state)
     if problem:
         raise NotACheckpoint(f"{path} is a damaged ganbench checkpoint: {problem}; use another checkpoint of the run")
+    diverged = _non_finite_weights(state["variant"])
+    if diverged:
+        raise NotACheckpoint(f"{path} is a checkpoint whose weights hold NaN/Inf ({', '.join(diverged[:3])}"
+                             f"{', ...' if len(diverged) > 3 else ''}): the run diverged before this checkpoint; "
+                             "use an earlier checkpoint of the run, or retrain")
     return state
+
+
+def _non_finite_weights(weights: dict, prefix: str = "") -> list[str]:
+    """The names of the floating-point tensors in ``weights`` (nested dicts too) holding NaN or Inf."""
+    found = []
+    for key, value in weights.items():
+        if isinstance(value, dict):
+            found += _non_finite_weights(value, f"{prefix}{key}.")
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            found.append(f"{prefix}{key}")
+    return found
+
+
+COPY_AGAIN = "copy it again from where the run was trained"
+
+
+def _not_a_checkpoint(path: Path, refusal: str) -> str:
+    """The readers' refusal of what a regular file ``path`` holds, said as what it is not."""
+    named = f"checkpoint {path} "
+    return f"{path} is not a ganbench checkpoint: it {refusal[len(named):]}" if refusal.startswith(named) else refusal
 
 
 def _from_version_1(state: dict[str, Any]) -> dict[str, Any]:

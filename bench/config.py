@@ -71,6 +71,10 @@ MAX_SAMPLES = 200_000
 on a CPU already; more is a typo, found before training rather than when the scoring starts."""
 BUDGET_KEYS = tuple(field.name for field in dataclasses.fields(Budget))
 AMP_MODES = ("auto", "on", "off")
+MAX_SEED = 2**63 - 1
+"""The largest seed a run may have: --seed (up to 2**31 - 1) plus a study's trial number fits with room
+to spare; every generator seeded from it takes it (torch's take 64 bits), and so does an int64 column
+where a store keeps it. A checkpoint's config with a larger one is refused at load."""
 
 
 @dataclass
@@ -110,6 +114,8 @@ class TrainConfig(Budget):
         super().validate()
         if self.log_every < 1:
             raise ConfigError(f"log_every must be at least 1, got {self.log_every}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed {self.seed} is out of range; a seed is from 0 to {MAX_SEED}")
         for key in ("sample_every", "checkpoint_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be 0 (only at the end) or positive, got {getattr(self, key)}")

@@ -81,13 +81,13 @@ def registered_variants(*classes: type[Variant]) -> Iterator[None]:
 def mnist_root(root: Path, *, train: int, test: int) -> Path:
     """A torchvision-layout MNIST root (ROOT/MNIST/raw, the uncompressed IDX files) holding the first
     ``train`` and ``test`` images of Debian's Fashion-MNIST: real images in MNIST's format and layout."""
-    from bench.data import DEBIAN_FASHION_MNIST, _read_idx
+    from bench.data import DEBIAN_FASHION_MNIST, read_idx
 
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for prefix, count in (("train", train), ("t10k", test)):
-        for kind in ("images-idx3", "labels-idx1"):
-            array = _read_idx(DEBIAN_FASHION_MNIST / f"{prefix}-{kind}-ubyte.gz")[:count]
+        for kind, ndim in (("images-idx3", 3), ("labels-idx1", 1)):
+            array = read_idx(DEBIAN_FASHION_MNIST / f"{prefix}-{kind}-ubyte.gz", ndim, "Fashion-MNIST", "")[:count]
             header = bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
             (raw / f"{prefix}-{kind}-ubyte").write_bytes(header + array.tobytes())
     return root

@@ -3,6 +3,7 @@ training time, and resumed exactly (the observers' state, the doctor's rolling s
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -25,6 +26,7 @@ from bench.errors import Interrupted
 from bench.observer import Finding, Observer, RunStart
 from bench.scoring import Scorer
 from tests.helpers import BENCH
+from tests.test_dataset_files import READS_ANYTHING, WHY
 
 DIGITS_RUN = ["--variant", "gan", "--dataset", "digits", "--seed", "3"]
 
@@ -317,6 +319,8 @@ TAMPERED = {  # tensors and plain containers, as a teammate's or a server's file
     "the sampler at a string": ("gan", tampered("sampler.position", "x"), "position 'x' is not within|ok for eval"),
     "the sampler past its end": ("gan", tampered("sampler.position", 10 ** 12), "is not within|ok for eval"),
     "the sampler's order as floats": ("gan", tampered("sampler.order", torch.rand(3)), "not a shuffle|ok for eval"),
+    "a seed of 2**70": ("gan", tampered("config.seed", 2**70), f"seed {2**70} is out of range; a seed is from 0 to"),
+    "a negative seed": ("gan", tampered("config.seed", -1), "seed -1 is out of range"),
 }
 
 
@@ -338,3 +342,46 @@ def test_a_checkpoint_wrong_inside_is_one_line_naming_the_field_in_eval_and_resu
             continue
         assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args[0], result.output)
         assert len(lines) == 1 and re.search(message, lines[0]) and str(folder) in lines[0], (args[0], lines)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_checkpoint_whose_weights_hold_nan_is_named_as_such_in_eval_and_resume(tmp_path, value):
+    """Not blamed on the generator's learning rate at scoring time: the weights were already gone."""
+    train(TrainConfig("gan", dataset="digits", steps=3, seed=3), tmp_path, progress=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    name = next(key for key, tensor in state["variant"].items() if tensor.is_floating_point())
+    state["variant"][name].view(-1)[5] = value
+    torch.save(state, tmp_path / CHECKPOINT)
+    for args in (["eval", "--checkpoint", str(tmp_path), "--samples", "64", "--device", "cpu"],
+                 ["train", *DIGITS_RUN, "--steps", "5", "--out", str(tmp_path), "--resume", "--device", "cpu"]):
+        result = CliRunner().invoke(main, args)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args[0], result.output)
+        assert len(lines) == 1, lines
+        assert f"{tmp_path / CHECKPOINT} is a checkpoint whose weights hold NaN/Inf ({name})" in lines[0]
+        assert "the run diverged before this checkpoint; use an earlier checkpoint" in lines[0]
+        assert "learning rate" not in lines[0]
+
+
+def test_a_checkpoint_that_is_a_fifo_is_refused_unopened(tmp_path):
+    fifo = tmp_path / "fifo" / CHECKPOINT
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    result = CliRunner().invoke(main, ["eval", "--checkpoint", str(fifo.parent)])  # would block in torch.load
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        f"Error: checkpoint {fifo} is a FIFO, refused unopened; pass a run folder written by `bench train` or its "
+        f"{CHECKPOINT}"), result.output
+
+
+@pytest.mark.skipif(READS_ANYTHING, reason=WHY)
+def test_an_unreadable_checkpoint_is_one_line_naming_it_and_the_fix(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig("gan", dataset="digits", steps=3), run, progress=False)
+    (run / CHECKPOINT).chmod(0)
+    for args in (["eval", "--checkpoint", str(run)], ["train", *DIGITS_RUN, "--steps", "5", "--out", str(run),
+                                                      "--resume"]):
+        result = CliRunner().invoke(main, args)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, (args[0], result.output)
+        assert f"checkpoint {run / CHECKPOINT} cannot be read (permission denied)" in lines[0], lines
+        assert "chmod u+r" in lines[0]
