@@ -17,6 +17,17 @@ from bench.scoring import Scorer
 from tests.helpers import PASSWORD, PG_BIN, Postgres, as_postgres, free_port, registered_variants
 
 
+def pytest_collection_modifyitems(config, items):
+    """The learning checks train every variant for minutes each: they run only when asked for by name
+    (`make learning`: -m learning), whatever else -m selects."""
+    if "learning" in (config.getoption("markexpr") or ""):
+        return
+    learning = [item for item in items if item.get_closest_marker("learning")]
+    if learning:
+        config.hook.pytest_deselected(items=learning)
+        items[:] = [item for item in items if not item.get_closest_marker("learning")]
+
+
 @pytest.fixture(scope="session")
 def postgres():
     assert PG_BIN is not None, "PostgreSQL is not installed: `make test` installs Debian's postgresql"

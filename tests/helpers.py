@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,10 @@ from bench.registry import Variant
 from bench.storage import open_storage
 
 BENCH = str(Path(sys.executable).with_name("bench"))
+BUILT_INS = tuple(sorted(entry.name for entry in entry_points(group="bench.variants")
+                         if entry.value.startswith("variants.")))
+"""The variants ganbench ships, as its package declares them (pyproject.toml's entry points): a new one
+is picked up by every test that runs them all."""
 TINY_STUDY = """
 dataset = "fashion-mnist"
 objective = "fid_domain"

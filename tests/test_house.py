@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 
 from bench.registry import TIPS, get_variant
+from tests.helpers import BUILT_INS
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 CONTRACT = BENCH / "registry.py"
 """The variant contract: the one file of bench/ that may name what variants share (tips, the
 reference variant of benchmarks)."""
-BUILT_INS = ("gan", "dcgan", "wgan", "wgan_gp", "cgan", "infogan", "ragan", "ebgan", "lsgan", "dragan", "began")
 SHARED = {"lr", "beta1", "beta2", "loss", *TIPS}
 """Hyperparameters of the contract itself (the optimiser's, the tips), and "loss", a word every
 module uses for its own losses."""

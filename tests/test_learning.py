@@ -26,8 +26,9 @@ import torch
 from bench.data import to_unit_range
 from bench.engine import TrainConfig, Trainer
 from bench.scoring import shared_scorer
+from tests.helpers import BUILT_INS
 
-pytestmark = [pytest.mark.learning, pytest.mark.e2e]  # e2e too: `pytest -m "not e2e"` replaces addopts' -m
+pytestmark = pytest.mark.learning  # deselected unless asked for (tests/conftest.py)
 
 FID_SAMPLES = 2000
 STEPS_PER_SECOND = {"gan": 60.6, "dcgan": 30.2, "ragan": 30.2, "cgan": 27.3, "infogan": 25.6, "ebgan": 14.9,
@@ -91,7 +92,7 @@ def noise_fid(fashion_train):
     return scorer.score_images(noise.clamp(-1, 1))["fid_domain"]
 
 
-@pytest.mark.parametrize("name", sorted(STEPS_PER_SECOND))
+@pytest.mark.parametrize("name", BUILT_INS)
 def test_variant_learns_from_its_defaults(trained, noise_fid, name):
     run = trained(name)
     before, after = run.untrained["fid_domain"], run.scores["fid_domain"]
@@ -99,7 +100,7 @@ def test_variant_learns_from_its_defaults(trained, noise_fid, name):
     assert after < 0.7 * noise_fid, f"{name}: fid_domain {after:.1f} vs pixel-matched noise {noise_fid:.1f}"
 
 
-@pytest.mark.parametrize("name", sorted(STEPS_PER_SECOND))
+@pytest.mark.parametrize("name", BUILT_INS)
 def test_the_doctor_raises_no_false_alarm_on_the_built_in_variants_at_their_defaults(trained, name):
     assert trained(name).findings == []
 
@@ -124,7 +125,7 @@ def test_infogan_categorical_code_follows_the_classes(trained):
     assert run.untrained["code_accuracy"] < 0.15, run.untrained
 
 
-@pytest.mark.parametrize("name", sorted(set(STEPS_PER_SECOND) - UNMEASURED))
+@pytest.mark.parametrize("name", sorted(set(BUILT_INS) - UNMEASURED))
 def test_variant_reaches_a_quarter_of_its_untrained_fid_within_the_shared_budget(trained, name):
     run = trained(name)
     trainer, budget, every = run.trainer, run.trainer.config.steps, run.trainer.config.eval_every

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,19 @@ from bench import registry
 from bench.engine import TrainConfig, Trainer
 from bench.errors import ConfigError, DuplicateVariantError
 from bench.registry import HParam, get_variant, register, variants
+from tests.helpers import BUILT_INS
 
-BUILT_INS = {"gan", "dcgan", "wgan", "wgan_gp", "cgan", "infogan", "ragan", "ebgan", "lsgan", "dragan", "began"}
 BENCH = Path(sys.executable).with_name("bench")
 
 
-def test_the_built_in_variants_are_registered_through_entry_points():
-    assert BUILT_INS <= set(variants())
+def test_every_variant_file_is_an_entry_point_and_registers_its_variant():
+    """A variant file added to variants/ without its entry point in pyproject.toml would never load."""
+    shared = {"__init__", "blocks", "penalties"}
+    files = {path.stem for path in (Path(__file__).parent.parent / "variants").glob("*.py")} - shared
+    declared = {entry.value for entry in entry_points(group="bench.variants") if entry.value.startswith("variants.")}
+    assert declared == {f"variants.{stem}" for stem in files}
+    assert len(BUILT_INS) == len(files) and set(BUILT_INS) <= set(variants())
+    assert {get_variant(name).__module__ for name in BUILT_INS} == declared
 
 
 def bench_list(site: Path) -> subprocess.CompletedProcess:
@@ -31,7 +38,7 @@ def test_bench_list_shows_an_installed_plugin_beside_the_built_ins(plugin_site):
     result = bench_list(plugin_site)
     assert result.returncode == 0, result.stderr
     listed = {line.split()[0] for line in result.stdout.splitlines() if line and not line[0].isspace()}
-    assert listed == BUILT_INS | {"tiny_gan", "faulty_dcgan", "loose_critic"}
+    assert listed == set(BUILT_INS) | {"tiny_gan", "faulty_dcgan", "loose_critic"}
     assert "ganbench_test_plugin" in result.stdout
     # hyperparameters with default and valid range
     assert "gp_lambda       default 10.0" in result.stdout and "[0.01, 1000] (log)" in result.stdout
