@@ -229,15 +229,26 @@ PAGE_WIDTH = """<script>document.body.insertAdjacentHTML('beforeend', '<pre id="
 + document.documentElement.scrollWidth + ' ' + window.innerWidth + '</pre>')</script>"""
 
 
+@pytest.fixture(scope="module")
+def reported_study(project_folder) -> Path:
+    """A folder in which `bench run` trained a two-variant study 'wide' (2 trials each, 20 steps)."""
+    cwd = project_folder("report-width")
+    study = TINY_STUDY.format(steps=20, eval_every=20).replace("trials = 3", "trials = 2")
+    (cwd / "wide.toml").write_text('variant = "dcgan,gan"\n' + study)
+    result = subprocess.run([BENCH, "run", "--study", "wide.toml"], cwd=cwd, capture_output=True, text=True, timeout=600,
+                            env=clean_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd
+
+
 @pytest.mark.e2e
-def test_the_report_is_no_wider_than_a_1400_px_window(project_folder, tmp_path):
+def test_the_report_is_no_wider_than_a_1400_px_window(reported_study, tmp_path):
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed (`make test` installs it)"
-    cwd = project_folder("report-width")
-    (cwd / "wide.toml").write_text('variant = "dcgan,gan"\n' + TINY_STUDY.format(steps=20, eval_every=20))
-    for command in (["run", "--study", "wide.toml"], ["report", "--study", "wide", "-o", "results/report.html"]):
-        result = subprocess.run([BENCH, *command], cwd=cwd, capture_output=True, text=True, timeout=600, env=clean_env())
-        assert result.returncode == 0, result.stderr[-3000:]
+    cwd = reported_study
+    result = subprocess.run([BENCH, "report", "--study", "wide", "-o", "results/report.html"], cwd=cwd,
+                            capture_output=True, text=True, timeout=600, env=clean_env())
+    assert result.returncode == 0, result.stderr[-3000:]
     page = (cwd / "results" / "report.html").read_text()
     assert "class='wide'" in page and page.count("<table") == page.count("<div class='wide'><table")
     measured = tmp_path / "measured.html"
@@ -251,3 +262,25 @@ def test_the_report_is_no_wider_than_a_1400_px_window(project_folder, tmp_path):
     assert shot.stat().st_size > 10_000, "a rendered page"
     page_width, window = map(int, re.search(r'<pre id="measured">(\d+) (\d+)</pre>', dom).groups())
     assert window == 1400 and page_width <= window, f"the page is {page_width} px wide in a {window} px window"
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(strict=True, reason="bench/compare.py draws the box plot 1.2 in per variant + 2 in wide: with two "
+                                       "variants its title is cut ('sensitivity to the hype')")
+def test_every_plot_title_of_the_report_fits_its_figure(reported_study, monkeypatch):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from bench.compare import compare, figures
+    from bench.tracking import TrackingStore
+
+    monkeypatch.chdir(reported_study)
+    store = TrackingStore.open(f"sqlite:///{reported_study / 'results' / 'mlflow.db'}")
+    cut = []
+    for name, figure in figures(compare("wide", store), store).items():
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        figure.draw(renderer)
+        for axis in figure.axes:
+            box = axis.title.get_window_extent(renderer)
+            if axis.title.get_text() and (box.x0 < 0 or box.x1 > figure.bbox.width):
+                cut.append(f"{name}: {axis.title.get_text()!r}")
+    assert cut == []
