@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import pandas as pd
 
 from bench.errors import ConfigError
 from bench.scores import extractor_of, higher_is_better
-from bench.tracking import FINAL_SAMPLES, TrackingStore
+from bench.tracking import OBJECTIVE_TAG, RUNNING, TrackingStore
 
 BAND = (0.025, 0.975)
 """The band drawn around each expected best: the central 95% of its distribution."""
@@ -114,6 +114,17 @@ class Comparison:
     fidelity_extractor: str | None = None
     """The features the trials' precision and recall come from: the objective's, else the final
     scoring's Inception ones, else domain; None when the trials logged neither."""
+    running: int = 0
+    """Trials still running: shown and counted, not ranked until they end."""
+    grids: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
+    """The final samples read so far, by run id (each artifact is read, and warned about, once)."""
+
+    def samples(self, store: TrackingStore, run_id: str) -> np.ndarray | None:
+        """Run ``run_id``'s final sample grid (an RGB array), or None (see :meth:`TrackingStore.final_samples`)."""
+        if run_id not in self.grids:
+            image = store.final_samples(run_id)
+            self.grids[run_id] = None if image is None else np.asarray(image.convert("RGB"))
+        return self.grids[run_id]
 
 
 def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.DataFrame | None = None) -> Comparison:
@@ -121,12 +132,13 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
     when they are already read, :meth:`TrackingStore.trial_runs`). ``tracking``: a store or its URI
     (see :meth:`TrackingStore.open`)."""
     runs = TrackingStore.open(tracking).trial_runs(study) if runs is None else runs
-    if runs.empty or "tags.bench.objective" not in runs:
+    objectives = runs[f"tags.{OBJECTIVE_TAG}"].dropna() if f"tags.{OBJECTIVE_TAG}" in runs else pd.Series()
+    if objectives.empty:
         raise ConfigError(f"study '{study}' has no trials to compare yet; run `bench run --study {study}` first")
-    objective = runs["tags.bench.objective"].dropna().iloc[0]
+    objective = objectives.iloc[0]  # the reader has checked that each one is a score
     maximise = higher_is_better(objective)
     column = f"metrics.{objective}"
-    seconds = (runs["end_time"] - runs["start_time"]).dt.total_seconds()
+    seconds = (runs["end_time"] - runs["start_time"]).dt.total_seconds()  # NaN while a trial runs
     trials = pd.DataFrame({"variant": runs["tags.bench.variant"], "state": runs["tags.bench.state"],
                            "value": runs[column] if column in runs else math.nan, "seconds": seconds,
                            "run_id": runs["run_id"], "trial": runs["tags.bench.trial"].astype(int)})
@@ -134,8 +146,10 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
     for score in ("precision", "recall"):
         trials[score] = runs[f"metrics.{score}_{extractor}"] if extractor else math.nan
     complete = trials[(trials["state"] == "complete") & trials["value"].notna()]
+    running = int((trials["state"] == RUNNING).sum())
     if complete.empty:
-        raise ConfigError(f"study '{study}' has no complete trial with {objective} yet; let `bench run` finish one")
+        raise ConfigError(f"study '{study}' has no complete trial with {objective} yet"
+                          + (f" ({running} running)" if running else "") + "; let `bench run` finish one")
     summary_rows, by_trials, by_seconds = [], [], []
     values = {name: group["value"].to_numpy() for name, group in complete.groupby("variant")}
     common = int(min(len(v) for v in values.values()))
@@ -143,7 +157,7 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
     for name, group in trials.groupby("variant"):
         counts = group["state"].value_counts()
         row = {"variant": name, "complete": int(counts.get("complete", 0)), "pruned": int(counts.get("pruned", 0)),
-               "failed": int(counts.get("failed", 0))}
+               "failed": int(counts.get("failed", 0)), RUNNING: int(counts.get(RUNNING, 0))}
         if name in values:
             curve = best_of_k(values[name], maximise).assign(variant=name)
             for k in shown:
@@ -163,7 +177,8 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
                          columns=["variant", "other", "k", "p_better"])
     return Comparison(study, objective, maximise, trials, summary, pairs,
                       pd.concat(by_trials, ignore_index=True), pd.concat(by_seconds, ignore_index=True),
-                      common_k=common, pruned=bool((trials["state"] == "pruned").any()), fidelity_extractor=extractor)
+                      common_k=common, pruned=bool((trials["state"] == "pruned").any()), fidelity_extractor=extractor,
+                      running=running)
 
 
 def fidelity_extractor(objective: str, runs: pd.DataFrame) -> str | None:
@@ -181,6 +196,9 @@ def report_lines(comparison: Comparison) -> list[str]:
     if c.pruned:
         lines.append("warning: this study pruned trials; a pruned trial might have ended better, so best-of-k "
                      "from the complete ones is biased. Compare with a study without a pruner (e.g. lucic_wide).")
+    if c.running:
+        lines.append(f"the study is still running: {c.running} trial{'s' if c.running > 1 else ''} running, "
+                     "not ranked until they end")
     lines += c.summary.to_string(index=False, float_format="{:.4g}".format).splitlines()
     for pair in c.pairs.itertuples():
         lines.append(f"P({pair.variant} beats {pair.other}, best of {pair.k}, bootstrap) = {pair.p_better:.2f}")
@@ -236,7 +254,7 @@ def figures(comparison: Comparison, store: TrackingStore) -> dict[str, object]:
     axis.legend()
     result["best_trial_curves.png"] = figure
 
-    grids = {row.variant: final_samples(client, row.run_id) for row in best.itertuples()}
+    grids = {row.variant: c.samples(store, row.run_id) for row in best.itertuples()}
     grids = {name: grid for name, grid in grids.items() if grid is not None}
     if grids:
         figure = Figure(figsize=(3 * len(grids), 3.4), layout="constrained")
@@ -266,22 +284,6 @@ def precision_recall_figure(trials: pd.DataFrame, best: pd.DataFrame, c: Compari
     axis.set_title(f"every trial; star: each variant's best by {c.objective}", fontsize="medium")
     axis.legend(loc="lower right")
     return figure
-
-
-def final_samples(client, run_id: str) -> np.ndarray | None:
-    """The trial's last sample grid (an RGB array), or None when it logged none."""
-    from PIL import Image
-
-    listed = client.list_artifacts(run_id, FINAL_SAMPLES)
-    if not listed:
-        return None
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(client.download_artifacts(run_id, listed[-1].path, folder))
-        try:  # an artifact is an untrusted file: PIL refuses decompression bombs, and nothing is unpickled
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            return None  # not an image we can show: the comparison goes on without this grid
 
 
 def figure_images(comparison: Comparison, store: TrackingStore) -> dict[str, bytes]:

@@ -7,11 +7,11 @@ import pandas as pd
 from bench.errors import ConfigError
 from bench.scores import higher_is_better, is_score
 from bench.study import BASELINE, StudySpec
-from bench.tracking import RUN_PARAMS, TrackingStore
+from bench.tracking import RUN_PARAMS, RUNNING, TrackingStore
 
 KEYS = ["study", "variant", "dataset"]
 COLUMNS = KEYS + ["metric", "direction", "best", "best_trial", "best_run_id", "best_params", "complete", "pruned",
-                  "failed", "retried", "top_k", "top_k_mean", "top_k_std"]
+                  "failed", RUNNING, "retried", "top_k", "top_k_mean", "top_k_std"]
 
 
 def leaderboard(tracking: TrackingStore | str | None = None, study: str | None = None, variant: str | None = None,
@@ -23,7 +23,8 @@ def leaderboard(tracking: TrackingStore | str | None = None, study: str | None =
 
 
 def rank(runs: pd.DataFrame, variant: str | None = None, top_k: int = 3) -> pd.DataFrame:
-    """The leaderboard of trial runs already read (:meth:`TrackingStore.trial_runs`)."""
+    """The leaderboard of trial runs already read (:meth:`TrackingStore.trial_runs`): only complete
+    trials are ranked; those still running are counted."""
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
     runs = runs.rename(columns={f"tags.bench.{key}": key for key in KEYS + ["trial", "state"]})
@@ -49,7 +50,8 @@ def rank(runs: pd.DataFrame, variant: str | None = None, top_k: int = 3) -> pd.D
                 "best_run_id": best["run_id"],
                 "best_params": " ".join(f"{c[7:]}={best[c]}" for c in params if pd.notna(best[c])),
                 "complete": int(counts.get("complete", 0)), "pruned": int(counts.get("pruned", 0)),
-                "failed": int(counts.get("failed", 0)), "retried": retried, "top_k": len(top), "top_k_mean": top.mean(),
+                "failed": int(counts.get("failed", 0)), RUNNING: int(counts.get(RUNNING, 0)), "retried": retried,
+                "top_k": len(top), "top_k_mean": top.mean(),
                 "top_k_std": top.std(ddof=1) if len(top) > 1 else float("nan")})
     return pd.DataFrame(rows, columns=COLUMNS)
 

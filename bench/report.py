@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.compare import Comparison, compare, figure_images, final_samples
+from bench.compare import Comparison, compare, figure_images
 from bench.leaderboard import rank
 from bench.scores import SCORES, score_of
 from bench.tracking import TrackingStore
@@ -42,7 +42,6 @@ def render(study: str, store: TrackingStore) -> str:
 
     runs = store.trial_runs(study)  # read once: the comparison and the leaderboard both rank them
     comparison: Comparison = compare(study, store, runs)
-    client = store.client
     board = rank(runs)
     board = board[board["metric"] == comparison.objective].sort_values("variant")
     escape = html.escape
@@ -51,11 +50,15 @@ def render(study: str, store: TrackingStore) -> str:
              f"<p>Generated {time.strftime('%Y-%m-%d %H:%M')} from {escape(str(len(runs)))} trial runs. Objective "
              f"<b>{escape(comparison.objective)}</b> ({escape(score_of(comparison.objective).summary)}), "
              f"{'higher' if comparison.maximise else 'lower'} is better.</p>"]
+    if comparison.running:  # a live study: what is ranked is what has ended so far
+        parts.append(f"<p class='running'>The study is still running: {comparison.running} "
+                     f"trial{'s' if comparison.running > 1 else ''} running, not ranked until "
+                     f"{'they end' if comparison.running > 1 else 'it ends'}.</p>")
     fidelity = comparison.trials.set_index("run_id")[["precision", "recall"]]
 
     parts.append("<h2>Each variant's best trial</h2>")
     for row in board.itertuples():
-        variant, grid = row.variant, final_samples(client, row.best_run_id)
+        variant, grid = row.variant, comparison.samples(store, row.best_run_id)
         image = ""
         if grid is not None:
             buffer = io.BytesIO()

@@ -19,6 +19,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ from bench.locations import (MLFLOW_ARTIFACTS, MLFLOW_DB, check_server, check_st
                              url_scheme)
 from bench.observer import Finding, Observer, RunStart
 from bench.processes import HOST, pid_alive
+from bench.readers import open_image
 from bench.storage import ask_lock
 
 BATCH_LIMIT = 1000
@@ -107,8 +109,10 @@ class TrackingStore:
         return urlsplit(self.uri).scheme in ("http", "https")
 
     def trial_runs(self, study: str | None = None) -> pd.DataFrame:
-        """Every trial run of ``study`` (all studies by default), one row each, in the columns of
-        MLflow's search_runs table: run_id, status, start_time, end_time, metrics.*, params.*, tags.*."""
+        """Every trial run of ``study`` (all studies by default) that :func:`trial_frame` accepts, one
+        row each, in the columns of MLflow's search_runs table: run_id, status, start_time, end_time,
+        metrics.*, params.*, tags.*. A run still running is a row in state 'running'; a damaged one
+        is skipped with a :class:`DamagedRun` warning."""
         experiments = [e for e in self.client.search_experiments(max_results=1000) if "bench.study" in e.tags]
         if study is not None:
             experiments = [e for e in experiments if e.name == study]
@@ -123,13 +127,30 @@ class TrackingStore:
             token = page.token
             if not token:
                 break
-        return pd.DataFrame([{
-            "run_id": run.info.run_id, "status": run.info.status,
-            "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
-            "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True),
-            **{f"metrics.{key}": value for key, value in run.data.metrics.items()},
-            **{f"params.{key}": value for key, value in run.data.params.items()},
-            **{f"tags.{key}": value for key, value in run.data.tags.items()}} for run in runs])
+        return trial_frame(runs)
+
+    def final_samples(self, run_id: str):
+        """The trial's last sample grid as a decoded ``PIL.Image.Image``, or None when it logged none.
+        An artifact is an untrusted file: one that is not a regular file (a FIFO would block), not an
+        image, or over :data:`bench.readers.MAX_IMAGE_PIXELS` (refused from its header, before any
+        pixel is decoded) gives a :class:`DamagedRun` warning naming the run, and None."""
+        import tempfile
+
+        from bench import readers
+
+        listed = [item for item in self.client.list_artifacts(run_id, FINAL_SAMPLES) if not item.is_dir]
+        if not listed:
+            return None
+        what, fix = f"the final samples of MLflow run {run_id}", "shown without them"
+        try:
+            local = local_artifact(self.client.get_run(run_id).info.artifact_uri, listed[-1].path)
+            if local is not None:  # a store on this disk: checked where it lies, before anything copies it
+                return readers.open_image(local, what, fix)
+            with tempfile.TemporaryDirectory() as folder:
+                return readers.open_image(self.client.download_artifacts(run_id, listed[-1].path, folder), what, fix)
+        except readers.UnreadableFile as exc:
+            warnings.warn(str(exc), DamagedRun, stacklevel=2)
+            return None
 
     def parent_run(self, study: str) -> str | None:
         """The study's latest `bench run` (its parent run), where the comparison's plots are logged."""
@@ -166,6 +187,113 @@ class TrackingStore:
             return []
         with tempfile.TemporaryDirectory() as downloads:
             return read_health(Path(self.client.download_artifacts(run_id, HEALTH, downloads)))
+
+
+TRIAL_TAG, VARIANT_TAG, STATE_TAG, STUDY_TAG, DATASET_TAG, OBJECTIVE_TAG, SEED_TAG = (
+    "bench.trial", "bench.variant", "bench.state", "bench.study", "bench.dataset", "bench.objective", "bench.seed")
+"""The tags a trial run is read by: its number, variant, state, study and dataset, the study's
+objective and the trial's seed."""
+TRIAL_TAGS = (TRIAL_TAG, VARIANT_TAG, STATE_TAG, STUDY_TAG, DATASET_TAG)
+"""What every trial run carries from its start: a run without one of them is damaged."""
+RUNNING = "running"
+"""The state of a trial run that has not ended: shown, counted, never ranked."""
+TRIAL_STATES = (RUNNING, *END_STATUS)
+LIVE_STATUS = ("RUNNING", "SCHEDULED")
+"""MLflow's statuses of a run that has not ended."""
+
+
+class DamagedRun(UserWarning):
+    """A trial run, or its artifact, that readers skip because it holds what no trial writes: a tag
+    missing or malformed, an objective that is not a score or not finite, an artifact that is not
+    an image ganbench shows. The store keeps it as it is."""
+
+
+def trial_frame(runs) -> pd.DataFrame:
+    """MLflow trial runs (``mlflow.entities.Run``) as a table, one row each (see
+    :meth:`TrackingStore.trial_runs`), each checked before use: a run that has not ended (MLflow
+    status RUNNING, no end time, or bench.state 'running') is in state 'running' with no end time;
+    a damaged run (see :func:`run_problem`) is left out with one :class:`DamagedRun` warning that
+    names it and what is wrong."""
+    rows = []
+    for run in runs:
+        problem = run_problem(run)
+        if problem is not None:
+            warnings.warn(f"skipped MLflow run {run.info.run_id}: {problem}", DamagedRun, stacklevel=3)
+            continue
+        tags = run.data.tags
+        live = run.info.status in LIVE_STATUS or run.info.end_time is None or tags[STATE_TAG] == RUNNING
+        metrics = dict(run.data.metrics)
+        objective = tags.get(OBJECTIVE_TAG)
+        if objective in metrics and not finite(metrics[objective]):  # a trial that did not complete
+            metrics[objective] = math.nan
+        rows.append({
+            "run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time,
+            "end_time": math.nan if live else run.info.end_time,
+            **{f"metrics.{key}": value for key, value in metrics.items()},
+            **{f"params.{key}": value for key, value in run.data.params.items()},
+            **{f"tags.{key}": value for key, value in tags.items()},
+            f"tags.{STATE_TAG}": RUNNING if live else tags[STATE_TAG]})
+    frame = pd.DataFrame(rows, columns=None if rows else ["run_id", "status", "start_time", "end_time"])
+    for column in ("start_time", "end_time"):  # one UTC type, a running run's end NaT
+        frame[column] = pd.to_datetime(pd.to_numeric(frame[column]), unit="ms", utc=True)
+    return frame
+
+
+def run_problem(run) -> str | None:
+    """What makes a trial run unusable (None when nothing does): one of TRIAL_TAGS missing or empty,
+    a trial number or seed that is not a whole number, a state no
+    trial is in, an objective tag that is not a score, a complete trial whose objective is not
+    finite, an end before the start."""
+    from bench.scores import is_score
+
+    tags = run.data.tags
+    for tag in TRIAL_TAGS:
+        if not tags.get(tag):
+            return f"it has no {tag} tag"
+    for name, value in ((f"its {TRIAL_TAG} tag", tags[TRIAL_TAG]), (f"its {SEED_TAG} tag", tags.get(SEED_TAG)),
+                        ("its seed param", run.data.params.get("seed"))):
+        if value is not None and not whole_number(value):
+            return f"{name} {shown(value)} is not a whole number"
+    if tags[STATE_TAG] not in TRIAL_STATES:
+        return f"its {STATE_TAG} tag {shown(tags[STATE_TAG])} is none of {', '.join(TRIAL_STATES)}"
+    objective = tags.get(OBJECTIVE_TAG)
+    if objective is not None and not is_score(objective):
+        return f"its {OBJECTIVE_TAG} tag {shown(objective)} is not a score ganbench knows"
+    value = run.data.metrics.get(objective)
+    ended = run.info.end_time is not None and run.info.status not in LIVE_STATUS
+    if ended and tags[STATE_TAG] == "complete" and value is not None and not finite(value):
+        shown_value = "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+        return f"it is complete with {objective} = {shown_value}, not a finite score"
+    if ended and run.info.end_time < run.info.start_time:
+        return "it ends before it starts"
+    return None
+
+
+def finite(value: float) -> bool:
+    """A finite metric value: MLflow's SQL stores keep an infinity as the largest float."""
+    return math.isfinite(value) and abs(value) < sys.float_info.max
+
+
+def whole_number(text: str) -> bool:
+    """A decimal integer that fits 64 bits (MLflow keeps tags and params as text)."""
+    stripped = text.strip().removeprefix("-")
+    return stripped.isascii() and stripped.isdigit() and len(stripped) < 20 and int(stripped) < 2 ** 63
+
+
+def shown(value: str) -> str:
+    """An untrusted tag value in a one-line message: quoted, escaped, at most 60 characters."""
+    return repr(value if len(value) <= 60 else value[:57] + "...")
+
+
+def local_artifact(artifact_uri: str | None, path: str) -> Path | None:
+    """Where artifact ``path`` of a run whose artifacts lie at ``artifact_uri`` is on this disk, for a
+    file:// store; None for a store elsewhere (a tracking server's)."""
+    from urllib.request import url2pathname
+
+    parts = urlsplit(artifact_uri or "")
+    if parts.scheme not in ("file", "") or not artifact_uri:
+        return None
+    return Path(url2pathname(parts.path)) / path
 
 
 @functools.cache
@@ -332,10 +460,8 @@ class TrialRun(Observer):
         self._log_rows([scores])
 
     def on_grid(self, path: Path, step: int) -> None:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            self.client.log_image(self.run_id, image.convert("RGB"), key="samples", step=step)
+        image = open_image(path, "the sample grid", "check the run folder's disk")
+        self.client.log_image(self.run_id, image.convert("RGB"), key="samples", step=step)
 
     def on_finding(self, finding: Finding) -> None:
         """The doctor's finding as a `health.<check>` tag and metric for the UI, and the run's
