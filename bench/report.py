@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from bench.compare import Comparison, compare, figure_images
+from bench.errors import ConfigError
 from bench.leaderboard import rank
 from bench.scores import SCORES, score_of
-from bench.tracking import TrackingStore
+from bench.tracking import RUNNING, STATE_TAG, TrackingStore
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
@@ -41,7 +42,13 @@ def render(study: str, store: TrackingStore) -> str:
     from PIL import Image
 
     runs = store.trial_runs(study)  # read once: the comparison and the leaderboard both rank them
-    comparison: Comparison = compare(study, store, runs)
+    running = int((runs[f"tags.{STATE_TAG}"] == RUNNING).sum()) if len(runs) else 0
+    try:
+        comparison: Comparison = compare(study, store, runs)
+    except ConfigError:
+        if not running:
+            raise
+        return first_trials_page(study, store, runs, running)
     board = rank(runs)
     board = board[board["metric"] == comparison.objective].sort_values("variant")
     escape = html.escape
@@ -93,6 +100,23 @@ def render(study: str, store: TrackingStore) -> str:
     parts.append("<h2>How the numbers were made</h2>" + table(provenance(store, study, runs)))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def first_trials_page(study: str, store: TrackingStore, runs: pd.DataFrame, running: int) -> str:
+    """The report of a study that has no complete trial yet, only running ones (and perhaps failed
+    or pruned ones): what runs, what went wrong so far, and how the numbers are being made."""
+    escape = html.escape
+    found = problems(runs)
+    return "\n".join([
+        f"<!doctype html><html><head><meta charset='utf-8'><title>ganbench report: {escape(study)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>Study {escape(study)}</h1>",
+        f"<p>Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(runs)} trial runs.</p>",
+        f"<p class='running'>The study is still running: {running} trial{'s' if running > 1 else ''} running, "
+        "none complete yet. Run `bench report` again when one is, for the ranking and its plots.</p>",
+        "<h2>Doctor findings, failures and pruning</h2>",
+        table(found) if len(found) else "<p>None so far.</p>",
+        "<h2>How the numbers are made</h2>" + table(provenance(store, study, runs)),
+        "</body></html>"])
 
 
 def problems(runs: pd.DataFrame) -> pd.DataFrame:

@@ -132,8 +132,9 @@ class TrackingStore:
     def final_samples(self, run_id: str):
         """The trial's last sample grid as a decoded ``PIL.Image.Image``, or None when it logged none.
         An artifact is an untrusted file: one that is not a regular file (a FIFO would block), not an
-        image, or over :data:`bench.readers.MAX_IMAGE_PIXELS` (refused from its header, before any
-        pixel is decoded) gives a :class:`DamagedRun` warning naming the run, and None."""
+        image, over :data:`MAX_SAMPLES_BYTES` (refused before it is fetched) or over
+        :data:`bench.readers.MAX_IMAGE_PIXELS` (refused from its header, before any pixel is decoded)
+        gives a :class:`DamagedRun` warning naming the run, and None."""
         import tempfile
 
         from bench import readers
@@ -143,6 +144,9 @@ class TrackingStore:
             return None
         what, fix = f"the final samples of MLflow run {run_id}", "shown without them"
         try:
+            if (listed[-1].file_size or 0) > MAX_SAMPLES_BYTES:
+                raise readers.UnreadableFile(f"{what} ({listed[-1].path}) hold {listed[-1].file_size:,} bytes, over "
+                                             f"the {MAX_SAMPLES_BYTES:,} of a sample grid; {fix}")
             local = local_artifact(self.client.get_run(run_id).info.artifact_uri, listed[-1].path)
             if local is not None:  # a store on this disk: checked where it lies, before anything copies it
                 return readers.open_image(local, what, fix)
@@ -427,6 +431,8 @@ class Tracking:
 
 FINAL_SAMPLES = "final_samples"
 """Artifact folder of a trial's last sample grid."""
+MAX_SAMPLES_BYTES = 64 * 1024 ** 2
+"""The largest samples artifact read: a grid of 64 images of 256 x 256 pixels is a few MB as PNG."""
 
 
 class TrialRun(Observer):

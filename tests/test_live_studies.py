@@ -32,7 +32,7 @@ from bench.errors import BenchError, ConfigError
 from bench.leaderboard import leaderboard, rank
 from bench.readers import MAX_IMAGE_PIXELS
 from bench.report import render
-from bench.tracking import (FINAL_SAMPLES, OBJECTIVE_TAG, RUNNING, STATE_TAG, TRIAL_TAG, VARIANT_TAG, DamagedRun,
+from bench.tracking import (FINAL_SAMPLES, MAX_SAMPLES_BYTES, OBJECTIVE_TAG, RUNNING, STATE_TAG, TRIAL_TAG, VARIANT_TAG, DamagedRun,
                             Tracking, TrackingStore, trial_frame)
 from tests.helpers import BENCH, TINY_STUDY, clean_env
 
@@ -139,19 +139,21 @@ def test_a_running_trial_is_shown_and_counted_never_ranked(study, tmp_path):
     assert "still running: 1 trial running" in (tmp_path / "r.html").read_text()
 
 
-def test_a_study_whose_every_trial_is_running_is_one_line_not_a_crash(study, tmp_path):
+def test_a_study_whose_every_trial_is_running_is_reported_as_such_and_compared_in_one_line(study, tmp_path):
     study.trial("gan", None, state=None)
     study.trial("dcgan", 12.0, state=None)  # kill -9 before the first trial ended leaves this
 
     with pytest.raises(ConfigError, match=r"no complete trial with fid_domain yet \(2 running\)"):
         compare(STUDY, study.uri)
     assert leaderboard(study.uri, STUDY).empty
-    for args in (("compare", "--study", STUDY), ("report", "--study", STUDY, "-o", str(tmp_path / "r.html")),
-                 ("leaderboard", "--study", STUDY)):
+    for args in (("compare", "--study", STUDY), ("leaderboard", "--study", STUDY)):
         code, out, err = command(*args, "--tracking-uri", study.uri)
         assert code == 2, (args, out, err)
         assert err.strip().count("\n") == 0 and err.startswith("Error:"), err
-    assert not (tmp_path / "r.html").exists()
+    code, out, err = command("report", "--study", STUDY, "--tracking-uri", study.uri, "-o", str(tmp_path / "r.html"))
+    assert code == 0, err
+    page = (tmp_path / "r.html").read_text()
+    assert "The study is still running: 2 trials running, none complete yet" in page
 
 
 # -- damaged runs ----------------------------------------------------------------------------------
@@ -238,6 +240,15 @@ def test_a_samples_artifact_over_the_pixel_limit_is_refused_from_its_header_with
     code, out, err = command("compare", "--study", STUDY, "--tracking-uri", study.uri, "-o", str(tmp_path / "c"))
     assert code == 0 and "12000x12000" in err, err
     assert (tmp_path / "c" / "best_samples.png").exists()  # dcgan's grid
+
+
+def test_a_samples_artifact_of_too_many_bytes_is_refused_before_it_is_read(study, tmp_path):
+    run = study.trial("gan", 20.0, samples=grid(tmp_path))
+    with study.artifact_path(run, "step_0000040.png").open("r+b") as artifact:
+        artifact.truncate(MAX_SAMPLES_BYTES + 1)  # sparse: no disk, nothing written
+    with pytest.warns(DamagedRun, match=rf"final samples of MLflow run {run} .* hold 67,108,865 bytes, over"):
+        page = render(STUDY, study.store)
+    assert "<b class='best'>20</b>" in page and '<img alt="samples of gan"' not in page
 
 
 def test_a_fifo_as_samples_artifact_is_refused_by_type_unopened(study, tmp_path):
