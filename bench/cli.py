@@ -16,6 +16,7 @@ from bench.data import resized
 from bench.errors import BenchError, Interrupted
 from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, OPTUNA_JOURNAL, RESULTS
 from bench.registry import REFERENCE_VARIANT
+from bench.processes import stopping_on_signals
 
 
 class UserError(click.ClickException):
@@ -40,15 +41,17 @@ def reports_user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with stopping_on_signals():  # SIGTERM too: it ends the command as Ctrl-C does, named as itself
+                return command(*args, **kwargs)
         except BenchError as exc:
             raise UserError(one_line(str(exc))) from None
         except Interrupted as exc:
             click.echo(f"{exc}; {exc.then}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:  # Ctrl-C where no handler saves work first (training and studies have theirs)
-            click.echo("stopped by SIGINT; run the same command again", err=True)
-            sys.exit(128 + signal.SIGINT)
+        except KeyboardInterrupt as exc:  # a signal where no handler saves work first (training, studies have theirs)
+            signum = getattr(exc, "signum", signal.SIGINT)
+            click.echo(f"stopped by {signal.Signals(signum).name}; run the same command again", err=True)
+            sys.exit(128 + signum)
         except Exception as exc:
             if not failed_server(exc):
                 raise
@@ -380,7 +383,7 @@ def ui(study, tracking_uri, port, host) -> None:
         return
     check_port(host, port)
     click.echo(f"MLflow UI: http://{host}:{port}/{page}   (Ctrl-C stops it)")
-    serve("ui", "--backend-store-uri", store.uri, "--host", host, "--port", str(port))
+    serve("ui", "--host", host, "--port", str(port), store=store.uri)
 
 
 @main.command()
@@ -390,6 +393,7 @@ def ui(study, tracking_uri, port, host) -> None:
               show_default=True, help="Where the server keeps artifacts (sample grids, figures, checkpoints).")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+    check_writable(output)  # before the store is read and the page rendered
 @reports_user_errors
 def server(backend_store_uri, artifacts, port, host) -> None:
     """Starts an MLflow tracking server for workers on many machines (bench run --tracking-uri http://HOST:PORT)."""
@@ -400,8 +404,8 @@ def server(backend_store_uri, artifacts, port, host) -> None:
     check_store(backend_store_uri, create=True, role="MLflow backend store")
     click.echo(f"MLflow tracking server: http://{host}:{port}   workers: bench run ... --tracking-uri "
                f"http://{host}:{port}   (Ctrl-C stops it)")
-    serve("server", "--backend-store-uri", backend_store_uri, "--artifacts-destination",
-          str(artifacts.resolve()), "--host", host, "--port", str(port))
+    serve("server", "--artifacts-destination", str(artifacts.resolve()), "--host", host, "--port", str(port),
+          store=backend_store_uri)
 
 
 @main.command()

@@ -27,6 +27,7 @@ import torch
 from bench.data import load_dataset, to_unit_range
 from bench.engine import TrainConfig, Trainer, native_bf16, resolve_device, train
 from bench.errors import ConfigError
+from bench.locations import unwritable_folder
 from bench.registry import REFERENCE_VARIANT, variants
 from bench.scoring import InceptionFeatures, Scorer, ieee_float32
 
@@ -159,6 +160,17 @@ def device_check(device: str = "auto", *, smoke: bool = False) -> dict:
     return report
 
 
+def check_output(output: Path) -> None:
+    """ConfigError when the report cannot be written to ``output`` (a folder, or a place no file can be
+    made in); creates nothing."""
+    if output.is_dir():
+        raise ConfigError(f"cannot write {output} (it is a folder); pass -o a file path")
+    folder = unwritable_folder(output.parent)
+    if folder is not None:
+        raise ConfigError(f"cannot write {output} ({folder} is not a folder you can write to); pass -o a path you "
+                          "can write to")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -166,6 +178,8 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, help="also write the report here as JSON")
     args = parser.parse_args()
     try:
+        if args.output is not None:  # checked now, not after minutes of measuring
+            check_output(args.output)
         report = device_check(args.device, smoke=args.smoke)
     except ConfigError as exc:  # a device this machine lacks: one line, as every bench command
         print(f"Error: {exc}", file=sys.stderr)

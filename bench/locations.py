@@ -8,16 +8,20 @@ line, in seconds, before any library retries them for minutes or prints a traceb
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterable
 from urllib.parse import unquote, urlsplit
 
-from bench.errors import ConfigError
+from bench.errors import BenchError, ConfigError, Interrupted
 
 RESULTS = Path("results")
 """Where bench writes by default, relative to the folder it runs in."""
@@ -38,8 +42,8 @@ SECRET_QUERY = re.compile(r"((?:^|[&;])[^=&;#]*(?:pass|pwd|secret|token|key)[^=&
 """Query parameters whose values are secrets: password=, sslpassword=, pwd=, token=, api_key=, ..."""
 CONNECT_TIMEOUT_SECONDS = 5
 OUTAGE_SECONDS = 120
-"""How long a worker waits for a database server it has reached before to come back (a restart, a
-failover) before the call that needs it fails."""
+"""How long a command waits for a database server it has reached before to come back (a restart, a
+failover): one deadline per outage, shared by every call and thread that meets it."""
 STORE_URIS = "postgresql://USER@HOST:PORT/DB or sqlite:///PATH"
 
 
@@ -105,25 +109,47 @@ def url_scheme(url: str, forms: str) -> str:
 
 def check_server(uri: str) -> None:
     """Fails in seconds, not after MLflow's minutes of retries, when no tracking server answers, or when
-    what answers is not a working one: its health page and one call of its API (an error page, another
-    program on the port, or a server whose database is gone would fail every later request, slowly)."""
+    what answers is not a working one: its health page must say OK, and one call of its API must answer
+    as MLflow's does (an error page, another program on the port, one that answers anything with {} or
+    a server whose database is gone would fail every later request, slowly)."""
     import requests
 
     base = uri.rstrip("/")
     try:
-        requests.get(f"{base}/health", timeout=5).raise_for_status()
-        answer = requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=5)
+        health = requests.get(f"{base}/health", timeout=5)
+        answer = requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=5) \
+            if health.status_code == 200 and health.text.strip() == "OK" else None
     except requests.RequestException as exc:
         raise ConfigError(f"cannot reach the MLflow tracking server at {redact(uri)} ({type(exc).__name__}); "
                           "start it (bench server --backend-store-uri ...) or check --tracking-uri") from None
-    try:
-        api_works = answer.status_code == 200 and isinstance(answer.json(), dict)
-    except ValueError:  # not JSON
-        api_works = False
-    if not api_works:
+    if answer is None:
+        raise ConfigError(f"the server at {redact(uri)} is not an MLflow tracking server (its /health page answered "
+                          f"HTTP {health.status_code}, {_looks(health)}, not OK); check --tracking-uri")
+    if not (answer.status_code == 200 and _experiments_answer(answer)):
         raise ConfigError(f"the server at {redact(uri)} is not a working MLflow tracking server (its experiments "
-                          f"API answered HTTP {answer.status_code}, {answer.headers.get('content-type', 'no type')}); "
-                          "check --tracking-uri, or the server's log")
+                          f"API answered HTTP {answer.status_code}, {_looks(answer)}); check --tracking-uri, or the "
+                          "server's log")
+
+
+def _looks(response) -> str:
+    """What a response holds, in a few words: its type and length (never its text, which may be anything)."""
+    return f"{response.headers.get('content-type', 'no type')}, {len(response.content)} bytes"
+
+
+def _experiments_answer(response) -> bool:
+    """Whether ``response`` is what MLflow answers to experiments/search: a JSON object holding nothing but
+    its list of experiments (each with an id and a name; the list is left out when there are none) and a
+    page token."""
+    try:
+        body = response.json()
+    except ValueError:  # not JSON
+        return False
+    if not isinstance(body, dict) or not set(body) <= {"experiments", "next_page_token"}:
+        return False
+    experiments = body.get("experiments", [])
+    return isinstance(experiments, list) and all(
+        isinstance(experiment, dict) and "experiment_id" in experiment and "name" in experiment
+        for experiment in experiments)
 
 
 def check_store(uri: str, *, create: bool, role: str = "MLflow store") -> None:
@@ -137,6 +163,7 @@ def check_store(uri: str, *, create: bool, role: str = "MLflow store") -> None:
     elif scheme == "sqlite":
         path = sqlite_path(uri)
         if create:
+            check_sqlite(uri, path, role)
             path.parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
             return
         if path.is_file():
@@ -145,6 +172,33 @@ def check_store(uri: str, *, create: bool, role: str = "MLflow store") -> None:
         raise ConfigError(f"unsupported {role} '{redact(uri)}': use {STORE_URIS}")
     raise ConfigError(f"no {role} at {redact(uri)} yet; run `bench run --variant V --study S` first, "
                       "or pass the --tracking-uri it used")
+
+
+def check_sqlite(uri: str, path: Path, role: str) -> None:
+    """Fails at once, instead of after MLflow's retries, when the SQLite file at ``path`` could not be
+    created (a folder that is not one, or that cannot be written to) or is there but is not a database."""
+    try:
+        exists = path.exists()
+        if exists and not path.is_file():
+            raise ConfigError(f"the {role} {redact(uri)} is not a file (a folder or a device); pass sqlite:///PATH "
+                              "of a database file")
+    except OSError as exc:  # a name too long, a path through a file
+        raise ConfigError(f"cannot use the {role} {redact(uri)} ({exc.strerror}); pass sqlite:///PATH of a "
+                          "database file") from None
+    if not exists:
+        folder = unwritable_folder(path.parent)
+        if folder is not None:
+            raise ConfigError(f"cannot create the {role} {redact(uri)} ({folder} is not a folder you can write "
+                              "to); pass sqlite:///PATH in a folder you can write to")
+        return
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as database:
+            database.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot open the {role} {redact(uri)} ({exc}); pass sqlite:///PATH of an intact "
+                          "database, or of a new one") from None
 
 
 def check_database(url: str, role: str) -> None:
@@ -194,31 +248,112 @@ def database_engine(url: str):
     return engine
 
 
+class DatabaseAway(BenchError):
+    """A database server that answered before stayed away past the outage's deadline."""
+
+
 def wait_out_restarts(engine, url: str, reached: bool = False) -> None:
-    """Makes ``engine`` wait for its server to come back, for up to OUTAGE_SECONDS, when it cannot
-    connect to a server it has reached before, instead of failing the worker's call (one line
-    says so). With pool_pre_ping, a pooled connection that the restart cut is replaced at its next
-    use, so a study's calls wait out a restart and go on. A server never reached fails at once, as
-    the checks before a command promise."""
+    """Makes ``engine`` wait for its server to come back when it cannot connect to a server it has
+    reached before (a restart, a failover), instead of failing the call. An outage is waited out
+    once: its first call sets a deadline OUTAGE_SECONDS away and says so in one line, and every
+    later call and thread of the command waits for that same deadline (past it, each fails at once
+    with :class:`DatabaseAway`) until a connection succeeds again. SIGINT or SIGTERM ends every wait
+    at once (:class:`Interrupted`), and a call made after one fails at once instead of waiting. With
+    pool_pre_ping, a pooled connection that the restart cut is replaced at its next use, so a
+    study's calls wait out a restart and go on. A server never reached fails at once, as the checks
+    before a command promise."""
     from sqlalchemy import event
+
+    watch_stop_signals()
 
     @event.listens_for(engine, "do_connect")
     def connect(dialect, connection_record, cargs, cparams):
         nonlocal reached
-        deadline, said = time.monotonic() + OUTAGE_SECONDS, False
         while True:
             try:
                 connection = dialect.connect(*cargs, **cparams)
-                reached = True
-                return connection
             except dialect.loaded_dbapi.OperationalError:
-                if not reached or time.monotonic() > deadline:
+                if not reached:
                     raise
-                if not said:
-                    said = True
-                    print(f"the database at {redact(url)} does not answer; waiting up to {OUTAGE_SECONDS} s for "
-                          "it to come back", file=sys.stderr, flush=True)
-                time.sleep(1)
+                _OUTAGE.wait(url)
+                continue
+            reached = True
+            _OUTAGE.over()
+            return connection
+
+
+class _Outage:
+    """The outage under way, if any: when it began, and the deadline that every wait for it shares."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.deadline: float | None = None
+
+    def wait(self, url: str) -> None:
+        """Returns after a pause to retry in; raises Interrupted after a stop signal, DatabaseAway past the deadline."""
+        parts = urlsplit(url)
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+        if stop_signal():  # the command is ending: nothing more is waited for
+            raise Interrupted(stop_signal(), f"while the database at {where} did not answer")
+        with self.lock:
+            now = time.monotonic()
+            if self.deadline is None:
+                self.deadline = now + OUTAGE_SECONDS
+                print(f"the database at {redact(url)} does not answer; waiting up to {OUTAGE_SECONDS} s for it to "
+                      "come back (Ctrl-C stops)", file=sys.stderr, flush=True)
+            left = self.deadline - now
+        if left <= 0:
+            raise DatabaseAway(f"the database at {where} did not come back within {OUTAGE_SECONDS} s; run the same "
+                               "command again once it answers: the study goes on from its trials' checkpoints")
+        if _STOPPED.wait(min(1.0, left)):
+            raise Interrupted(stop_signal(), f"while the database at {where} did not answer")
+
+    def over(self) -> None:
+        if self.deadline is not None:
+            with self.lock:
+                self.deadline = None
+
+
+_OUTAGE = _Outage()
+_STOPPED = threading.Event()
+_STOP_SIGNUM = [0]
+_WATCHING = [False]
+
+
+def stop_signal() -> int:
+    """SIGINT or SIGTERM if one has reached this process since :func:`watch_stop_signals`, else 0."""
+    return _STOP_SIGNUM[0] if _STOPPED.is_set() else 0
+
+
+def watch_stop_signals() -> None:
+    """Lets waits see SIGINT and SIGTERM whatever handler takes them (the trainer's, which checkpoints
+    first, or the CLI's): Python writes the number of each signal it handles to a pipe
+    (signal.set_wakeup_fd), which a thread reads. Only the main thread can set this up; where
+    another wakeup pipe is set (an event loop's), that one stays and waits end at their deadline."""
+    if _WATCHING[0] or threading.current_thread() is not threading.main_thread():
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    try:
+        previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    except ValueError:
+        previous = None
+    if previous != -1:
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        os.close(read)
+        os.close(write)
+        return
+    _WATCHING[0] = True
+    threading.Thread(target=_read_signals, args=(read,), name="bench-stop-signals", daemon=True).start()
+
+
+def _read_signals(pipe: int) -> None:
+    while True:
+        for signum in os.read(pipe, 64):
+            if signum in (signal.SIGINT, signal.SIGTERM) and not _STOPPED.is_set():
+                _STOP_SIGNUM[0] = signum
+                _STOPPED.set()
 
 
 def unwritable_folder(folder: Path) -> Path | None:

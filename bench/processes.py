@@ -15,16 +15,38 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable
 
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, Interrupted
 
 HOST = socket.gethostname()
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SERVER_GRACE_SECONDS = 3
 """How long a stopped MLflow server may take to shut down before it is killed."""
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM where no handler saves work first: raised as Ctrl-C raises KeyboardInterrupt,
+    naming the signal that came."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+def stopping_on_signals() -> contextlib.AbstractContextManager:
+    """SIGINT and SIGTERM raise :class:`Stopped` inside the block (the main thread only: elsewhere
+    Python lets no handler be set); handlers set inside it (the trainer's) take over while they are set."""
+    if threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
+    return handling_stop_signals(raise_stopped)
 
 
 @contextlib.contextmanager
@@ -54,24 +76,35 @@ def die_with_parent() -> None:
     parent_death_signal(signal.SIGKILL)()
 
 
-def serve(command: str, *args: str) -> None:
-    """Runs `mlflow COMMAND ARGS` (ui, server) until it ends, or until bench gets SIGINT (Ctrl-C)
-    or SIGTERM; then stops it and every process it started (MLflow runs its web server as a child
-    process), so that none outlives bench holding the port."""
+def serve(command: str, *args: str, store: str) -> None:
+    """Runs `mlflow COMMAND ARGS` (ui, server) on the backend store ``store`` until it ends, or until
+    bench gets SIGINT (Ctrl-C) or SIGTERM; then stops it and every process it started (MLflow runs
+    its web server as a child process), so that none outlives bench holding the port, and raises
+    :class:`Interrupted` naming the signal. The store's URL, which may hold a password, reaches
+    MLflow through the environment (MLFLOW_BACKEND_STORE_URI, which MLflow passes on to its web
+    server the same way), never on a command line, where `ps` shows it to every user of the machine."""
     sys.stdout.flush()
     # The job runner serves MLflow's GenAI features; without it the server starts in seconds, not tens.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with handling_stop_signals(signal.default_int_handler):  # SIGTERM stops it as Ctrl-C does
-        # A session of its own: a terminal's Ctrl-C reaches bench alone, which stops the whole group. SIGTERM,
-        # not SIGKILL, when bench dies: MLflow passes it on to its web server, which SIGKILL would leave running.
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", command, *args, "--workers", "1"], env=env,
-                                  start_new_session=True, preexec_fn=parent_death_signal(signal.SIGTERM))
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_BACKEND_STORE_URI": store}
+    stopped: Stopped | None = None
+    with handling_stop_signals(raise_stopped):
+        try:
+            # A session of its own: a terminal's Ctrl-C reaches bench alone, which stops the whole group. SIGTERM,
+            # not SIGKILL, when bench dies: MLflow passes it on to its web server, which SIGKILL would leave running.
+            server = subprocess.Popen([sys.executable, "-m", "mlflow", command, *args, "--workers", "1"], env=env,
+                                      start_new_session=True, preexec_fn=parent_death_signal(signal.SIGTERM))
+        except Stopped as exc:  # before it started: nothing to stop
+            raise Interrupted(exc.signum, f"before mlflow {command} started") from None
         try:
             server.wait()
-        except KeyboardInterrupt:
-            return
+        except Stopped as exc:
+            stopped = exc
         finally:
             stop_group(server)
+    if stopped is not None:
+        interrupted = Interrupted(stopped.signum, f"(mlflow {command} and its web server ended)")
+        interrupted.then = "start it again with the same command"
+        raise interrupted
     if server.returncode != 0:
         raise BenchError(f"mlflow {command} ended with exit status {server.returncode}; see its messages above "
                          "(a port already in use: pass another --port)")

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from bench.errors import Interrupted
 from bench.study import VariantStudy
 
 LIVE_SECONDS = 2.0
@@ -65,6 +66,8 @@ class StudyProgress:
     def _show(self) -> None:
         try:
             text = self.line()
+        except Interrupted:  # stopped while the storage is away: the command's own message says so
+            return
         except Exception as exc:  # a storage hiccup must not end the study; the next line may work
             text = f"progress unavailable ({type(exc).__name__}: {exc})"
         if self._bar is not None:

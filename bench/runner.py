@@ -33,7 +33,7 @@ from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TrainConfig
 from bench.data import load_dataset
 from bench.engine import CHECKPOINT, autocast_dtype, resolve_device, resolve_steps, train, worker_device
 from bench.errors import BenchError, ConfigError, Interrupted, OutputNotWritten, RunStopped
-from bench.locations import STUDY_RUNS, redact
+from bench.locations import STUDY_RUNS, DatabaseAway, redact
 from bench.observer import Observer
 from bench.processes import HOST, die_with_parent, handling_stop_signals, pid_alive
 from bench.progress import StudyProgress
@@ -363,8 +363,12 @@ class ReportToPruner(Observer):
     def on_scores(self, scores: dict[str, float]) -> None:
         if self.objective not in scores:  # measured only on the final generator (budget.final_samples)
             return
-        self.trial.report(scores[self.objective], int(scores["step"]))
-        if self.trial.should_prune():
+        try:
+            self.trial.report(scores[self.objective], int(scores["step"]))
+            prune = self.trial.should_prune()
+        except Interrupted:  # stopped while the storage was away: the trainer checkpoints this step and stops
+            return
+        if prune:
             raise optuna.TrialPruned(f"pruned at step {int(scores['step'])}")
 
 
@@ -417,13 +421,21 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         return TrialState.FAIL
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        trial.set_user_attr("fail_reason", reason)
         tracking.end(run.run_id, "failed", reason)
-        study.tell(trial, state=TrialState.FAIL)
-        if isinstance(exc, (Interrupted, OutputNotWritten)):  # its checkpoint is intact: go on from it later
-            run_again(study, trial.number)
+        queued = "is queued to resume from it"
+        try:
+            trial.set_user_attr("fail_reason", reason)
+            study.tell(trial, state=TrialState.FAIL)
+            if isinstance(exc, (Interrupted, OutputNotWritten)):  # its checkpoint is intact: go on from it later
+                run_again(study, trial.number)
+        except (Interrupted, DatabaseAway):
+            if not isinstance(exc, Interrupted):
+                raise
+            # Stopped while the storage is away: the trial stays running there until its heartbeat is
+            # stale, when the next command fails it and queues it again.
+            queued = "resumes from it once the storage answers"
         if isinstance(exc, Interrupted):
-            exc.then = f"trial {trial.number} is queued to resume from it: run the same command again to continue"
+            exc.then = f"trial {trial.number} {queued}: run the same command again to continue"
         raise
     tracking.end(run.run_id, "complete")
     study.tell(trial, value)

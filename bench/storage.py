@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import optuna
 
 from bench.config import HEARTBEAT_SECONDS
-from bench.errors import ConfigError
-from bench.locations import (CONNECT_TIMEOUT_SECONDS, OPTUNA_JOURNAL, check_database, database_engine,
+from bench.errors import ConfigError, Interrupted
+from bench.locations import (CONNECT_TIMEOUT_SECONDS, OPTUNA_JOURNAL, DatabaseAway, check_database, database_engine,
                              explain_database_error, is_database, redact, sqlite_path, unwritable_folder, url_scheme,
                              wait_out_restarts)
 
@@ -114,9 +114,11 @@ def ask_lock(url: str):
             try:
                 yield
             finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ASK_LOCK_KEY})
+                with contextlib.suppress(SQLAlchemyError):  # a connection the server cut holds no lock any more
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ASK_LOCK_KEY})
         return
     path = sqlite_path(url) if is_database(url) else url
+        from sqlalchemy.exc import SQLAlchemyError
     try:
         handle = open(f"{path}.ask-lock", "a")
     except OSError as exc:
@@ -145,7 +147,13 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int):
 
     def beat() -> None:
         while True:
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)
+            except (SQLAlchemyError, optuna.exceptions.StorageInternalError, DatabaseAway, Interrupted):
+                # An outage, or the command stopping during one: not the trial's failure. The trial's own
+                # calls wait the outage out and say so, and a trial whose beats stop for good is run again
+                # by another worker. Beats go on when the database is back.
+                pass
             if stop.wait(interval):
                 return
 
@@ -153,6 +161,8 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int):
     thread.start()
     try:
         yield
+        from sqlalchemy.exc import SQLAlchemyError
+
     finally:
         stop.set()
         thread.join()

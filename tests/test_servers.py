@@ -212,7 +212,7 @@ def test_bench_ui_stops_the_mlflow_server_and_its_children_on_sigterm(store):
         while accepts(port):
             assert time.monotonic() - stopped < 5, "the port is still taken 5 s after SIGTERM"
             time.sleep(0.1)
-        ui.wait(timeout=10)
+        assert ui.wait(timeout=10) == 128 + signal.SIGTERM
         left = {pid: info for pid, info in processes().items()
                 if (pid in family or info[1] in groups) and info[2] != "Z"}
         assert not left, f"left running: {left}"
@@ -232,8 +232,12 @@ class HalfAlive(http.server.BaseHTTPRequestHandler):
         mode, path = self.server.mode, self.path.split("?")[0]
         if mode == "another program" or (mode == "error pages" and path == "/health"):
             self.answer(200, "text/html", b"<html>a web page</html>")
-        elif mode == "fails after the checks" and path in ("/health", "/api/2.0/mlflow/experiments/search"):
-            self.answer(200, "application/json", b'{"experiments": []}')
+        elif mode == "answers {} to everything":
+            self.answer(200, "application/json", b"{}")
+        elif mode == "fails after the checks" and path == "/health":
+            self.answer(200, "text/plain", b"OK")
+        elif mode == "fails after the checks" and path == "/api/2.0/mlflow/experiments/search":
+            self.answer(200, "application/json", b'{"experiments": [{"experiment_id": "0", "name": "Default"}]}')
         else:
             self.answer(500, "text/plain", b"Internal Server Error")
 
@@ -250,12 +254,14 @@ class HalfAlive(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("mode", ["error pages", "another program", "fails after the checks"])
+@pytest.mark.parametrize("mode", ["error pages", "another program", "answers {} to everything",
+                                  "fails after the checks"])
 @pytest.mark.parametrize("command", READ_ONLY + ("run",))
 def test_a_server_that_answers_but_not_as_mlflow_is_one_line_without_the_password(command, mode, empty_folder,
                                                                                   monkeypatch):
-    """Half-alive servers: HTTP 500 everywhere but its health page, another program's pages, or a server that
-    passes the checks and then fails (MLflow's retries turned off here: they would take half a minute)."""
+    """Half-alive servers: HTTP 500 everywhere but its health page, another program's pages, one that answers
+    every request with {} (refused at its first answer), or a server that passes the checks and then fails
+    (MLflow's retries turned off here: they would take half a minute)."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HalfAlive)
     server.mode = mode
@@ -272,3 +278,79 @@ def test_a_server_that_answers_but_not_as_mlflow_is_one_line_without_the_passwor
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and SECRET not in result.output, result.output
     assert seconds < 10 and (mode == "fails after the checks" or host in lines[0]), (seconds, lines[0])
+
+
+@pytest.mark.parametrize("where, says", [("/proc/nope.db", "/proc is not a folder you can write to"),
+                                         ("folder", "is not a file"), ("junk.db", "file is not a database")])
+def test_bench_server_on_an_unusable_sqlite_store_fails_at_once(where, says, empty_folder):
+    (empty_folder / "folder").mkdir()
+    (empty_folder / "junk.db").write_text("not a database\n")
+    path = where if where.startswith("/") else empty_folder / where
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["server", "--backend-store-uri", f"sqlite:///{path}", "--port",
+                                       str(free_port())])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and says in line and "MLflow backend store" in line, line
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.e2e
+def test_bench_server_on_an_unusable_sqlite_store_fails_within_ten_seconds_as_a_process(tmp_path):
+    started = time.monotonic()
+    done = subprocess.run([BENCH, "server", "--backend-store-uri", "sqlite:////proc/nope.db", "--port",
+                           str(free_port())], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=clean_env())
+    seconds = time.monotonic() - started
+    [line] = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and line.startswith("Error: cannot create the MLflow backend store"), done.stderr
+    assert seconds < 10, f"{seconds:.1f} s"
+    print(f"\nbench server on sqlite:////proc/nope.db: exit 2 in {seconds:.1f} s")
+
+
+def command_lines() -> dict[int, str]:
+    """pid -> command line of every process on this machine, as `ps` shows them to every user."""
+    lines = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+    return lines
+
+
+def serve_and_stop(command: list[str], port: int, cwd: Path) -> tuple[dict[int, str], subprocess.CompletedProcess]:
+    """Runs `bench COMMAND` until its MLflow server listens on ``port``; returns the command line of each
+    process it started (read then), and how it ended after SIGTERM."""
+    process = subprocess.Popen([BENCH, *command, "--port", str(port)], cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True, env=clean_env())
+    try:
+        deadline = time.monotonic() + 120  # MLflow's server starts slowly on a small CPU
+        while not accepts(port):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.5)
+        family = descendants(process.pid) | {process.pid}
+        lines = {pid: line for pid, line in command_lines().items() if pid in family}
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return lines, subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.e2e
+def test_bench_server_and_ui_keep_the_password_off_every_command_line_and_exit_143_on_sigterm(postgres, tmp_path):
+    store = postgres.database("ps_shows")
+    assert PASSWORD in store
+    server_lines, server = serve_and_stop(["server", "--backend-store-uri", store, "--artifacts",
+                                           str(tmp_path / "artifacts")], free_port(), tmp_path)
+    ui_lines, ui = serve_and_stop(["ui", "--tracking-uri", store], free_port(), tmp_path)
+    for lines, done in ((server_lines, server), (ui_lines, ui)):
+        assert any("mlflow" in line for line in lines.values()), lines  # MLflow's processes were read
+        assert not [line for line in lines.values() if PASSWORD in line], lines
+        assert done.returncode == 143, done.stderr[-2000:]
+        assert "stopped by SIGTERM" in done.stderr and "SIGINT" not in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and PASSWORD not in done.stdout + done.stderr
+    assert has_table(store, "experiments")  # the server used the store it was given
