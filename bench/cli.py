@@ -15,8 +15,8 @@ from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TrainConfig  # the
 from bench.data import resized
 from bench.errors import BenchError, Interrupted
 from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, OPTUNA_JOURNAL, RESULTS
-from bench.registry import REFERENCE_VARIANT
 from bench.processes import stopping_on_signals
+from bench.registry import REFERENCE_VARIANT
 
 
 class UserError(click.ClickException):
@@ -359,6 +359,7 @@ def report(study, tracking_uri, output) -> None:
     from bench.report import write_report
 
     output = output or RESULTS / f"report-{study}.html"
+    check_writable(output)  # before the store is read and the page rendered
     with writing(output):
         write_report(study, output, tracking_uri)
     click.echo(f"wrote {output}")
@@ -393,7 +394,6 @@ def ui(study, tracking_uri, port, host) -> None:
               show_default=True, help="Where the server keeps artifacts (sample grids, figures, checkpoints).")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
-    check_writable(output)  # before the store is read and the page rendered
 @reports_user_errors
 def server(backend_store_uri, artifacts, port, host) -> None:
     """Starts an MLflow tracking server for workers on many machines (bench run --tracking-uri http://HOST:PORT)."""

@@ -108,6 +108,7 @@ def ask_lock(url: str):
     database that many machines share, a file lock beside a journal or SQLite file."""
     if urlsplit(url).scheme.startswith("postgresql"):
         from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
 
         with database_engine(url).connect() as connection:
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": ASK_LOCK_KEY})
@@ -118,7 +119,6 @@ def ask_lock(url: str):
                     connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ASK_LOCK_KEY})
         return
     path = sqlite_path(url) if is_database(url) else url
-        from sqlalchemy.exc import SQLAlchemyError
     try:
         handle = open(f"{path}.ask-lock", "a")
     except OSError as exc:
@@ -146,6 +146,8 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int):
     stop = threading.Event()
 
     def beat() -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
         while True:
             try:
                 storage.record_heartbeat(trial_id)
@@ -161,8 +163,6 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int):
     thread.start()
     try:
         yield
-        from sqlalchemy.exc import SQLAlchemyError
-
     finally:
         stop.set()
         thread.join()
