@@ -198,7 +198,7 @@ def report_lines(comparison: Comparison) -> list[str]:
                      "from the complete ones is biased. Compare with a study without a pruner (e.g. lucic_wide).")
     if c.running:
         lines.append(f"the study is still running: {c.running} trial{'s' if c.running > 1 else ''} running, "
-                     "not ranked until they end")
+                     f"not ranked until {'they end' if c.running > 1 else 'it ends'}")
     lines += c.summary.to_string(index=False, float_format="{:.4g}".format).splitlines()
     for pair in c.pairs.itertuples():
         lines.append(f"P({pair.variant} beats {pair.other}, best of {pair.k}, bootstrap) = {pair.p_better:.2f}")

@@ -26,7 +26,7 @@ from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 from PIL import Image
 
 from bench.cli import main
-from bench.compare import compare, figure_images
+from bench.compare import compare, figure_images, report_lines
 from bench.config import TrainConfig
 from bench.errors import BenchError, ConfigError
 from bench.leaderboard import leaderboard, rank
@@ -377,6 +377,7 @@ def test_every_mlflow_run_record_is_read_or_skipped_with_a_warning_and_never_cra
         comparison = compare("hypothesis", runs=frame)
     except BenchError:
         return
+    assert report_lines(comparison)
     ranked = comparison.trials[comparison.trials["state"] == "complete"]["value"].dropna()
     assert np.isfinite(ranked).all()
     assert comparison.running == int((frame["tags.bench.state"] == RUNNING).sum())
