@@ -245,9 +245,8 @@ def trial_frame(runs) -> pd.DataFrame:
 
 def run_problem(run) -> str | None:
     """What makes a trial run unusable (None when nothing does): one of TRIAL_TAGS missing or empty,
-    a trial number or seed that is not a whole number, a state no
-    trial is in, an objective tag that is not a score, a complete trial whose objective is not
-    finite, an end before the start."""
+    a trial number or seed that is not a whole number, a state no trial is in, an objective tag
+    that is not a score, a complete trial whose objective is not finite, an end before the start."""
     from bench.scores import is_score
 
     tags = run.data.tags
