@@ -388,8 +388,9 @@ def ui(study, tracking_uri, port, host) -> None:
 
 
 @main.command()
-@click.option("--backend-store-uri", required=True,
-              help="Where the server records runs: postgresql://USER@HOST/DB (or sqlite:///PATH).")
+@click.option("--backend-store-uri", required=True, envvar="MLFLOW_BACKEND_STORE_URI",
+              help="Where the server records runs: postgresql://USER@HOST/DB (or sqlite:///PATH); a password from "
+                   "PGPASSWORD, ~/.pgpass or this variable keeps it off the command line, where `ps` shows it.")
 @click.option("--artifacts", type=click.Path(path_type=Path), default=MLFLOW_ARTIFACTS,
               show_default=True, help="Where the server keeps artifacts (sample grids, figures, checkpoints).")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))

@@ -319,11 +319,13 @@ def command_lines() -> dict[int, str]:
     return lines
 
 
-def serve_and_stop(command: list[str], port: int, cwd: Path) -> tuple[dict[int, str], subprocess.CompletedProcess]:
-    """Runs `bench COMMAND` until its MLflow server listens on ``port``; returns the command line of each
-    process it started (read then), and how it ended after SIGTERM."""
+def serve_and_stop(command: list[str], port: int, cwd: Path,
+                   env: dict[str, str]) -> tuple[dict[int, str], subprocess.CompletedProcess]:
+    """Runs `bench COMMAND` with ``env`` added to its environment until its MLflow server listens on
+    ``port``; returns the command line of each process of its family (read then), and how it ended
+    after SIGTERM."""
     process = subprocess.Popen([BENCH, *command, "--port", str(port)], cwd=cwd, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True, env=clean_env())
+                               stderr=subprocess.PIPE, text=True, start_new_session=True, env=clean_env() | env)
     try:
         deadline = time.monotonic() + 120  # MLflow's server starts slowly on a small CPU
         while not accepts(port):
@@ -342,11 +344,13 @@ def serve_and_stop(command: list[str], port: int, cwd: Path) -> tuple[dict[int, 
 
 @pytest.mark.e2e
 def test_bench_server_and_ui_keep_the_password_off_every_command_line_and_exit_143_on_sigterm(postgres, tmp_path):
+    """The user keeps the password off bench's own command line (the URL in the environment); bench keeps it
+    off its children's."""
     store = postgres.database("ps_shows")
     assert PASSWORD in store
-    server_lines, server = serve_and_stop(["server", "--backend-store-uri", store, "--artifacts",
-                                           str(tmp_path / "artifacts")], free_port(), tmp_path)
-    ui_lines, ui = serve_and_stop(["ui", "--tracking-uri", store], free_port(), tmp_path)
+    server_lines, server = serve_and_stop(["server", "--artifacts", str(tmp_path / "artifacts")], free_port(),
+                                          tmp_path, {"MLFLOW_BACKEND_STORE_URI": store})
+    ui_lines, ui = serve_and_stop(["ui"], free_port(), tmp_path, {"MLFLOW_TRACKING_URI": store})
     for lines, done in ((server_lines, server), (ui_lines, ui)):
         assert any("mlflow" in line for line in lines.values()), lines  # MLflow's processes were read
         assert not [line for line in lines.values() if PASSWORD in line], lines
