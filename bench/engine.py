@@ -125,8 +125,8 @@ def native_bf16(device: torch.device) -> bool:
 def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     """The autocast dtype of training on ``device`` with ``amp`` (None: float32). 'auto' leaves
     the CPU in float32, the precision the suite's learning budgets are calibrated in, although on
-    a 2-core Intel Xeon with AMX, bfloat16 reaches fid_domain < 300 in the same steps,
-    1.05-1.6x sooner (README, Performance). 'on' where bfloat16 is not native is refused."""
+    a CPU with native bfloat16 it reaches a given FID sooner (docs: Performance). 'on' where bfloat16
+    is not native is refused."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if native_bf16(device):
@@ -202,8 +202,7 @@ class Trainer:
         # The region spans a whole train_step, optimiser steps and weight clips included, and
         # autocast's cache would keep each weight's bfloat16 copy until the region exits: every
         # forward after D's update would see D as it was before it. Without the cache each
-        # forward casts the weights as they are now (measured no slower on this project's CPU:
-        # dcgan 72.6 against 70.5 G steps/s when the cache is cleared after each optimiser step).
+        # forward casts the weights as they are now, at no measurable cost (docs: Performance).
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False)

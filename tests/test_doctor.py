@@ -4,6 +4,8 @@ tested on the learning runs (test_learning.py, `make learning`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import subprocess
 
 import pytest
@@ -27,8 +29,8 @@ class DetachedFake(DCGAN):
 
     name = "test_detached_fake"
 
-    def g_losses(self, real, fake, latent, labels):
-        return super().g_losses(real, fake.detach(), latent, labels)
+    def g_losses(self, batch):
+        return super().g_losses(replace(batch, fake=batch.fake.detach()))
 
 
 class NaNGradient(DCGAN):
@@ -36,10 +38,10 @@ class NaNGradient(DCGAN):
 
     name = "test_nan_gradient"
 
-    def g_losses(self, real, fake, latent, labels):
-        if fake.requires_grad:
-            fake.register_hook(lambda grad: grad * float("nan"))
-        return super().g_losses(real, fake, latent, labels)
+    def g_losses(self, batch):
+        if batch.fake.requires_grad:
+            batch.fake.register_hook(lambda grad: grad * float("nan"))
+        return super().g_losses(batch)
 
 
 class OverpoweredD(DCGAN):

@@ -10,12 +10,12 @@ from bench.registry import get_variant
 from variants.began import began_d_loss, convergence_measure, next_k, reconstruction_loss
 from variants.dragan import dragan_penalty, perturbed
 from variants.ebgan import ebgan_d_loss, pulling_away_term
-from variants.gan import discriminator_bce, generator_minimax, generator_nonsaturating
+from variants.gan import Batch, discriminator_bce, generator_minimax, generator_nonsaturating
 from variants.infogan import info_loss
 from variants.lsgan import lsgan_d_loss, lsgan_g_loss
 from variants.ragan import ragan_d_loss, ragan_g_loss
 from variants.wgan import wasserstein_estimate
-from variants.wgan_gp import gradient_penalty
+from variants.penalties import gradient_penalty
 
 
 def softplus(x: float) -> float:
@@ -192,10 +192,10 @@ def test_lsgan_squares_d_raw_output_or_as_compare_gan_its_sigmoid(d_output, squa
     torch.manual_seed(0)
     lsgan = get_variant("lsgan")((1, 28, 28), 10, d_output=d_output)
     real, fake = torch.rand(6, 1, 28, 28) * 2 - 1, torch.rand(6, 1, 28, 28) * 2 - 1
-    losses = lsgan.d_losses(real, fake, None, None)["loss_d"]
+    losses = lsgan.d_losses(Batch(real, fake, None, None))["loss_d"]
     expected = lsgan_d_loss(squash(lsgan.D(real)), squash(lsgan.D(fake)))
     assert losses.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert lsgan.g_losses(real, fake, None, None)["loss_g"].item() == pytest.approx(
+    assert lsgan.g_losses(Batch(real, fake, None, None))["loss_g"].item() == pytest.approx(
         lsgan_g_loss(squash(lsgan.D(fake))).item(), rel=1e-5)
 
 
@@ -233,11 +233,11 @@ def test_dragan_d_loss_is_the_cross_entropy_plus_lambda_times_the_penalty():
     dragan = get_variant("dragan")((1, 28, 28), 10, gp_lambda=3.0)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in dragan.D.modules())
     real, fake = torch.rand(6, 1, 28, 28) * 2 - 1, torch.rand(6, 1, 28, 28) * 2 - 1
-    losses = dragan.d_losses(real, fake, None, None)
+    losses = dragan.d_losses(Batch(real, fake, None, None))
     cross_entropy = discriminator_bce(dragan.D(real), dragan.D(fake))
     assert losses["loss_d"].item() == pytest.approx(cross_entropy.item() + 3.0 * losses["gradient_penalty"].item(),
                                                     rel=1e-5)
-    assert dragan.g_losses(real, fake, None, None)["loss_g"].item() == pytest.approx(
+    assert dragan.g_losses(Batch(real, fake, None, None))["loss_g"].item() == pytest.approx(
         generator_nonsaturating(dragan.D(fake)).item(), rel=1e-5)
 
 

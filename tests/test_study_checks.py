@@ -79,8 +79,8 @@ class AlwaysNaN(GAN):
 
     name = "always_nan"
 
-    def d_losses(self, real, fake, latent, labels):
-        losses = super().d_losses(real, fake, latent, labels)
+    def d_losses(self, batch):
+        losses = super().d_losses(batch)
         return {**losses, "loss_d": losses["loss_d"] * torch.tensor(float("nan"))}
 
 

@@ -9,6 +9,7 @@ from bench.errors import ConfigError
 from bench.registry import TIPS, get_variant
 from bench.study import load_study
 from variants.blocks import MinibatchStd
+from variants.gan import Batch
 
 SHAPE = (1, 28, 28)
 
@@ -31,8 +32,8 @@ def test_label_smoothing_moves_the_real_target_in_d_loss(name):
     latent = smoothed.latent(len(real))
     assert smoothed.real_target == pytest.approx(0.8) and plain.real_target == 1.0
     plain.load_state_dict(smoothed.state_dict())  # same networks: only the target differs
-    difference = (smoothed.d_losses(real, fake, latent, labels)["loss_d"]
-                  - plain.d_losses(real, fake, latent, labels)["loss_d"])
+    step = Batch(real, fake, latent, labels)
+    difference = smoothed.d_losses(step)["loss_d"] - plain.d_losses(step)["loss_d"]
     # BCE(l, t) - BCE(l, 1) = (1 - t) * l for logits l of the reals (relative ones for RaGAN): 0.2 * mean logit.
     if name == "ragan":
         logits = smoothed.D(real) - smoothed.D(fake).mean()

@@ -10,6 +10,7 @@ without batch norm, the minibatch standard-deviation channel) are arguments here
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -156,26 +157,20 @@ class ConvDiscriminator(nn.Module):
         return self.head(self.trunk(x)).flatten(1).squeeze(1)
 
 
-def conv_generator(variant: Variant, in_dim: int | None = None) -> ConvGenerator:
-    """The DCGAN generator for ``variant``'s images, sized, activated and initialised as its
-    hyperparameters say."""
-    return initialised(variant, ConvGenerator(in_dim or variant.z_dim, variant.image_shape,
-                                              scaled(CONV_WIDTH, variant.tip("g_width")),
-                                              selu=variant.tip("activation") == "selu"))
+def conv_generator(variant: Variant, in_dim: int | None = None, *, init: str) -> ConvGenerator:
+    """The DCGAN generator for ``variant``'s images (from its noise, or ``in_dim`` inputs), sized and activated
+    as its tips say, initialised as ``init`` names."""
+    return initialised(ConvGenerator(in_dim or variant.z_dim, variant.image_shape,
+                                     scaled(CONV_WIDTH, variant.tip("g_width")),
+                                     selu=variant.tip("activation") == "selu"), init)
 
 
-def conv_discriminator(variant: Variant, **options) -> ConvDiscriminator:
-    """The DCGAN discriminator for ``variant``'s images, as its hyperparameters say (``options``:
-    see :class:`ConvDiscriminator`; ``batch_norm`` defaults to the variant's ``discriminator_batchnorm``)."""
-    options.setdefault("batch_norm", batch_norm_in_d(variant))
-    return initialised(variant, ConvDiscriminator(variant.image_shape, scaled(CONV_WIDTH, variant.tip("d_width")),
-                                                  selu=variant.tip("activation") == "selu",
-                                                  minibatch_std=bool(variant.tip("minibatch_std")), **options))
-
-
-def batch_norm_in_d(variant: Variant) -> bool:
-    """Whether D has batch norm: as the variant's ``discriminator_batchnorm`` says, or yes where it has none."""
-    return bool(getattr(variant.hp, "discriminator_batchnorm", 1))
+def conv_discriminator(variant: Variant, *, batch_norm: bool, init: str, **options) -> ConvDiscriminator:
+    """The DCGAN discriminator for ``variant``'s images, sized and activated as its tips say, with batch norm
+    or none, initialised as ``init`` names (``options``: see :class:`ConvDiscriminator`)."""
+    return initialised(ConvDiscriminator(variant.image_shape, scaled(CONV_WIDTH, variant.tip("d_width")),
+                                         batch_norm=batch_norm, selu=variant.tip("activation") == "selu",
+                                         minibatch_std=bool(variant.tip("minibatch_std")), **options), init)
 
 
 INITS = ("dcgan", "pytorch")
@@ -188,10 +183,10 @@ def init(default: str) -> dict[str, HParam]:
                                                          "N(1, 0.02), Radford et al. 2016) or pytorch (its default)")}
 
 
-def initialised(variant: Variant, network: nn.Module) -> nn.Module:
-    """``network`` with DCGAN's initialisation when the variant's ``init`` asks for it (Radford et
-    al. 2016: every convolution N(0, 0.02), batch norm scales N(1, 0.02), biases 0); else as PyTorch made it."""
-    if getattr(variant.hp, "init", "pytorch") != "dcgan":
+def initialised(network: nn.Module, init: str) -> nn.Module:
+    """``network`` with DCGAN's initialisation when ``init`` is 'dcgan' (Radford et al. 2016: every convolution
+    N(0, 0.02), batch norm scales N(1, 0.02), biases 0); as PyTorch made it for 'pytorch'."""
+    if init != "dcgan":
         return network
     for module in network.modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d)):
@@ -210,17 +205,17 @@ def mlp_pair(variant: Variant) -> tuple[MLPGenerator, MLPDiscriminator]:
             MLPDiscriminator(variant.image_shape, d_hidden, selu=selu))
 
 
-LUCIC_Z_DIM = 64
-"""compare_gan's noise: 64-d, uniform on (-1, 1)."""
+LUCIC_NOISE = (64, "uniform")
+"""compare_gan's noise (z_dim, z_prior): 64-d, uniform on (-1, 1); it belongs to the network as much as its layers do."""
 
 
 class DebiasedRunningStatistics:
     """Batch norm whose running statistics (what eval-mode sampling uses) are an exponential average with
     decay 0.999, as compare_gan's TensorFlow batch norm, divided by 1 - 0.999^t (TensorFlow's zero_debias):
-    PyTorch's momentum at the t-th training forward is 0.001 / (1 - 0.999^t). Without that their
-    average is 22% formed after 250 steps, and a healthy run's samples looked collapsed to one class
-    (fid_domain 822 at step 250, the doctor's mode-collapse alarm at step 600); after 15,625 steps the
-    two averages differ by 0.999^15625 = 2e-7 of the first batch's statistics."""
+    PyTorch's momentum at the t-th training forward is 0.001 / (1 - 0.999^t). Without that the average
+    is 1 - 0.999^250 = 22% formed after 250 steps, and the eval-mode samples of a healthy run look
+    collapsed; after compare_gan's 15,625 steps the two averages differ by 0.999^15625 = 2e-7 of the
+    first batch's statistics."""
 
     DECAY = 0.999
     forwards = 0
@@ -322,14 +317,12 @@ NETWORK_TIPS = ("g_width", "d_width", "activation", "minibatch_std")
 
 
 def lucic_generator(variant: Variant) -> LucicGenerator:
-    """Lucic's G for ``variant``'s images, initialised as compare_gan did; sets the variant's noise to
-    theirs (64-d uniform), which belongs to the network as much as its layers do."""
+    """Lucic's G for ``variant``'s images, from compare_gan's noise (LUCIC_NOISE), initialised as compare_gan did."""
     changed = [name for name in NETWORK_TIPS if variant.tip(name) != TIPS[name].hparam.default]
     if changed:
         raise ConfigError(f"arch=lucic is compare_gan's fixed network; {', '.join(changed)} would change it: "
                           "leave them at their defaults, or use arch=dcgan")
-    variant.z_dim, variant.z_prior = LUCIC_Z_DIM, "uniform"
-    return lucic_initialised(LucicGenerator(variant.z_dim, variant.image_shape))
+    return lucic_initialised(LucicGenerator(LUCIC_NOISE[0], variant.image_shape))
 
 
 ARCHITECTURES = ("dcgan", "mlp", "lucic")
@@ -349,15 +342,28 @@ def discriminator_batchnorm() -> dict[str, HParam]:
                                                             "compare_gan's default), 0: none (convolutional D)")}
 
 
-def networks(variant: Variant, **critic_options) -> tuple[nn.Module, nn.Module]:
-    """G and D for ``variant`` in the architecture its ``arch`` names (convolutional where it has
-    none); ``critic_options`` go to the convolutional D (see :class:`ConvDiscriminator`)."""
-    architecture = getattr(variant.hp, "arch", "dcgan")
-    if architecture == "mlp":
+@dataclass(frozen=True)
+class Networks:
+    """A generator and a discriminator, and the noise the generator takes."""
+
+    G: nn.Module
+    D: nn.Module
+    z_dim: int
+    z_prior: str
+    """The variant's own noise, or the network's where it brings one (LUCIC_NOISE)."""
+
+
+def networks(variant: Variant, *, arch: str, d_batch_norm: bool, init: str) -> Networks:
+    """G and D for ``variant``'s images in the architecture ``arch`` names (ARCHITECTURES), D with batch norm
+    in its hidden layers or none, the convolutional pair initialised as ``init`` names (INITS; Lucic's
+    network has its own)."""
+    if arch == "mlp":
         if variant.tip("minibatch_std"):
             raise ConfigError("minibatch_std=1 needs a convolutional discriminator; with arch=mlp leave it at 0")
-        return mlp_pair(variant)
-    if architecture == "lucic":
-        batch_norm = critic_options.get("batch_norm", batch_norm_in_d(variant))
-        return lucic_generator(variant), lucic_initialised(LucicDiscriminator(variant.image_shape, batch_norm=batch_norm))
-    return conv_generator(variant), conv_discriminator(variant, **critic_options)
+        return Networks(*mlp_pair(variant), variant.z_dim, variant.z_prior)
+    if arch == "lucic":
+        return Networks(lucic_generator(variant),
+                        lucic_initialised(LucicDiscriminator(variant.image_shape, batch_norm=d_batch_norm)),
+                        *LUCIC_NOISE)
+    return Networks(conv_generator(variant, init=init), conv_discriminator(variant, batch_norm=d_batch_norm, init=init),
+                    variant.z_dim, variant.z_prior)

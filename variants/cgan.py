@@ -24,8 +24,9 @@ class CGAN(DCGAN):
     conditional = True
 
     def build(self) -> None:
-        self.G = conv_generator(self, self.z_dim + self.num_classes)
-        self.D = conv_discriminator(self, extra_channels=self.num_classes)
+        self.G = conv_generator(self, self.z_dim + self.num_classes, init=self.hp.init)
+        self.D = conv_discriminator(self, extra_channels=self.num_classes,
+                                    batch_norm=bool(self.hp.discriminator_batchnorm), init=self.hp.init)
         self.opt_g = self.adam(self.G)
         self.opt_d = self.adam(self.D, lr=self.lr_d)
 

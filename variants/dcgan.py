@@ -7,7 +7,7 @@ with a Tanh output, LeakyReLU(0.2) in D, no hidden fully connected layers (varia
 from __future__ import annotations
 
 from bench.registry import register, tips
-from variants.blocks import init, networks
+from variants.blocks import init
 from variants.gan import GAN
 
 
@@ -19,7 +19,5 @@ class DCGAN(GAN):
     hparams = {**{key: spec for key, spec in GAN.hparams.items() if key != "arch"},  # convolutional by definition
                **init("pytorch"), **tips()}
 
-    def build(self) -> None:
-        self.G, self.D = networks(self)
-        self.opt_g = self.adam(self.G)
-        self.opt_d = self.adam(self.D, lr=self.lr_d)
+    def architecture(self) -> dict[str, str | bool]:
+        return {"arch": "dcgan", "d_batch_norm": bool(self.hp.discriminator_batchnorm), "init": self.hp.init}

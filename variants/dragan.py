@@ -23,10 +23,10 @@ import torch
 from torch import Tensor
 
 from bench.registry import Expected, HParam, adam_hparams, register, tips
-from variants.blocks import arch, init, networks
+from variants.blocks import arch, init
 from variants.dcgan import DCGAN
-from variants.gan import discriminator_bce, generator_nonsaturating
-from variants.wgan_gp import gradient_penalty
+from variants.gan import Batch, discriminator_bce, generator_nonsaturating
+from variants.penalties import gradient_penalty
 
 
 def perturbed(real: Tensor, scale: float = 0.5) -> Tensor:
@@ -60,18 +60,18 @@ class DRAGAN(DCGAN):
     expected = {"grad_norm": Expected("gradient_penalty_norm", 0.2, 2.0, "D's gradient norm near the real data",
                                       "the penalty pulls it towards 1; raise gp_lambda or lower the learning rate")}
 
-    def build(self) -> None:
-        self.G, self.D = networks(self, batch_norm=False)  # the penalty is per sample: no batch norm
-        self.opt_g = self.adam(self.G)
-        self.opt_d = self.adam(self.D, lr=self.lr_d)
+    def architecture(self) -> dict[str, str | bool]:
+        return {"arch": self.hp.arch, "d_batch_norm": False, "init": self.hp.init}  # the penalty is per sample
 
-    def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        loss = discriminator_bce(self.discriminate(real, labels), self.discriminate(fake, labels), self.real_target)
+    def d_losses(self, batch: Batch) -> dict[str, Tensor]:
+        real, labels = batch.real, batch.labels
+        loss = discriminator_bce(self.discriminate(real, labels), self.discriminate(batch.fake, labels),
+                                 self.real_target)
         penalised = PENALISED[self.hp.penalty_on]
         penalty, grad_norm = dragan_penalty(lambda images: penalised(self.discriminate(images, labels)), real,
                                             self.hp.perturb_scale)
         return {"loss_d": loss + self.hp.gp_lambda * penalty, "gradient_penalty": penalty, "grad_norm": grad_norm}
 
-    def g_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    def g_losses(self, batch: Batch) -> dict[str, Tensor]:
         """-log D(G(z)): the paper's DRAGAN is the non-saturating game (no minimax form)."""
-        return {"loss_g": generator_nonsaturating(self.discriminate(fake, labels))}
+        return {"loss_g": generator_nonsaturating(self.discriminate(batch.fake, batch.labels))}

@@ -60,7 +60,7 @@ class EBGAN(Variant):
                **tips("lr_d_ratio", "g_width", "d_width")}
 
     def build(self) -> None:
-        self.G = conv_generator(self)
+        self.G = conv_generator(self, init="pytorch")
         self.D = EnergyAutoEncoder(self.image_shape, scaled(CONV_WIDTH, self.tip("d_width")))
         self.opt_g = self.adam(self.G)
         self.opt_d = self.adam(self.D, lr=self.lr_d)

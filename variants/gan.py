@@ -6,6 +6,8 @@ gradients early in training; ``loss=minimax`` uses the paper's log(1 - D(G(z))).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,6 +36,17 @@ def generator_minimax(fake_logits: Tensor) -> Tensor:
 GENERATOR_LOSSES = {"nonsaturating": generator_nonsaturating, "minimax": generator_minimax}
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What one step's losses are computed from: real images (N, C, H, W) in [-1, 1], the fakes G made from
+    ``latent`` (N, z) (detached in D's losses, carrying G's graph in G's), and the labels (N,) of both."""
+
+    real: Tensor
+    fake: Tensor
+    latent: Tensor
+    labels: Tensor
+
+
 @register
 class GAN(Variant):
     """Goodfellow et al. 2014, MLP networks; Adam 2e-4, beta1 0.5."""
@@ -45,30 +58,35 @@ class GAN(Variant):
                **tips("label_smoothing", "lr_d_ratio", "g_width", "d_width", "activation")}
 
     def build(self) -> None:
-        self.G, self.D = networks(self)
+        nets = networks(self, **self.architecture())
+        self.G, self.D, self.z_dim, self.z_prior = nets.G, nets.D, nets.z_dim, nets.z_prior
         self.opt_g = self.adam(self.G)
         self.opt_d = self.adam(self.D, lr=self.lr_d)
+
+    def architecture(self) -> dict[str, str | bool]:
+        """The networks' options (see :func:`variants.blocks.networks`): here an MLP by default."""
+        return {"arch": self.hp.arch, "d_batch_norm": bool(self.hp.discriminator_batchnorm), "init": "pytorch"}
 
     @property
     def real_target(self) -> float:
         """D's label for real images: 1, or 1 - label_smoothing."""
         return 1.0 - self.tip("label_smoothing")
 
-    def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    def d_losses(self, batch: Batch) -> dict[str, Tensor]:
         """D's losses on a real batch and a detached fake batch; ``loss_d`` is optimised."""
-        return {"loss_d": discriminator_bce(self.discriminate(real, labels), self.discriminate(fake, labels),
-                                            self.real_target)}
+        return {"loss_d": discriminator_bce(self.discriminate(batch.real, batch.labels),
+                                            self.discriminate(batch.fake, batch.labels), self.real_target)}
 
-    def g_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    def g_losses(self, batch: Batch) -> dict[str, Tensor]:
         """G's losses on a fake batch that carries its graph; ``loss_g`` is optimised."""
-        return {"loss_g": GENERATOR_LOSSES[self.hp.loss](self.discriminate(fake, labels))}
+        return {"loss_g": GENERATOR_LOSSES[self.hp.loss](self.discriminate(batch.fake, batch.labels))}
 
     def train_step(self, real: Tensor, labels: Tensor) -> dict[str, Tensor]:
         latent = self.latent(len(real))
-        fake = self.generate(latent, labels)
+        batch = Batch(real, self.generate(latent, labels), latent, labels)
         # D learns from a detached fake (no gradient into G); G then needs D's fresh verdict.
-        d_losses = self.d_losses(real, fake.detach(), latent, labels)
+        d_losses = self.d_losses(replace(batch, fake=batch.fake.detach()))
         self.update(self.opt_d, d_losses["loss_d"])
-        g_losses = self.g_losses(real, fake, latent, labels)
+        g_losses = self.g_losses(batch)
         self.update(self.opt_g, g_losses["loss_g"])
         return {**d_losses, **g_losses}

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from bench.registry import TIPS, HParam, adam_hparams, register, tips
 from variants.blocks import conv_discriminator, conv_generator
-from variants.gan import GAN, discriminator_bce, generator_nonsaturating
+from variants.gan import GAN, Batch, discriminator_bce, generator_nonsaturating
 
 CATEGORIES = 10
 CONTINUOUS = 2
@@ -49,8 +49,8 @@ class InfoGAN(GAN):
                **tips(), "lr_d_ratio": replace(TIPS["lr_d_ratio"].hparam, default=0.2)}
 
     def build(self) -> None:
-        self.G = conv_generator(self, self.z_dim + CATEGORIES + CONTINUOUS)
-        self.D = conv_discriminator(self)
+        self.G = conv_generator(self, self.z_dim + CATEGORIES + CONTINUOUS, init="pytorch")
+        self.D = conv_discriminator(self, batch_norm=True, init="pytorch")
         self.Q = nn.Sequential(nn.Flatten(), nn.Linear(self.D.trunk_features, 128), nn.BatchNorm1d(128),
                                nn.LeakyReLU(0.2, True), nn.Linear(128, CATEGORIES + CONTINUOUS))
         self.opt_g = self.adam(self.G)
@@ -72,12 +72,13 @@ class InfoGAN(GAN):
         features = self.D.trunk(images)
         return self.D.head(features).flatten(), self.Q(features)
 
-    def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        fake_scores, predicted = self.scores_and_codes(fake)
-        info = info_loss(predicted, latent[:, self.z_dim:], self.hp.lambda_cont)
-        return {"loss_d": discriminator_bce(self.D(real), fake_scores, self.real_target) + self.hp.lambda_info * info}
+    def d_losses(self, batch: Batch) -> dict[str, Tensor]:
+        fake_scores, predicted = self.scores_and_codes(batch.fake)
+        info = info_loss(predicted, batch.latent[:, self.z_dim:], self.hp.lambda_cont)
+        return {"loss_d": discriminator_bce(self.D(batch.real), fake_scores, self.real_target)
+                + self.hp.lambda_info * info}
 
-    def g_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        fake_scores, predicted = self.scores_and_codes(fake)
-        info = info_loss(predicted, latent[:, self.z_dim:], self.hp.lambda_cont)
+    def g_losses(self, batch: Batch) -> dict[str, Tensor]:
+        fake_scores, predicted = self.scores_and_codes(batch.fake)
+        info = info_loss(predicted, batch.latent[:, self.z_dim:], self.hp.lambda_cont)
         return {"loss_g": generator_nonsaturating(fake_scores) + self.hp.lambda_info * info, "loss_info": info}

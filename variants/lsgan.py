@@ -19,6 +19,7 @@ from torch import Tensor
 from bench.registry import HParam, adam_hparams, register, tips
 from variants.blocks import arch, discriminator_batchnorm, init
 from variants.dcgan import DCGAN
+from variants.gan import Batch
 
 
 def lsgan_d_loss(real_scores: Tensor, fake_scores: Tensor, *, a: float = 0.0, b: float = 1.0) -> Tensor:
@@ -52,8 +53,11 @@ class LSGAN(DCGAN):
         scores = self.discriminate(images, labels)
         return torch.sigmoid(scores) if self.hp.d_output == "sigmoid" else scores
 
-    def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        return {"loss_d": lsgan_d_loss(self.scores(real, labels), self.scores(fake, labels))}
+    def architecture(self) -> dict[str, str | bool]:
+        return {**super().architecture(), "arch": self.hp.arch}
 
-    def g_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        return {"loss_g": lsgan_g_loss(self.scores(fake, labels))}
+    def d_losses(self, batch: Batch) -> dict[str, Tensor]:
+        return {"loss_d": lsgan_d_loss(self.scores(batch.real, batch.labels), self.scores(batch.fake, batch.labels))}
+
+    def g_losses(self, batch: Batch) -> dict[str, Tensor]:
+        return {"loss_g": lsgan_g_loss(self.scores(batch.fake, batch.labels))}

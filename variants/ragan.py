@@ -13,6 +13,7 @@ from torch import Tensor
 from bench.registry import adam_hparams, register, tips
 from variants.blocks import arch, discriminator_batchnorm, init
 from variants.dcgan import DCGAN
+from variants.gan import Batch
 
 
 def ragan_d_loss(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0) -> Tensor:
@@ -39,10 +40,13 @@ class RaGAN(DCGAN):
     hparams = {**adam_hparams(lr=2e-4, beta1=0.5), **arch("dcgan"), **discriminator_batchnorm(), **init("pytorch"),
                **tips()}
 
-    def d_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        return {"loss_d": ragan_d_loss(self.D(real), self.D(fake), self.real_target)}
+    def architecture(self) -> dict[str, str | bool]:
+        return {**super().architecture(), "arch": self.hp.arch}
 
-    def g_losses(self, real: Tensor, fake: Tensor, latent: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    def d_losses(self, batch: Batch) -> dict[str, Tensor]:
+        return {"loss_d": ragan_d_loss(self.D(batch.real), self.D(batch.fake), self.real_target)}
+
+    def g_losses(self, batch: Batch) -> dict[str, Tensor]:
         with torch.no_grad():  # D's verdict on reals after its update; no gradient reaches G through it
-            real_logits = self.D(real)
-        return {"loss_g": ragan_g_loss(real_logits, self.D(fake))}
+            real_logits = self.D(batch.real)
+        return {"loss_g": ragan_g_loss(real_logits, self.D(batch.fake))}

@@ -8,7 +8,7 @@ time on a fresh real batch. RMSprop, because momentum destabilised the paper's t
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.registry import HParam, Variant, register, tips
 from variants.blocks import arch, discriminator_batchnorm, init, networks
@@ -34,15 +34,24 @@ class WGAN(Variant):
         "clip_c": HParam(0.01, 1e-3, 1.0, log=True, help="critic weights are clipped to [-c, c]"),
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
         **arch("dcgan"), **discriminator_batchnorm(),
-        **init("pytorch"),  # the authors' code had DCGAN's; measured slower here (README, Variants)
+        **init("pytorch"),  # the authors' code had DCGAN's, which learned slower here (docs: Variants)
         **CRITIC_TIPS,
     }
     critic = True
 
     def build(self) -> None:
-        self.G, self.D = networks(self)
-        self.opt_g = torch.optim.RMSprop(self.G.parameters(), lr=self.hp.lr)
-        self.opt_d = torch.optim.RMSprop(self.D.parameters(), lr=self.lr_d)
+        nets = networks(self, **self.architecture())
+        self.G, self.D, self.z_dim, self.z_prior = nets.G, nets.D, nets.z_dim, nets.z_prior
+        self.opt_g = self.optimizer(self.G, self.hp.lr)
+        self.opt_d = self.optimizer(self.D, self.lr_d)
+
+    def architecture(self) -> dict[str, str | bool]:
+        """The networks' options (see :func:`variants.blocks.networks`)."""
+        return {"arch": self.hp.arch, "d_batch_norm": bool(self.hp.discriminator_batchnorm), "init": self.hp.init}
+
+    def optimizer(self, network: nn.Module, lr: float) -> torch.optim.Optimizer:
+        """RMSprop: the paper found momentum (Adam) destabilised the critic's training."""
+        return torch.optim.RMSprop(network.parameters(), lr=lr)
 
     @property
     def real_batches_per_step(self) -> int:
@@ -57,10 +66,13 @@ class WGAN(Variant):
         return {"loss_d": -distance, "wasserstein": distance}
 
     def after_critic_update(self) -> None:
-        """Clips every critic weight to [-c, c], the paper's crude Lipschitz constraint."""
+        """Clips every critic weight to [-c, c] (weight_bound), the paper's crude Lipschitz constraint."""
+        bound = self.weight_bound()
+        if bound is None:
+            return
         with torch.no_grad():
             for param in self.D.parameters():
-                param.clamp_(-self.hp.clip_c, self.hp.clip_c)
+                param.clamp_(-bound, bound)
 
     def train_step(self, real: Tensor, labels: Tensor) -> dict[str, Tensor]:
         for real_batch in real.chunk(self.real_batches_per_step):

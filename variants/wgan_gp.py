@@ -11,18 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from bench.registry import Expected, HParam, register
-from variants.blocks import arch, networks
+from variants.blocks import arch
+from variants.penalties import gradient_penalty
 from variants.wgan import CRITIC_TIPS, WGAN, wasserstein_estimate
-
-
-def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
-    """(mean of (||grad C(x_hat)||_2 - 1)^2, mean gradient norm) over interpolates
-    x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1] per sample, any image shape."""
-    eps = torch.rand(len(real), *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
-    mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
-    norms = grad.flatten(1).float().norm(2, dim=1)  # bfloat16 would resolve |norm - 1| only to 0.004
-    return ((norms - 1) ** 2).mean(), norms.mean().detach()
 
 
 @register
@@ -43,19 +34,17 @@ class WGANGP(WGAN):
                                       "it should stay near the 1 the penalty enforces; raise gp_lambda or lower "
                                       "the learning rate")}
 
-    def build(self) -> None:
-        self.G, self.D = networks(self, batch_norm=False)  # the penalty is per sample: no batch norm
-        self.opt_g = self.adam(self.G)
-        self.opt_d = self.adam(self.D, lr=self.lr_d)
+    def architecture(self) -> dict[str, str | bool]:
+        return {"arch": self.hp.arch, "d_batch_norm": False, "init": "pytorch"}  # the penalty is per sample
+
+    def optimizer(self, network: nn.Module, lr: float) -> torch.optim.Optimizer:
+        return self.adam(network, lr=lr)
+
+    def weight_bound(self) -> float | None:
+        return None  # no clipping: the penalty replaces it
 
     def critic_losses(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
         distance = wasserstein_estimate(self.D(real), self.D(fake))
         penalty, grad_norm = gradient_penalty(self.D, real, fake)
         return {"loss_d": -distance + self.hp.gp_lambda * penalty, "wasserstein": distance,
                 "gradient_penalty": penalty, "grad_norm": grad_norm}
-
-    def weight_bound(self) -> float | None:
-        return None  # no clipping: the penalty replaces it
-
-    def after_critic_update(self) -> None:
-        """No clipping: the penalty replaces it."""
