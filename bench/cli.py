@@ -7,6 +7,7 @@ import functools
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -100,7 +101,35 @@ def check_writable(output: Path) -> None:
                         "you can write to")
 
 
-@click.group()
+class OneLineErrors(click.Group):
+    """click's own parse errors as one `Error:` line naming the help to read (no usage banner before it),
+    and Python warnings as one `warning:` line each (no file name and source line)."""
+
+    def main(self, *args, **kwargs):
+        warnings.showwarning = show_warning
+        warnings.simplefilter("ignore", DeprecationWarning)  # the libraries' notes to their developers, not ours
+        try:
+            status = super().main(*args, standalone_mode=False, **kwargs)  # click.exceptions.Exit's status
+        except click.UsageError as exc:
+            where = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
+            click.echo(f"Error: {one_line(exc.format_message().rstrip('.'))}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:  # Ctrl-C at a prompt
+            click.echo("stopped by SIGINT; run the same command again", err=True)
+            sys.exit(128 + signal.SIGINT)
+        if isinstance(status, int) and status:
+            sys.exit(status)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    kind = "" if issubclass(category, UserWarning) else f" ({category.__name__})"
+    click.echo(f"warning: {one_line(str(message))}{kind}", err=True)
+
+
+@click.group(cls=OneLineErrors)
 def main() -> None:
     """ganbench: which GAN variant, with which hyperparameters, trains best on your data."""
     # Artifacts (sample grids, health.json) are small; MLflow's progress bars would only clutter the output.
@@ -262,7 +291,7 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
 def run(variant, study, trials, workers, storage, tracking_uri, device, amp, seed, progress_every, heartbeat) -> None:
     """Sweeps variants' hyperparameters with Optuna; every trial is tracked in MLflow."""
     from bench.leaderboard import study_table
-    from bench.runner import run_studies
+    from bench.runner import run_studies, skipped_variants
     from bench.study import load_study
     from bench.tracking import TrackingStore
 
@@ -280,6 +309,11 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, amp, see
     export = (f"bench leaderboard --study {spec.name} --effects -o {RESULTS}/{spec.name}-effects.csv" if spec.is_ablation
               else f"bench leaderboard --study {spec.name} -o {RESULTS}/leaderboard.csv")
     click.echo(f"\ncompare the trials:  bench ui --study {spec.name}\nexport the table:    {export}")
+    skipped = skipped_variants(studies)
+    for name, reason in skipped.items():
+        click.echo(f"Error: variant {name} was skipped: {reason}; the others ran their trials", err=True)
+    if skipped:
+        sys.exit(1)
 
 
 def compare_variants(study: str, store) -> None:

@@ -15,6 +15,7 @@ interrupted comparison is still a fair one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import re
@@ -46,9 +47,13 @@ from bench.tracking import Tracking, TrackingStore
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_SECONDS = 2
 MAX_FAILURES_IN_A_ROW = 10
+"""A variant is skipped after this many of its trials failed in a row: it or the study's ranges are broken."""
 SAMPLER_STREAMS = "bench.sampler_streams"
 """The study's user attribute counting the processes that have sampled it (see _sample_anew)."""
-"""A worker gives up after this many failed trials in a row: the variant or the ranges are broken."""
+DEFINITION = "bench.definition"
+"""The study's user attribute holding what defines it (:meth:`StudySpec.definition`)."""
+GAVE_UP = "bench.gave_up"
+"""The study's user attribute saying why its variant was skipped (too many failures in a row)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ class Job:
     def say(self, message: str) -> None:
         if self.log is not None:
             self.log(message)
+
+
+def max_workers() -> int:
+    return 2 * (os.cpu_count() or 1)
 
 
 ALL = "all"
@@ -146,8 +155,12 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
         bench.compare("lucic_wide").summary  # the variants at equal budget
     """
     spec = study if isinstance(study, StudySpec) else load_study(study)
-    if workers < 1 or heartbeat < 1:
-        raise ConfigError("--workers and --heartbeat must be at least 1")
+    if not 1 <= workers <= max_workers():
+        raise ConfigError(f"--workers must be at least 1 and at most {max_workers()}, twice this machine's CPU cores, "
+                          f"got {workers}: each worker is a process with its own torch and dataset, and more of them "
+                          "than that only take turns on the cores; on several machines, share a --storage instead")
+    if heartbeat < 1:
+        raise ConfigError("--heartbeat must be at least 1")
     if not progress_every > 0:
         raise ConfigError(f"--progress-every must be positive (seconds), got {progress_every}")
     lanes = _checked_lanes(variants, spec, trials, device, amp, log or (lambda message: None))
@@ -157,7 +170,12 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
     store = TrackingStore.open(tracking, create=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend = open_storage(storage, heartbeat)
+    _check_definition(spec, backend, storage)
     studies = {lane.variant.name: _load(lane, backend) for lane in lanes}
+    for study in studies.values():
+        study.set_user_attr(DEFINITION, spec.definition())
+        if study.user_attrs.get(GAVE_UP):  # a new command tries the variant again
+            study.set_user_attr(GAVE_UP, None)
     tracking = Tracking(store, spec.name)
 
     parent = tracking.start_parent(
@@ -237,6 +255,35 @@ def _load(study: VariantStudy, backend: optuna.storages.BaseStorage) -> optuna.S
     """The variant's Optuna study; the process that asks it for trials gives it a sampler (_sample_anew)."""
     return optuna.create_study(storage=backend, study_name=study.name, direction=study.spec.direction,
                                pruner=study.spec.make_pruner(), load_if_exists=True)
+
+
+def _check_definition(spec: StudySpec, backend: optuna.storages.BaseStorage, storage: str) -> None:
+    """Refuses a study file that shares its name with a study in the storage defined otherwise (another
+    budget, objective, dataset or search space): its trials would be ranked with trials that ran under
+    other terms. A study's first command records its definition on each of its Optuna studies."""
+    defined = spec.definition()
+    for stored in backend.get_all_studies():
+        recorded = stored.user_attrs.get(DEFINITION) if stored.study_name.startswith(f"{spec.name}:") else None
+        difference = None if recorded is None else _difference(recorded, defined)
+        if difference is not None:
+            key, there, here = difference
+            raise ConfigError(
+                f"{spec.path}: the study '{spec.name}' in {redact(storage)} was defined with {key} {there}, and this "
+                f"file gives {here}; to start a new study, give the file another name (its name names the study), or "
+                f"put {key} back to continue the stored one")
+
+
+def _difference(recorded: object, defined: object, key: str = "") -> tuple[str, str, str] | None:
+    """The first field where two definitions differ, as (dotted key, recorded value, defined value)."""
+    if isinstance(recorded, dict) and isinstance(defined, dict):
+        for name in sorted(set(recorded) | set(defined)):
+            found = _difference(recorded.get(name), defined.get(name), f"{key}.{name}" if key else name)
+            if found:
+                return found
+        return None
+    if recorded == defined:
+        return None
+    return key, json.dumps(recorded, sort_keys=True)[:200], json.dumps(defined, sort_keys=True)[:200]
 
 
 def _sample_anew(resolved: VariantStudy, study: optuna.Study, job: Job) -> None:
@@ -322,23 +369,26 @@ def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storag
     device = worker_device(job.device, job.worker)
     if device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.set_device(device)  # what a variant or library allocates without a device lands here too
-    failures = 0  # in a row
-    while failures < MAX_FAILURES_IN_A_ROW:
+    failures = {resolved.variant.name: 0 for resolved, _ in lanes}  # in a row, by variant
+    while True:
         with ask_lock(job.storage):
-            started: list[tuple[int, int, VariantStudy, optuna.Study]] = []
+            started: list[Lane] = []
             for index, (resolved, study) in enumerate(lanes):
                 _recover(study, storage, tracking, job)
+                if study.user_attrs.get(GAVE_UP):  # skipped by this worker or another
+                    continue
                 states = [trial.state for trial in study.get_trials(deepcopy=False)]
                 finished = sum(state in FINISHED for state in states)
                 if finished < resolved.trials:
-                    started.append((finished + states.count(TrialState.RUNNING), index, resolved, study))
+                    started.append(Lane(finished + states.count(TrialState.RUNNING), index, resolved, study))
             if not started:
                 return
             trial = None
             # Among the variants that can start a trial, the one with the fewest started.
-            open_lanes = [lane for lane in started if lane[0] < lane[2].trials]
+            open_lanes = [lane for lane in started if lane.started < lane.resolved.trials]
             if open_lanes:
-                _, _, resolved, study = min(open_lanes, key=lambda lane: lane[:2])
+                lane = min(open_lanes, key=lambda lane: (lane.started, lane.index))
+                resolved, study = lane.resolved, lane.study
                 with known_heartbeat_warnings():
                     trial = study.ask()  # a trial queued again after its worker died comes first
                 trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
@@ -348,9 +398,29 @@ def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storag
             continue
         with heartbeat(storage, _trial_id(study, storage, trial.number)):  # until it is told, not just trained
             state = run_trial(study, trial, resolved, job, device, tracking)
-        failures = failures + 1 if state == TrialState.FAIL else 0
-    job.say(f"worker {job.worker} stops: {failures} trials in a row failed; see their reasons in the MLflow UI "
-            "(tag bench.end_reason), fix the variant or narrow the study's ranges, then run the same command again")
+        name = resolved.variant.name
+        failures[name] = failures[name] + 1 if state == TrialState.FAIL else 0
+        if failures[name] >= MAX_FAILURES_IN_A_ROW:
+            reason = (f"{failures[name]} of its trials in a row failed (the last: "
+                      f"{study.trials[trial.number].user_attrs.get('fail_reason', 'unknown')[:300]})")
+            study.set_user_attr(GAVE_UP, reason)
+            job.say(f"{name} skipped: {reason}; see their reasons in the MLflow UI (tag bench.end_reason), fix the "
+                    "variant or narrow the study's ranges, then run the same command again")
+
+
+@dataclass(frozen=True)
+class Lane:
+    """A variant's study as the scheduler sees it: trials started (finished or running), its place in the command."""
+
+    started: int
+    index: int
+    resolved: VariantStudy
+    study: optuna.Study
+
+
+def skipped_variants(studies: dict[str, optuna.Study]) -> dict[str, str]:
+    """The variants of a finished :func:`run_studies` that were skipped for failing, with the reason."""
+    return {name: study.user_attrs[GAVE_UP] for name, study in studies.items() if study.user_attrs.get(GAVE_UP)}
 
 
 class ReportToPruner(Observer):

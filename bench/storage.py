@@ -54,7 +54,16 @@ def check_storage(url: str) -> None:
     if scheme == "postgresql":
         check_database(url, "Optuna storage")
         return
-    folder = unwritable_folder((sqlite_path(url) if scheme == "sqlite" else Path(url)).parent)
+    path = sqlite_path(url) if scheme == "sqlite" else Path(url)
+    try:
+        special = path.exists() and not path.is_file()  # a folder, /dev/null, a FIFO: no journal or database
+    except OSError as exc:  # a name too long for the file system
+        raise ConfigError(f"cannot use the Optuna storage {redact(url)[:120]} ({exc.strerror}); pass a shorter "
+                          "path") from None
+    if special:
+        raise ConfigError(f"the Optuna storage {redact(url)} is not a file (a folder or a device); pass the path "
+                          "of a journal file (it is created) or sqlite:///PATH")
+    folder = unwritable_folder(path.parent)
     if folder is not None:
         raise ConfigError(f"cannot write the Optuna storage {redact(url)} ({folder} is not a folder you can "
                           "write to); pass a path in a folder you can write to")
