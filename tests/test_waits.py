@@ -18,6 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from bench import locations
+from bench.errors import Interrupted
 from bench.locations import DatabaseAway
 from bench.storage import open_storage
 from tests.helpers import BENCH, PASSWORD, clean_env, mlflow_runs, write_study
@@ -28,6 +29,7 @@ NOTICE = "does not answer; waiting up to"
 @pytest.mark.e2e
 def test_an_outage_is_waited_out_once_by_every_call_and_thread_of_a_command(postgres, monkeypatch, capsys):
     monkeypatch.setattr(locations, "OUTAGE_SECONDS", 3)
+    monkeypatch.setattr(locations, "_STOPPED", threading.Event())  # no stop signal seen yet in this process
     storage = open_storage(postgres.database("outage_once"), heartbeat=1)
     study = optuna.create_study(storage=storage, study_name="once")
     postgres.pg_ctl("-m", "fast", "stop")
@@ -55,6 +57,47 @@ def test_an_outage_is_waited_out_once_by_every_call_and_thread_of_a_command(post
     assert 2.5 < seconds < 6, f"{seconds:.1f} s: each call waited on its own"
     assert capsys.readouterr().err.count(NOTICE) == 1
     assert study.get_trials() == []  # back: the next call connects, and a new outage gets a new deadline
+
+
+class Stop(Exception):
+    """What this test's SIGTERM handler raises, as the CLI's raises Stopped."""
+
+
+@pytest.mark.e2e
+def test_sigterm_ends_every_wait_of_an_outage_at_once_in_each_thread(postgres, monkeypatch):
+    monkeypatch.setattr(locations, "_STOPPED", threading.Event())  # no stop signal seen yet in this process
+    storage = open_storage(postgres.database("outage_stop"), heartbeat=1)
+    study = optuna.create_study(storage=storage, study_name="stop")
+    postgres.pg_ctl("-m", "fast", "stop")
+    ended: list[BaseException] = []
+
+    def in_background() -> None:
+        try:
+            study.get_trials()
+        except BaseException as exc:  # noqa: BLE001 - how it ends is the point
+            ended.append(exc)
+
+    def stop(signum, frame) -> None:
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        thread = threading.Thread(target=in_background)
+        thread.start()
+        threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        started = time.monotonic()
+        with pytest.raises(Stop):  # the main thread: the handler's exception, raised inside the wait
+            study.get_trials()
+        seconds = time.monotonic() - started
+        thread.join(timeout=5)
+        after = time.monotonic() - started
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        postgres.pg_ctl("start")
+    assert seconds < 2.5 and after < 2.5 and not thread.is_alive(), (seconds, after)
+    [interrupted] = ended  # another thread: the wait sees the signal through the wakeup pipe
+    assert isinstance(interrupted, Interrupted) and interrupted.signum == signal.SIGTERM, interrupted
+    assert study.get_trials() == []
 
 
 def cpu_seconds(pid: int) -> float:
