@@ -283,14 +283,14 @@ def wait_out_restarts(engine, url: str, reached: bool = False) -> None:
 
 
 class _Outage:
-    """The outage under way, if any: when it began, and the deadline that every wait for it shares."""
+    """The outage under way, if any: the deadline that every wait for it shares."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.deadline: float | None = None
 
     def wait(self, url: str) -> None:
-        """Returns after a pause to retry in; raises Interrupted after a stop signal, DatabaseAway past the deadline."""
+        """Returns after a pause to retry in; Interrupted after a stop signal, DatabaseAway past the deadline."""
         parts = urlsplit(url)
         where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
         if stop_signal():  # the command is ending: nothing more is waited for
