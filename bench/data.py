@@ -11,6 +11,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import re
 import warnings
 from dataclasses import dataclass
@@ -273,6 +274,9 @@ def _mnist_family(name: str, split: str, root: Path, download: bool) -> tuple[to
                           "where it already is")
 
 
+OUT_OF_BAND = ("BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER")
+
+
 class _Refused(pickle.UnpicklingError):
     """A pickle that names a Python object outside what CIFAR's batches use."""
 
@@ -302,7 +306,7 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         found = self.allowed.get((module, name))
         if found is None:
-            raise _Refused(f"{module}.{name}"[:80])
+            raise _Refused(ascii(f"{module}.{name}")[:80])  # as the file spells it, on one line
         return found
 
 
@@ -314,6 +318,11 @@ def _cifar_batch(path: Path, fix: str) -> tuple[np.ndarray, np.ndarray]:
     what = "CIFAR-10 batch"
     data = readers.read_bytes(path, what, fix, limit=MAX_DATASET_BYTES)
     try:
+        # Walked once without building anything first: a length that runs past the end of the file or an
+        # out-of-band buffer (which no CIFAR batch uses) is refused before the unpickler allocates for it.
+        for opcode, _, _ in pickletools.genops(data):
+            if opcode.name in OUT_OF_BAND:
+                raise ValueError(f"pickle protocol 5's {opcode.name}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy's about the pickled dtype's alignment flags
             batch = _CifarUnpickler(io.BytesIO(data), encoding="latin1").load()

@@ -264,6 +264,7 @@ def test_a_hostile_cifar10_batch_is_one_line_and_runs_nothing(tmp_path):
     cases = {
         "code": (pickle.dumps({"data": images, "labels": RunsCode(marker)}, protocol=2), "posix.system"),
         "code, protocol 0": (pickle.dumps(RunsCode(marker), protocol=0), "could run code"),
+        "a global named over two lines": (b"\x80\x04\x8c\x04os\nx\x8c\x06system\x93.", "('os\\nx.system')"),
         "a torch tensor": (pickle.dumps({"data": torch.zeros(3), "labels": labels}), "could run code"),
         "truncated": (whole[: len(whole) // 2], "a truncated or corrupt pickle"),
         "empty": (b"", "a truncated or corrupt pickle"),
