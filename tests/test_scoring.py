@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,12 @@ import torch
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.data import to_unit_range
+from bench.data import load_dataset, to_unit_range
 from bench.errors import TrainingDiverged
 from bench.engine import TrainConfig, Trainer, train
 from bench.scores import KernelDistance, code_accuracy
-from bench.scoring import (InceptionFeatures, PrecomputedFeatures, Scorer, ShippedInception, WEIGHTS_DIR,
-                           _scorer, file_sha256, weights_name)
+from bench.scoring import (FeatureCache, InceptionFeatures, PrecomputedFeatures, Scorer, ShippedInception,
+                           WEIGHTS_DIR, _scorer, file_sha256, weights_name)
 from tests.helpers import write_study
 
 BENCH = Path(sys.executable).with_name("bench")
@@ -182,6 +183,12 @@ def test_inception_features_from_28x28_grayscale_give_a_finite_fid(tmp_path, fas
     scores = scorer.score_images(to_unit_range(fashion_train.images[:16]))
     assert set(scores) >= {"fid_inception", "kid_inception"}
     assert torch.isfinite(torch.tensor(scores["fid_inception"])) and scores["fid_inception"] > 0
+    # The cached entry passes its checks (non-negative features, rows recomputed, radii re-measured).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        features, radii, source = FeatureCache(tmp_path, "fashion-mnist", extractor, scorer.features,
+                                               scorer.device).load(load_dataset("fashion-mnist", "test"), 16)
+    assert source == "cache" and torch.equal(features, scorer.real_features) and features.min() >= 0
 
 
 def test_rebuilt_inception_gives_the_shipped_networks_features_and_fid(fashion_train):
