@@ -568,5 +568,22 @@ def features_train(dataset, data_root, image_size, epochs, seed, device) -> None
     click.echo(f"test accuracy {card['test_accuracy']:.2%} in {card['train_seconds']:.0f} s; wrote {path}")
 
 
+STOPPED_BY_SIGNAL = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+def entry() -> None:
+    """The `bench` console script: :func:`main`, and after SIGINT or SIGTERM a prompt exit. By then every
+    command has saved its work (checkpoint written, runs closed, trials queued to resume) and said so;
+    the interpreter's teardown of torch, MLflow and their threads would take seconds more."""
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code not in STOPPED_BY_SIGNAL:
+            raise
+        from bench.processes import exit_promptly
+
+        exit_promptly(exc.code)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

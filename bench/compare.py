@@ -233,7 +233,7 @@ def figures(comparison: Comparison, store: TrackingStore) -> dict[str, object]:
 
     complete = c.trials[(c.trials["state"] == "complete") & c.trials["value"].notna()]
     names = sorted(complete["variant"].unique())
-    figure = Figure(figsize=(1.2 * len(names) + 2, 4), layout="constrained")
+    figure = Figure(figsize=(max(6.0, 1.2 * len(names) + 2), 4), layout="constrained")  # the title fits
     axis = figure.subplots()
     axis.boxplot([complete.loc[complete["variant"] == name, "value"] for name in names], tick_labels=names)
     axis.set(ylabel=c.objective, title="every complete trial: sensitivity to the hyperparameters")

@@ -27,6 +27,7 @@ from bench.config import TrainConfig
 from bench.errors import ConfigError, Interrupted, TrainingDiverged
 from bench.memory import check_fits, training_need
 from bench.observer import Finding, Observer, RunStart
+from bench.processes import Stopped
 from bench.registry import Variant, get_variant
 from bench.run_folder import RunFolder
 from bench.scores import EXTRACTORS
@@ -283,8 +284,8 @@ class Trainer:
             return
 
         def stop_after_this_step(signum: int, frame) -> None:
-            if self._signal is not None:
-                raise KeyboardInterrupt
+            if self._signal is not None:  # a second signal: stop now, named as itself
+                raise Stopped(signum)
             self._signal = signum
             if self._scoring:
                 raise ScoringStopped

@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -36,7 +35,7 @@ from bench.engine import CHECKPOINT, autocast_dtype, resolve_device, resolve_ste
 from bench.errors import BenchError, ConfigError, Interrupted, OutputNotWritten, RunStopped
 from bench.locations import STUDY_RUNS, DatabaseAway, redact
 from bench.observer import Observer
-from bench.processes import HOST, die_with_parent, handling_stop_signals, pid_alive
+from bench.processes import HOST, die_with_parent, exit_promptly, handling_stop_signals, pid_alive
 from bench.progress import StudyProgress
 from bench.registry import get_variant, variants as registered_variants
 from bench.storage import (MAX_RETRIES, ask_lock, check_storage, default_storage, fail_stale_trials,
@@ -357,7 +356,7 @@ def work(job: Job) -> None:
                     Tracking(job.tracking, spec.name))
     except Interrupted as exc:
         job.say(f"worker {job.worker}: {exc}")
-        sys.exit(exc.exit_code)
+        exit_promptly(exc.exit_code)
 
 
 def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storage: optuna.storages.BaseStorage,

@@ -266,8 +266,6 @@ def test_the_report_is_no_wider_than_a_1400_px_window(reported_study, tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="bench/compare.py draws the box plot 1.2 in per variant + 2 in wide: with two "
-                                       "variants its title is cut ('sensitivity to the hype')")
 def test_every_plot_title_of_the_report_fits_its_figure(reported_study, monkeypatch):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
