@@ -91,14 +91,9 @@ def writing(output: Path):
 
 def check_writable(output: Path) -> None:
     """Fails now, not after minutes of work, when OUTPUT (-o) cannot be written; creates nothing."""
-    if output.is_dir():
-        raise UserError(f"cannot write {output} (it is a folder); pass -o a file path")
-    from bench.locations import unwritable_folder
+    from bench.locations import check_output
 
-    folder = unwritable_folder(output.parent)
-    if folder is not None:
-        raise UserError(f"cannot write {output} ({folder} is not a folder you can write to); pass -o a path "
-                        "you can write to")
+    check_output(output)
 
 
 class OneLineErrors(click.Group):

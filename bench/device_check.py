@@ -27,7 +27,7 @@ import torch
 from bench.data import load_dataset, to_unit_range
 from bench.engine import TrainConfig, Trainer, native_bf16, resolve_device, train
 from bench.errors import ConfigError
-from bench.locations import unwritable_folder
+from bench.locations import check_output
 from bench.registry import REFERENCE_VARIANT, variants
 from bench.scoring import InceptionFeatures, Scorer, ieee_float32
 
@@ -158,17 +158,6 @@ def device_check(device: str = "auto", *, smoke: bool = False) -> dict:
         report["scoring"] = scoring_seconds(resolved, sizes["scoring_samples"], sizes["scoring_features"], Path(folder))
     report["inception_max_relative_difference_vs_cpu"] = inception_difference(resolved, sizes["inception_images"])
     return report
-
-
-def check_output(output: Path) -> None:
-    """ConfigError when the report cannot be written to ``output`` (a folder, or a place no file can be
-    made in); creates nothing."""
-    if output.is_dir():
-        raise ConfigError(f"cannot write {output} (it is a folder); pass -o a file path")
-    folder = unwritable_folder(output.parent)
-    if folder is not None:
-        raise ConfigError(f"cannot write {output} ({folder} is not a folder you can write to); pass -o a path you "
-                          "can write to")
 
 
 def main() -> None:

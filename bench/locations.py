@@ -366,3 +366,14 @@ def unwritable_folder(folder: Path) -> Path | None:
     except OSError:
         return folder
     return None
+
+
+def check_output(output: Path) -> None:
+    """ConfigError when ``output`` (a command's -o) cannot be written (a folder, or a place no file can be
+    made in); creates nothing."""
+    if output.is_dir():
+        raise ConfigError(f"cannot write {output} (it is a folder); pass -o a file path")
+    folder = unwritable_folder(output.parent)
+    if folder is not None:
+        raise ConfigError(f"cannot write {output} ({folder} is not a folder you can write to); pass -o a path you "
+                          "can write to")
