@@ -382,10 +382,10 @@ def load_domain_classifier(dataset: str, device: torch.device | str = "cpu") -> 
     if not (isinstance(image_shape, (tuple, list)) and len(image_shape) == 3
             and all(type(side) is int for side in image_shape)
             and 1 <= image_shape[0] <= 4 and all(4 <= side <= MAX_SIDE for side in image_shape[1:])):
-        raise refused(f"is not one `bench features train` wrote (image_shape {str(image_shape)[:60]} is not "
+        raise refused(f"is not one `bench features train` wrote (image_shape {repr(image_shape)[:60]} is not "
                       f"channels, height, width)")
     if type(num_classes) is not int or not 2 <= num_classes <= MAX_CLASSES:
-        raise refused(f"is not one `bench features train` wrote (num_classes {str(num_classes)[:60]} is not a "
+        raise refused(f"is not one `bench features train` wrote (num_classes {repr(num_classes)[:60]} is not a "
                       f"class count)")
     # Built on the meta device, so that no initial weights are drawn: scoring during training
     # must not move the training's random stream.
@@ -397,7 +397,7 @@ def load_domain_classifier(dataset: str, device: torch.device | str = "cpu") -> 
     missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
     if missing or unexpected:
         raise refused(f"is not one `bench features train` wrote ("
-                      + (f"lacks {', '.join(missing[:3])}" if missing else f"holds {', '.join(unexpected[:3])}")
+                      + (f"lacks {', '.join(missing[:3])}" if missing else f"holds {', '.join(repr(name)[:40] for name in unexpected[:3])}")
                       + f", for {image_shape[0]}x{image_shape[1]}x{image_shape[2]} images and {num_classes} classes)")
     for name, want in expected.items():
         tensor = weights[name]

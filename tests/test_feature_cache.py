@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from bench.cli import main
 from bench.data import load_dataset, to_unit_range
 from bench.engine import TrainConfig, train
-from bench.errors import BenchError, ConfigError, TrainingDiverged
+from bench.errors import ConfigError, TrainingDiverged
 from bench.readers import UnreadableFile
 from bench.scoring import (WEIGHTS_DIR, DomainClassifier, FeatureCache, Scorer, _scorer, load_domain_classifier,
                            tensor_sha256, weights_name)
@@ -70,10 +70,10 @@ def clean(tmp_path_factory, digits_test):
     folder = tmp_path_factory.mktemp("clean-cache")
     scorer = Scorer("digits", "domain", cache_dir=folder)
     assert scorer.real_features_source == "computed"
-    return scorer, folder, scorer.score_images(IMAGES(digits_test))
+    return scorer, folder, scorer.score_images(noisy_digits(digits_test))
 
 
-def IMAGES(real):
+def noisy_digits(real):
     """Real digits with noise: scores that depend on every real statistic."""
     images = to_unit_range(real.images[:200])
     return (images + 0.3 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
@@ -163,7 +163,7 @@ def test_a_damaged_entry_is_rebuilt_with_one_warning_and_the_scores_are_the_clea
     assert source == ("computed" if which == 0 else "cache")
     assert torch.equal(features, scorer.real_features) and torch.equal(radii, scorer.real_radii)
     if name in SCORED:
-        assert rebuilt.score_images(IMAGES(digits_test)) == pytest.approx(clean_scores, rel=1e-6)
+        assert rebuilt.score_images(noisy_digits(digits_test)) == pytest.approx(clean_scores, rel=1e-6)
     # The rebuilt entry is used as it is from then on.
     with recorded() as caught:
         assert cache_of(scorer, folder).load(digits_test, SAMPLES)[2] == "cache"
@@ -178,7 +178,7 @@ def test_the_damaged_entry_gives_a_different_score_without_the_checks(clean, dig
     monkeypatch.setattr(FeatureCache, "_checked",
                         lambda self, path, key, field, *rest: (torch.load(path, weights_only=True)[field], None))
     unchecked = Scorer("digits", "domain", cache_dir=folder)
-    damaged = unchecked.score_images(IMAGES(digits_test))
+    damaged = unchecked.score_images(noisy_digits(digits_test))
     assert damaged["precision_domain"] == 0 != clean_scores["precision_domain"]
 
 
@@ -369,7 +369,7 @@ CLASSIFIER_DAMAGE = [
      "(trunk.0.weight is torch.float32 (16, 1, 3, 3), not torch.float32 (32, 1, 3, 3))"),
     ("a weight in float64", with_weight("trunk.0.weight", lambda t: t.double()), "is torch.float64"),
     ("a missing weight", without_weight("trunk.9.bias"), "lacks trunk.9.bias"),
-    ("an extra weight", lambda state: state["model"].update(extra=torch.zeros(3)) or state, "holds extra"),
+    ("an extra weight", lambda state: state["model"].update(extra=torch.zeros(3)) or state, "holds 'extra'"),
     ("a number as a weight", with_weight("trunk.9.bias", lambda t: 3.0), "(trunk.9.bias is not a tensor)"),
     ("an image shape of two sides", with_entry("image_shape", (8, 8)), "image_shape (8, 8) is not channels"),
     ("a huge image shape", with_entry("image_shape", (1, 2 ** 40, 8)), "is not channels, height, width"),
@@ -496,3 +496,32 @@ def test_an_unwritable_cache_folder_scores_with_a_warning(clean, digits_test, tm
     lines = cache_warnings(caught)
     assert source == "computed" and torch.equal(features, scorer.real_features)
     assert len(lines) == 2 and all("cannot be written" in line and "scoring goes on" in line for line in lines)
+
+
+SHIPPED_NAMES = sorted(shipped_digits()["model"])
+PLAIN = st.one_of(st.integers(-(2 ** 70), 2 ** 70), st.booleans(), st.floats(), st.text(max_size=6), st.none(),
+                  st.lists(st.integers(-3, 40), max_size=4), st.tuples(st.integers(-3, 40), st.integers(-3, 40),
+                                                                        st.integers(-3, 40)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.lists(st.one_of(
+    st.tuples(st.just("model"), st.sampled_from(SHIPPED_NAMES), st.one_of(RANDOM_TENSORS, PLAIN)),
+    st.tuples(st.just("entry"), st.sampled_from(["image_shape", "num_classes", "model"]), PLAIN)), max_size=3))
+def test_any_classifier_state_is_loaded_only_when_valid_or_refused_in_one_line(changes):
+    with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder):
+        state = shipped_digits()
+        for where, name, value in sorted(changes, key=lambda change: change[0] == "entry"):  # weights first
+            (state["model"] if where == "model" else state)[name] = value
+        path = Path("results/classifiers") / weights_name("digits")
+        path.parent.mkdir(parents=True)
+        torch.save(state, path)
+        try:
+            model = load_domain_classifier("digits")
+        except ConfigError as exc:
+            assert str(exc).startswith(f"the domain classifier {path} ") and "\n" not in str(exc), str(exc)
+            return
+        # Loaded: every weight has its shape and dtype and is finite, and the classifier runs.
+        for name, tensor in model.state_dict().items():
+            assert not tensor.is_floating_point() or torch.isfinite(tensor).all(), name
+        assert torch.isfinite(model(torch.zeros(2, *model.image_shape))).all()
