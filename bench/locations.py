@@ -113,7 +113,15 @@ def check_server(uri: str) -> None:
     as MLflow's does (an error page, another program on the port, one that answers anything with {} or
     a server whose database is gone would fail every later request, slowly)."""
     import requests
+    from urllib.parse import unquote
 
+    parts = urlsplit(uri)
+    for what, value in (("user name", parts.username), ("password", parts.password)):
+        try:
+            unquote(value or "").encode("latin-1")  # HTTP basic authentication carries Latin-1 only
+        except UnicodeEncodeError:
+            raise ConfigError(f"the {what} in {redact(uri)} holds characters HTTP basic authentication cannot carry "
+                              "(only Latin-1 ones); use one without them") from None
     base = uri.rstrip("/")
     try:
         health = requests.get(f"{base}/health", timeout=5)

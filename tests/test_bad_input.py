@@ -109,6 +109,8 @@ CASES = [
     (["doctor", "run_deep"], "run_deep/health.json is not a list of the doctor's findings (not JSON"),
     (["leaderboard", "--study", "quick"], "no MLflow store at sqlite:///"),
     (["leaderboard", "--tracking-uri", "http://127.0.0.1:notaport"], "malformed URL 'http://127.0.0.1:notaport'"),
+    (["leaderboard", "--tracking-uri", "http://bench:\u5bc6\u7801@127.0.0.1:9/"],
+     "the password in http://bench:***@127.0.0.1:9/ holds characters HTTP basic authentication cannot carry"),
     (["ui", "--study", "quick"], "no MLflow store at sqlite:///"),
     (["leaderboard", "--tracking-uri", "sqlite:///corrupt.db"], "cannot open the MLflow store sqlite:///corrupt.db (file is"),
     (["report", "--study", "x", "--tracking-uri", "sqlite:///corrupt.db"], "cannot open the MLflow store"),
