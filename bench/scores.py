@@ -181,6 +181,18 @@ def nearest_neighbour_radii(features: Tensor, k: int = NEAREST_K, chunk: int = 1
     return torch.cat([torch.cdist(rows, features).kthvalue(k + 1, dim=1).values for rows in features.split(chunk)])
 
 
+def spot_radii(features: Tensor, rows: Tensor, k: int = NEAREST_K) -> Tensor:
+    """The k-NN radii of a few ``rows`` of ``features``, as :func:`nearest_neighbour_radii` gives them
+    (float64), in one pass over the features, to check cached radii: the nearest candidates are ranked
+    in float32, then measured in float64. Tens of milliseconds at 10,000 x 2048, where float64
+    distances to every row take ten times as long."""
+    chosen = features[rows]
+    ranking = torch.linalg.vector_norm(features, dim=1).square()[None] - 2 * chosen @ features.T  # |f|² - 2 r·f
+    candidates = ranking.topk(min(4 * k + 8, len(features)), dim=1, largest=False).indices
+    exact = torch.linalg.vector_norm(features[candidates].double() - chosen.double()[:, None], dim=2)
+    return exact.kthvalue(k + 1, dim=1).values
+
+
 def precision_recall_density_coverage(real: Tensor, fake: Tensor, real_radii: Tensor, k: int = NEAREST_K,
                                       chunk: int = 1000) -> dict[str, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et

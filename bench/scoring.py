@@ -43,7 +43,7 @@ from bench.locations import CLASSIFIERS, FEATURE_CACHE
 from bench.readers import UnreadableFile, load_tensors, read_bytes, regular_file
 from bench.registry import Variant
 from bench.scores import (EXTRACTORS, NEAREST_K, Evidence, KernelDistance, class_histogram, nearest_neighbour_radii,
-                          score_all)
+                          score_all, spot_radii)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 PRECISION = "float32"
@@ -643,17 +643,6 @@ class FeatureCache:
                 tmp.unlink(missing_ok=True)
             warnings.warn(f"real-feature cache {path} cannot be written ({exc.strerror or type(exc).__name__}); "
                           f"scoring goes on without caching it", stacklevel=4)
-
-
-def spot_radii(features: Tensor, rows: Tensor, k: int = NEAREST_K) -> Tensor:
-    """The k-NN radii of a few ``rows`` of ``features`` (:func:`nearest_neighbour_radii`'s, in float64)
-    in one pass over the features: their nearest candidates are ranked in float32, then measured in
-    float64. Tens of milliseconds at 10,000 x 2048, where float64 distances to every row take ten times as long."""
-    chosen = features[rows]
-    ranking = torch.linalg.vector_norm(features, dim=1).square()[None] - 2 * chosen @ features.T  # |f|² - 2 r·f
-    candidates = ranking.topk(min(4 * k + 8, len(features)), dim=1, largest=False).indices
-    exact = torch.linalg.vector_norm(features[candidates].double() - chosen.double()[:, None], dim=2)
-    return exact.kthvalue(k + 1, dim=1).values
 
 
 def tensor_sha256(tensor: Tensor) -> str:

@@ -131,6 +131,19 @@ def test_kid_equals_torchmetrics_kernel_inception_distance_where_its_subsets_are
     assert KernelDistance(real, subset_size=50, subsets=3)(fake) == pytest.approx(metric.compute()[0].item(), rel=1e-4)
 
 
+def test_spot_radii_are_the_nearest_neighbour_radii_of_those_rows(scorer):
+    from bench.scores import nearest_neighbour_radii, spot_radii
+
+    rows = torch.randperm(10000, generator=torch.Generator().manual_seed(0))[:50]
+    assert torch.allclose(spot_radii(scorer.real_features, rows), scorer.real_radii[rows], rtol=1e-9, atol=1e-9)
+    # Duplicated rows (an image folder holding copies): radii of zero, found as such.
+    copies = torch.cat([scorer.real_features[:300], scorer.real_features[:3].repeat(5, 1)])  # six of each
+    rows = torch.tensor([0, 1, 2, 150, 299, 300, 313])
+    expected = nearest_neighbour_radii(copies)[rows]
+    assert torch.allclose(spot_radii(copies, rows), expected, rtol=1e-9, atol=1e-6)
+    assert (expected[[0, 1, 2]] < 1e-6).all()
+
+
 def test_code_accuracy_uses_the_best_one_to_one_matching():
     codes = torch.tensor([0, 0, 1, 1, 2, 2, 2])
     classes = torch.tensor([7, 7, 3, 3, 5, 5, 1])  # code 0 -> 7, 1 -> 3, 2 -> 5; one miss
