@@ -72,6 +72,7 @@ import csv
 import datetime
 import gzip
 import http.server
+import logging
 import os
 import re
 import resource
@@ -406,6 +407,7 @@ def study_copy(ctx: Context, folder: Path):
     returns (MlflowClient, {trial number: run id}, the parent run's id)."""
     from mlflow import MlflowClient
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its table-creation notices are not the case's
     base = ctx.study()
     for name in ("studies", "results"):
         shutil.copytree(base / name, folder / name, symlinks=True)
@@ -657,12 +659,16 @@ def c4_damaged(damage: Callable, argv: list[str]) -> Callable[[Context, Path], S
 def _huge_samples(client, run_id: str, folder: Path) -> None:
     from PIL import Image
 
+    replaced = 0
     for run in client.search_runs([client.get_run(run_id).info.experiment_id], "tags.`bench.kind` = 'trial'"):
         for grid in final_samples(client, run.info.run_id):
+            replaced += 1
             huge = folder / "huge" / grid.name
             huge.parent.mkdir(exist_ok=True)
             Image.new("1", (12000, 12000)).save(huge)  # 144 megapixels, a few kB at 1 bit a pixel
             client.log_artifact(run.info.run_id, str(huge), "final_samples")
+    if not replaced:
+        raise RuntimeError("the study's trials logged no final_samples grid to replace")
 
 
 def _huge(argv: list[str]) -> Callable[[Context, Path], Spec]:
@@ -845,6 +851,7 @@ def c7_ps_password(command: str) -> Callable[[Context, Path], Spec]:
         else:
             from mlflow import MlflowClient
 
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
             MlflowClient(tracking_uri=uri).search_experiments()  # the store's tables, as a server makes them
             argv = [str(BENCH), "ui", "--tracking-uri", uri, "--port", str(port)]
         return Spec(argv, expect="ps", limit=None, timeout=120, secret=PASSWORD, drive=_watch_then_term(port, PASSWORD))
@@ -899,10 +906,12 @@ def c7_nan_classifier(ctx: Context, folder: Path) -> Spec:
 
 def c7_fifo_artifact(ctx: Context, folder: Path) -> Spec:
     client, trials, _ = study_copy(ctx, folder)
-    for run_id in trials.values():
-        for grid in final_samples(client, run_id):
-            grid.unlink()
-            os.mkfifo(grid)
+    grids = [grid for run_id in trials.values() for grid in final_samples(client, run_id)]
+    if not grids:
+        raise RuntimeError("the study's trials logged no final_samples grid to replace")
+    for grid in grids:
+        grid.unlink()
+        os.mkfifo(grid)
     return Spec(REPORT, expect="either", must_not=["tracking server"], warns="FIFO")
 
 
