@@ -45,9 +45,11 @@ class Budget:
 
     def validate(self) -> None:
         """Refuses a value no run can have, naming the field (a study file prefixes its path)."""
-        for key in ("steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.steps < 1:
+            raise ConfigError(f"steps must be at least 1, got {self.steps}")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be at least 2, got {self.batch_size}: batch norm, the minibatch "
+                              "statistics and a discriminator's verdict on a batch need two images or more")
         if self.eval_samples < 2:
             raise ConfigError(f"eval_samples must be at least 2 (FID needs a covariance), got {self.eval_samples}")
         for key in ("eval_samples", "final_samples"):

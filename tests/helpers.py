@@ -5,10 +5,12 @@ Fixtures are in conftest.py."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +18,7 @@ from typing import Iterator
 import mlflow
 import optuna
 import pandas as pd
+import pytest
 
 from bench import registry
 from bench.registry import Variant
@@ -117,6 +120,40 @@ def image_folder(root: Path, data, count: int, *, by_class: bool = True, rgb_sid
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{index:05d}.png")
     return root
+
+
+# -- files no one may read -------------------------------------------------------------------------
+
+def modes_bind() -> bool:
+    """Whether a file with mode 000 is unreadable to this process: not so for root with its usual
+    capabilities, which read anything whatever the mode."""
+    with tempfile.NamedTemporaryFile() as probe:
+        os.chmod(probe.name, 0)
+        return not os.access(probe.name, os.R_OK)
+
+
+WITHOUT_OVERRIDES = ("setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                     "--bounding-set=-dac_override,-dac_read_search")
+"""Runs a command without the two capabilities that let root read a file whatever its mode."""
+
+
+def where_modes_bind(test):
+    """A test of files this process may not read, run where file modes bind: as it is for a user they bind
+    on; for root, in a pytest process of its own without the capabilities that override them (a process
+    start, hence e2e)."""
+    if modes_bind():
+        return test
+
+    @functools.wraps(test)
+    def in_a_process_where_modes_bind(*args, **kwargs):
+        node = os.environ["PYTEST_CURRENT_TEST"].rsplit(" ", 1)[0]
+        result = subprocess.run([*WITHOUT_OVERRIDES, sys.executable, "-m", "pytest", node, "-q", "-p",
+                                 "no:cacheprovider"], cwd=Path(__file__).parent.parent, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0 and " passed" in result.stdout and "skipped" not in result.stdout, \
+            result.stdout[-3000:] + result.stderr[-2000:]
+
+    return pytest.mark.e2e(in_a_process_where_modes_bind)
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------

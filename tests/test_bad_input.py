@@ -45,6 +45,7 @@ CASES = [
     (["train", "--variant", "gan", "--set", "lr=abc"], "lr='abc' is not a number; valid: [1e-06, 0.1] (log)"),
     (["train", "--variant", "gan", "--steps", "many"], "'many' is not a valid integer"),
     (["train", "--variant", "gan", "--steps", "0"], "steps must be at least 1, got 0"),
+    (["train", "--variant", "gan", "--batch-size", "1"], "batch_size must be at least 2, got 1: batch norm"),
     (["train", "--variant", "gan", "--eval-samples", "1"], "eval_samples must be at least 2 (FID needs a covariance)"),
     (["train", "--variant", "gan", "--features", "vgg"], "unknown feature extractor 'vgg'; choose one of"),
     (["train", "--variant", "gan", "--checkpoint-every", "often"], "--checkpoint-every expects a positive step count"),

@@ -25,8 +25,7 @@ from bench.engine import CHECKPOINT, TrainConfig, Trainer, train
 from bench.errors import Interrupted
 from bench.observer import Finding, Observer, RunStart
 from bench.scoring import Scorer
-from tests.helpers import BENCH
-from tests.test_dataset_files import READS_ANYTHING, WHY
+from tests.helpers import BENCH, where_modes_bind
 
 DIGITS_RUN = ["--variant", "gan", "--dataset", "digits", "--seed", "3"]
 
@@ -373,7 +372,7 @@ def test_a_checkpoint_that_is_a_fifo_is_refused_unopened(tmp_path):
         f"{CHECKPOINT}"), result.output
 
 
-@pytest.mark.skipif(READS_ANYTHING, reason=WHY)
+@where_modes_bind
 def test_an_unreadable_checkpoint_is_one_line_naming_it_and_the_fix(tmp_path):
     run = tmp_path / "run"
     train(TrainConfig("gan", dataset="digits", steps=3), run, progress=False)

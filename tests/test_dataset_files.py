@@ -25,21 +25,8 @@ from bench.cli import main
 from bench.data import DEBIAN_FASHION_MNIST, load_dataset, read_idx
 from bench.errors import BenchError, ConfigError, DatasetNotFound
 from bench.readers import UnreadableFile
-from tests.helpers import image_folder, mnist_root
+from tests.helpers import image_folder, mnist_root, where_modes_bind
 
-
-
-def chmod_denies() -> bool:
-    """Whether a file with mode 000 is unreadable to this process: not so for root (os.geteuid() == 0)
-    with its usual capabilities, which read anything whatever the mode."""
-    with tempfile.NamedTemporaryFile() as probe:
-        os.chmod(probe.name, 0)
-        return not os.access(probe.name, os.R_OK)
-
-
-READS_ANYTHING = not chmod_denies()
-WHY = ("this process reads any file whatever its mode (root): run the tests as another user, or as root under "
-       "`setpriv --inh-caps=-dac_override,-dac_read_search --bounding-set=-dac_override,-dac_read_search`")
 
 
 @functools.cache
@@ -290,7 +277,7 @@ def test_a_cifar10_root_missing_a_batch_says_which(tmp_path):
 
 # -- unreadable files ------------------------------------------------------------------------------
 
-@pytest.mark.skipif(READS_ANYTHING, reason=WHY)
+@where_modes_bind
 def test_an_unreadable_class_folder_image_or_test_split_is_one_line_naming_it(tmp_path, fashion_test):
     folder = image_folder(tmp_path / "images", fashion_test, 40)
     denied = sorted(folder.iterdir())[2]
@@ -318,7 +305,7 @@ def test_an_unreadable_class_folder_image_or_test_split_is_one_line_naming_it(tm
         (split / "test").chmod(0o755)
 
 
-@pytest.mark.skipif(READS_ANYTHING, reason=WHY)
+@where_modes_bind
 def test_an_unreadable_idx_file_is_one_line_naming_it(tmp_path):
     root = mnist_root(tmp_path / "data", train=100, test=10)
     labels = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"

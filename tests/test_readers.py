@@ -20,6 +20,7 @@ from sklearn.datasets import load_digits
 
 from bench import readers
 from bench.readers import UnreadableFile
+from tests.helpers import where_modes_bind
 
 BENCH = Path(readers.__file__).parent
 READING_CALLS = {"torch.load", "Image.open", "PIL.Image.open", "gzip.open", "np.load", "numpy.load", "pickle.load",
@@ -106,7 +107,7 @@ def test_a_name_too_long_and_a_device_are_one_line():
         readers.read_bytes("/dev/zero", "the thing", FIX)  # a read would never end
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+@where_modes_bind
 def test_a_file_without_read_permission_is_one_line(tmp_path):
     path = tmp_path / "secret.pt"
     torch.save({"a": torch.zeros(1)}, path)

@@ -16,6 +16,9 @@ class LooseCritic(WGAN):
     hparams = {"lr": WGAN.hparams["lr"], "n_critic": WGAN.hparams["n_critic"],
                "max_weight": HParam(0.02, 1e-3, 1.0, log=True, help="bound on every critic weight")}
 
+    def architecture(self) -> dict[str, str | bool]:
+        return {"arch": "dcgan", "d_batch_norm": True, "init": "pytorch"}  # its hparams name none of these
+
     def weight_bound(self) -> float:
         return self.hp.max_weight
 
