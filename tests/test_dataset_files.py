@@ -11,6 +11,7 @@ import gzip
 import os
 import pickle
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,9 @@ def test_a_legacy_processed_file_holding_code_or_junk_is_one_line_and_runs_nothi
 
 
 def test_download_without_network_is_one_line_naming_the_url_and_the_offline_fix(tmp_path, monkeypatch):
+    # urllib builds its default opener, proxies included, at its first use and keeps it: the one built here
+    # (through the refusing proxy below) goes with the test, or every later urlopen in the process is refused.
+    monkeypatch.setattr(urllib.request, "_opener", None)
     for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(variable, "http://127.0.0.1:9")  # the discard port: every connection is refused
     for variable in ("no_proxy", "NO_PROXY"):
