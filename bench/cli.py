@@ -16,7 +16,7 @@ from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TrainConfig  # the
 from bench.data import resized
 from bench.errors import BenchError, Interrupted
 from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, OPTUNA_JOURNAL, RESULTS
-from bench.processes import stopping_on_signals
+from bench.processes import stop_seen, stopping_on_signals
 from bench.registry import REFERENCE_VARIANT
 
 
@@ -47,9 +47,11 @@ def reports_user_errors(command):
         except BenchError as exc:
             raise UserError(one_line(str(exc))) from None
         except Interrupted as exc:
+            stop_seen()
             click.echo(f"{exc}; {exc.then}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # a signal where no handler saves work first (training, studies have theirs)
+            stop_seen()
             signum = getattr(exc, "signum", signal.SIGINT)
             click.echo(f"stopped by {signal.Signals(signum).name}; run the same command again", err=True)
             sys.exit(128 + signum)

@@ -48,8 +48,31 @@ def exit_promptly(code: int) -> NoReturn:
     os._exit(code)
 
 
+_REDELIVERY: list[threading.Timer] = []
+REDELIVER_SECONDS = 1.0
+
+
 def raise_stopped(signum: int, frame) -> None:
+    """Raises :class:`Stopped`. Python drops what a handler raises while it runs a callback whose errors
+    it ignores (a weakref's during an import, a ``__del__``), and the command would go on: so unless
+    the stop is seen (:func:`stop_seen`) within REDELIVER_SECONDS, the signal is delivered again."""
+    if not _REDELIVERY:
+        timer = threading.Timer(REDELIVER_SECONDS, _deliver_again, args=(signum,))
+        timer.daemon = True
+        timer.start()
+        _REDELIVERY.append(timer)
     raise Stopped(signum)
+
+
+def _deliver_again(signum: int) -> None:
+    _REDELIVERY.clear()  # a delivery lost again is delivered once more
+    os.kill(os.getpid(), signum)
+
+
+def stop_seen() -> None:
+    """The command has caught its Stopped: no second delivery (see :func:`raise_stopped`)."""
+    while _REDELIVERY:
+        _REDELIVERY.pop().cancel()
 
 
 def stopping_on_signals() -> contextlib.AbstractContextManager:
@@ -105,10 +128,12 @@ def serve(command: str, *args: str, store: str) -> None:
             server = subprocess.Popen([sys.executable, "-m", "mlflow", command, *args, "--workers", "1"], env=env,
                                       start_new_session=True, preexec_fn=parent_death_signal(signal.SIGTERM))
         except Stopped as exc:  # before it started: nothing to stop
+            stop_seen()
             raise Interrupted(exc.signum, f"before mlflow {command} started") from None
         try:
             server.wait()
         except Stopped as exc:
+            stop_seen()
             stopped = exc
         finally:
             stop_group(server)

@@ -216,3 +216,20 @@ def test_device_check_refuses_an_output_it_cannot_write_before_measuring(output,
     assert done.returncode == 2 and done.stdout == "", "it measured (its report is printed) before it checked"
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("Error: cannot write") and says in line, line
+
+
+def test_a_stop_lost_in_a_callback_whose_errors_python_ignores_is_delivered_again():
+    """SIGTERM while Python runs a __del__ (or an import's weakref callback): the handler's Stopped is
+    printed as ignored and dropped, and the command would go on; the signal comes again instead."""
+    from bench.processes import Stopped, stop_seen, stopping_on_signals
+
+    class SignalledWhileDropped:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)  # the handler runs here, where its exception is dropped
+
+    with pytest.raises(Stopped) as stopped:
+        with stopping_on_signals():
+            SignalledWhileDropped()
+            time.sleep(10)  # delivered again within a second: Stopped ends the sleep
+    stop_seen()
+    assert stopped.value.signum == signal.SIGTERM
