@@ -123,8 +123,9 @@ def serve(command: str, *args: str, store: str) -> None:
     stopped: Stopped | None = None
     with handling_stop_signals(raise_stopped):
         try:
-            # A session of its own: a terminal's Ctrl-C reaches bench alone, which stops the whole group. SIGTERM,
-            # not SIGKILL, when bench dies: MLflow passes it on to its web server, which SIGKILL would leave running.
+            # A process group of its own (start_new_session): a terminal's Ctrl-C reaches bench alone, which stops
+            # the whole group. SIGTERM, not SIGKILL, when bench dies: MLflow passes it on to its web server, which
+            # SIGKILL would leave running.
             server = subprocess.Popen([sys.executable, "-m", "mlflow", command, *args, "--workers", "1"], env=env,
                                       start_new_session=True, preexec_fn=parent_death_signal(signal.SIGTERM))
         except Stopped as exc:  # before it started: nothing to stop
