@@ -506,7 +506,16 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         if isinstance(exc, Interrupted):
             exc.then = f"trial {trial.number} {queued}: run the same command again to continue"
         raise
+    try:
+        study.tell(trial, value)  # before its run is marked complete: ranked in MLflow only once Optuna has it
+    except (Interrupted, DatabaseAway) as exc:
+        # Trained and scored, but the storage is away: the trial stays running there until its heartbeat is
+        # stale, when the next command fails it and runs it again from its final checkpoint.
+        tracking.end(run.run_id, "failed", f"its score did not reach the Optuna storage ({exc})")
+        if isinstance(exc, Interrupted):
+            exc.then = (f"trial {trial.number} finished training but the storage did not record it; it is scored "
+                        "again from its final checkpoint: run the same command again to continue")
+        raise
     tracking.end(run.run_id, "complete")
-    study.tell(trial, value)
     job.say(f"{config.variant} trial {trial.number} complete: {spec.objective} {value:.4g} {trial.params}")
     return TrialState.COMPLETE

@@ -108,7 +108,7 @@ def cpu_seconds(pid: int) -> float:
 
 def start_study(folder, storage: str) -> subprocess.Popen:
     # Short, yet it cannot end while the database is down: each evaluation reports to it.
-    study_file = write_study(folder, "interrupted", steps=40, eval_every=20)
+    study_file = write_study(folder, "interrupted", steps=100, eval_every=50)
     return subprocess.Popen([BENCH, "run", "--variant", "gan", "--study", str(study_file), "--trials", "1",
                              "--storage", storage, "--heartbeat", "1"], cwd=folder, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, env=clean_env())
@@ -138,9 +138,15 @@ def test_a_stop_signal_during_a_database_outage_ends_bench_run_at_once_and_the_r
         deadline = time.monotonic() + 180
         while not list(folder.glob("results/studies/*/trial-*/config.json")):
             assert run.poll() is None and time.monotonic() < deadline, "".join(errors)
-            time.sleep(0.2)
-        postgres.pg_ctl("-m", "fast", "stop")
-        down = True
+            time.sleep(0.02)
+        # Held still while the database goes down, so that the outage meets the trial mid-training however
+        # fast the machine trains it.
+        os.killpg(run.pid, signal.SIGSTOP)
+        try:
+            postgres.pg_ctl("-m", "fast", "stop")
+            down = True
+        finally:
+            os.killpg(run.pid, signal.SIGCONT)
         while not any(NOTICE in line for line in errors):  # the heartbeat meets the outage within a beat
             assert run.poll() is None and time.monotonic() < deadline, "".join(errors)
             time.sleep(0.1)
