@@ -12,31 +12,30 @@
 """
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what type checkers and editors read; at run time each name is imported on first use
-    from bench.compare import Comparison, compare
+    from bench.comparison import Comparison, compare
     from bench.config import Budget, TrainConfig
     from bench.engine import Evaluation, TrainResult, evaluate, train
-    from bench.leaderboard import effects, leaderboard
+    from bench.ranking import effects, leaderboard
     from bench.registry import HParam, Variant, get_variant, register, variants
     from bench.report import write_report
     from bench.runner import run_studies, run_study
     from bench.study import StudySpec, load_study
 
 _HOMES = {
-    "bench.compare": ("Comparison", "compare"),
-    "bench.config": ("Budget", "TrainConfig"),
-    "bench.engine": ("Evaluation", "TrainResult", "evaluate", "train"),
-    "bench.leaderboard": ("effects", "leaderboard"),
-    "bench.registry": ("HParam", "Variant", "get_variant", "register", "variants"),
-    "bench.report": ("write_report",),
-    "bench.runner": ("run_studies", "run_study"),
-    "bench.study": ("StudySpec", "load_study"),
+    "comparison": ("Comparison", "compare"),
+    "config": ("Budget", "TrainConfig"),
+    "engine": ("Evaluation", "TrainResult", "evaluate", "train"),
+    "ranking": ("effects", "leaderboard"),
+    "registry": ("HParam", "Variant", "get_variant", "register", "variants"),
+    "report": ("write_report",),
+    "runner": ("run_studies", "run_study"),
+    "study": ("StudySpec", "load_study"),
 }
-"""The module that defines each public name."""
+"""The submodule that defines each public name. No name is also a submodule's, so that `import
+bench.X` gives module X and `from bench import name` gives the function or class."""
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = sorted(_HOME)
@@ -48,21 +47,10 @@ def __getattr__(name: str):
     optuna, pandas nor mlflow."""
     if name not in _HOME:
         raise AttributeError(f"module 'bench' has no attribute '{name}'")
-    value = getattr(importlib.import_module(_HOME[name]), name)
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Bench(types.ModuleType):
-    def __setattr__(self, name, value):
-        # Importing a submodule binds it to the package: bench.compare and bench.leaderboard would then
-        # hide the functions of the same names, and `from bench import compare` would give the module.
-        if not (name in _HOME and isinstance(value, types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Bench

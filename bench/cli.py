@@ -287,7 +287,7 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
 @reports_user_errors
 def run(variant, study, trials, workers, storage, tracking_uri, device, amp, seed, progress_every, heartbeat) -> None:
     """Sweeps variants' hyperparameters with Optuna; every trial is tracked in MLflow."""
-    from bench.leaderboard import study_table
+    from bench.ranking import study_table
     from bench.runner import run_studies, skipped_variants
     from bench.study import load_study
     from bench.tracking import TrackingStore
@@ -315,7 +315,7 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, amp, see
 
 def compare_variants(study: str, store) -> None:
     """What `bench run` of several variants prints at its end, the plots logged to the study's run."""
-    from bench.compare import compare, report_lines, write
+    from bench.comparison import compare, report_lines, write
     from bench.errors import ConfigError
 
     try:
@@ -340,7 +340,7 @@ def compare_variants(study: str, store) -> None:
 def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, output) -> None:
     """One row per study x variant x dataset x metric: best value, its trial and parameters, trial counts;
     with --effects, one row per arm of an ablation."""
-    from bench.leaderboard import effects, leaderboard
+    from bench.ranking import effects, leaderboard
     from bench.tracking import TrackingStore
 
     store = TrackingStore.open(tracking_uri)
@@ -365,7 +365,7 @@ def compare_command(study, tracking_uri, output) -> None:
     """Compares a study's variants at equal budget: the expected best of k trials (k = 1..n, with a
     95% band) and by training seconds, and the chance that one variant's best beats another's.
     Plots go to OUTPUT and to the study's latest `bench run` in MLflow."""
-    from bench.compare import compare, report_lines, write
+    from bench.comparison import compare, report_lines, write
     from bench.tracking import TrackingStore
 
     store = TrackingStore.open(tracking_uri)

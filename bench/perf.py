@@ -125,6 +125,7 @@ def overhead(variant: str = REFERENCE_VARIANT, *, tracking: bool, doctor: bool, 
              steps: int = 200, repeats: int = 3, device: str = "auto") -> dict:
     """Median images/s of the engine with MLflow logging (losses by step, one sample grid per
     repeat) and/or the doctor's checks on, against both off: same variant, settings and seed."""
+    from bench.schema import study_tags, trial_tags
     from bench.tracking import Tracking, TrackingStore
 
     with tempfile.TemporaryDirectory() as folder:
@@ -133,8 +134,9 @@ def overhead(variant: str = REFERENCE_VARIANT, *, tracking: bool, doctor: bool, 
         if tracking:
             store = TrackingStore.open(f"sqlite:///{folder}/mlflow.db", create=True)
             client = Tracking(store, "perf", artifacts=Path(folder) / "artifacts")
-            parent = client.start_parent({"bench.study": "perf", "bench.variant": variant}, {})
-            run = client.start_trial(parent, 0, TrainConfig(variant, **config), {})
+            logged = TrainConfig(variant, **config)
+            parent = client.start_parent(study_tags("perf", [variant], dataset, logged.features, []), {})
+            run = client.start_trial(parent, logged, trial_tags(logged, 0, study="perf"))
             observers = [run]
         trainers = {"on": Trainer(TrainConfig(variant, doctor=doctor, **config), Path(folder) / "on",
                                   progress=False, observers=observers),

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.compare import Comparison, compare, figure_images
+from bench.comparison import Comparison, compare, figure_images
 from bench.errors import ConfigError
-from bench.leaderboard import rank
+from bench.ranking import rank
 from bench.scores import SCORES, score_of
-from bench.tracking import RUNNING, STATE_TAG, TrackingStore
+from bench.schema import HEALTH_PREFIX, RUNNING, STUDY_PARAMS, VERSION_PREFIX, Tag, tag_column
+from bench.tracking import TrackingStore
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
@@ -42,7 +43,7 @@ def render(study: str, store: TrackingStore) -> str:
     from PIL import Image
 
     runs = store.trial_runs(study)  # read once: the comparison and the leaderboard both rank them
-    running = int((runs[f"tags.{STATE_TAG}"] == RUNNING).sum()) if len(runs) else 0
+    running = int((runs[tag_column(Tag.STATE)] == RUNNING).sum()) if len(runs) else 0
     try:
         comparison: Comparison = compare(study, store, runs)
     except ConfigError:
@@ -122,14 +123,16 @@ def first_trials_page(study: str, store: TrackingStore, runs: pd.DataFrame, runn
 def problems(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per doctor finding, failed or pruned trial: variant, trial, what, and the reason."""
     rows = []
-    for _, run in runs.sort_values(["tags.bench.variant", "tags.bench.trial"]).iterrows():
-        for column in sorted(c for c in runs.columns if c.startswith("tags.health.")):
-            if pd.notna(run[column]):
-                rows.append({"variant": run["tags.bench.variant"], "trial": run["tags.bench.trial"],
-                             "what": f"doctor: {column.removeprefix('tags.health.')}", "detail": run[column]})
-        if run["tags.bench.state"] in ("failed", "pruned"):
-            rows.append({"variant": run["tags.bench.variant"], "trial": run["tags.bench.trial"],
-                         "what": run["tags.bench.state"], "detail": run.get("tags.bench.end_reason", "")})
+    variant, trial, state = tag_column(Tag.VARIANT), tag_column(Tag.TRIAL), tag_column(Tag.STATE)
+    health = tag_column(HEALTH_PREFIX)
+    for _, run in runs.sort_values([variant, trial]).iterrows():
+        for name in sorted(c for c in runs.columns if c.startswith(health)):
+            if pd.notna(run[name]):
+                rows.append({"variant": run[variant], "trial": run[trial],
+                             "what": f"doctor: {name.removeprefix(health)}", "detail": run[name]})
+        if run[state] in ("failed", "pruned"):
+            rows.append({"variant": run[variant], "trial": run[trial],
+                         "what": run[state], "detail": run.get(tag_column(Tag.END_REASON), "")})
     return pd.DataFrame(rows, columns=["variant", "trial", "what", "detail"])
 
 
@@ -139,19 +142,18 @@ def provenance(store: TrackingStore, study: str, runs: pd.DataFrame) -> pd.DataF
     parent = store.parent_run(study)
     if parent is not None:
         recorded = store.client.get_run(parent).data
-        for key in ("study_file", "objective", "sampler", "pruner", "steps", "batch_size", "eval_every",
-                    "eval_samples", "amp", "workers"):
+        for key in STUDY_PARAMS:
             if key in recorded.params:
                 rows[key] = recorded.params[key]
-    for tag in ("dataset", "extractor", "device", "precision", "git_commit", "python"):
-        column = f"tags.bench.{tag}"
-        if column in runs:
-            rows[tag] = ", ".join(sorted(runs[column].dropna().astype(str).unique()))
-    if "tags.bench.seed" in runs:
-        seeds = sorted(runs["tags.bench.seed"].dropna().astype(int).unique())
+    for tag in (Tag.DATASET, Tag.EXTRACTOR, Tag.DEVICE, Tag.PRECISION, Tag.GIT_COMMIT, Tag.PYTHON):
+        if tag_column(tag) in runs:
+            rows[tag.name.lower()] = ", ".join(sorted(runs[tag_column(tag)].dropna().astype(str).unique()))
+    if tag_column(Tag.SEED) in runs:
+        seeds = sorted(runs[tag_column(Tag.SEED)].dropna().astype(int).unique())
         rows["seeds"] = f"{seeds[0]}..{seeds[-1]} ({len(seeds)} distinct)" if seeds else ""
-    for column in sorted(c for c in runs.columns if c.startswith("tags.bench.version.")):
-        rows[column.removeprefix("tags.bench.version.")] = ", ".join(sorted(runs[column].dropna().unique()))
+    versions = tag_column(VERSION_PREFIX)
+    for name in sorted(c for c in runs.columns if c.startswith(versions)):
+        rows[name.removeprefix(versions)] = ", ".join(sorted(runs[name].dropna().unique()))
     return pd.DataFrame({"what": list(rows), "value": list(rows.values())})
 
 

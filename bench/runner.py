@@ -41,18 +41,13 @@ from bench.registry import get_variant, variants as registered_variants
 from bench.storage import (MAX_RETRIES, ask_lock, check_storage, default_storage, fail_stale_trials,
                            heartbeat, known_heartbeat_warnings, open_storage)
 from bench.study import StudySpec, VariantStudy, load_study
+from bench.schema import StudyAttr, Tag, study_tags, trial_tags
 from bench.tracking import Tracking, TrackingStore
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_SECONDS = 2
 MAX_FAILURES_IN_A_ROW = 10
 """A variant is skipped after this many of its trials failed in a row: it or the study's ranges are broken."""
-SAMPLER_STREAMS = "bench.sampler_streams"
-"""The study's user attribute counting the processes that have sampled it (see _sample_anew)."""
-DEFINITION = "bench.definition"
-"""The study's user attribute holding what defines it (:meth:`StudySpec.definition`)."""
-GAVE_UP = "bench.gave_up"
-"""The study's user attribute saying why its variant was skipped (too many failures in a row)."""
 
 
 @dataclass(frozen=True)
@@ -172,15 +167,13 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
     _check_definition(spec, backend, storage)
     studies = {lane.variant.name: _load(lane, backend) for lane in lanes}
     for study in studies.values():
-        study.set_user_attr(DEFINITION, spec.definition())
-        if study.user_attrs.get(GAVE_UP):  # a new command tries the variant again
-            study.set_user_attr(GAVE_UP, None)
+        study.set_user_attr(StudyAttr.DEFINITION, spec.definition())
+        if study.user_attrs.get(StudyAttr.GAVE_UP):  # a new command tries the variant again
+            study.set_user_attr(StudyAttr.GAVE_UP, None)
     tracking = Tracking(store, spec.name)
 
     parent = tracking.start_parent(
-        {"bench.study": spec.name, "bench.variant": ",".join(names), "bench.dataset": spec.dataset,
-         "bench.extractor": spec.features,
-         "bench.optuna_study": ",".join(study.study_name for study in studies.values())},
+        study_tags(spec.name, names, spec.dataset, spec.features, [study.study_name for study in studies.values()]),
         {"study_file": spec.path, "objective": spec.objective, "direction": spec.direction,
          "trials": lanes[0].trials, "workers": workers, "sampler": spec.sampler, "pruner": spec.pruner,
          "storage": redact(storage), "seed": seed, "amp": amp, **dataclasses.asdict(spec.budget)})
@@ -262,7 +255,8 @@ def _check_definition(spec: StudySpec, backend: optuna.storages.BaseStorage, sto
     other terms. A study's first command records its definition on each of its Optuna studies."""
     defined = spec.definition()
     for stored in backend.get_all_studies():
-        recorded = stored.user_attrs.get(DEFINITION) if stored.study_name.startswith(f"{spec.name}:") else None
+        own = stored.study_name.startswith(f"{spec.name}:")
+        recorded = stored.user_attrs.get(StudyAttr.DEFINITION) if own else None
         difference = None if recorded is None else _difference(recorded, defined)
         if difference is not None:
             key, there, here = difference
@@ -292,8 +286,8 @@ def _sample_anew(resolved: VariantStudy, study: optuna.Study, job: Job) -> None:
     points already tried, and concurrent ones the same points. A fresh study run once stays
     reproducible from --seed (k = 0)."""
     with ask_lock(job.storage):
-        stream = study.user_attrs.get(SAMPLER_STREAMS, 0)
-        study.set_user_attr(SAMPLER_STREAMS, stream + 1)
+        stream = study.user_attrs.get(StudyAttr.SAMPLER_STREAMS, 0)
+        study.set_user_attr(StudyAttr.SAMPLER_STREAMS, stream + 1)
     study.sampler = resolved.sampler(job.seed + 1000 * stream)
 
 
@@ -374,7 +368,7 @@ def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storag
             started: list[Lane] = []
             for index, (resolved, study) in enumerate(lanes):
                 _recover(study, storage, tracking, job)
-                if study.user_attrs.get(GAVE_UP):  # skipped by this worker or another
+                if study.user_attrs.get(StudyAttr.GAVE_UP):  # skipped by this worker or another
                     continue
                 states = [trial.state for trial in study.get_trials(deepcopy=False)]
                 finished = sum(state in FINISHED for state in states)
@@ -402,8 +396,8 @@ def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storag
         if failures[name] >= MAX_FAILURES_IN_A_ROW:
             reason = (f"{failures[name]} of its trials in a row failed (the last: "
                       f"{study.trials[trial.number].user_attrs.get('fail_reason', 'unknown')[:300]})")
-            study.set_user_attr(GAVE_UP, reason)
-            job.say(f"{name} skipped: {reason}; see their reasons in the MLflow UI (tag bench.end_reason), fix the "
+            study.set_user_attr(StudyAttr.GAVE_UP, reason)
+            job.say(f"{name} skipped: {reason}; see their reasons in the MLflow UI (tag {Tag.END_REASON}), fix the "
                     "variant or narrow the study's ranges, then run the same command again")
 
 
@@ -419,7 +413,8 @@ class Lane:
 
 def skipped_variants(studies: dict[str, optuna.Study]) -> dict[str, str]:
     """The variants of a finished :func:`run_studies` that were skipped for failing, with the reason."""
-    return {name: study.user_attrs[GAVE_UP] for name, study in studies.items() if study.user_attrs.get(GAVE_UP)}
+    return {name: study.user_attrs[StudyAttr.GAVE_UP] for name, study in studies.items()
+            if study.user_attrs.get(StudyAttr.GAVE_UP)}
 
 
 class ReportToPruner(Observer):
@@ -466,11 +461,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     resume = bool(retried) and (trial_folder(study, retried[-1]) / CHECKPOINT).exists()
     if resume:
         shutil.copytree(trial_folder(study, retried[-1]), out)
-    run = tracking.start_trial(job.parent_run_id, trial.number, config, {
-        "bench.study": spec.name, "bench.optuna_study": study.study_name, "bench.objective": spec.objective,
-        **({"bench.retry_of": str(retry_of)} if retry_of is not None else {}),
-        **({"bench.resumed_from": f"trial {retried[-1]}"} if resume else {}),
-        **({"bench.arm": trial.params["arm"]} if spec.is_ablation else {})})
+    run = tracking.start_trial(job.parent_run_id, config, trial_tags(
+        config, trial.number, study=spec.name, optuna_study=study.study_name, objective=spec.objective,
+        retry_of=retry_of, resumed_from=retried[-1] if resume else None,
+        arm=trial.params["arm"] if spec.is_ablation else None))
     trial.set_user_attr("mlflow_run_id", run.run_id)
     try:
         result = train(config, out, resume=resume, progress=False,

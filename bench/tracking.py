@@ -11,16 +11,12 @@ killed (kill -9 leaves no chance to do it then).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,23 +24,20 @@ import pandas as pd
 
 from bench.errors import ConfigError
 from bench.doctor import HEALTH, read_health
-from bench.config import BUDGET_KEYS, TrainConfig
+from bench.config import TrainConfig
 from bench.engine import CHECKPOINT, TrainResult
 from bench.locations import (MLFLOW_ARTIFACTS, MLFLOW_DB, check_server, check_store, explain_database_error, redact,
                              url_scheme)
 from bench.observer import Finding, Observer, RunStart
 from bench.processes import HOST, pid_alive
 from bench.readers import open_image
+from bench.schema import END_STATUS, HEALTH_PREFIX, RUN_PARAMS, STUDY, TRIAL, DamagedRun, Tag, end_tags, trial_frame
 from bench.storage import ask_lock
 
 BATCH_LIMIT = 1000
 """MLflow accepts at most 1000 metrics per log_batch request."""
 SEARCH_PAGE = 10_000
 """Runs per search_runs request."""
-END_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
-RUN_PARAMS = (*BUDGET_KEYS, "dataset", "features", "seed")
-"""What a trial run records besides its hyperparameters."""
-PACKAGES = ("ganbench", "torch", "torchvision", "optuna", "mlflow", "torchmetrics")
 TRACKING_URIS = "http(s)://HOST:PORT (a tracking server), postgresql://USER@HOST:PORT/DB or sqlite:///PATH"
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -113,7 +106,7 @@ class TrackingStore:
         row each, in the columns of MLflow's search_runs table: run_id, status, start_time, end_time,
         metrics.*, params.*, tags.*. A run still running is a row in state 'running'; a damaged one
         is skipped with a :class:`DamagedRun` warning."""
-        experiments = [e for e in self.client.search_experiments(max_results=1000) if "bench.study" in e.tags]
+        experiments = [e for e in self.client.search_experiments(max_results=1000) if Tag.STUDY in e.tags]
         if study is not None:
             experiments = [e for e in experiments if e.name == study]
             if not experiments:
@@ -121,7 +114,7 @@ class TrackingStore:
                                   "run `bench run --study ...` first, or pass the --tracking-uri it used")
         runs, token = [], None
         while experiments:
-            page = self.client.search_runs([e.experiment_id for e in experiments], "tags.`bench.kind` = 'trial'",
+            page = self.client.search_runs([e.experiment_id for e in experiments], f"tags.`{Tag.KIND}` = '{TRIAL}'",
                                            max_results=SEARCH_PAGE, page_token=token)
             runs += page
             token = page.token
@@ -161,7 +154,7 @@ class TrackingStore:
         experiment = self.client.get_experiment_by_name(study)
         if experiment is None:
             return None
-        runs = self.client.search_runs([experiment.experiment_id], "tags.`bench.kind` = 'study'",
+        runs = self.client.search_runs([experiment.experiment_id], f"tags.`{Tag.KIND}` = '{STUDY}'",
                                        order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0].info.run_id if runs else None
 
@@ -193,99 +186,9 @@ class TrackingStore:
             return read_health(Path(self.client.download_artifacts(run_id, HEALTH, downloads)))
 
 
-TRIAL_TAG, VARIANT_TAG, STATE_TAG, STUDY_TAG, DATASET_TAG, OBJECTIVE_TAG, SEED_TAG = (
-    "bench.trial", "bench.variant", "bench.state", "bench.study", "bench.dataset", "bench.objective", "bench.seed")
-"""The tags a trial run is read by: its number, variant, state, study and dataset, the study's
-objective and the trial's seed."""
-TRIAL_TAGS = (TRIAL_TAG, VARIANT_TAG, STATE_TAG, STUDY_TAG, DATASET_TAG)
-"""What every trial run carries from its start: a run without one of them is damaged."""
-RUNNING = "running"
-"""The state of a trial run that has not ended: shown, counted, never ranked."""
-TRIAL_STATES = (RUNNING, *END_STATUS)
-LIVE_STATUS = ("RUNNING", "SCHEDULED")
-"""MLflow's statuses of a run that has not ended."""
-
-
-class DamagedRun(UserWarning):
-    """A trial run, or its artifact, that readers skip because it holds what no trial writes: a tag
-    missing or malformed, an objective that is not a score or not finite, an artifact that is not
-    an image ganbench shows. The store keeps it as it is."""
-
-
-def trial_frame(runs) -> pd.DataFrame:
-    """MLflow trial runs (``mlflow.entities.Run``) as a table, one row each (see
-    :meth:`TrackingStore.trial_runs`), each checked before use: a run that has not ended (MLflow
-    status RUNNING, no end time, or bench.state 'running') is in state 'running' with no end time;
-    a damaged run (see :func:`run_problem`) is left out with one :class:`DamagedRun` warning that
-    names it and what is wrong."""
-    rows = []
-    for run in runs:
-        problem = run_problem(run)
-        if problem is not None:
-            warnings.warn(f"skipped MLflow run {run.info.run_id}: {problem}", DamagedRun, stacklevel=3)
-            continue
-        tags = run.data.tags
-        live = run.info.status in LIVE_STATUS or run.info.end_time is None or tags[STATE_TAG] == RUNNING
-        metrics = dict(run.data.metrics)
-        objective = tags.get(OBJECTIVE_TAG)
-        if objective in metrics and not finite(metrics[objective]):  # a trial that did not complete
-            metrics[objective] = math.nan
-        rows.append({
-            "run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time,
-            "end_time": math.nan if live else run.info.end_time,
-            **{f"metrics.{key}": value for key, value in metrics.items()},
-            **{f"params.{key}": value for key, value in run.data.params.items()},
-            **{f"tags.{key}": value for key, value in tags.items()},
-            f"tags.{STATE_TAG}": RUNNING if live else tags[STATE_TAG]})
-    frame = pd.DataFrame(rows, columns=None if rows else ["run_id", "status", "start_time", "end_time"])
-    for column in ("start_time", "end_time"):  # one UTC type, a running run's end NaT
-        frame[column] = pd.to_datetime(pd.to_numeric(frame[column]), unit="ms", utc=True)
-    return frame
-
-
-def run_problem(run) -> str | None:
-    """What makes a trial run unusable (None when nothing does): one of TRIAL_TAGS missing or empty,
-    a trial number or seed that is not a whole number, a state no trial is in, an objective tag
-    that is not a score, a complete trial whose objective is not finite, an end before the start."""
-    from bench.scores import is_score
-
-    tags = run.data.tags
-    for tag in TRIAL_TAGS:
-        if not tags.get(tag):
-            return f"it has no {tag} tag"
-    for name, value in ((f"its {TRIAL_TAG} tag", tags[TRIAL_TAG]), (f"its {SEED_TAG} tag", tags.get(SEED_TAG)),
-                        ("its seed param", run.data.params.get("seed"))):
-        if value is not None and not whole_number(value):
-            return f"{name} {shown(value)} is not a whole number"
-    if tags[STATE_TAG] not in TRIAL_STATES:
-        return f"its {STATE_TAG} tag {shown(tags[STATE_TAG])} is none of {', '.join(TRIAL_STATES)}"
-    objective = tags.get(OBJECTIVE_TAG)
-    if objective is not None and not is_score(objective):
-        return f"its {OBJECTIVE_TAG} tag {shown(objective)} is not a score ganbench knows"
-    value = run.data.metrics.get(objective)
-    ended = run.info.end_time is not None and run.info.status not in LIVE_STATUS
-    if ended and tags[STATE_TAG] == "complete" and value is not None and not finite(value):
-        shown_value = "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
-        return f"it is complete with {objective} = {shown_value}, not a finite score"
-    if ended and run.info.end_time < run.info.start_time:
-        return "it ends before it starts"
-    return None
-
-
-def finite(value: float) -> bool:
-    """A finite metric value: MLflow's SQL stores keep an infinity as the largest float."""
-    return math.isfinite(value) and abs(value) < sys.float_info.max
-
-
-def whole_number(text: str) -> bool:
-    """A decimal integer that fits 64 bits (MLflow keeps tags and params as text)."""
-    stripped = text.strip().removeprefix("-")
-    return stripped.isascii() and stripped.isdigit() and len(stripped) < 20 and int(stripped) < 2 ** 63
-
-
-def shown(value: str) -> str:
-    """An untrusted tag value in a one-line message: quoted, escaped, at most 60 characters."""
-    return repr(value if len(value) <= 60 else value[:57] + "...")
+def plain(tags: dict) -> dict[str, str]:
+    """``tags`` with plain-str keys, as MLflow's stores and its REST client expect."""
+    return {str(key): value for key, value in tags.items()}
 
 
 def local_artifact(artifact_uri: str | None, path: str) -> Path | None:
@@ -297,31 +200,6 @@ def local_artifact(artifact_uri: str | None, path: str) -> Path | None:
     if parts.scheme not in ("file", "") or not artifact_uri:
         return None
     return Path(url2pathname(parts.path)) / path
-
-
-@functools.cache
-def git_commit() -> str:
-    """The commit ganbench runs from, with '-dirty' for uncommitted changes; 'unknown' outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
-def environment_tags() -> dict[str, str]:
-    tags = {"bench.git_commit": git_commit(), "bench.host": HOST, "bench.pid": str(os.getpid()),
-            "bench.python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            tags[f"bench.version.{package}"] = version(package)
-        except PackageNotFoundError:
-            pass
-    return tags
 
 
 class RetryNotice(logging.Handler):
@@ -374,7 +252,7 @@ class Tracking:
                 # The UI opens a 'custom model development' experiment on its runs table, not on
                 # the GenAI trace overview.
                 return self.client.create_experiment(name, artifact_location=location, tags={
-                    "mlflow.experimentKind": "custom_model_development", "bench.study": name})
+                    "mlflow.experimentKind": "custom_model_development", Tag.STUDY: name})
             except MlflowException:  # another worker created it between our lookup and now
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
@@ -382,17 +260,16 @@ class Tracking:
         return experiment.experiment_id
 
     def start_parent(self, tags: dict[str, str], params: dict[str, object]) -> str:
-        run = self.client.create_run(self.experiment_id, tags={**environment_tags(), **tags, "bench.kind": "study"},
-                                     run_name=f"{tags['bench.study']}-{tags['bench.variant']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        """A `bench run`'s parent run, with ``tags`` from :func:`bench.schema.study_tags`."""
+        run = self.client.create_run(self.experiment_id, tags=plain(tags),
+                                     run_name=f"{tags[Tag.STUDY]}-{tags[Tag.VARIANT]}-{time.strftime('%Y%m%d-%H%M%S')}")
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def start_trial(self, parent_run_id: str, trial_number: int, config: TrainConfig,
-                    tags: dict[str, str]) -> TrialRun:
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number:04d}", tags={
-            **environment_tags(), **tags, "mlflow.parentRunId": parent_run_id, "bench.kind": "trial",
-            "bench.trial": str(trial_number), "bench.variant": config.variant, "bench.dataset": config.dataset,
-            "bench.extractor": config.features, "bench.seed": str(config.seed), "bench.state": "running"})
+    def start_trial(self, parent_run_id: str, config: TrainConfig, tags: dict[str, str]) -> TrialRun:
+        """A trial's run under ``parent_run_id``, with ``tags`` from :func:`bench.schema.trial_tags`."""
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{int(tags[Tag.TRIAL]):04d}",
+                                     tags=plain({**tags, "mlflow.parentRunId": parent_run_id}))
         self.log_params(run.info.run_id, {**config.hparams, **{key: getattr(config, key) for key in RUN_PARAMS}})
         return TrialRun(self.client, run.info.run_id)
 
@@ -405,8 +282,7 @@ class Tracking:
         from mlflow import flush_async_logging
 
         flush_async_logging()  # a run is closed only after all its metrics are in
-        tags = {"bench.state": state} | ({"bench.end_reason": reason[:5000]} if reason else {})
-        for key, value in tags.items():
+        for key, value in plain(end_tags(state, reason)).items():
             self.client.set_tag(run_id, key, value)
         self.client.set_terminated(run_id, status=END_STATUS[state])
 
@@ -417,12 +293,12 @@ class Tracking:
     def close_orphans(self) -> list[str]:
         """Ends the RUNNING runs whose process on this host is gone (a worker killed with -9)."""
         runs = self.client.search_runs([self.experiment_id], filter_string=(
-            f"attributes.status = 'RUNNING' and tags.`bench.host` = '{HOST}'"), max_results=1000)
+            f"attributes.status = 'RUNNING' and tags.`{Tag.HOST}` = '{HOST}'"), max_results=1000)
         closed = []
         for run in runs:
-            pid = int(run.data.tags.get("bench.pid", "0"))
+            pid = int(run.data.tags.get(Tag.PID, "0"))
             if pid and not pid_alive(pid):
-                state = "failed" if run.data.tags.get("bench.kind") == "trial" else "killed"
+                state = "failed" if run.data.tags.get(Tag.KIND) == TRIAL else "killed"
                 self.end(run.info.run_id, state, f"its process {pid} on {HOST} ended without closing it")
                 closed.append(run.info.run_id)
         return closed
@@ -455,8 +331,8 @@ class TrialRun(Observer):
         """Where the trial trains, as the engine resolved it (a resumed trial may move)."""
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag("bench.device", str(run.device)),
-                                                 RunTag("bench.precision", run.precision)])
+        self.client.log_batch(self.run_id, tags=[RunTag(str(Tag.DEVICE), str(run.device)),
+                                                 RunTag(str(Tag.PRECISION), run.precision)])
 
     def on_losses(self, rows: list[dict[str, float]]) -> None:
         self._log_rows(rows)
@@ -471,8 +347,8 @@ class TrialRun(Observer):
     def on_finding(self, finding: Finding) -> None:
         """The doctor's finding as a `health.<check>` tag and metric for the UI, and the run's
         findings so far as the artifact health.json, which `bench doctor RUN_ID` reads."""
-        self.client.set_tag(self.run_id, f"health.{finding.check}", f"step {finding.step}: {finding.summary()}")
-        self.client.log_metric(self.run_id, f"health.{finding.check}", 1.0, step=finding.step)
+        self.client.set_tag(self.run_id, HEALTH_PREFIX + finding.check, f"step {finding.step}: {finding.summary()}")
+        self.client.log_metric(self.run_id, HEALTH_PREFIX + finding.check, 1.0, step=finding.step)
         self.findings.append(finding.as_dict())
         self.client.log_dict(self.run_id, self.findings, HEALTH)
 

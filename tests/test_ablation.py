@@ -12,7 +12,7 @@ from scipy import stats
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.leaderboard import effects
+from bench.ranking import effects
 from bench.registry import get_variant
 from bench.study import STUDIES_DIR, load_study
 from tests.helpers import mlflow_runs, optuna_trials

@@ -17,8 +17,8 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-from bench.compare import best_by_seconds, best_of_k, compare, probability_better
-from bench.leaderboard import leaderboard
+from bench.comparison import best_by_seconds, best_of_k, compare, probability_better
+from bench.ranking import leaderboard
 from bench.report import write_report
 from tests.helpers import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials
 

@@ -269,7 +269,7 @@ def test_the_report_is_no_wider_than_a_1400_px_window(reported_study, tmp_path):
 def test_every_plot_title_of_the_report_fits_its_figure(reported_study, monkeypatch):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from bench.compare import compare, figures
+    from bench.comparison import compare, figures
     from bench.tracking import TrackingStore
 
     monkeypatch.chdir(reported_study)

@@ -26,14 +26,14 @@ from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 from PIL import Image
 
 from bench.cli import main
-from bench.compare import compare, figure_images, report_lines
+from bench.comparison import compare, figure_images, report_lines
 from bench.config import TrainConfig
 from bench.errors import BenchError, ConfigError
-from bench.leaderboard import leaderboard, rank
+from bench.ranking import leaderboard, rank
 from bench.readers import MAX_IMAGE_PIXELS
 from bench.report import render
-from bench.tracking import (FINAL_SAMPLES, MAX_SAMPLES_BYTES, OBJECTIVE_TAG, RUNNING, STATE_TAG, TRIAL_TAG, VARIANT_TAG, DamagedRun,
-                            Tracking, TrackingStore, trial_frame)
+from bench.schema import RUNNING, DamagedRun, Tag, study_tags, tag_column, trial_frame, trial_tags
+from bench.tracking import FINAL_SAMPLES, MAX_SAMPLES_BYTES, Tracking, TrackingStore
 from tests.helpers import BENCH, TINY_STUDY, clean_env
 
 STUDY = "live"
@@ -48,14 +48,15 @@ class Study:
         self.uri = f"sqlite:///{folder / 'mlflow.db'}"
         self.store = TrackingStore.open(self.uri, create=True)
         self.tracking = Tracking(self.store, STUDY, folder / "artifacts")
-        self.parent = self.tracking.start_parent({"bench.study": STUDY, "bench.variant": "gan,dcgan"}, {})
+        self.parent = self.tracking.start_parent(study_tags(STUDY, ["gan", "dcgan"], "digits", "domain", []), {})
         self.trials = 0
 
     def trial(self, variant: str, value: float | None, state: str | None = "complete",
               objective: str = OBJECTIVE, samples: Path | None = None) -> str:
         """A trial of ``variant`` that recorded ``value`` and ended in ``state`` (None: still running)."""
-        run = self.tracking.start_trial(self.parent, self.trials, TrainConfig(variant, "digits", seed=self.trials),
-                                        {"bench.study": STUDY, OBJECTIVE_TAG: objective})
+        config = TrainConfig(variant, "digits", seed=self.trials)
+        run = self.tracking.start_trial(self.parent, config, trial_tags(config, self.trials, study=STUDY,
+                                                                        objective=objective))
         self.trials += 1
         if value is not None:
             self.store.client.log_metric(run.run_id, objective, value, step=20)
@@ -159,16 +160,16 @@ def test_a_study_whose_every_trial_is_running_is_reported_as_such_and_compared_i
 # -- damaged runs ----------------------------------------------------------------------------------
 
 DAMAGES = {  # what a damaged run holds, and what its warning says
-    f"no {TRIAL_TAG} tag": lambda client, run: client.delete_tag(run, TRIAL_TAG),
-    f"no {VARIANT_TAG} tag": lambda client, run: client.delete_tag(run, VARIANT_TAG),
-    f"no {STATE_TAG} tag": lambda client, run: client.delete_tag(run, STATE_TAG),
+    f"no {Tag.TRIAL} tag": lambda client, run: client.delete_tag(run, Tag.TRIAL),
+    f"no {Tag.VARIANT} tag": lambda client, run: client.delete_tag(run, Tag.VARIANT),
+    f"no {Tag.STATE} tag": lambda client, run: client.delete_tag(run, Tag.STATE),
     "no bench.study tag": lambda client, run: client.delete_tag(run, "bench.study"),
-    "'seven' is not a whole number": lambda client, run: client.set_tag(run, TRIAL_TAG, "seven"),
-    r"'done\\nmaybe' is none of": lambda client, run: client.set_tag(run, STATE_TAG, "done\nmaybe"),
+    "'seven' is not a whole number": lambda client, run: client.set_tag(run, Tag.TRIAL, "seven"),
+    r"'done\\nmaybe' is none of": lambda client, run: client.set_tag(run, Tag.STATE, "done\nmaybe"),
     "complete with fid_domain = inf": lambda client, run: client.log_metric(run, OBJECTIVE, math.inf, step=40),
     "complete with fid_domain = -inf": lambda client, run: client.log_metric(run, OBJECTIVE, -math.inf, step=40),
     "complete with fid_domain = nan": lambda client, run: client.log_metric(run, OBJECTIVE, math.nan, step=40),
-    "'nonsense' is not a score": lambda client, run: client.set_tag(run, OBJECTIVE_TAG, "nonsense"),
+    "'nonsense' is not a score": lambda client, run: client.set_tag(run, Tag.OBJECTIVE, "nonsense"),
 }
 
 
@@ -320,19 +321,19 @@ def test_compare_and_report_on_a_real_study_with_a_trial_still_running(tmp_path)
 
 TEXT = st.one_of(st.text(max_size=8), st.sampled_from(["", "0", "1", "-1", "07", "x", "1e3", " 2", "9" * 30]))
 TAG_VALUES = {
-    TRIAL_TAG: st.one_of(st.integers(0, 50).map(str), TEXT),
-    VARIANT_TAG: st.one_of(st.sampled_from(["gan", "dcgan", "<b>x</b>"]), TEXT),
-    STATE_TAG: st.one_of(st.sampled_from(["running", "complete", "pruned", "failed", "killed"]), TEXT),
-    OBJECTIVE_TAG: st.one_of(st.sampled_from(["fid_domain", "precision_domain", "classes_covered", "loss_g"]),
+    Tag.TRIAL: st.one_of(st.integers(0, 50).map(str), TEXT),
+    Tag.VARIANT: st.one_of(st.sampled_from(["gan", "dcgan", "<b>x</b>"]), TEXT),
+    Tag.STATE: st.one_of(st.sampled_from(["running", "complete", "pruned", "failed", "killed"]), TEXT),
+    Tag.OBJECTIVE: st.one_of(st.sampled_from(["fid_domain", "precision_domain", "classes_covered", "loss_g"]),
                              TEXT),
     "bench.seed": st.one_of(st.integers(-(2**70), 2**70).map(str), TEXT),
     "bench.study": st.one_of(st.just("hypothesis"), TEXT), "bench.dataset": st.one_of(st.just("digits"), TEXT),
 }
 WELL_FORMED = st.fixed_dictionaries({  # as `bench run` writes them, so that records reach the ranking too
-    TRIAL_TAG: st.integers(0, 50).map(str), VARIANT_TAG: st.sampled_from(["gan", "dcgan"]),
+    Tag.TRIAL: st.integers(0, 50).map(str), Tag.VARIANT: st.sampled_from(["gan", "dcgan"]),
     "bench.study": st.just("hypothesis"), "bench.dataset": st.sampled_from(["digits", "x"]),
-    STATE_TAG: st.sampled_from(["running", "complete", "complete", "pruned", "failed"]),
-    OBJECTIVE_TAG: st.sampled_from(["fid_domain", "precision_domain"])})
+    Tag.STATE: st.sampled_from(["running", "complete", "complete", "pruned", "failed"]),
+    Tag.OBJECTIVE: st.sampled_from(["fid_domain", "precision_domain"])})
 VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1.0, 1e308, -1e308]))
 RECORDS = st.fixed_dictionaries({
     "status": st.sampled_from(["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]),
@@ -369,7 +370,7 @@ def test_every_mlflow_run_record_is_read_or_skipped_with_a_warning_and_never_cra
     assert {re.match(r"skipped MLflow run (run\d+):", m).group(1) for m in skipped} | set(frame["run_id"]) == {
         run.info.run_id for run in runs}
     if len(frame):
-        states = frame[f"tags.{STATE_TAG}"]
+        states = frame[tag_column(Tag.STATE)]
         assert states.isin(["running", "complete", "pruned", "failed", "killed"]).all()
         assert (frame["end_time"].isna() == (states == RUNNING)).all()  # ended, or running with no end
     rank(frame)
@@ -380,4 +381,4 @@ def test_every_mlflow_run_record_is_read_or_skipped_with_a_warning_and_never_cra
     assert report_lines(comparison)
     ranked = comparison.trials[comparison.trials["state"] == "complete"]["value"].dropna()
     assert np.isfinite(ranked).all()
-    assert comparison.running == int((frame["tags.bench.state"] == RUNNING).sum())
+    assert comparison.running == int((frame[tag_column(Tag.STATE)] == RUNNING).sum())

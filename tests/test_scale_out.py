@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from bench.cli import main
-from bench.leaderboard import leaderboard
+from bench.ranking import leaderboard
 from bench.storage import open_storage
 from tests.helpers import BENCH, PASSWORD, clean_env, free_port, write_study
 

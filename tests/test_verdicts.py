@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from mlflow.entities import Metric, Param
 
-from bench.leaderboard import effects
+from bench.ranking import effects
 from bench.scores import higher_is_better
 from bench.study import BASELINE
 

@@ -7,9 +7,13 @@ import pandas as pd
 from bench.errors import ConfigError
 from bench.scores import higher_is_better, is_score
 from bench.study import BASELINE, StudySpec
-from bench.tracking import RUN_PARAMS, RUNNING, TrackingStore
+from bench.schema import RUN_PARAMS, RUNNING, Tag, tag_column
+from bench.tracking import TrackingStore
 
 KEYS = ["study", "variant", "dataset"]
+NAMED = {tag_column(tag): tag.name.lower() for tag in (Tag.STUDY, Tag.VARIANT, Tag.DATASET, Tag.TRIAL, Tag.STATE,
+                                                      Tag.ARM, Tag.OBJECTIVE, Tag.RETRY_OF)}
+"""The tag columns the leaderboard and the effects read, by the names they read them under."""
 COLUMNS = KEYS + ["metric", "direction", "best", "best_trial", "best_run_id", "best_params", "complete", "pruned",
                   "failed", RUNNING, "retried", "top_k", "top_k_mean", "top_k_std"]
 
@@ -27,13 +31,13 @@ def rank(runs: pd.DataFrame, variant: str | None = None, top_k: int = 3) -> pd.D
     trials are ranked; those still running are counted."""
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
-    runs = runs.rename(columns={f"tags.bench.{key}": key for key in KEYS + ["trial", "state"]})
+    runs = runs.rename(columns=NAMED)
     if variant is not None:
         runs = runs[runs["variant"] == variant]
     rows = []
     for (study_name, variant_name, dataset), group in runs.groupby(KEYS):
         counts = group["state"].value_counts()
-        retried = int(group["tags.bench.retry_of"].notna().sum()) if "tags.bench.retry_of" in group else 0
+        retried = int(group["retry_of"].notna().sum()) if "retry_of" in group else 0
         complete = group[group["state"] == "complete"]
         params = [column for column in group.columns
                   if column.startswith("params.") and column.removeprefix("params.") not in RUN_PARAMS]
@@ -100,10 +104,10 @@ def effects(tracking: TrackingStore | str | None = None, study: str | None = Non
     interval on it. Only complete trials count; an arm's verdict is 'better' or 'worse' when
     its interval excludes 0, else 'no clear effect'."""
     runs = TrackingStore.open(tracking).trial_runs(study)
-    if runs.empty or "tags.bench.arm" not in runs:
-        raise ConfigError(f"no ablation trials (tag bench.arm) in study '{study}'; effects need a study with "
+    if runs.empty or tag_column(Tag.ARM) not in runs:
+        raise ConfigError(f"no ablation trials (tag {Tag.ARM}) in study '{study}'; effects need a study with "
                           "[arms], run with `bench run --study ...` first")
-    runs = runs.rename(columns={f"tags.bench.{key}": key for key in KEYS + ["arm", "state", "objective"]})
+    runs = runs.rename(columns=NAMED)
     runs = runs[(runs["state"] == "complete") & runs["arm"].notna()]
     if variant is not None:
         runs = runs[runs["variant"] == variant]

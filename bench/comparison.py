@@ -22,7 +22,8 @@ import pandas as pd
 
 from bench.errors import ConfigError
 from bench.scores import extractor_of, higher_is_better
-from bench.tracking import OBJECTIVE_TAG, RUNNING, TrackingStore
+from bench.schema import RUNNING, Tag, tag_column
+from bench.tracking import TrackingStore
 
 BAND = (0.025, 0.975)
 """The band drawn around each expected best: the central 95% of its distribution."""
@@ -132,16 +133,16 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
     when they are already read, :meth:`TrackingStore.trial_runs`). ``tracking``: a store or its URI
     (see :meth:`TrackingStore.open`)."""
     runs = TrackingStore.open(tracking).trial_runs(study) if runs is None else runs
-    objectives = runs[f"tags.{OBJECTIVE_TAG}"].dropna() if f"tags.{OBJECTIVE_TAG}" in runs else pd.Series()
+    objectives = runs[tag_column(Tag.OBJECTIVE)].dropna() if tag_column(Tag.OBJECTIVE) in runs else pd.Series()
     if objectives.empty:
         raise ConfigError(f"study '{study}' has no trials to compare yet; run `bench run --study {study}` first")
     objective = objectives.iloc[0]  # the reader has checked that each one is a score
     maximise = higher_is_better(objective)
-    column = f"metrics.{objective}"
+    metric = f"metrics.{objective}"
     seconds = (runs["end_time"] - runs["start_time"]).dt.total_seconds()  # NaN while a trial runs
-    trials = pd.DataFrame({"variant": runs["tags.bench.variant"], "state": runs["tags.bench.state"],
-                           "value": runs[column] if column in runs else math.nan, "seconds": seconds,
-                           "run_id": runs["run_id"], "trial": runs["tags.bench.trial"].astype(int)})
+    trials = pd.DataFrame({"variant": runs[tag_column(Tag.VARIANT)], "state": runs[tag_column(Tag.STATE)],
+                           "value": runs[metric] if metric in runs else math.nan, "seconds": seconds,
+                           "run_id": runs["run_id"], "trial": runs[tag_column(Tag.TRIAL)].astype(int)})
     extractor = fidelity_extractor(objective, runs)
     for score in ("precision", "recall"):
         trials[score] = runs[f"metrics.{score}_{extractor}"] if extractor else math.nan
