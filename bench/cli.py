@@ -556,8 +556,8 @@ def features() -> None:
 def features_train(dataset, data_root, image_size, epochs, seed, device) -> None:
     """Trains the domain classifier for a labelled DATASET and writes its weights and card to
     results/classifiers/, where scoring finds them: fid_domain, kid_domain and the class-aware metrics."""
-    from bench.engine import resolve_device
-    from bench.scoring import save_domain_classifier, train_domain_classifier
+    from bench.devices import resolve_device
+    from bench.classifier import save_domain_classifier, train_domain_classifier
 
     model, card = train_domain_classifier(resized(dataset, image_size), epochs=epochs, seed=seed, device=resolve_device(device),
                                           data_root=data_root, log=click.echo)

@@ -25,11 +25,13 @@ from pathlib import Path
 import torch
 
 from bench.data import load_dataset, to_unit_range
-from bench.engine import TrainConfig, Trainer, native_bf16, resolve_device, train
+from bench.devices import native_bf16, resolve_device
+from bench.engine import TrainConfig, Trainer, train
 from bench.errors import ConfigError
 from bench.locations import check_output
 from bench.registry import REFERENCE_VARIANT, variants
-from bench.scoring import InceptionFeatures, Scorer, ieee_float32
+from bench.inception import InceptionFeatures
+from bench.scoring import Scorer, ieee_float32
 
 FULL = {"steps": 50, "inception_images": 64, "scoring_samples": 10000, "scoring_features": "inception"}
 SMOKE = {"steps": 1, "inception_images": 2, "scoring_samples": 8, "scoring_features": "domain"}

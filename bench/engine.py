@@ -22,16 +22,19 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import checkpoint
-from bench.data import BatchSampler, ImageDataset, load_dataset
+from bench.data import BatchSampler
+from bench.devices import resolve_device
 from bench.config import TrainConfig
 from bench.errors import ConfigError, Interrupted, TrainingDiverged
 from bench.memory import check_fits, training_need
 from bench.observer import Finding, Observer, RunStart
 from bench.processes import Stopped
+from bench.plan import RunPlan
 from bench.registry import Variant, get_variant
 from bench.run_folder import RunFolder
 from bench.scores import EXTRACTORS
-from bench.scoring import available_extractors, default_extractor, no_classifier, shared_scorer, weights_path
+from bench.classifier import available_extractors, default_extractor
+from bench.scoring import shared_scorer
 from bench.watch import configured_observers
 
 CHECKPOINT = checkpoint.FILENAME
@@ -64,82 +67,9 @@ def default_out(variant: str) -> Path:
     return Path("results/train") / f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resolve_steps(config: TrainConfig, data: ImageDataset | None = None) -> TrainConfig:
-    """``config`` with ``steps`` set from ``epochs`` or ``real_batches`` (as it is when both are 0): the
-    generator steps in which the discriminator sees that many real batches, ``epochs`` passes of the
-    training split (``data``, when the caller has it loaded) or ``real_batches`` batches."""
-    if not (config.epochs or config.real_batches):
-        return config
-    if data is None:
-        data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
-    real_batches = config.real_batches or math.ceil(config.epochs * len(data) / config.batch_size)
-    with torch.device("meta"):  # only to read how many real batches a step takes with these hparams
-        variant = get_variant(config.variant)(data.image_shape, data.num_classes, **config.hparams)
-    return dataclasses.replace(config, steps=math.ceil(real_batches / variant.real_batches_per_step))
-
-
-def resolve_features(config: TrainConfig) -> TrainConfig:
-    """``config`` with its evaluations' extractor named, refused when it needs a domain classifier the
-    dataset lacks."""
-    if config.features == "auto":
-        return dataclasses.replace(config, features=default_extractor(config.dataset))
-    if config.features == "domain" and weights_path(config.dataset) is None:
-        raise no_classifier(config.dataset, "--features domain")
-    return config
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present, else the CPU; an explicit device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device '{name}' cannot train here; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device '{name}' does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
-
-
-def worker_device(name: str, worker: int) -> str:
-    """The device of study worker ``worker`` (0, 1, ...): with 'auto' or 'cuda' on a machine with
-    n GPUs, GPU ``worker`` mod n, so K workers spread over the GPUs and more than n share them
-    (on one large GPU, several small trials side by side are what fills it); else ``name``."""
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{worker % torch.cuda.device_count()}"
-    return name
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with
-    AVX512-BF16 or AMX (elsewhere the CPU emulates it, slower than float32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and any(getattr(torch.cpu, probe, lambda: False)()
-                                        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """The autocast dtype of training on ``device`` with ``amp`` (None: float32). 'auto' leaves
-    the CPU in float32, the precision the suite's learning budgets are calibrated in, although on
-    a CPU with native bfloat16 it reaches a given FID sooner (docs: Performance). 'on' where bfloat16
-    is not native is refused."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if native_bf16(device):
-        return torch.bfloat16
-    if amp == "on":
-        raise ConfigError(f"--amp on: {device} does not compute bfloat16 natively (emulated it is slower than "
-                          "float32); use --amp auto or off")
-    return None
-
-
 class Trainer:
-    """Runs one variant for ``config.steps`` generator updates, optionally writing to ``out``.
+    """Runs one variant for ``config.steps`` generator updates, optionally writing to ``out``. ``config``
+    is resolved into its :class:`~bench.plan.RunPlan` here, unless it is one already.
 
     Example::
 
@@ -147,21 +77,16 @@ class Trainer:
         result.history[["loss_d", "loss_g"]].tail()
     """
 
-    def __init__(self, config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
+    def __init__(self, config: TrainConfig | RunPlan, out: Path | str | None = None, *, resume: bool = False,
                  progress: bool = True, observers: Sequence[Observer] = ()):
-        config.validate()
+        plan = config if isinstance(config, RunPlan) else RunPlan.resolve(config)
+        config, self.data, self.device, self.amp_dtype = plan.config, plan.data, plan.device, plan.amp_dtype
+        self.config = config
+        self.precision = plan.precision
+        """What the run trains in (recorded with every run)."""
         self.out = Path(out) if out is not None else None
         self.progress = progress
-        self.device = resolve_device(config.device)
-        self.amp_dtype = autocast_dtype(self.device, config.amp)
-        self.precision = "float32" if self.amp_dtype is None else "bfloat16 autocast"
-        """What the run trains in (recorded with every run)."""
         variant_cls = get_variant(config.variant)
-        variant_cls.resolve_hparams(config.hparams)  # fail on bad input before loading any data
-        config = resolve_features(config)
-        self.data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
-        config = self.config = resolve_steps(config, self.data)
-
         shape = "x".join(map(str, self.data.image_shape))
         check_fits(training_need(variant_cls, config.hparams, self.data.image_shape, self.data.num_classes,
                                  config.batch_size, value_bytes=4 if self.amp_dtype is None else 2,
@@ -474,7 +399,7 @@ def evaluate(checkpoint: Path | str, *, features: str | None = None, samples: in
     return Evaluation(config, step, samples, features, scorer.real_split, scorer.real_features_source, scores)
 
 
-def train(config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
+def train(config: TrainConfig | RunPlan, out: Path | str | None = None, *, resume: bool = False,
           progress: bool = True, observers: Sequence[Observer] = ()) -> TrainResult:
     """Trains ``config.variant`` and returns the trained variant, its loss history and its
     throughput. With ``out``, writes sample grids, ``losses.csv``, ``config.json`` and a

@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 
 from bench.data import ImageDataset, load_dataset, to_unit_range
-from bench.engine import TrainConfig, Trainer, autocast_dtype, resolve_device
+from bench.devices import autocast_dtype, resolve_device
+from bench.engine import TrainConfig, Trainer
 from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, HParamValue, get_variant
-from bench.scoring import InceptionFeatures, Scorer, ShippedInception
+from bench.inception import InceptionFeatures, ShippedInception
+from bench.scoring import Scorer
 from bench.storage import check_storage
 from bench.locations import FEATURE_CACHE, redact
 

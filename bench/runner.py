@@ -31,7 +31,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TrainConfig
 from bench.data import load_dataset
-from bench.engine import CHECKPOINT, autocast_dtype, resolve_device, resolve_steps, train, worker_device
+from bench.devices import autocast_dtype, resolve_device, worker_device
+from bench.engine import CHECKPOINT, train
+from bench.plan import RunPlan
 from bench.errors import BenchError, ConfigError, Interrupted, OutputNotWritten, RunStopped
 from bench.locations import STUDY_RUNS, DatabaseAway, redact
 from bench.observer import Observer
@@ -140,7 +142,7 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
     store or its URI (see :meth:`bench.tracking.TrackingStore.open`). Quiet unless given
     ``log`` (e.g. print), which hears each trial's outcome and, every ``progress_every`` seconds,
     a line on the whole study; ``progress`` shows that line live in a terminal instead.
-    ``amp``: the training precision, 'auto', 'on' or 'off' (see :func:`bench.engine.autocast_dtype`).
+    ``amp``: the training precision, 'auto', 'on' or 'off' (see :func:`bench.devices.autocast_dtype`).
 
     Example::
 
@@ -450,14 +452,24 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     else:
         seed = job.seed + (trial.number if seed_index is None else seed_index)
     trial.set_user_attr("seed", seed)
-    # A grid beside each evaluation (0: at the end only); checkpoints at the end and every few minutes. The
-    # steps are resolved here only for the params the trial's run records.
-    config = resolve_steps(TrainConfig(resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp,
-                                        hparams=hparams, features=spec.features, sample_every=spec.budget.eval_every,
-                                        checkpoint_every=0, **dataclasses.asdict(spec.budget)))
+    # A grid beside each evaluation (0: at the end only); checkpoints at the end and every few minutes. Resolved
+    # once, dataset loaded: the run records what the trainer trains.
+    try:
+        plan = RunPlan.resolve(TrainConfig(
+            resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp, hparams=hparams,
+            features=spec.features, sample_every=spec.budget.eval_every, checkpoint_every=0,
+            **dataclasses.asdict(spec.budget)))
+    except BenchError as exc:  # settings of this trial that no run can train with
+        trial.set_user_attr("fail_reason", str(exc))
+        study.tell(trial, state=TrialState.FAIL)
+        job.say(f"{resolved.variant.name} trial {trial.number} failed: {exc} {trial.params}")
+        return TrialState.FAIL
+    config = plan.config
     out = trial_folder(study, trial.number)
     shutil.rmtree(out, ignore_errors=True)  # left by a study of the same name whose storage was deleted
-    # A retry goes on from where the trial it repeats stopped, when that trial's folder is on this machine.
+    # A retry goes on from where the trial it repeats stopped, when that trial's folder is on this machine. It
+    # goes on in a copy: the stopped trial's folder stays as its MLflow run recorded it, and the retry's
+    # samples, losses and checkpoints are its own.
     resume = bool(retried) and (trial_folder(study, retried[-1]) / CHECKPOINT).exists()
     if resume:
         shutil.copytree(trial_folder(study, retried[-1]), out)
@@ -467,7 +479,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         arm=trial.params["arm"] if spec.is_ablation else None))
     trial.set_user_attr("mlflow_run_id", run.run_id)
     try:
-        result = train(config, out, resume=resume, progress=False,
+        result = train(plan, out, resume=resume, progress=False,
                        observers=[run, ReportToPruner(trial, spec.objective)])
         run.log_outcome(result)
         value = float(result.scores[spec.objective].iloc[-1])

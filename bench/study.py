@@ -27,7 +27,7 @@ from bench.errors import ConfigError
 from bench.readers import read_bytes
 from bench.registry import TIPS, HParam, HParamValue, Variant, variants
 from bench.scores import EXTRACTORS, SCORES, extractor_of, higher_is_better, is_score, metric_names, score_of
-from bench.scoring import default_extractor, no_classifier, weights_path
+from bench.classifier import default_extractor, no_classifier, weights_path
 
 
 def _shipped_studies() -> Path:

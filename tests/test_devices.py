@@ -11,17 +11,19 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import checkpoint, engine
+from bench import checkpoint, devices
 from bench.device_check import stale_weight_gaps
-from bench.engine import TrainConfig, Trainer, train, worker_device
+from bench.devices import worker_device
+from bench.engine import TrainConfig, Trainer, train
 from bench.registry import ENTRY_POINT_GROUP
-from bench.scoring import PRECISION, Scorer
+from bench.feature_cache import PRECISION
+from bench.scoring import Scorer
 
 
 @pytest.fixture
 def bf16(monkeypatch):
     """bfloat16 autocast on any CPU: emulated where it is not native (slower, the same numbers)."""
-    monkeypatch.setattr(engine, "native_bf16", lambda device: True)
+    monkeypatch.setattr(devices, "native_bf16", lambda device: True)
 
 
 def bf16_trainer(variant: str) -> Trainer:

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import engine
-from bench.engine import CHECKPOINT, TrainConfig, Trainer, autocast_dtype, resolve_device, train
+from bench import devices, plan
+from bench.devices import autocast_dtype, resolve_device
+from bench.engine import CHECKPOINT, TrainConfig, Trainer, train
 from bench.errors import ConfigError, TrainingDiverged
 from bench.study import load_study
 from variants.dcgan import DCGAN
@@ -129,7 +130,7 @@ def test_the_loop_reads_losses_from_the_device_only_every_log_every_steps(monkey
 def test_amp_modes_pick_the_training_precision(monkeypatch):
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "auto") is None and autocast_dtype(cpu, "off") is None  # the CPU trains in float32
-    monkeypatch.setattr(engine, "native_bf16", lambda device: True)  # a CPU with AVX512-BF16 or AMX
+    monkeypatch.setattr(devices, "native_bf16", lambda device: True)  # a CPU with AVX512-BF16 or AMX
     assert autocast_dtype(cpu, "on") == torch.bfloat16 and autocast_dtype(cpu, "auto") is None
     trainer = Trainer(TrainConfig("dcgan", steps=3, device="cpu", amp="on"), progress=False)
     assert trainer.precision == "bfloat16 autocast"
@@ -137,7 +138,7 @@ def test_amp_modes_pick_the_training_precision(monkeypatch):
         assert trainer.variant.G(trainer.variant.latent(2)).dtype == torch.bfloat16
     assert trainer.run().history[["loss_d", "loss_g"]].notna().all().all()
     assert trainer.variant.G(trainer.variant.latent(2)).dtype == torch.float32  # weights and scoring stay float32
-    monkeypatch.setattr(engine, "native_bf16", lambda device: False)
+    monkeypatch.setattr(devices, "native_bf16", lambda device: False)
     with pytest.raises(ConfigError, match="does not compute bfloat16 natively"):
         autocast_dtype(cpu, "on")
     with pytest.raises(ConfigError, match="amp must be one of auto, on, off"):
@@ -162,7 +163,7 @@ def test_the_lucic_study_trains_15625_discriminator_batches_of_64_for_every_loss
     spec = load_study("lucic")
     assert (spec.budget.real_batches, spec.budget.batch_size) == (15625, 64)  # compare_gan: 20 * 50000 // 64
     for variant, hparams, steps in (("gan", {}, 15625), ("wgan", {"n_critic": 5}, 3125), ("began", {}, 15625)):
-        resolved = engine.resolve_steps(TrainConfig(variant, hparams=hparams, **dataclasses.asdict(spec.budget)))
+        resolved = plan.resolve_steps(TrainConfig(variant, hparams=hparams, **dataclasses.asdict(spec.budget)))
         assert resolved.steps == steps
     with pytest.raises(ConfigError, match="epochs .* and real_batches .* both set the length of the run"):
         config(epochs=1, real_batches=10).validate()

@@ -27,8 +27,9 @@ from bench.data import load_dataset, to_unit_range
 from bench.engine import TrainConfig, train
 from bench.errors import ConfigError, TrainingDiverged
 from bench.readers import UnreadableFile
-from bench.scoring import (WEIGHTS_DIR, DomainClassifier, FeatureCache, Scorer, _scorer, load_domain_classifier,
-                           tensor_sha256, weights_name)
+from bench.classifier import WEIGHTS_DIR, DomainClassifier, load_domain_classifier, weights_name
+from bench.feature_cache import FeatureCache, tensor_sha256
+from bench.scoring import Scorer, _scorer
 
 SAMPLES = 360  # digits' whole test split
 

@@ -17,8 +17,11 @@ from bench.data import load_dataset, to_unit_range
 from bench.errors import TrainingDiverged
 from bench.engine import TrainConfig, Trainer, train
 from bench.scores import KernelDistance, code_accuracy
-from bench.scoring import (FeatureCache, InceptionFeatures, PrecomputedFeatures, Scorer, ShippedInception,
-                           WEIGHTS_DIR, _scorer, file_sha256, weights_name)
+from bench.classifier import WEIGHTS_DIR, file_sha256, weights_name
+from bench.feature_cache import FeatureCache
+from bench.features import PrecomputedFeatures
+from bench.inception import InceptionFeatures, ShippedInception
+from bench.scoring import Scorer, _scorer
 from tests.helpers import write_study
 
 BENCH = Path(sys.executable).with_name("bench")
@@ -276,7 +279,7 @@ def test_non_finite_images_are_refused_before_the_matrix_square_root(scorer):
 
 def test_a_corrupt_user_classifier_is_one_error_naming_the_file_and_the_fix(tmp_path, monkeypatch):
     from bench.errors import ConfigError
-    from bench.scoring import load_domain_classifier
+    from bench.classifier import load_domain_classifier
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results" / "classifiers").mkdir(parents=True)

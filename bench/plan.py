@@ -1,0 +1,72 @@
+"""A run's plan: its TrainConfig resolved once, against its dataset and this machine, before training.
+
+The runner resolves a trial's plan, records it, and hands it to the Trainer, which trains by it: the
+dataset is loaded once, and what is recorded is what is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bench.config import TrainConfig
+from bench.data import ImageDataset, load_dataset
+from bench.devices import autocast_dtype, resolve_device
+from bench.registry import get_variant
+from bench.classifier import default_extractor, no_classifier, weights_path
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run trains: ``config`` with its extractor named and its steps resolved, the training
+    split, the device, and the autocast dtype (None: float32)."""
+
+    config: TrainConfig
+    data: ImageDataset
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    @classmethod
+    def resolve(cls, config: TrainConfig) -> RunPlan:
+        """Checks ``config`` (bad settings fail before any data is read), then loads its dataset."""
+        config.validate()
+        device = resolve_device(config.device)
+        amp_dtype = autocast_dtype(device, config.amp)
+        get_variant(config.variant).resolve_hparams(config.hparams)
+        config = resolve_features(config)
+        data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
+        return cls(resolve_steps(config, data), data, device, amp_dtype)
+
+    @property
+    def precision(self) -> str:
+        """What the run trains in, in words (recorded with every run)."""
+        return "float32" if self.amp_dtype is None else "bfloat16 autocast"
+
+
+def resolve_steps(config: TrainConfig, data: ImageDataset | None = None) -> TrainConfig:
+    """``config`` with ``steps`` set from ``epochs`` or ``real_batches`` (as it is when both are 0): the
+    generator steps in which the discriminator sees that many real batches, ``epochs`` passes of the
+    training split (``data``, when the caller has it loaded) or ``real_batches`` batches."""
+    if not (config.epochs or config.real_batches):
+        return config
+    if data is None:
+        data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
+    real_batches = config.real_batches or math.ceil(config.epochs * len(data) / config.batch_size)
+    with torch.device("meta"):  # only to read how many real batches a step takes with these hparams
+        variant = get_variant(config.variant)(data.image_shape, data.num_classes, **config.hparams)
+    return dataclasses.replace(config, steps=math.ceil(real_batches / variant.real_batches_per_step))
+
+
+def resolve_features(config: TrainConfig) -> TrainConfig:
+    """``config`` with its evaluations' extractor named, refused when it needs a domain classifier the
+    dataset lacks."""
+    if config.features == "auto":
+        return dataclasses.replace(config, features=default_extractor(config.dataset))
+    if config.features == "domain" and weights_path(config.dataset) is None:
+        raise no_classifier(config.dataset, "--features domain")
+    return config
+
+
