@@ -288,7 +288,8 @@ def parse_checkpoint_every(text: str) -> dict[str, int | float]:
 def run(variant, study, trials, workers, storage, tracking_uri, device, amp, seed, progress_every, heartbeat) -> None:
     """Sweeps variants' hyperparameters with Optuna; every trial is tracked in MLflow."""
     from bench.ranking import study_table
-    from bench.runner import run_studies, skipped_variants
+    from bench.runner import run_studies
+    from bench.trials import skipped_variants
     from bench.study import load_study
     from bench.tracking import TrackingStore
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench import runner
+from bench import trials as trial_loop
 from bench.cli import main
 from variants.gan import GAN
 
@@ -88,7 +88,7 @@ class AlwaysNaN(GAN):
 def test_with_variant_all_a_variant_that_keeps_failing_is_skipped_and_the_others_run(tmp_path, monkeypatch,
                                                                                      registered):
     registered(AlwaysNaN)
-    monkeypatch.setattr(runner, "MAX_FAILURES_IN_A_ROW", 3)
+    monkeypatch.setattr(trial_loop, "MAX_FAILURES_IN_A_ROW", 3)
     # Only gan and its subclasses have both keys: 'all' resolves to gan and always_nan.
     space = ('arch = { choices = ["mlp"] }\nloss = { choices = ["nonsaturating", "minimax"] }')
     path = study_file(tmp_path / "studies", trials=2, variant='variant = "all"', space=space)

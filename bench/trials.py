@@ -1,0 +1,316 @@
+"""A study's trials as a worker takes them: asked for under the study's lock, each trained by the engine
+from its resolved plan, tracked in MLflow, reported to Optuna's pruner, and told; a trial whose
+worker died is failed and queued again, and resumes from its checkpoint where that is on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Callable
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from bench.config import TrainConfig
+from bench.devices import worker_device
+from bench.engine import CHECKPOINT, train
+from bench.errors import BenchError, Interrupted, OutputNotWritten, RunStopped
+from bench.locations import STUDY_RUNS, DatabaseAway
+from bench.observer import Observer
+from bench.plan import RunPlan
+from bench.processes import HOST, die_with_parent, exit_promptly, pid_alive
+from bench.registry import get_variant
+from bench.schema import StudyAttr, Tag, trial_tags
+from bench.storage import MAX_RETRIES, ask_lock, fail_stale_trials, heartbeat, known_heartbeat_warnings, open_storage
+from bench.study import StudySpec, VariantStudy
+from bench.tracking import Tracking, TrackingStore
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+WAIT_SECONDS = 2
+MAX_FAILURES_IN_A_ROW = 10
+"""A variant is skipped after this many of its trials failed in a row: it or the study's ranges are broken."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker process needs to take part in a study (picklable for spawn)."""
+
+    variants: tuple[str, ...]
+    spec: StudySpec
+    """The study as the caller gave it (a file's, or one built or changed in Python), not re-read from its file."""
+    trials: int | None
+    """As asked (None: the study file's); each variant's study resolves it."""
+    storage: str
+    tracking: TrackingStore
+    parent_run_id: str
+    device: str
+    amp: str
+    seed: int
+    worker: int
+    threads: int
+    heartbeat: int
+    log: Callable[[str], None] | None = None
+    """Where each trial's outcome is said; a module-level function, since workers unpickle it."""
+
+    def say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+
+
+def open_variant_study(study: VariantStudy, backend: optuna.storages.BaseStorage) -> optuna.Study:
+    """The variant's Optuna study; the process that asks it for trials gives it a sampler (_sample_anew)."""
+    return optuna.create_study(storage=backend, study_name=study.name, direction=study.spec.direction,
+                               pruner=study.spec.make_pruner(), load_if_exists=True)
+
+
+def _sample_anew(resolved: VariantStudy, study: optuna.Study, job: Job) -> None:
+    """Gives this process a sampler stream that no other process of the study has had. The k-th
+    process to ask the study for trials (a worker, a rerun after an interruption, another machine)
+    seeds its sampler with seed + 1000 k: a stream re-seeded from --seed alone would propose the
+    points already tried, and concurrent ones the same points. A fresh study run once stays
+    reproducible from --seed (k = 0)."""
+    with ask_lock(job.storage):
+        stream = study.user_attrs.get(StudyAttr.SAMPLER_STREAMS, 0)
+        study.set_user_attr(StudyAttr.SAMPLER_STREAMS, stream + 1)
+    study.sampler = resolved.sampler(job.seed + 1000 * stream)
+
+
+def _trial_id(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int) -> int:
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
+def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking: Tracking, job: Job) -> None:
+    """Fails the running trials whose worker is gone and closes their MLflow runs. In a database
+    storage a worker is gone when its heartbeat stopped, and Optuna queues its trial again; in a
+    journal file, when its process on this host no longer exists."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    gone: list[tuple[FrozenTrial, str]] = []
+    if isinstance(storage, optuna.storages.RDBStorage):
+        fail_stale_trials(study)
+        stale = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        gone = [(trial, "its worker stopped sending heartbeats (killed, crashed or cut off); queued to run again")
+                for trial in running if trial.number in stale]
+    else:
+        for trial in running:
+            owner = trial.user_attrs.get("worker", {})
+            if owner.get("host") == HOST and not pid_alive(owner.get("pid", 0)):
+                reason = f"worker process {owner['pid']} on {HOST} ended during the trial (killed or crashed)"
+                trial_id = _trial_id(study, storage, trial.number)
+                storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+                storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                run_again(study, trial.number)
+                gone.append((trial, reason + "; queued to run again"))
+    for trial, reason in gone:
+        job.say(f"trial {trial.number} marked failed: {reason}")
+        if "mlflow_run_id" in trial.user_attrs:
+            tracking.end_if_running(trial.user_attrs["mlflow_run_id"], "failed", reason)
+    tracking.close_orphans()
+
+
+def run_again(study: optuna.Study, number: int) -> None:
+    """Queues failed trial ``number`` again with its hyperparameters, seed and reported scores (at
+    most MAX_RETRIES times); the retry resumes from the trial's last checkpoint when it is here."""
+    failed = study.get_trials(deepcopy=False)[number]
+    with known_heartbeat_warnings():
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
+        retry(study, failed)
+
+
+def trial_folder(study: optuna.Study, number: int) -> Path:
+    return STUDY_RUNS / re.sub(r"[^\w.-]+", "_", study.study_name) / f"trial-{number:04d}"
+
+
+def work(job: Job) -> None:
+    """A worker process of its own (--workers > 1): opens the study and takes trials."""
+    die_with_parent()
+    os.setpgrp()  # Ctrl-C in the terminal reaches `bench run`, which passes it on once (run_workers)
+    torch.set_num_threads(job.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = job.spec
+    storage = open_storage(job.storage, job.heartbeat)
+    lanes = [spec.for_variant(get_variant(name), job.trials) for name in job.variants]
+    try:
+        take_trials(job, [(lane, open_variant_study(lane, storage)) for lane in lanes], storage,
+                    Tracking(job.tracking, spec.name))
+    except Interrupted as exc:
+        job.say(f"worker {job.worker}: {exc}")
+        exit_promptly(exc.exit_code)
+
+
+def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storage: optuna.storages.BaseStorage,
+                tracking: Tracking) -> None:
+    """Asks for trials until every variant's study holds its number of complete or pruned ones,
+    each time for the variant with the fewest trials finished or running (the first on a tie)."""
+    for resolved, study in lanes:
+        _sample_anew(resolved, study, job)
+    device = worker_device(job.device, job.worker)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(device)  # what a variant or library allocates without a device lands here too
+    failures = {resolved.variant.name: 0 for resolved, _ in lanes}  # in a row, by variant
+    while True:
+        with ask_lock(job.storage):
+            started: list[Lane] = []
+            for index, (resolved, study) in enumerate(lanes):
+                _recover(study, storage, tracking, job)
+                if study.user_attrs.get(StudyAttr.GAVE_UP):  # skipped by this worker or another
+                    continue
+                states = [trial.state for trial in study.get_trials(deepcopy=False)]
+                finished = sum(state in FINISHED for state in states)
+                if finished < resolved.trials:
+                    started.append(Lane(finished + states.count(TrialState.RUNNING), index, resolved, study))
+            if not started:
+                return
+            trial = None
+            # Among the variants that can start a trial, the one with the fewest started.
+            open_lanes = [lane for lane in started if lane.started < lane.resolved.trials]
+            if open_lanes:
+                lane = min(open_lanes, key=lambda lane: (lane.started, lane.index))
+                resolved, study = lane.resolved, lane.study
+                with known_heartbeat_warnings():
+                    trial = study.ask()  # a trial queued again after its worker died comes first
+                trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
+        if trial is None:
+            # Enough trials are running, but one may still fail or lose its worker: stay until they end.
+            time.sleep(WAIT_SECONDS)
+            continue
+        with heartbeat(storage, _trial_id(study, storage, trial.number)):  # until it is told, not just trained
+            state = run_trial(study, trial, resolved, job, device, tracking)
+        name = resolved.variant.name
+        failures[name] = failures[name] + 1 if state == TrialState.FAIL else 0
+        if failures[name] >= MAX_FAILURES_IN_A_ROW:
+            reason = (f"{failures[name]} of its trials in a row failed (the last: "
+                      f"{study.trials[trial.number].user_attrs.get('fail_reason', 'unknown')[:300]})")
+            study.set_user_attr(StudyAttr.GAVE_UP, reason)
+            job.say(f"{name} skipped: {reason}; see their reasons in the MLflow UI (tag {Tag.END_REASON}), fix the "
+                    "variant or narrow the study's ranges, then run the same command again")
+
+
+@dataclass(frozen=True)
+class Lane:
+    """A variant's study as the scheduler sees it: trials started (finished or running), its place in the command."""
+
+    started: int
+    index: int
+    resolved: VariantStudy
+    study: optuna.Study
+
+
+def skipped_variants(studies: dict[str, optuna.Study]) -> dict[str, str]:
+    """The variants of a finished :func:`run_studies` that were skipped for failing, with the reason."""
+    return {name: study.user_attrs[StudyAttr.GAVE_UP] for name, study in studies.items()
+            if study.user_attrs.get(StudyAttr.GAVE_UP)}
+
+
+class ReportToPruner(Observer):
+    """Reports each evaluation's objective to Optuna and stops the run when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, objective: str):
+        self.trial = trial
+        self.objective = objective
+
+    def on_scores(self, scores: dict[str, float]) -> None:
+        if self.objective not in scores:  # measured only on the final generator (budget.final_samples)
+            return
+        try:
+            self.trial.report(scores[self.objective], int(scores["step"]))
+            prune = self.trial.should_prune()
+        except Interrupted:  # stopped while the storage was away: the trainer checkpoints this step and stops
+            return
+        if prune:
+            raise optuna.TrialPruned(f"pruned at step {int(scores['step'])}")
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, job: Job, device: str,
+              tracking: Tracking) -> TrialState:
+    spec = resolved.spec
+    hparams, seed_index = resolved.suggest(trial)
+    frozen = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number)
+    with known_heartbeat_warnings():
+        retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)  # [original, ..., previous]
+    retry_of = retried[0] if retried else None
+    # A retry repeats its original, seed included (Optuna copies the original's attributes).
+    if retry_of is not None:
+        seed = frozen.user_attrs["seed"]
+    else:
+        seed = job.seed + (trial.number if seed_index is None else seed_index)
+    trial.set_user_attr("seed", seed)
+    # A grid beside each evaluation (0: at the end only); checkpoints at the end and every few minutes. Resolved
+    # once, dataset loaded: the run records what the trainer trains.
+    try:
+        plan = RunPlan.resolve(TrainConfig(
+            resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp, hparams=hparams,
+            features=spec.features, sample_every=spec.budget.eval_every, checkpoint_every=0,
+            **dataclasses.asdict(spec.budget)))
+    except BenchError as exc:  # settings of this trial that no run can train with
+        trial.set_user_attr("fail_reason", str(exc))
+        study.tell(trial, state=TrialState.FAIL)
+        job.say(f"{resolved.variant.name} trial {trial.number} failed: {exc} {trial.params}")
+        return TrialState.FAIL
+    config = plan.config
+    out = trial_folder(study, trial.number)
+    shutil.rmtree(out, ignore_errors=True)  # left by a study of the same name whose storage was deleted
+    # A retry goes on from where the trial it repeats stopped, when that trial's folder is on this machine. It
+    # goes on in a copy: the stopped trial's folder stays as its MLflow run recorded it, and the retry's
+    # samples, losses and checkpoints are its own.
+    resume = bool(retried) and (trial_folder(study, retried[-1]) / CHECKPOINT).exists()
+    if resume:
+        shutil.copytree(trial_folder(study, retried[-1]), out)
+    run = tracking.start_trial(job.parent_run_id, config, trial_tags(
+        config, trial.number, study=spec.name, optuna_study=study.study_name, objective=spec.objective,
+        retry_of=retry_of, resumed_from=retried[-1] if resume else None,
+        arm=trial.params["arm"] if spec.is_ablation else None))
+    trial.set_user_attr("mlflow_run_id", run.run_id)
+    try:
+        result = train(plan, out, resume=resume, progress=False,
+                       observers=[run, ReportToPruner(trial, spec.objective)])
+        run.log_outcome(result)
+        value = float(result.scores[spec.objective].iloc[-1])
+    except optuna.TrialPruned as exc:
+        tracking.end(run.run_id, "pruned", str(exc))
+        study.tell(trial, state=TrialState.PRUNED)
+        job.say(f"{config.variant} trial {trial.number} pruned ({exc}) {trial.params}")
+        return TrialState.PRUNED
+    except RunStopped as exc:  # a NaN loss, or a failure the doctor stopped the run for
+        trial.set_user_attr("fail_reason", str(exc))
+        tracking.end(run.run_id, "failed", str(exc))
+        study.tell(trial, state=TrialState.FAIL)
+        job.say(f"{config.variant} trial {trial.number} failed: {exc} {trial.params}")
+        return TrialState.FAIL
+    except BaseException as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        tracking.end(run.run_id, "failed", reason)
+        queued = "is queued to resume from it"
+        try:
+            trial.set_user_attr("fail_reason", reason)
+            study.tell(trial, state=TrialState.FAIL)
+            if isinstance(exc, (Interrupted, OutputNotWritten)):  # its checkpoint is intact: go on from it later
+                run_again(study, trial.number)
+        except (Interrupted, DatabaseAway):
+            if not isinstance(exc, Interrupted):
+                raise
+            # Stopped while the storage is away: the trial stays running there until its heartbeat is
+            # stale, when the next command fails it and queues it again.
+            queued = "resumes from it once the storage answers"
+        if isinstance(exc, Interrupted):
+            exc.then = f"trial {trial.number} {queued}: run the same command again to continue"
+        raise
+    try:
+        study.tell(trial, value)  # before its run is marked complete: ranked in MLflow only once Optuna has it
+    except (Interrupted, DatabaseAway) as exc:
+        # Trained and scored, but the storage is away: the trial stays running there until its heartbeat is
+        # stale, when the next command fails it and runs it again from its final checkpoint.
+        tracking.end(run.run_id, "failed", f"its score did not reach the Optuna storage ({exc})")
+        if isinstance(exc, Interrupted):
+            exc.then = (f"trial {trial.number} finished training but the storage did not record it; it is scored "
+                        "again from its final checkpoint: run the same command again to continue")
+        raise
+    tracking.end(run.run_id, "complete")
+    job.say(f"{config.variant} trial {trial.number} complete: {spec.objective} {value:.4g} {trial.params}")
+    return TrialState.COMPLETE
