@@ -42,7 +42,7 @@ import torch.nn.functional as F
 import torchvision
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from bench.data import DEBIAN_FASHION_MNIST
+from bench.torchvision_files import DEBIAN_FASHION_MNIST
 from bench.scoring import Scorer
 
 EVAL_EVERY_BATCHES = 200

@@ -89,7 +89,7 @@ def registered_variants(*classes: type[Variant]) -> Iterator[None]:
 def mnist_root(root: Path, *, train: int, test: int) -> Path:
     """A torchvision-layout MNIST root (ROOT/MNIST/raw, the uncompressed IDX files) holding the first
     ``train`` and ``test`` images of Debian's Fashion-MNIST: real images in MNIST's format and layout."""
-    from bench.data import DEBIAN_FASHION_MNIST, read_idx
+    from bench.torchvision_files import DEBIAN_FASHION_MNIST, read_idx
 
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)

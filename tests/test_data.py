@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bench import data
+from bench import data, torchvision_files
 from bench.data import BatchSampler, load_dataset, to_unit_range
 from bench.errors import ConfigError, DatasetNotFound
 from tests.helpers import image_folder
@@ -55,7 +55,7 @@ def test_sampler_state_restores_the_same_batches():
 
 
 def test_missing_fashion_mnist_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    monkeypatch.setattr(torchvision_files, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     with pytest.raises(DatasetNotFound) as error:
         load_dataset("fashion-mnist", root=tmp_path / "root")
     message = str(error.value)

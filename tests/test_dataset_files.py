@@ -21,9 +21,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench import data
+from bench import torchvision_files
 from bench.cli import main
-from bench.data import DEBIAN_FASHION_MNIST, load_dataset, read_idx
+from bench.data import load_dataset
+from bench.torchvision_files import DEBIAN_FASHION_MNIST, read_idx
 from bench.errors import BenchError, ConfigError, DatasetNotFound
 from bench.readers import UnreadableFile
 from tests.helpers import image_folder, mnist_root, where_modes_bind
@@ -232,10 +233,10 @@ def real_rgb(count: int) -> tuple[np.ndarray, list[int]]:
 
 
 def cifar_root(folder: Path, per_batch: int = 20, **replace: bytes) -> Path:
-    batches = folder / data.CIFAR_FOLDER
+    batches = folder / torchvision_files.CIFAR_FOLDER
     batches.mkdir(parents=True)
     images, labels = real_rgb(per_batch)
-    for name in (*data.CIFAR_BATCHES["train"], *data.CIFAR_BATCHES["test"]):
+    for name in (*torchvision_files.CIFAR_BATCHES["train"], *torchvision_files.CIFAR_BATCHES["test"]):
         (batches / name).write_bytes(replace.get(name, cifar_batch(images, labels)))
     return folder
 
@@ -268,13 +269,13 @@ def test_a_hostile_cifar10_batch_is_one_line_and_runs_nothing(tmp_path):
     for name, (content, message) in cases.items():
         root = cifar_root(tmp_path / name.replace(" ", "_").replace(",", ""), data_batch_3=content)
         line = assert_one_error_line(train(root, tmp_path / "run", dataset="cifar10"), message)
-        assert str(root / data.CIFAR_FOLDER / "data_batch_3") in line, (name, line)
+        assert str(root / torchvision_files.CIFAR_FOLDER / "data_batch_3") in line, (name, line)
     assert not marker.exists(), "a CIFAR batch's pickled code ran"
 
 
 def test_a_cifar10_root_missing_a_batch_says_which(tmp_path):
     root = cifar_root(tmp_path)
-    (root / data.CIFAR_FOLDER / "data_batch_4").unlink()
+    (root / torchvision_files.CIFAR_FOLDER / "data_batch_4").unlink()
     with pytest.raises(DatasetNotFound, match="lacks data_batch_4"):
         load_dataset("cifar10", root=root)
 
@@ -382,6 +383,6 @@ def test_a_damaged_cifar_batch_is_read_or_refused_with_one_line(noise, at, value
             path = Path(folder) / "data_batch_1"
             path.write_bytes(content)
             try:
-                data._cifar_batch(path, "fix it")
+                torchvision_files.read_cifar_batch(path, "fix it")
             except BenchError as exc:
                 assert str(path) in str(exc) and "\n" not in str(exc), str(exc)
