@@ -24,24 +24,17 @@ from pathlib import Path
 
 import torch
 
-from bench.data import load_dataset, to_unit_range
 from bench.devices import native_bf16, resolve_device
 from bench.engine import TrainConfig, Trainer, train
 from bench.errors import ConfigError
 from bench.locations import check_output
 from bench.registry import REFERENCE_VARIANT, variants
-from bench.inception import InceptionFeatures
-from bench.scoring import Scorer, ieee_float32
+from bench.timing import inception_difference, scoring_seconds, synchronize
 
 FULL = {"steps": 50, "inception_images": 64, "scoring_samples": 10000, "scoring_features": "inception"}
 SMOKE = {"steps": 1, "inception_images": 2, "scoring_samples": 8, "scoring_features": "domain"}
 """Smoke mode: every path once, small enough for the suite on a CPU (where FID's 2048x2048
 eigenvalue problem alone takes 20-40 s, so it scores with the domain features)."""
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def training(variant: str, device: str, amp: str, steps: int) -> dict:
@@ -120,31 +113,6 @@ def resume_round_trip(device: str, folder: Path) -> dict:
             "resumed_on_cpu_to_step": int(on_cpu.history["step"].max())}
 
 
-def inception_difference(device: torch.device, images: int) -> float:
-    """The largest relative difference (feature-vector norm) between Inception features of real
-    images computed on ``device`` and on the CPU; the project promises at most 1e-4."""
-    batch = to_unit_range(load_dataset("fashion-mnist", "test").images[:images])
-    extractor = InceptionFeatures()
-    with torch.no_grad(), ieee_float32():
-        on_cpu = extractor(batch)
-        on_device = extractor.to(device)(batch.to(device)).cpu()
-    return ((on_device - on_cpu).norm(dim=1) / on_cpu.norm(dim=1)).max().item()
-
-
-def scoring_seconds(device: torch.device, samples: int, features: str, cache: Path) -> dict:
-    """Seconds to compute the real statistics of ``samples`` test images, then to score ``samples``
-    generated ones (FID, KID, class metrics), as a trial's final scoring does."""
-    started = time.perf_counter()
-    scorer = Scorer("fashion-mnist", features, real_samples=samples, device=device, cache_dir=cache)
-    real_seconds = time.perf_counter() - started
-    generator = Trainer(TrainConfig(REFERENCE_VARIANT, device=str(device), doctor=False), progress=False).variant
-    started = time.perf_counter()
-    scores = scorer.score(generator, samples)
-    return {"samples": samples, "features": features, "real_seconds": round(real_seconds, 1),
-            "generated_seconds": round(time.perf_counter() - started, 1),
-            f"untrained_fid_{features}": round(scores[f"fid_{features}"], 1)}
-
-
 def device_check(device: str = "auto", *, smoke: bool = False) -> dict:
     """Every figure of this module on ``device``; ``smoke``: tiny sizes, to run on a CPU in seconds."""
     sizes = SMOKE if smoke else FULL
@@ -157,7 +125,8 @@ def device_check(device: str = "auto", *, smoke: bool = False) -> dict:
     report["launches_per_step"] = launches_per_step(REFERENCE_VARIANT, device)
     with tempfile.TemporaryDirectory() as folder:
         report["resume"] = resume_round_trip(device, Path(folder))
-        report["scoring"] = scoring_seconds(resolved, sizes["scoring_samples"], sizes["scoring_features"], Path(folder))
+        report["scoring"] = scoring_seconds(samples=sizes["scoring_samples"], features=sizes["scoring_features"],
+                                            device=resolved, cache=Path(folder))
     report["inception_max_relative_difference_vs_cpu"] = inception_difference(resolved, sizes["inception_images"])
     return report
 

@@ -11,23 +11,21 @@ import math
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench.data import ImageDataset, load_dataset, to_unit_range
+from bench.data import ImageDataset, load_dataset
 from bench.devices import autocast_dtype, resolve_device
 from bench.engine import TrainConfig, Trainer
 from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, HParamValue, get_variant
-from bench.inception import InceptionFeatures, ShippedInception
 from bench.scoring import Scorer
-from bench.storage import check_storage
 from bench.locations import FEATURE_CACHE, redact
+from bench.storage import check_storage
+from bench.timing import inception_throughput, matmul_gflops, prdc_cost, scoring_seconds, synchronize
 
 
 def training_throughput(variant: str, *, dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3,
@@ -172,8 +170,7 @@ def time_to_quality(variant: str, *, threshold: float, dataset: str = "fashion-m
     while wall < max_seconds:
         started, started_cpu = time.perf_counter(), time.process_time()
         trainer.run(until=trainer.step + eval_every)
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
+        synchronize(trainer.device)
         wall += time.perf_counter() - started
         cpu += time.process_time() - started_cpu
         curve.append({"step": trainer.step, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
@@ -188,23 +185,6 @@ def time_to_quality(variant: str, *, threshold: float, dataset: str = "fashion-m
             "seconds": reached and reached["seconds"], "cpu_seconds": reached and reached["cpu_seconds"],
             "steps": reached and reached["step"], "best_fid_domain": min(point["fid_domain"] for point in curve),
             "curve": curve}
-
-
-def scoring_time(*, dataset: str = "fashion-mnist", samples: int = 10000, repeats: int = 3,
-                 device: str = "auto") -> dict:
-    """Median seconds to generate and score ``samples`` DCGAN images with fid_domain (and KID
-    and the class metrics) against cached real statistics."""
-    device = resolve_device(device)
-    scorer = Scorer(dataset, "domain", device=device)  # builds the cache on a first run
-    data = load_dataset(dataset, "test")
-    variant = get_variant(REFERENCE_VARIANT)(data.image_shape, data.num_classes).to(device, memory_format=torch.channels_last)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        scorer.score(variant, samples)
-        times.append(time.perf_counter() - started)
-    return {"samples": samples, "device": str(device), "seconds": round(statistics.median(times), 2),
-            "repeats": [round(t, 2) for t in times]}
 
 
 PARALLEL_STUDY = """\
@@ -262,24 +242,6 @@ def parallel_study(variant: str = REFERENCE_VARIANT, *, workers: tuple[int, ...]
             "storage": redact(storage) if storage else "journal file", "runs": rows}
 
 
-def matmul_gflops(*, size: int = 2048, repeats: int = 5, device: str = "auto",
-                  dtype: torch.dtype = torch.float32) -> float:
-    """This device's matrix-multiply throughput in ``dtype``: the best of ``repeats`` timed products."""
-    device = resolve_device(device)
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    a @ b  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
-
-
 def hardware_limit(variant: str = REFERENCE_VARIANT, *, hparams: dict[str, HParamValue] | None = None,
                    dataset: str = "fashion-mnist", steps: int = 40, repeats: int = 3, device: str = "auto",
                    top: int = 10) -> dict:
@@ -320,65 +282,6 @@ def hardware_limit(variant: str = REFERENCE_VARIANT, *, hparams: dict[str, HPara
                                "calls": event.count} for event in events[:top]]}
 
 
-def inception_throughput(*, batch_sizes: tuple[int, ...] = (4, 8, 16, 64), images: int = 128, repeats: int = 3,
-                         device: str = "auto") -> dict:
-    """Inception feature extraction images/s for 28x28 grayscale input at several batch sizes, for
-    the network as shipped (before) and as ganbench runs it (after), with how far their features differ."""
-    device = resolve_device(device)
-    batch = to_unit_range(load_dataset("fashion-mnist", "test").images[:images]).to(device)
-    report: dict = {"device": str(device), "images": images}
-    features = {}
-    for name, extractor in (("shipped", ShippedInception()), ("rebuilt", InceptionFeatures())):
-        extractor = extractor.to(device)
-        rates = {}
-        with torch.no_grad():
-            features[name] = torch.cat([extractor(chunk) for chunk in batch.split(8)])  # also the warm-up
-            for size in batch_sizes:
-                seconds = []
-                for _ in range(repeats):
-                    started = time.perf_counter()
-                    for chunk in batch.split(size):
-                        extractor(chunk)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    seconds.append(time.perf_counter() - started)
-                rates[size] = round(images / statistics.median(seconds), 2)
-        report[name] = {"images_per_second_by_batch": rates, "best_batch": max(rates, key=rates.get),
-                        "best_images_per_second": max(rates.values())}
-    report["speedup"] = round(report["rebuilt"]["best_images_per_second"] /
-                              report["shipped"]["best_images_per_second"], 2)
-    difference = (features["rebuilt"] - features["shipped"]).norm(dim=1) / features["shipped"].norm(dim=1)
-    report["max_relative_difference"] = float(difference.max())
-    return report
-
-
-PRDC_PROBE = """
-import json, resource, sys, time, torch
-from bench.scores import nearest_neighbour_radii, precision_recall_density_coverage
-samples, dims = int(sys.argv[1]), int(sys.argv[2])
-generator = torch.Generator().manual_seed(0)
-real, fake = torch.randn(samples, dims, generator=generator), torch.randn(samples, dims, generator=generator)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-started = time.perf_counter()
-radii = nearest_neighbour_radii(real)
-radii_seconds = time.perf_counter() - started
-precision_recall_density_coverage(real, fake, radii)
-print(json.dumps({"real_radii_seconds": round(radii_seconds, 2),
-                  "seconds": round(time.perf_counter() - started - radii_seconds, 2),
-                  "peak_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)}))
-"""
-
-
-def prdc_cost(*, samples: int = 10000, dims: int = InceptionFeatures.num_features) -> dict:
-    """Seconds and memory of precision/recall/density/coverage at ``samples`` real vs ``samples``
-    generated features (Inception's 2048 by default), in a fresh process so that its peak resident
-    memory over the features already loaded is this computation's alone. Gaussian features: the
-    cost depends on the sizes only."""
-    result = subprocess.run([sys.executable, "-c", PRDC_PROBE, str(samples), str(dims)], capture_output=True,
-                            text=True, check=True)
-    return {"samples": samples, "dims": dims, **json.loads(result.stdout)}
-
-
 def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-mnist", steps: int = 40,
              repeats: int = 3, device: str = "auto", inception: bool = False, scoring_samples: int = 10000,
              overhead_steps: int = 200, quality_threshold: float | None = None, quality_seconds: float = 300,
@@ -407,7 +310,8 @@ def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-m
                        "machine": platform.machine(), "processor": platform.processor()},
               "training": [training_throughput(name, dataset=dataset, steps=steps, repeats=repeats, device=device)
                            for name in variants],
-              "scoring": scoring_time(dataset=dataset, samples=scoring_samples, device=device),
+              "scoring": scoring_seconds(dataset=dataset, samples=scoring_samples, real_samples=10000, repeats=3,
+                                         device=device),
               "overhead": {name: overhead(tracking=name != "doctor", doctor=name != "tracking", steps=overhead_steps,
                                           dataset=dataset, repeats=repeats, device=device)
                            for name in ("tracking", "doctor", "both")},

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.perf import parallel_study, scoring_time, time_to_quality, training_throughput
+from bench.engine import TrainConfig, Trainer
+from bench.perf import parallel_study, time_to_quality, training_throughput
+from bench.registry import REFERENCE_VARIANT
+from bench.scoring import Scorer
+from bench.timing import scoring_seconds
 
 BENCH = Path(sys.executable).with_name("bench")
 
@@ -22,9 +26,14 @@ def test_training_throughput_reports_medians_and_generator_steps():
     assert abs(row["g_steps_per_second"] * 64 * 5 - row["images_per_second"]) < 0.05 * row["images_per_second"]
 
 
-def test_scoring_time_reports_seconds_for_the_requested_samples():
-    result = scoring_time(samples=300, repeats=1)
-    assert result["samples"] == 300 and result["seconds"] > 0
+def test_scoring_seconds_times_the_scoring_of_an_untrained_generator_it_names(tmp_path):
+    result = scoring_seconds(samples=300, repeats=2, cache=tmp_path)
+    assert result["samples"] == 300 and len(result["repeats"]) == 2 and result["features"] == "domain"
+    # What it timed is that scoring: the untrained reference generator, 300 samples against 300 real ones.
+    generator = Trainer(TrainConfig(REFERENCE_VARIANT, doctor=False), progress=False).variant
+    fid = Scorer("fashion-mnist", "domain", real_samples=300, cache_dir=tmp_path).score(generator, 300)["fid_domain"]
+    assert result["untrained_fid_domain"] == round(fid, 1)
+    assert list((tmp_path / "real-features").glob("*.pt"))  # the real statistics it built, cached
 
 
 def test_time_to_quality_stops_at_the_first_evaluation_below_the_threshold():
