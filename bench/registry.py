@@ -57,6 +57,15 @@ class HParam:
     log: bool = False
     help: str = ""
 
+    def __post_init__(self) -> None:  # a variant's declaration, checked when its module is imported
+        if isinstance(self.default, str):
+            if self.default not in self.choices:
+                raise TypeError(f"HParam({self.default!r}): a string takes choices that include its default")
+        elif isinstance(self.default, bool) or not isinstance(self.default, (int, float)):
+            raise TypeError(f"HParam({self.default!r}): the default is a number (low/high) or a string (choices)")
+        elif self.choices or self.low is None or self.high is None or not self.low <= self.default <= self.high:
+            raise TypeError(f"HParam({self.default!r}): a number takes low <= default <= high, not choices")
+
     def parse(self, name: str, text: str) -> HParamValue:
         """Converts command-line text to this hyperparameter's type."""
         kind = type(self.default)

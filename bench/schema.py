@@ -122,8 +122,13 @@ def git_commit() -> str:
 
 def environment_tags() -> dict[str, str]:
     """Where a run ran: commit, host, process, Python and package versions."""
-    tags = {Tag.GIT_COMMIT: git_commit(), Tag.HOST: HOST, Tag.PID: str(os.getpid()),
-            Tag.PYTHON: platform.python_version()}
+    return {**_installation(), Tag.PID: str(os.getpid())}
+
+
+@functools.cache
+def _installation() -> dict[str, str]:
+    """What this process runs (read once: git and the package metadata cost tens of milliseconds per call)."""
+    tags = {Tag.GIT_COMMIT: git_commit(), Tag.HOST: HOST, Tag.PYTHON: platform.python_version()}
     for package in PACKAGES:
         try:
             tags[VERSION_PREFIX + package] = version(package)

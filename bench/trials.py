@@ -243,12 +243,17 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     trial.set_user_attr("seed", seed)
     # A grid beside each evaluation (0: at the end only); checkpoints at the end and every few minutes. Resolved
     # once, dataset loaded: the run records what the trainer trains.
+    config = TrainConfig(resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp, hparams=hparams,
+                         features=spec.features, sample_every=spec.budget.eval_every, checkpoint_every=0,
+                         **dataclasses.asdict(spec.budget))
+    tags = dict(study=spec.name, optuna_study=study.study_name, objective=spec.objective, retry_of=retry_of,
+                arm=trial.params["arm"] if spec.is_ablation else None)
     try:
-        plan = RunPlan.resolve(TrainConfig(
-            resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp, hparams=hparams,
-            features=spec.features, sample_every=spec.budget.eval_every, checkpoint_every=0,
-            **dataclasses.asdict(spec.budget)))
-    except BenchError as exc:  # settings of this trial that no run can train with
+        plan = RunPlan.resolve(config)
+    except BenchError as exc:  # settings of this trial that no run can train with: recorded as it was asked
+        run = tracking.start_trial(job.parent_run_id, config, trial_tags(config, trial.number, **tags))
+        tracking.end(run.run_id, "failed", str(exc))
+        trial.set_user_attr("mlflow_run_id", run.run_id)
         trial.set_user_attr("fail_reason", str(exc))
         study.tell(trial, state=TrialState.FAIL)
         job.say(f"{resolved.variant.name} trial {trial.number} failed: {exc} {trial.params}")
@@ -263,9 +268,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     if resume:
         shutil.copytree(trial_folder(study, retried[-1]), out)
     run = tracking.start_trial(job.parent_run_id, config, trial_tags(
-        config, trial.number, study=spec.name, optuna_study=study.study_name, objective=spec.objective,
-        retry_of=retry_of, resumed_from=retried[-1] if resume else None,
-        arm=trial.params["arm"] if spec.is_ablation else None))
+        config, trial.number, resumed_from=retried[-1] if resume else None, **tags))
     trial.set_user_attr("mlflow_run_id", run.run_id)
     try:
         result = train(plan, out, resume=resume, progress=False,

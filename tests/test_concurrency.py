@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import mlflow
 import pytest
 
 from bench.runner import run_study
@@ -52,3 +53,6 @@ def test_runs_starting_at_once_in_a_fresh_folder_create_mlflows_store_once(tmp_p
                 for _ in range(2)]
         for run in runs:
             assert run.wait(timeout=120) == 0, run.stderr.read()
+        # One store with one experiment of that name, both processes' Tracking on it.
+        client = mlflow.MlflowClient(f"sqlite:///{folder}/results/mlflow.db")
+        assert [e.name for e in client.search_experiments() if e.name == "race"] == ["race"]

@@ -12,6 +12,10 @@ from click.testing import CliRunner
 
 from bench import trials as trial_loop
 from bench.cli import main
+from bench.errors import ConfigError
+from bench.registry import HParam
+from bench.schema import Tag, tag_column
+from tests.helpers import mlflow_runs
 from variants.gan import GAN
 
 STUDY = """
@@ -104,3 +108,31 @@ def test_with_variant_all_a_variant_that_keeps_failing_is_skipped_and_the_others
     # A rerun tries the skipped variant again (its failures may have been fixed), and gan is already done.
     result = invoke(tmp_path, monkeypatch, "--study", str(path))
     assert result.exit_code == 1 and result.stdout.count("always_nan skipped") == 1, result.output
+
+
+class DeepOnlyOnLargeImages(GAN):
+    """A third-party GAN that refuses, when built, a depth its images are too small for."""
+
+    name = "deep_only_on_large_images"
+    hparams = {**GAN.hparams, "depth": HParam("shallow", choices=("shallow", "deep"), help="blocks per network")}
+
+    def build(self) -> None:
+        if self.hp.depth == "deep":
+            raise ConfigError(f"depth 'deep' needs images of at least 32 pixels, not {self.image_shape[-1]}")
+        super().build()
+
+
+def test_a_trial_whose_settings_cannot_train_is_recorded_failed_in_mlflow_with_its_reason(tmp_path, monkeypatch,
+                                                                                        registered):
+    registered(DeepOnlyOnLargeImages)
+    monkeypatch.setattr(trial_loop, "MAX_FAILURES_IN_A_ROW", 2)
+    # A real-batch budget builds the variant to count its steps: the plan is refused before training.
+    path = study_file(tmp_path / "studies", space='depth = { choices = ["deep"] }',
+                      variant='variant = "deep_only_on_large_images"')
+    path.write_text(path.read_text().replace("steps = 4", "real_batches = 4"))
+    result = invoke(tmp_path, monkeypatch, "--study", str(path))
+    assert result.exit_code == 1, result.output
+    runs = mlflow_runs(tmp_path, "shared_name").query(f"`{tag_column(Tag.KIND)}` == 'trial'")
+    assert len(runs) == 2 and (runs["status"] == "FAILED").all()
+    assert runs[tag_column(Tag.END_REASON)].str.contains("needs images of at least 32 pixels, not 8").all()
+    assert (runs["params.depth"] == "deep").all() and (runs[tag_column(Tag.STATE)] == "failed").all()
