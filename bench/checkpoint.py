@@ -14,7 +14,8 @@ import contextlib
 import io
 import os
 from pathlib import Path
-from typing import Any, Iterator
+import typing
+from typing import Any, Iterator, TypedDict
 
 import torch
 
@@ -24,13 +25,34 @@ from bench.errors import ConfigError
 FILENAME = "checkpoint.pt"
 FORMAT = "ganbench-checkpoint"
 VERSION = 2
-FIELDS: dict[str, type | tuple[type, ...]] = {
-    "config": dict, "step": int, "image_shape": (list, tuple), "num_classes": int, "variant": dict,
-    "optimizers": dict, "sampler": dict, "torch_rng": torch.Tensor, "cuda_rng": (torch.Tensor, type(None)),
-    "rows": list, "evaluations": list, "findings": list, "observers": dict,
-}
-"""What a checkpoint holds, by type: the weights and every state that resumes the run exactly
-(``observers``: each named observer's state, by its name)."""
+
+
+class State(TypedDict):
+    """What a checkpoint holds: the weights and every state that resumes the run exactly. The
+    engine writes one (``State(...)``); :func:`load` checks each field against its type here."""
+
+    config: dict
+    """The run's TrainConfig, as a dict."""
+    step: int
+    image_shape: list | tuple
+    num_classes: int
+    variant: dict
+    """The variant's state_dict: its networks, and any state of its own."""
+    optimizers: dict
+    sampler: dict
+    """The batch sampler's position in its epoch."""
+    torch_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None
+    """Only the training GPU's stream: a retry may run on another GPU, or on a machine with fewer."""
+    rows: list
+    """The losses logged so far."""
+    evaluations: list
+    findings: list
+    observers: dict
+    """Each named observer's state, by its name."""
+
+
+FIELDS: dict[str, type] = typing.get_type_hints(State)
 
 
 class NotACheckpoint(ConfigError):
@@ -43,9 +65,11 @@ def locate(path: Path | str) -> Path:
     return path / FILENAME if path.is_dir() else path
 
 
-def save(state: dict[str, Any], path: Path) -> None:
-    """Writes ``state`` (the keys of FIELDS) to ``path`` atomically: a crash or a full disk mid-write
-    leaves the previous checkpoint, never half a file."""
+def save(state: State, path: Path) -> None:
+    """Writes ``state`` to ``path`` atomically: a crash or a full disk mid-write leaves the previous
+    checkpoint, never half a file."""
+    if state.keys() != FIELDS.keys():  # what is written is what load checks
+        raise TypeError(f"a checkpoint holds exactly the fields of State, got {sorted(state)}")
     tmp = path.with_name(path.name + ".tmp")
     try:
         # Serialised in memory, then written: a full disk is then an OSError with its errno (torch's zip
@@ -62,7 +86,7 @@ def save(state: dict[str, Any], path: Path) -> None:
         raise
 
 
-def load(path: Path | str) -> dict[str, Any]:
+def load(path: Path | str) -> State:
     """The state saved in a checkpoint file or run folder, checked to be a ganbench checkpoint,
     with every tensor on the CPU whatever device wrote it (load_state_dict moves weights to the
     training device; RNG states must stay on the CPU)."""

@@ -293,22 +293,21 @@ class Trainer:
         """Writes a checkpoint that resumes the run exactly (weights, optimisers, every RNG, the
         findings and each named observer's state), and the loss and score tables beside it."""
         self._flush()
-        self.folder.write_checkpoint({
-            "config": dataclasses.asdict(self.config),
-            "step": self.step,
-            "image_shape": list(self.variant.image_shape),
-            "num_classes": self.variant.num_classes,
-            "variant": self.variant.state_dict(),
-            "optimizers": {key: opt.state_dict() for key, opt in self.variant.optimizers().items()},
-            "sampler": self.batches.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            # Only the training GPU's stream: a retry may run on another GPU, or on a machine with fewer.
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "rows": self.rows,
-            "evaluations": self.evaluations,
-            "findings": [finding.as_dict() for finding in self._findings],
-            "observers": {observer.name: observer.state_dict() for observer in self.observers if observer.name},
-        })
+        self.folder.write_checkpoint(checkpoint.State(
+            config=dataclasses.asdict(self.config),
+            step=self.step,
+            image_shape=list(self.variant.image_shape),
+            num_classes=self.variant.num_classes,
+            variant=self.variant.state_dict(),
+            optimizers={key: opt.state_dict() for key, opt in self.variant.optimizers().items()},
+            sampler=self.batches.state_dict(),
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            rows=self.rows,
+            evaluations=self.evaluations,
+            findings=[finding.as_dict() for finding in self._findings],
+            observers={observer.name: observer.state_dict() for observer in self.observers if observer.name},
+        ))
         self._saved_at = time.perf_counter()
 
     def _load(self, path: Path) -> None:

@@ -89,7 +89,7 @@ class RunFolder(Observer):
             save_image(images.float(), path, nrow=8, normalize=True, value_range=(-1, 1))
         return path
 
-    def write_checkpoint(self, state: dict[str, Any]) -> None:
+    def write_checkpoint(self, state: checkpoint.State) -> None:
         """The checkpoint, and the loss and score tables beside it for people and pandas."""
         with self._writing(f"the checkpoint of step {state['step']}"):
             checkpoint.save(state, self.checkpoint)

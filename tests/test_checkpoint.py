@@ -323,6 +323,19 @@ TAMPERED = {  # tensors and plain containers, as a teammate's or a server's file
 }
 
 
+def test_a_checkpoint_holds_exactly_the_declared_fields_and_writing_another_is_refused(tmp_path):
+    train(TrainConfig("gan", dataset="digits", steps=2), tmp_path, progress=False)
+    state = checkpoint.load(tmp_path)
+    assert state.keys() - {"format", "version"} == checkpoint.FIELDS.keys()  # what the engine writes
+    fields = {key: state[key] for key in checkpoint.FIELDS}
+    checkpoint.save(fields, tmp_path / "copy.pt")
+    assert torch.equal(checkpoint.load(tmp_path / "copy.pt")["torch_rng"], state["torch_rng"])
+    for wrong in ({**fields, "ema": {}}, {key: value for key, value in fields.items() if key != "sampler"}):
+        with pytest.raises(TypeError, match="exactly the fields of State"):
+            checkpoint.save(wrong, tmp_path / "wrong.pt")
+    assert not (tmp_path / "wrong.pt").exists()
+
+
 @pytest.mark.parametrize("name", TAMPERED)
 def test_a_checkpoint_wrong_inside_is_one_line_naming_the_field_in_eval_and_resume(tmp_path_factory, name):
     variant, tamper, message = TAMPERED[name]
