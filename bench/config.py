@@ -105,7 +105,7 @@ class TrainConfig(Budget):
     supports it and float32 on the CPU; 'on' also uses it on a CPU that computes bfloat16
     natively; 'off' is float32 everywhere. See :func:`autocast_dtype`."""
     doctor: bool = True
-    """Watch the run for the classic silent GAN failures, and stop it for the fatal ones (bench/watch.py)."""
+    """Watch the run for the classic silent GAN failures, and stop it for the fatal ones (bench/doctor.py)."""
     data_root: str | None = None
     download: bool = False
 

@@ -35,7 +35,6 @@ from bench.run_folder import RunFolder
 from bench.scores import EXTRACTORS
 from bench.classifier import available_extractors, default_extractor
 from bench.scoring import shared_scorer
-from bench.watch import configured_observers
 
 CHECKPOINT = checkpoint.FILENAME
 GRID_SIZE = 64
@@ -109,7 +108,8 @@ class Trainer:
         self._scoring = False  # whether a signal now interrupts a scoring pass (see _checkpoint_on_signals)
         self._saved_at = time.perf_counter()
         self._findings: list[Finding] = []
-        self.observers = [*configured_observers(config), *observers]
+        # The config's own observers (the doctor), the caller's (tracking, pruning), and the run folder last.
+        self.observers = [*plan.observers(), *observers]
         self.folder = RunFolder(self.out) if self.out is not None else None
         if self.folder is not None:
             saved = self.folder.prepare(resume)

@@ -15,6 +15,8 @@ import torch
 from bench.config import TrainConfig
 from bench.data import ImageDataset, load_dataset
 from bench.devices import autocast_dtype, resolve_device
+from bench.doctor import Doctor
+from bench.observer import Observer
 from bench.registry import get_variant
 from bench.classifier import default_extractor, no_classifier, weights_path
 
@@ -22,7 +24,7 @@ from bench.classifier import default_extractor, no_classifier, weights_path
 @dataclass(frozen=True)
 class RunPlan:
     """What a run trains: ``config`` with its extractor named and its steps resolved, the training
-    split, the device, and the autocast dtype (None: float32)."""
+    split, the device, the autocast dtype (None: float32), and the observers its config switches on."""
 
     config: TrainConfig
     data: ImageDataset
@@ -39,6 +41,11 @@ class RunPlan:
         config = resolve_features(config)
         data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
         return cls(resolve_steps(config, data), data, device, amp_dtype)
+
+    def observers(self) -> list[Observer]:
+        """The observers the config switches on, fresh for a run: the training doctor, unless
+        ``config.doctor`` is off. The engine adds them before its caller's (tracking, pruning)."""
+        return [Doctor(self.config.dataset)] if self.config.doctor else []
 
     @property
     def precision(self) -> str:
