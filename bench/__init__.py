@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # what type checkers and editors read; at run time each name is imported on first use
     from bench.comparison import Comparison, compare
     from bench.config import Budget, TrainConfig
-    from bench.engine import Evaluation, TrainResult, evaluate, train
+    from bench.engine import TrainResult, train
+    from bench.evaluation import Evaluation, evaluate
     from bench.ranking import effects, leaderboard
     from bench.registry import HParam, Variant, get_variant, register, variants
     from bench.report import write_report
@@ -27,7 +28,8 @@ if TYPE_CHECKING:  # what type checkers and editors read; at run time each name 
 _HOMES = {
     "comparison": ("Comparison", "compare"),
     "config": ("Budget", "TrainConfig"),
-    "engine": ("Evaluation", "TrainResult", "evaluate", "train"),
+    "engine": ("TrainResult", "train"),
+    "evaluation": ("Evaluation", "evaluate"),
     "ranking": ("effects", "leaderboard"),
     "registry": ("HParam", "Variant", "get_variant", "register", "variants"),
     "report": ("write_report",),

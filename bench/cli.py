@@ -58,7 +58,7 @@ def reports_user_errors(command):
         except Exception as exc:
             if not failed_server(exc):
                 raise
-            from bench.locations import masked
+            from bench.connections import masked
 
             urls = [value for value in kwargs.values() if isinstance(value, str) and "://" in value]
             urls.append(os.environ.get("MLFLOW_TRACKING_URI", ""))
@@ -430,7 +430,7 @@ def ui(study, tracking_uri, port, host) -> None:
 @reports_user_errors
 def server(backend_store_uri, artifacts, port, host) -> None:
     """Starts an MLflow tracking server for workers on many machines (bench run --tracking-uri http://HOST:PORT)."""
-    from bench.locations import check_store
+    from bench.connections import check_store
     from bench.processes import check_port, serve
 
     check_port(host, port)
@@ -474,7 +474,7 @@ def doctor(run, tracking_uri) -> None:
 @reports_user_errors
 def evaluate(checkpoint, features, samples, device) -> None:
     """Scores a trained generator: FID and KID (named by extractor) and class-aware metrics."""
-    from bench.engine import evaluate as score_checkpoint
+    from bench.evaluation import evaluate as score_checkpoint
 
     result = score_checkpoint(checkpoint, features=features, samples=samples, device=device)
     click.echo(f"{result.config.variant} on {result.config.dataset}, step {result.step}, {result.samples} samples, "

@@ -23,7 +23,8 @@ from bench.engine import TrainConfig, Trainer
 from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, HParamValue, get_variant
 from bench.scoring import Scorer
-from bench.locations import FEATURE_CACHE, redact
+from bench.connections import redact
+from bench.locations import FEATURE_CACHE
 from bench.storage import check_storage
 from bench.timing import inception_throughput, matmul_gflops, prdc_cost, scoring_seconds, synchronize
 

@@ -28,7 +28,7 @@ from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS
 from bench.data import load_dataset
 from bench.devices import autocast_dtype, resolve_device
 from bench.errors import BenchError, ConfigError, Interrupted
-from bench.locations import redact
+from bench.connections import redact
 from bench.processes import handling_stop_signals
 from bench.progress import StudyProgress
 from bench.registry import get_variant, variants as registered_variants

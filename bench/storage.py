@@ -19,9 +19,9 @@ import optuna
 
 from bench.config import HEARTBEAT_SECONDS
 from bench.errors import ConfigError, Interrupted
-from bench.locations import (CONNECT_TIMEOUT_SECONDS, OPTUNA_JOURNAL, DatabaseAway, check_database, database_engine,
-                             explain_database_error, is_database, redact, sqlite_path, unwritable_folder, url_scheme,
-                             wait_out_restarts)
+from bench.connections import (CONNECT_TIMEOUT_SECONDS, DatabaseAway, check_database, database_engine,
+                               explain_database_error, is_database, redact, sqlite_path, url_scheme, wait_out_restarts)
+from bench.locations import OPTUNA_JOURNAL, unwritable_folder
 
 STALE_AFTER_HEARTBEATS = 3
 """A trial silent for this many heartbeats is failed and queued again."""

@@ -26,8 +26,8 @@ from bench.errors import ConfigError
 from bench.doctor import HEALTH, read_health
 from bench.config import TrainConfig
 from bench.engine import CHECKPOINT, TrainResult
-from bench.locations import (MLFLOW_ARTIFACTS, MLFLOW_DB, check_server, check_store, explain_database_error, redact,
-                             url_scheme)
+from bench.connections import check_server, check_store, explain_database_error, redact, url_scheme
+from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB
 from bench.observer import Finding, Observer, RunStart
 from bench.processes import HOST, pid_alive
 from bench.readers import open_image

@@ -22,7 +22,8 @@ from bench.config import TrainConfig
 from bench.devices import worker_device
 from bench.engine import CHECKPOINT, train
 from bench.errors import BenchError, Interrupted, OutputNotWritten, RunStopped
-from bench.locations import STUDY_RUNS, DatabaseAway
+from bench.connections import DatabaseAway
+from bench.locations import STUDY_RUNS
 from bench.observer import Observer
 from bench.plan import RunPlan
 from bench.processes import HOST, die_with_parent, exit_promptly, pid_alive

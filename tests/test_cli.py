@@ -45,7 +45,7 @@ def test_ctrl_c_before_training_begins_is_one_line_and_the_shells_status(tmp_pat
 def test_image_size_trains_on_an_image_folder_resized_on_load(tmp_path, fashion_test):
     from PIL import Image
 
-    from bench.engine import load_trained
+    from bench.evaluation import load_trained
     from tests.helpers import image_folder
 
     folder = image_folder(tmp_path / "oblong", fashion_test, 64, by_class=False)

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.locations import redact
+from bench.connections import redact
 from bench.storage import ask_lock
 
 PASSWORDS = ["se/cr3t", "se?cr3t", "se#cr3t", "se@cr3t", "se%cr3t", "s:e/c?r#e@t%cr3t"]

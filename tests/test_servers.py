@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.locations import has_table, redact
+from bench.connections import has_table, redact
 from tests.helpers import BENCH, PASSWORD, clean_env, free_port
 
 SECRET = "Tr0ub4dor-SECRET"

@@ -27,7 +27,7 @@ from bench.registry import get_variant, variants
 from bench.runner import run_studies, run_study
 from bench.storage import open_storage
 from bench.study import available_studies, load_study
-from bench.locations import redact
+from bench.connections import redact
 from tests.helpers import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials, write_study
 
 # -- study files -------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bench import locations
+from bench import connections
 from bench.errors import Interrupted
-from bench.locations import DatabaseAway
+from bench.connections import DatabaseAway
 from bench.storage import open_storage
 from tests.helpers import BENCH, PASSWORD, clean_env, mlflow_runs, write_study
 
@@ -28,8 +28,8 @@ NOTICE = "does not answer; waiting up to"
 
 @pytest.mark.e2e
 def test_an_outage_is_waited_out_once_by_every_call_and_thread_of_a_command(postgres, monkeypatch, capsys):
-    monkeypatch.setattr(locations, "OUTAGE_SECONDS", 3)
-    monkeypatch.setattr(locations, "_STOPPED", threading.Event())  # no stop signal seen yet in this process
+    monkeypatch.setattr(connections, "OUTAGE_SECONDS", 3)
+    monkeypatch.setattr(connections, "_STOPPED", threading.Event())  # no stop signal seen yet in this process
     storage = open_storage(postgres.database("outage_once"), heartbeat=1)
     study = optuna.create_study(storage=storage, study_name="once")
     postgres.pg_ctl("-m", "fast", "stop")
@@ -65,7 +65,7 @@ class Stop(Exception):
 
 @pytest.mark.e2e
 def test_sigterm_ends_every_wait_of_an_outage_at_once_in_each_thread(postgres, monkeypatch):
-    monkeypatch.setattr(locations, "_STOPPED", threading.Event())  # no stop signal seen yet in this process
+    monkeypatch.setattr(connections, "_STOPPED", threading.Event())  # no stop signal seen yet in this process
     storage = open_storage(postgres.database("outage_stop"), heartbeat=1)
     study = optuna.create_study(storage=storage, study_name="stop")
     postgres.pg_ctl("-m", "fast", "stop")
