@@ -18,8 +18,12 @@ from tests.helpers import PASSWORD, PG_BIN, Postgres, as_postgres, free_port, re
 
 
 def pytest_collection_modifyitems(config, items):
-    """The learning checks train every variant for minutes each: they run only when asked for by name
+    """Tests that take the `postgres` fixture are marked `postgres` (select or leave them out with -m).
+    The learning checks train every variant for minutes each: they run only when asked for by name
     (`make learning`: -m learning), whatever else -m selects."""
+    for item in items:
+        if "postgres" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
     if "learning" in (config.getoption("markexpr") or ""):
         return
     learning = [item for item in items if item.get_closest_marker("learning")]

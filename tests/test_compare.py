@@ -157,6 +157,7 @@ def test_output_to_a_file_gets_periodic_progress_lines(comparison):
     assert f"{TRIALS * len(VARIANTS)}/{TRIALS * len(VARIANTS)} trials done" in lines[-1]
 
 
+@pytest.mark.browser
 @pytest.mark.e2e
 def test_report_renders_every_variant_its_best_score_and_samples_in_chromium(comparison, tmp_path):
     cwd, _, _ = comparison

@@ -242,6 +242,7 @@ def reported_study(project_folder) -> Path:
     return cwd
 
 
+@pytest.mark.browser
 @pytest.mark.e2e
 def test_the_report_is_no_wider_than_a_1400_px_window(reported_study, tmp_path):
     chromium = shutil.which("chromium")

@@ -80,6 +80,7 @@ def requests_made(monkeypatch) -> list[str]:
     return urls
 
 
+@pytest.mark.server
 def test_three_workers_on_postgres_and_a_tracking_server_survive_a_killed_worker(postgres, project_folder,
                                                                                   monkeypatch):
     host_a, host_b = project_folder("host-a"), project_folder("host-b")  # two share host A's folder
@@ -197,6 +198,7 @@ def test_a_two_worker_study_waits_out_its_database_restarting_and_loses_no_trial
           f"{len(complete)} of 4 trials complete, {len(trials) - len(complete)} failed and retried")
 
 
+@pytest.mark.server
 def test_a_study_waits_out_its_tracking_server_restarting_mid_trial_and_loses_no_metric(project_folder):
     folder = project_folder("tracking-restart")
     study_file = write_study(folder, "restarted", steps=100, eval_every=50)

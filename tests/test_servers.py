@@ -192,6 +192,7 @@ def accepts(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.server
 @pytest.mark.e2e
 def test_bench_ui_stops_the_mlflow_server_and_its_children_on_sigterm(store):
     port = free_port()
@@ -342,6 +343,7 @@ def serve_and_stop(command: list[str], port: int, cwd: Path,
     return lines, subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+@pytest.mark.server
 @pytest.mark.e2e
 def test_bench_server_and_ui_keep_the_password_off_every_command_line_and_exit_143_on_sigterm(postgres, tmp_path):
     """The user keeps the password off bench's own command line (the URL in the environment); bench keeps it

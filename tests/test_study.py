@@ -345,6 +345,8 @@ def browse(url: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
+@pytest.mark.server
+@pytest.mark.browser
 @pytest.mark.e2e
 def test_mlflow_ui_shows_the_study_with_its_trials_and_their_fid(finished_study):
     cwd, _ = finished_study
