@@ -11,7 +11,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 from pathlib import Path
 
 import optuna
@@ -157,23 +157,21 @@ def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storag
     failures = {resolved.variant.name: 0 for resolved, _ in lanes}  # in a row, by variant
     while True:
         with ask_lock(job.storage):
-            started: list[Lane] = []
-            for index, (resolved, study) in enumerate(lanes):
+            counts: list[LaneCount | None] = []
+            for resolved, study in lanes:
                 _recover(study, storage, tracking, job)
                 if study.user_attrs.get(StudyAttr.GAVE_UP):  # skipped by this worker or another
+                    counts.append(None)
                     continue
                 states = [trial.state for trial in study.get_trials(deepcopy=False)]
-                finished = sum(state in FINISHED for state in states)
-                if finished < resolved.trials:
-                    started.append(Lane(finished + states.count(TrialState.RUNNING), index, resolved, study))
-            if not started:
+                counts.append(LaneCount(sum(state in FINISHED for state in states), states.count(TrialState.RUNNING),
+                                        resolved.trials))
+            if all(count is None or count.done for count in counts):
                 return
             trial = None
-            # Among the variants that can start a trial, the one with the fewest started.
-            open_lanes = [lane for lane in started if lane.started < lane.resolved.trials]
-            if open_lanes:
-                lane = min(open_lanes, key=lambda lane: (lane.started, lane.index))
-                resolved, study = lane.resolved, lane.study
+            index = next_lane(counts)
+            if index is not None:
+                resolved, study = lanes[index]
                 with known_heartbeat_warnings():
                     trial = study.ask()  # a trial queued again after its worker died comes first
                 trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
@@ -194,13 +192,32 @@ def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storag
 
 
 @dataclass(frozen=True)
-class Lane:
-    """A variant's study as the scheduler sees it: trials started (finished or running), its place in the command."""
+class LaneCount:
+    """A variant's study as the scheduler sees it."""
 
-    started: int
-    index: int
-    resolved: VariantStudy
-    study: optuna.Study
+    finished: int
+    """Trials complete or pruned."""
+    running: int
+    trials: int
+    """Trials to finish."""
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.trials
+
+    @property
+    def started(self) -> int:
+        return self.finished + self.running
+
+
+def next_lane(counts: Sequence[LaneCount | None]) -> int | None:
+    """The variant to ask a trial for: among those with fewer trials started than they need, the one
+    with the fewest started, the first on a tie, so that the variants advance together. None while
+    each unfinished variant has enough trials running (one may still fail: the worker waits for
+    them). A variant given up on is None in ``counts``."""
+    open_lanes = [(count.started, index) for index, count in enumerate(counts)
+                  if count is not None and count.started < count.trials]
+    return min(open_lanes)[1] if open_lanes else None
 
 
 def skipped_variants(studies: dict[str, optuna.Study]) -> dict[str, str]:
