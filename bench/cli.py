@@ -517,7 +517,7 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
     """Measures training throughput (median images/s at batch 64) against a plain loop, scoring speed,
     tracking and doctor overheads and the hardware limit; optionally time to quality and parallel
     studies. Prints a table and writes JSON (and, with time to quality, a PNG of the curves beside it)."""
-    from bench.perf import report_lines, run_perf
+    from bench.perf import PerfPlan, report_lines, run_perf
     from bench.registry import get_variant, variants
 
     chosen = [name.strip() for name in names.split(",") if name.strip()] or list(variants())
@@ -532,10 +532,11 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
     except ValueError:
         raise UserError(f"--parallel expects worker counts like 1,2,3, got '{parallel}'") from None
     check_writable(output)
-    report = run_perf(chosen, output, dataset=dataset, steps=steps, repeats=repeats, device=device,
-                      inception=inception, scoring_samples=scoring_samples, overhead_steps=overhead_steps,
-                      quality_threshold=quality_threshold, quality_seconds=quality_seconds, parallel=worker_counts,
-                      parallel_storage=parallel_storage, hparams=hparams, compare_amp=compare_amp, roofline=roofline)
+    report = run_perf(PerfPlan(tuple(chosen), dataset=dataset, steps=steps, repeats=repeats, device=device,
+                               inception=inception, scoring_samples=scoring_samples, overhead_steps=overhead_steps,
+                               quality_threshold=quality_threshold, quality_seconds=quality_seconds,
+                               parallel=worker_counts, parallel_storage=parallel_storage, hparams=hparams,
+                               compare_amp=compare_amp, roofline=roofline), output)
     for line in report_lines(report):
         click.echo(line)
     click.echo(f"wrote {output}")

@@ -13,6 +13,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -283,49 +284,70 @@ def hardware_limit(variant: str = REFERENCE_VARIANT, *, hparams: dict[str, HPara
                                "calls": event.count} for event in events[:top]]}
 
 
-def run_perf(variants: list[str], out: Path | None, *, dataset: str = "fashion-mnist", steps: int = 40,
-             repeats: int = 3, device: str = "auto", inception: bool = False, scoring_samples: int = 10000,
-             overhead_steps: int = 200, quality_threshold: float | None = None, quality_seconds: float = 300,
-             parallel: tuple[int, ...] = (), parallel_storage: str | None = None,
-             hparams: dict[str, dict[str, HParamValue]] | None = None, compare_amp: bool = False,
-             roofline: str = REFERENCE_VARIANT) -> dict:
-    """Every measurement, written to ``out`` as JSON. The slow ones are opt-in: time to quality
-    (``quality_threshold``), the parallel study (``parallel``: its worker counts) and the
-    Inception extractor. ``hparams``: per variant, settings for its time to quality;
+@dataclass(frozen=True)
+class PerfPlan:
+    """What `bench perf` measures. The slow measurements are opt-in: time to quality
+    (``quality_threshold``: a fid_domain to reach), the parallel study (``parallel``: its worker
+    counts) and the Inception extractor. ``hparams``: per variant, settings for its time to quality;
     ``compare_amp``: time to quality with bfloat16 autocast on and off, instead of at the default;
     ``roofline``: the variant (with its ``hparams``) whose step is set against the matmul peak."""
-    for name in (*variants, roofline):
-        get_variant(name)
-    if quality_threshold is not None and not quality_threshold > 0:
-        raise ConfigError(f"--time-to-quality must be a positive FID, got {quality_threshold}")
-    if any(count < 1 for count in parallel):
-        raise ConfigError(f"--parallel worker counts must be at least 1, got {','.join(map(str, parallel))}")
-    if parallel_storage is not None:
-        check_storage(parallel_storage)  # now, not after minutes of the other measurements
-    if compare_amp and quality_threshold is not None:
-        autocast_dtype(resolve_device(device), "on")  # refused now where bfloat16 is not native
+
+    variants: tuple[str, ...]
+    dataset: str = "fashion-mnist"
+    steps: int = 40
+    repeats: int = 3
+    device: str = "auto"
+    scoring_samples: int = 10000
+    overhead_steps: int = 200
+    quality_threshold: float | None = None
+    quality_seconds: float = 300
+    parallel: tuple[int, ...] = ()
+    parallel_storage: str | None = None
+    hparams: dict[str, dict[str, HParamValue]] = field(default_factory=dict)
+    compare_amp: bool = False
+    roofline: str = REFERENCE_VARIANT
+    inception: bool = False
+
+    def check(self) -> None:
+        """Refuses what no measurement can use, in seconds rather than after the others ran."""
+        for name in (*self.variants, self.roofline):
+            get_variant(name)
+        if self.quality_threshold is not None and not self.quality_threshold > 0:
+            raise ConfigError(f"--time-to-quality must be a positive FID, got {self.quality_threshold}")
+        if any(count < 1 for count in self.parallel):
+            raise ConfigError(f"--parallel worker counts must be at least 1, got {','.join(map(str, self.parallel))}")
+        if self.parallel_storage is not None:
+            check_storage(self.parallel_storage)
+        if self.compare_amp and self.quality_threshold is not None:
+            autocast_dtype(resolve_device(self.device), "on")  # refused where bfloat16 is not native
+
+
+def run_perf(plan: PerfPlan, out: Path | None) -> dict:
+    """Every measurement of ``plan``, written to ``out`` as JSON (and, with time to quality, its curves as a PNG)."""
+    plan.check()
+    variants, dataset, steps, repeats, device = plan.variants, plan.dataset, plan.steps, plan.repeats, plan.device
     # First: the one measurement a variant can refuse (its FLOPs), in seconds rather than after the others.
-    hardware = hardware_limit(roofline, hparams=(hparams or {}).get(roofline), dataset=dataset, steps=steps,
+    hardware = hardware_limit(plan.roofline, hparams=plan.hparams.get(plan.roofline), dataset=dataset, steps=steps,
                               repeats=repeats, device=device)
     report = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                        "machine": platform.machine(), "processor": platform.processor()},
               "training": [training_throughput(name, dataset=dataset, steps=steps, repeats=repeats, device=device)
                            for name in variants],
-              "scoring": scoring_seconds(dataset=dataset, samples=scoring_samples, real_samples=10000, repeats=3,
+              "scoring": scoring_seconds(dataset=dataset, samples=plan.scoring_samples, real_samples=10000, repeats=3,
                                          device=device),
-              "overhead": {name: overhead(tracking=name != "doctor", doctor=name != "tracking", steps=overhead_steps,
+              "overhead": {name: overhead(tracking=name != "doctor", doctor=name != "tracking", steps=plan.overhead_steps,
                                           dataset=dataset, repeats=repeats, device=device)
                            for name in ("tracking", "doctor", "both")},
               "hardware": hardware}
-    if quality_threshold is not None:
-        report["time_to_quality"] = [time_to_quality(name, threshold=quality_threshold, dataset=dataset,
-                                                     max_seconds=quality_seconds, device=device,
-                                                     hparams=(hparams or {}).get(name), amp=amp)
-                                     for name in variants for amp in (("on", "off") if compare_amp else ("auto",))]
-    if parallel:
-        report["parallel"] = parallel_study(workers=parallel, storage=parallel_storage, dataset=dataset,
+    if plan.quality_threshold is not None:
+        report["time_to_quality"] = [time_to_quality(name, threshold=plan.quality_threshold, dataset=dataset,
+                                                     max_seconds=plan.quality_seconds, device=device,
+                                                     hparams=plan.hparams.get(name), amp=amp)
+                                     for name in variants for amp in (("on", "off") if plan.compare_amp else ("auto",))]
+    if plan.parallel:
+        report["parallel"] = parallel_study(workers=plan.parallel, storage=plan.parallel_storage, dataset=dataset,
                                             device=device)
-    if inception:
+    if plan.inception:
         report["inception"] = inception_throughput(device=device)
         report["prdc"] = prdc_cost()
     if out is not None:
