@@ -102,9 +102,10 @@ class UnitRangeBatches(BatchSampler):
         return (real + 1) / 2, labels
 
 
-def train(variant: str, steps: int, **hparams) -> Trainer:
+def train(variant: str, steps: int, dataset: str = "fashion-mnist", **hparams) -> Trainer:
     """On the CPU: the steps within which each warning must fire were stated for its float32 runs."""
-    trainer = Trainer(TrainConfig(variant, steps=steps, hparams=hparams, device="cpu"), progress=False)
+    trainer = Trainer(TrainConfig(variant, dataset=dataset, steps=steps, hparams=hparams, device="cpu"),
+                      progress=False)
     trainer.run()
     return trainer
 
@@ -149,14 +150,16 @@ def test_a_generator_that_cannot_reach_the_data_range_is_named_as_the_cause(acti
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("variant, steps, hparams, checks, within", [
-    ("test_overpowered_d", 250, {}, ["discriminator_wins"], 200),
-    ("test_ignores_latent", 600, {}, ["mode_collapse", "few_classes"], 600),
-    ("test_forgets_to_clip", 5, {"n_critic": 1}, ["clipping"], 1),
-    ("test_penalty_left_out", 200, {"n_critic": 1}, ["gradient_penalty_norm"], 200),
+@pytest.mark.parametrize("variant, dataset, steps, hparams, checks, within", [
+    # Where a failure shows on any data, the 8x8 digits train it in a tenth of the time.
+    ("test_overpowered_d", "digits", 250, {}, ["discriminator_wins"], 200),
+    ("test_ignores_latent", "digits", 650, {}, ["mode_collapse", "few_classes"], 600),
+    ("test_forgets_to_clip", "fashion-mnist", 5, {"n_critic": 1}, ["clipping"], 1),
+    ("test_penalty_left_out", "fashion-mnist", 200, {"n_critic": 1}, ["gradient_penalty_norm"], 200),
 ])
-def test_warnings_fire_within_the_stated_steps_and_the_run_goes_on(capsys, variant, steps, hparams, checks, within):
-    trainer = train(variant, steps, **hparams)
+def test_warnings_fire_within_the_stated_steps_and_the_run_goes_on(capsys, variant, dataset, steps, hparams, checks,
+                                                                   within):
+    trainer = train(variant, steps, dataset, **hparams)
     found = {f.check: f for f in trainer.findings()}
     printed = capsys.readouterr().out
     assert trainer.step == steps
