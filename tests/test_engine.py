@@ -35,7 +35,7 @@ def test_same_seed_same_losses_different_seed_different_losses():
                                              ("gan", {"arch": "lucic"})])  # its batch norm's debiasing resumes too
 def test_resume_in_the_middle_equals_an_uninterrupted_run(tmp_path, variant, hparams):
     # Bit for bit, so on the CPU (see above); resuming on and across GPUs: test_devices.py, test_cli.py.
-    run = {"variant": variant, "hparams": hparams, "device": "cpu"}
+    run = {"variant": variant, "hparams": hparams, "device": "cpu", "dataset": "digits"}
     straight = train(config(steps=8, **run), tmp_path / "straight", progress=False)
     train(config(steps=4, **run), tmp_path / "halves", progress=False)
     resumed = train(config(steps=8, **run), tmp_path / "halves", resume=True, progress=False)
