@@ -14,8 +14,7 @@ import contextlib
 import io
 import os
 from pathlib import Path
-import typing
-from typing import Any, Iterator, TypedDict
+from typing import Any, Iterator, TypedDict, get_type_hints
 
 import torch
 
@@ -52,7 +51,7 @@ class State(TypedDict):
     """Each named observer's state, by its name."""
 
 
-FIELDS: dict[str, type] = typing.get_type_hints(State)
+FIELDS: dict[str, type] = get_type_hints(State)
 
 
 class NotACheckpoint(ConfigError):

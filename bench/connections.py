@@ -102,7 +102,6 @@ def check_server(uri: str) -> None:
     as MLflow's does (an error page, another program on the port, one that answers anything with {} or
     a server whose database is gone would fail every later request, slowly)."""
     import requests
-    from urllib.parse import unquote
 
     parts = urlsplit(uri)
     for what, value in (("user name", parts.username), ("password", parts.password)):

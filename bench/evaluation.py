@@ -15,7 +15,6 @@ from bench.config import TrainConfig
 from bench.devices import resolve_device
 from bench.errors import ConfigError
 from bench.registry import Variant, get_variant
-from bench.scores import EXTRACTORS
 from bench.scoring import shared_scorer
 
 
@@ -71,8 +70,6 @@ def evaluate(checkpoint: Path | str, *, features: str | None = None, samples: in
     variant, config, step = load_trained(checkpoint, device)
     # The standard Inception FID is what papers quote, but at a few images/s it is for GPUs only.
     features = features or ("inception" if variant.device.type == "cuda" else default_extractor(config.dataset))
-    if features not in EXTRACTORS:
-        raise ConfigError(f"unknown feature extractor '{features}'; choose one of: {', '.join(EXTRACTORS)}")
-    scorer = shared_scorer(config.dataset, features, variant.device, config.data_root)
+    scorer = shared_scorer(config.dataset, features, variant.device, config.data_root)  # refuses unknown features
     scores = scorer.score(variant, samples, seed=config.seed)
     return Evaluation(config, step, samples, features, scorer.real_split, scorer.real_features_source, scores)

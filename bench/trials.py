@@ -270,12 +270,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         plan = RunPlan.resolve(config)
     except BenchError as exc:  # settings of this trial that no run can train with: recorded as it was asked
         run = tracking.start_trial(job.parent_run_id, config, trial_tags(config, trial.number, **tags))
-        tracking.end(run.run_id, "failed", str(exc))
         trial.set_user_attr("mlflow_run_id", run.run_id)
-        trial.set_user_attr("fail_reason", str(exc))
-        study.tell(trial, state=TrialState.FAIL)
-        job.say(f"{resolved.variant.name} trial {trial.number} failed: {exc} {trial.params}")
-        return TrialState.FAIL
+        return _failed(study, trial, config.variant, run.run_id, str(exc), tracking, job)
     config = plan.config
     out = trial_folder(study, trial.number)
     shutil.rmtree(out, ignore_errors=True)  # left by a study of the same name whose storage was deleted
@@ -299,11 +295,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         job.say(f"{config.variant} trial {trial.number} pruned ({exc}) {trial.params}")
         return TrialState.PRUNED
     except RunStopped as exc:  # a NaN loss, or a failure the doctor stopped the run for
-        trial.set_user_attr("fail_reason", str(exc))
-        tracking.end(run.run_id, "failed", str(exc))
-        study.tell(trial, state=TrialState.FAIL)
-        job.say(f"{config.variant} trial {trial.number} failed: {exc} {trial.params}")
-        return TrialState.FAIL
+        return _failed(study, trial, config.variant, run.run_id, str(exc), tracking, job)
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         tracking.end(run.run_id, "failed", reason)
@@ -335,3 +327,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     tracking.end(run.run_id, "complete")
     job.say(f"{config.variant} trial {trial.number} complete: {spec.objective} {value:.4g} {trial.params}")
     return TrialState.COMPLETE
+
+
+def _failed(study: optuna.Study, trial: optuna.Trial, variant: str, run_id: str, reason: str,
+            tracking: Tracking, job: Job) -> TrialState:
+    """Ends ``trial`` of ``variant`` and its MLflow run as failed for ``reason``, and says so."""
+    trial.set_user_attr("fail_reason", reason)
+    tracking.end(run_id, "failed", reason)
+    study.tell(trial, state=TrialState.FAIL)
+    job.say(f"{variant} trial {trial.number} failed: {reason} {trial.params}")
+    return TrialState.FAIL
