@@ -122,6 +122,13 @@ TIPS = {
                              help="default (the paper's, with batch norm) or selu (SELU, no batch norm; "
                                   "Klambauer et al. 2017)"),
                       "networks built from variants.blocks"),
+    "d_norm": Tip(HParam("default", choices=("default", "none", "batch", "layer", "spectral"),
+                         help="D's normalisation: default (its paper's), none, batch, layer (over a sample's channels "
+                              "and positions) or spectral (Miyato et al. 2018); Kurach et al. 2019's axis"),
+                  "a discriminator built from variants.blocks"),
+    "r1_gamma": Tip(HParam(0.0, 0.0, 1000.0, help="R1 penalty (gamma/2) E||grad D(x)||^2 on the real batch "
+                                                  "(Mescheder et al. 2018); 0: off"),
+                    "a discriminator trained on real and fake images (a real/fake loss or a critic's scores)"),
 }
 
 

@@ -15,7 +15,8 @@ from variants.infogan import info_loss
 from variants.lsgan import lsgan_d_loss, lsgan_g_loss
 from variants.ragan import ragan_d_loss, ragan_g_loss
 from variants.wgan import wasserstein_estimate
-from variants.penalties import gradient_penalty
+from variants.penalties import gradient_penalty, r1_penalty, with_r1
+from variants.sngan import hinge_d_loss, hinge_g_loss
 
 
 def softplus(x: float) -> float:
@@ -42,6 +43,49 @@ def test_ragan_losses():
     expected_g = (softplus(2) + softplus(0)) / 2 + (softplus(0) + softplus(2)) / 2
     assert ragan_d_loss(real, fake).item() == pytest.approx(expected_d, rel=1e-6)
     assert ragan_g_loss(real, fake).item() == pytest.approx(expected_g, rel=1e-6)
+
+
+def test_hinge_losses_pay_only_inside_the_margin():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-3.0, -0.5, 1.0])
+    # D: [1 - 2]+ = 0, [1 - 0.5]+ = 0.5, [1 + 1]+ = 2 (mean 2.5/3); [1 - 3]+ = 0, [1 - 0.5]+ = 0.5, [1 + 1]+ = 2.
+    assert hinge_d_loss(real, fake).item() == pytest.approx(2.5 / 3 + 2.5 / 3)
+    assert hinge_g_loss(fake).item() == pytest.approx(2.5 / 3)  # -E[D(G(z))]: no margin for G
+    assert hinge_d_loss(torch.tensor([1.0, 7.0]), torch.tensor([-1.0, -9.0])).item() == 0.0  # beyond the margin
+
+
+class Quadratic(nn.Module):
+    """D(x) = a/2 ||x||^2: grad_x D = a x, so R1 = E||a x||^2 = a^2 E||x||^2 and d R1 / da = 2 a E||x||^2."""
+
+    def __init__(self, a: float):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a))
+
+    def forward(self, x):
+        return self.a / 2 * x.flatten(1).pow(2).sum(1)
+
+
+def test_r1_is_the_mean_squared_input_gradient_norm_on_real_data_and_trains_d():
+    torch.manual_seed(0)
+    real = torch.randn(6, 1, 3, 3)
+    squares = real.flatten(1).pow(2).sum(1).mean().item()
+    critic = Quadratic(3.0)
+    penalty = r1_penalty(critic, real)
+    assert penalty.item() == pytest.approx(9.0 * squares, rel=1e-5)
+    penalty.backward()
+    assert critic.a.grad.item() == pytest.approx(2 * 3.0 * squares, rel=1e-5)
+    assert not real.requires_grad  # the batch D trains on is left as it was
+
+
+def test_r1_gamma_adds_half_gamma_times_r1_to_d_loss_and_nothing_at_zero():
+    torch.manual_seed(0)
+    real, labels = torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    for gamma in (0.0, 10.0):
+        gan = get_variant("gan")((1, 8, 8), 10, r1_gamma=gamma)
+        gan.D = Quadratic(2.0)
+        losses = with_r1(gan, {"loss_d": torch.tensor(1.0)}, real, labels)
+        expected = 1.0 + gamma / 2 * 4.0 * real.flatten(1).pow(2).sum(1).mean().item()
+        assert losses["loss_d"].item() == pytest.approx(expected, rel=1e-5)
+        assert ("r1_penalty" in losses) == (gamma > 0)
 
 
 def test_wasserstein_estimate_is_mean_real_minus_mean_fake():

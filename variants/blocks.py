@@ -10,7 +10,8 @@ without batch norm, the minibatch standard-deviation channel) are arguments here
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +34,42 @@ def activation(selu: bool, *, leaky: bool) -> nn.Module:
 def scaled(width: int, multiplier: float) -> int:
     """A width multiplier applied to a layer width (at least one unit)."""
     return max(1, round(width * multiplier))
+
+
+D_NORMS = ("none", "batch", "layer", "spectral")
+"""D's normalisations (the d_norm tip; Kurach et al. 2019's axis): none; batch norm; layer norm over a
+sample's channels and positions; spectral normalisation of every weight (Miyato et al. 2018)."""
+
+
+def norm_layer(norm: str, features: int, *, dims: int) -> list[nn.Module]:
+    """The layer after a hidden linear (``dims`` 1) or convolutional (2) layer of D for ``norm`` (D_NORMS):
+    batch norm, layer norm over a sample's features (channels and positions: one group of GroupNorm), or
+    none (``spectral`` acts on the weights instead: :func:`spectral`)."""
+    if norm == "batch":
+        return [nn.BatchNorm1d(features) if dims == 1 else nn.BatchNorm2d(features)]
+    if norm == "layer":
+        return [nn.LayerNorm(features) if dims == 1 else nn.GroupNorm(1, features)]
+    return []
+
+
+Network = TypeVar("Network", bound=nn.Module)
+
+
+def spectral(network: Network, norm: str) -> Network:
+    """``network`` with every convolution and linear layer spectrally normalised when ``norm`` is 'spectral':
+    W / sigma(W), sigma estimated by one power iteration per training forward (Miyato et al. 2018), through
+    ``torch.nn.utils.parametrizations.spectral_norm``. Applied after initialisation, to the weights it made."""
+    if norm == "spectral":
+        for module in network.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.utils.parametrizations.spectral_norm(module)
+    return network
+
+
+def resolved_norm(variant: Variant, paper: str) -> str:
+    """D's normalisation for ``variant``: its d_norm tip, or ``paper`` (its paper's) where the tip is 'default'."""
+    norm = variant.tip("d_norm")
+    return paper if norm == "default" else norm
 
 
 class MinibatchStd(nn.Module):
@@ -79,14 +116,15 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """images (N, C, H, W) -> logits (N,)."""
+    """images (N, C, H, W) -> logits (N,); ``norm`` after each hidden layer (D_NORMS; Goodfellow's had none)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], hidden: tuple[int, ...] = (512, 256), *, selu: bool = False):
+    def __init__(self, image_shape: tuple[int, int, int], hidden: tuple[int, ...] = (512, 256), *, selu: bool = False,
+                 norm: str = "none"):
         super().__init__()
         in_dim = math.prod(image_shape)
         layers: list[nn.Module] = [nn.Flatten()]
         for width in hidden:
-            layers += [nn.Linear(in_dim, width), activation(selu, leaky=True)]
+            layers += [nn.Linear(in_dim, width), *norm_layer(norm, width, dims=1), activation(selu, leaky=True)]
             in_dim = width
         layers.append(nn.Linear(in_dim, 1))
         self.net = nn.Sequential(*layers)
@@ -127,26 +165,27 @@ class ConvGenerator(nn.Module):
 class ConvDiscriminator(nn.Module):
     """DCGAN discriminator: images (N, C + extra_channels, H, W) -> scores (N,), or (N, outputs).
 
-    Stride-2 convs with LeakyReLU(0.2), no pooling, no hidden fully connected layer; batch
-    norm on every layer but the input one, unless ``batch_norm=False`` (WGAN-GP's critic,
-    whose gradient penalty is per sample) or ``selu``. ``minibatch_std`` appends the batch's
-    feature spread as a channel before the head. ``trunk`` is exposed for heads that share it.
+    Stride-2 convs with LeakyReLU(0.2), no pooling, no hidden fully connected layer; ``norm``
+    (D_NORMS) on every layer but the input one: batch norm by DCGAN's rules, none in WGAN-GP's
+    critic (whose gradient penalty is per sample), none either with ``selu`` in place of batch
+    norm. ``minibatch_std`` appends the batch's feature spread as a channel before the head.
+    ``trunk`` is exposed for heads that share it.
     """
 
     def __init__(self, image_shape: tuple[int, int, int], width: int = CONV_WIDTH, *, extra_channels: int = 0,
-                 batch_norm: bool = True, selu: bool = False, minibatch_std: bool = False, outputs: int = 1):
+                 norm: str = "batch", selu: bool = False, minibatch_std: bool = False, outputs: int = 1):
         super().__init__()
         channels, side, _ = image_shape
         base, stages = conv_plan(side)
-        batch_norm = batch_norm and not selu
+        if selu and norm == "batch":
+            norm = "none"  # SELU normalises itself
         layers: list[nn.Module] = [nn.Conv2d(channels + extra_channels, width, 4, 2, 1),
                                    activation(selu, leaky=True)]
         features = width
         for _ in range(stages - 1):
-            layers.append(nn.Conv2d(features, features * 2, 4, 2, 1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(features * 2))
-            layers.append(activation(selu, leaky=True))
+            normed = norm_layer(norm, features * 2, dims=2)
+            layers += [nn.Conv2d(features, features * 2, 4, 2, 1, bias=not normed), *normed,
+                       activation(selu, leaky=True)]
             features *= 2
         self.trunk = nn.Sequential(*layers)
         self.trunk_features = features * base * base
@@ -165,12 +204,15 @@ def conv_generator(variant: Variant, in_dim: int | None = None, *, init: str) ->
                                      selu=variant.tip("activation") == "selu"), init)
 
 
-def conv_discriminator(variant: Variant, *, batch_norm: bool, init: str, **options) -> ConvDiscriminator:
-    """The DCGAN discriminator for ``variant``'s images, sized and activated as its tips say, with batch norm
-    or none, initialised as ``init`` names (``options``: see :class:`ConvDiscriminator`)."""
-    return initialised(ConvDiscriminator(variant.image_shape, scaled(CONV_WIDTH, variant.tip("d_width")),
-                                         batch_norm=batch_norm, selu=variant.tip("activation") == "selu",
-                                         minibatch_std=bool(variant.tip("minibatch_std")), **options), init)
+def conv_discriminator(variant: Variant, *, d_norm: str, init: str, **options) -> ConvDiscriminator:
+    """The DCGAN discriminator for ``variant``'s images, sized, activated and normalised as its tips say
+    (``d_norm``: its paper's normalisation, which the d_norm tip may replace), initialised as ``init`` names
+    (``options``: see :class:`ConvDiscriminator`)."""
+    norm = resolved_norm(variant, d_norm)
+    return spectral(initialised(ConvDiscriminator(variant.image_shape, scaled(CONV_WIDTH, variant.tip("d_width")),
+                                                  norm=norm, selu=variant.tip("activation") == "selu",
+                                                  minibatch_std=bool(variant.tip("minibatch_std")), **options),
+                                init), norm)
 
 
 INITS = ("dcgan", "pytorch")
@@ -196,13 +238,16 @@ def initialised(network: nn.Module, init: str) -> nn.Module:
     return network
 
 
-def mlp_pair(variant: Variant) -> tuple[MLPGenerator, MLPDiscriminator]:
-    """The MLP generator and discriminator for ``variant``, as its tips say."""
+def mlp_pair(variant: Variant, d_norm: str = "none") -> tuple[MLPGenerator, MLPDiscriminator]:
+    """The MLP generator and discriminator for ``variant``, as its tips say, D normalised as ``d_norm`` (the
+    paper's: DCGAN's batch-norm rule is for convolutional D's, Goodfellow et al.'s MLP had none) unless the
+    d_norm tip names another."""
     selu = variant.tip("activation") == "selu"
     g_hidden = tuple(scaled(width, variant.tip("g_width")) for width in (256, 512, 1024))
     d_hidden = tuple(scaled(width, variant.tip("d_width")) for width in (512, 256))
+    norm = resolved_norm(variant, d_norm)
     return (MLPGenerator(variant.z_dim, variant.image_shape, g_hidden, selu=selu),
-            MLPDiscriminator(variant.image_shape, d_hidden, selu=selu))
+            spectral(MLPDiscriminator(variant.image_shape, d_hidden, selu=selu, norm=norm), norm))
 
 
 LUCIC_NOISE = (64, "uniform")
@@ -279,16 +324,16 @@ class LucicGenerator(nn.Module):
 
 class LucicDiscriminator(nn.Module):
     """compare_gan v1's discriminator: conv 4x4/2 to 64 -> conv 4x4/2 to 128 -> FC 1024 -> FC ``outputs``,
-    LeakyReLU(0.2) between, batch norm after the second conv and the first FC when ``batch_norm``
-    (their ``discriminator_batchnorm``). Images (N, C, H, W) -> scores (N,), or (N, outputs)."""
+    LeakyReLU(0.2) between, ``norm`` (D_NORMS) after the second conv and the first FC: batch norm is
+    TensorFlow's, as theirs (their ``discriminator_batchnorm``). Images (N, C, H, W) -> scores (N,), or (N, outputs)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], *, batch_norm: bool = True, outputs: int = 1):
+    def __init__(self, image_shape: tuple[int, int, int], *, norm: str = "batch", outputs: int = 1):
         super().__init__()
         channels, side, _ = image_shape
         quarter = lucic_quarter(side)
 
         def normed(features: int, dims: int) -> list[nn.Module]:
-            return [tf_batch_norm(features, dims)] if batch_norm else []
+            return [tf_batch_norm(features, dims)] if norm == "batch" else norm_layer(norm, features, dims=dims)
 
         self.trunk = nn.Sequential(
             nn.Conv2d(channels, 64, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),
@@ -337,9 +382,24 @@ def arch(default: str, choices: tuple[str, ...] = ARCHITECTURES) -> dict[str, HP
 
 
 def discriminator_batchnorm() -> dict[str, HParam]:
-    """compare_gan's ``discriminator_batchnorm``, for the variants whose D may have batch norm."""
+    """compare_gan's ``discriminator_batchnorm``, for the variants whose D may have batch norm: what their
+    d_norm=default means (1: batch, 0: none); a d_norm other than default decides instead."""
     return {"discriminator_batchnorm": HParam(1, 0, 1, help="1: batch norm in D's hidden layers (DCGAN's rule, "
-                                                            "compare_gan's default), 0: none (convolutional D)")}
+                                                            "compare_gan's default), 0: none; the paper's "
+                                                            "normalisation that d_norm=default keeps")}
+
+
+def per_sample_d_norm() -> dict[str, HParam]:
+    """The d_norm tip for a D with a per-sample gradient penalty: any normalisation but batch norm, which
+    couples a batch's samples (Gulrajani et al. 2017 suggest layer norm in its place)."""
+    hparam = TIPS["d_norm"].hparam
+    return {"d_norm": replace(hparam, choices=tuple(choice for choice in hparam.choices if choice != "batch"),
+                              help=hparam.help + "; no batch: the gradient penalty is per sample")}
+
+
+def paper_norm(batchnorm: int) -> str:
+    """D's paper normalisation from compare_gan's ``discriminator_batchnorm`` flag (1: batch, 0: none)."""
+    return "batch" if batchnorm else "none"
 
 
 @dataclass(frozen=True)
@@ -353,17 +413,18 @@ class Networks:
     """The variant's own noise, or the network's where it brings one (LUCIC_NOISE)."""
 
 
-def networks(variant: Variant, *, arch: str, d_batch_norm: bool, init: str) -> Networks:
-    """G and D for ``variant``'s images in the architecture ``arch`` names (ARCHITECTURES), D with batch norm
-    in its hidden layers or none, the convolutional pair initialised as ``init`` names (INITS; Lucic's
-    network has its own)."""
+def networks(variant: Variant, *, arch: str, d_norm: str, init: str) -> Networks:
+    """G and D for ``variant``'s images in the architecture ``arch`` names (ARCHITECTURES), D normalised as
+    ``d_norm`` (D_NORMS: the paper's, which the d_norm tip may replace; the MLP's D has none by default),
+    the convolutional pair initialised as ``init`` names (INITS; Lucic's network has its own)."""
     if arch == "mlp":
         if variant.tip("minibatch_std"):
             raise ConfigError("minibatch_std=1 needs a convolutional discriminator; with arch=mlp leave it at 0")
-        return Networks(*mlp_pair(variant), variant.z_dim, variant.z_prior)
+        return Networks(*mlp_pair(variant, "none" if d_norm == "batch" else d_norm), variant.z_dim, variant.z_prior)
     if arch == "lucic":
+        norm = resolved_norm(variant, d_norm)
         return Networks(lucic_generator(variant),
-                        lucic_initialised(LucicDiscriminator(variant.image_shape, batch_norm=d_batch_norm)),
+                        spectral(lucic_initialised(LucicDiscriminator(variant.image_shape, norm=norm)), norm),
                         *LUCIC_NOISE)
-    return Networks(conv_generator(variant, init=init), conv_discriminator(variant, batch_norm=d_batch_norm, init=init),
+    return Networks(conv_generator(variant, init=init), conv_discriminator(variant, d_norm=d_norm, init=init),
                     variant.z_dim, variant.z_prior)

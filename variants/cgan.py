@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.registry import register
-from variants.blocks import conv_discriminator, conv_generator
+from variants.blocks import conv_discriminator, conv_generator, paper_norm
 from variants.dcgan import DCGAN
 
 
@@ -26,7 +26,7 @@ class CGAN(DCGAN):
     def build(self) -> None:
         self.G = conv_generator(self, self.z_dim + self.num_classes, init=self.hp.init)
         self.D = conv_discriminator(self, extra_channels=self.num_classes,
-                                    batch_norm=bool(self.hp.discriminator_batchnorm), init=self.hp.init)
+                                    d_norm=paper_norm(self.hp.discriminator_batchnorm), init=self.hp.init)
         self.opt_g = self.adam(self.G)
         self.opt_d = self.adam(self.D, lr=self.lr_d)
 

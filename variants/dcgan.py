@@ -7,7 +7,7 @@ with a Tanh output, LeakyReLU(0.2) in D, no hidden fully connected layers (varia
 from __future__ import annotations
 
 from bench.registry import register, tips
-from variants.blocks import init
+from variants.blocks import init, paper_norm
 from variants.gan import GAN
 
 
@@ -20,4 +20,4 @@ class DCGAN(GAN):
                **init("pytorch"), **tips()}
 
     def architecture(self) -> dict[str, str | bool]:
-        return {"arch": "dcgan", "d_batch_norm": bool(self.hp.discriminator_batchnorm), "init": self.hp.init}
+        return {"arch": "dcgan", "d_norm": paper_norm(self.hp.discriminator_batchnorm), "init": self.hp.init}

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from bench.registry import Expected, HParam, adam_hparams, register, tips
-from variants.blocks import arch, init
+from variants.blocks import arch, init, per_sample_d_norm
 from variants.dcgan import DCGAN
 from variants.gan import Batch, discriminator_bce, generator_nonsaturating
 from variants.penalties import gradient_penalty
@@ -56,12 +56,12 @@ class DRAGAN(DCGAN):
                "penalty_on": HParam("logit", choices=tuple(PENALISED),
                                     help="output whose input gradient is penalised: logit (the authors' code) or "
                                          "sigmoid (compare_gan v1)"),
-               **arch("dcgan"), **init("pytorch"), **tips()}
+               **arch("dcgan"), **init("pytorch"), **tips(), **per_sample_d_norm()}
     expected = {"grad_norm": Expected("gradient_penalty_norm", 0.2, 2.0, "D's gradient norm near the real data",
                                       "the penalty pulls it towards 1; raise gp_lambda or lower the learning rate")}
 
     def architecture(self) -> dict[str, str | bool]:
-        return {"arch": self.hp.arch, "d_batch_norm": False, "init": self.hp.init}  # the penalty is per sample
+        return {"arch": self.hp.arch, "d_norm": "none", "init": self.hp.init}  # the penalty is per sample
 
     def d_losses(self, batch: Batch) -> dict[str, Tensor]:
         real, labels = batch.real, batch.labels

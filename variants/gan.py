@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.registry import HParam, Variant, adam_hparams, register, tips
-from variants.blocks import arch, discriminator_batchnorm, networks
+from variants.blocks import arch, discriminator_batchnorm, networks, paper_norm
+from variants.penalties import with_r1
 
 
 def discriminator_bce(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0) -> Tensor:
@@ -55,7 +56,7 @@ class GAN(Variant):
     hparams = {**adam_hparams(lr=2e-4, beta1=0.5),
                "loss": HParam("nonsaturating", choices=tuple(GENERATOR_LOSSES), help="generator loss"),
                **arch("mlp"), **discriminator_batchnorm(),
-               **tips("label_smoothing", "lr_d_ratio", "g_width", "d_width", "activation")}
+               **tips("label_smoothing", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma")}
 
     def build(self) -> None:
         nets = networks(self, **self.architecture())
@@ -65,7 +66,7 @@ class GAN(Variant):
 
     def architecture(self) -> dict[str, str | bool]:
         """The networks' options (see :func:`variants.blocks.networks`): here an MLP by default."""
-        return {"arch": self.hp.arch, "d_batch_norm": bool(self.hp.discriminator_batchnorm), "init": "pytorch"}
+        return {"arch": self.hp.arch, "d_norm": paper_norm(self.hp.discriminator_batchnorm), "init": "pytorch"}
 
     @property
     def real_target(self) -> float:
@@ -85,7 +86,7 @@ class GAN(Variant):
         latent = self.latent(len(real))
         batch = Batch(real, self.generate(latent, labels), latent, labels)
         # D learns from a detached fake (no gradient into G); G then needs D's fresh verdict.
-        d_losses = self.d_losses(replace(batch, fake=batch.fake.detach()))
+        d_losses = with_r1(self, self.d_losses(replace(batch, fake=batch.fake.detach())), real, labels)
         self.update(self.opt_d, d_losses["loss_d"])
         g_losses = self.g_losses(batch)
         self.update(self.opt_g, g_losses["loss_g"])

@@ -50,7 +50,7 @@ class InfoGAN(GAN):
 
     def build(self) -> None:
         self.G = conv_generator(self, self.z_dim + CATEGORIES + CONTINUOUS, init="pytorch")
-        self.D = conv_discriminator(self, batch_norm=True, init="pytorch")
+        self.D = conv_discriminator(self, d_norm="batch", init="pytorch")
         self.Q = nn.Sequential(nn.Flatten(), nn.Linear(self.D.trunk_features, 128), nn.BatchNorm1d(128),
                                nn.LeakyReLU(0.2, True), nn.Linear(128, CATEGORIES + CONTINUOUS))
         self.opt_g = self.adam(self.G)

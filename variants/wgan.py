@@ -11,10 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from bench.registry import HParam, Variant, register, tips
-from variants.blocks import arch, discriminator_batchnorm, init, networks
+from variants.blocks import arch, discriminator_batchnorm, init, networks, paper_norm
+from variants.penalties import with_r1
 
 
-CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation")
+CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma")
 """Every tip but label smoothing: a critic has no real/fake targets to smooth."""
 
 
@@ -47,7 +48,7 @@ class WGAN(Variant):
 
     def architecture(self) -> dict[str, str | bool]:
         """The networks' options (see :func:`variants.blocks.networks`)."""
-        return {"arch": self.hp.arch, "d_batch_norm": bool(self.hp.discriminator_batchnorm), "init": self.hp.init}
+        return {"arch": self.hp.arch, "d_norm": paper_norm(self.hp.discriminator_batchnorm), "init": self.hp.init}
 
     def optimizer(self, network: nn.Module, lr: float) -> torch.optim.Optimizer:
         """RMSprop: the paper found momentum (Adam) destabilised the critic's training."""
@@ -75,10 +76,11 @@ class WGAN(Variant):
                 param.clamp_(-bound, bound)
 
     def train_step(self, real: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        for real_batch in real.chunk(self.real_batches_per_step):
+        for real_batch, label_batch in zip(real.chunk(self.real_batches_per_step),
+                                           labels.chunk(self.real_batches_per_step)):
             with torch.no_grad():
                 fake = self.G(self.latent(len(real_batch)))
-            critic_losses = self.critic_losses(real_batch, fake)
+            critic_losses = with_r1(self, self.critic_losses(real_batch, fake), real_batch, label_batch)
             self.update(self.opt_d, critic_losses["loss_d"])
             self.after_critic_update()
         loss_g = -self.D(self.G(self.latent(len(real_batch)))).float().mean()

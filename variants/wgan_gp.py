@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.registry import Expected, HParam, register
-from variants.blocks import arch
+from variants.blocks import arch, per_sample_d_norm
 from variants.penalties import gradient_penalty
 from variants.wgan import CRITIC_TIPS, WGAN, wasserstein_estimate
 
@@ -28,14 +28,14 @@ class WGANGP(WGAN):
         "gp_lambda": HParam(10.0, 0.01, 1000.0, log=True, help="gradient-penalty weight"),
         "n_critic": HParam(5, 1, 10, help="critic updates per generator update"),
         **arch("dcgan"),
-        **CRITIC_TIPS,
+        **CRITIC_TIPS, **per_sample_d_norm(),
     }
     expected = {"grad_norm": Expected("gradient_penalty_norm", 0.5, 2.0, "the critic's gradient norm on interpolates",
                                       "it should stay near the 1 the penalty enforces; raise gp_lambda or lower "
                                       "the learning rate")}
 
     def architecture(self) -> dict[str, str | bool]:
-        return {"arch": self.hp.arch, "d_batch_norm": False, "init": "pytorch"}  # the penalty is per sample
+        return {"arch": self.hp.arch, "d_norm": "none", "init": "pytorch"}  # the penalty is per sample
 
     def optimizer(self, network: nn.Module, lr: float) -> torch.optim.Optimizer:
         return self.adam(network, lr=lr)

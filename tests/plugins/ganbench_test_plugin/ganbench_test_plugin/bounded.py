@@ -17,7 +17,7 @@ class LooseCritic(WGAN):
                "max_weight": HParam(0.02, 1e-3, 1.0, log=True, help="bound on every critic weight")}
 
     def architecture(self) -> dict[str, str | bool]:
-        return {"arch": "dcgan", "d_batch_norm": True, "init": "pytorch"}  # its hparams name none of these
+        return {"arch": "dcgan", "d_norm": "batch", "init": "pytorch"}  # its hparams name none of these
 
     def weight_bound(self) -> float:
         return self.hp.max_weight
