@@ -242,7 +242,7 @@ def train(variant, settings, out, resume, checkpoint_every, image_size, **config
         scores = result.scores.iloc[-1].to_dict()
         click.echo("scores at step {}: {}".format(int(scores.pop("step")),
                                                   "  ".join(f"{key}={value:.4g}" for key, value in scores.items())))
-    click.echo(f"samples, losses.csv, scores.csv and checkpoint in {out}")
+    click.echo(f"samples, losses.csv, {'scores.csv, ' if len(result.scores) else ''}checkpoint and config in {out}")
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}

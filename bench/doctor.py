@@ -177,7 +177,7 @@ class Doctor(Observer):
 
     @torch.no_grad()
     def _check_samples(self, step: int) -> None:
-        with self.variant.evaluating():
+        with self.variant.evaluating(raw=True):  # the G that trains, not its average
             samples = self.variant.generate(self.fixed_latent, self.fixed_labels).float()
         spread = float(torch.pdist(samples.flatten(1)).mean())
         self._persisting("mode_collapse", step, spread < 0.05 * self.real_spread,

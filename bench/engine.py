@@ -163,6 +163,7 @@ class Trainer:
                 observer.before_step(self.step + 1, real)
             with self.autocast():
                 losses = variant.train_step(real, labels)
+            variant.average_generator(self.step + 1)
             if not self._names:  # this trainer's first step: what the contract says train_step returns
                 variant.check_losses(losses)
             self._names = list(losses)
@@ -245,8 +246,11 @@ class Trainer:
             self._scoring = True
             for extractor in available_extractors(config.dataset) if final else (config.features,):
                 scorer = shared_scorer(config.dataset, extractor, self.device, config.data_root)
-                scores |= scorer.score(self.variant, config.final_samples if final else config.eval_samples,
-                                       seed=config.seed)
+                samples = config.final_samples if final else config.eval_samples
+                scores |= scorer.score(self.variant, samples, seed=config.seed)
+                if self.variant.averaging:  # what the average adds: the raw G on the same noise
+                    raw = scorer.score(self.variant, samples, seed=config.seed, raw=True)
+                    scores |= {f"{key}_raw": value for key, value in raw.items()}
         except ScoringStopped:
             return None
         finally:

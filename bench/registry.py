@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -129,6 +130,13 @@ TIPS = {
     "r1_gamma": Tip(HParam(0.0, 0.0, 1000.0, help="R1 penalty (gamma/2) E||grad D(x)||^2 on the real batch "
                                                   "(Mescheder et al. 2018); 0: off"),
                     "a discriminator trained on real and fake images (a real/fake loss or a critic's scores)"),
+    "g_ema": Tip(HParam(0.0, 0.0, 0.9999, help="decay of an exponential moving average of G's weights (Yazici et "
+                                               "al. 2019), which is then what is sampled, scored and ranked, the "
+                                               "raw G scored beside it as ..._raw; 0: off"),
+                 "a generator G"),
+    "g_ema_start": Tip(HParam(0, 0, 10_000_000, help="the generator step after which g_ema averages; until "
+                                                     "then the average is a copy of G"),
+                       "a generator G"),
 }
 
 
@@ -183,6 +191,8 @@ class Variant(nn.Module, abc.ABC):
         self.num_classes = num_classes
         self.hp = SimpleNamespace(**self.resolve_hparams(hparams))
         self.build()
+        if self.tip("g_ema"):
+            self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
 
     @classmethod
     def resolve_hparams(cls, overrides: dict[str, HParamValue]) -> dict[str, HParamValue]:
@@ -276,22 +286,51 @@ class Variant(nn.Module, abc.ABC):
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` images in [-1, 1], with G in eval mode; labels default to uniform classes."""
+        """``n`` images in [-1, 1], with G in eval mode (its average where g_ema is on); labels default to
+        uniform classes."""
         if labels is None:
             labels = torch.randint(self.num_classes, (n,), generator=generator,
                                    device=self.rng_device(generator)).to(self.device)
         with self.evaluating():
             return self.generate(self.latent(n, generator), labels.to(self.device))
 
+    @property
+    def averaging(self) -> bool:
+        """Whether this run keeps an average of G's weights (the g_ema tip), ``G_ema``."""
+        return "G_ema" in self._modules
+
+    @torch.no_grad()
+    def average_generator(self, step: int) -> None:
+        """After generator step ``step``: G_ema <- g_ema * G_ema + (1 - g_ema) * G, or G_ema <- G up to
+        g_ema_start. Batch-norm statistics are averaged like the weights, as StudioGAN's Ema does (BigGAN's
+        code); counters are copied. Two fused lerps per step; nothing where g_ema is off."""
+        if not self.averaging:
+            return
+        weight = 1.0 if step <= self.tip("g_ema_start") else 1.0 - self.tip("g_ema")
+        averaged, current = self.G_ema.state_dict(keep_vars=True), self.G.state_dict(keep_vars=True)
+        floats = [key for key, value in averaged.items() if value.is_floating_point()]
+        torch._foreach_lerp_([averaged[key] for key in floats], [current[key] for key in floats], weight)
+        for key in averaged.keys() - set(floats):
+            averaged[key].copy_(current[key])
+
     @contextlib.contextmanager
-    def evaluating(self) -> Iterator[None]:
-        """Eval mode (batch norm on its running statistics) for the block, then the mode before."""
+    def evaluating(self, *, raw: bool = False) -> Iterator[None]:
+        """Eval mode (batch norm on its running statistics) for the block, with G's average in G's place
+        where g_ema is on (unless ``raw``); then the mode and G before."""
         was_training = self.training
+        swap = self.averaging and not raw
         self.eval()
+        if swap:
+            self._swap_generators()
         try:
             yield
         finally:
+            if swap:
+                self._swap_generators()
             self.train(was_training)
+
+    def _swap_generators(self) -> None:
+        self._modules["G"], self._modules["G_ema"] = self._modules["G_ema"], self._modules["G"]
 
     def adam(self, *modules: nn.Module, lr: float | None = None) -> torch.optim.Adam:
         """An Adam optimiser over ``modules`` with this variant's betas and ``lr`` (default: hp.lr)."""

@@ -128,15 +128,16 @@ class Scorer:
 
     @torch.no_grad()
     @ieee_float32()
-    def score(self, variant: Variant, samples: int = 2000, *, seed: int = 0) -> dict[str, float]:
-        """Metrics of ``samples`` images from ``variant`` (in eval mode), drawn with a fixed seed
-        so that scores are comparable across steps and the training RNG is left untouched."""
+    def score(self, variant: Variant, samples: int = 2000, *, seed: int = 0, raw: bool = False) -> dict[str, float]:
+        """Metrics of ``samples`` images from ``variant`` (in eval mode; from its raw G, not G's average, with
+        ``raw``), drawn with a fixed seed so that scores are comparable across steps and the training RNG is
+        left untouched."""
         if samples < 2:
             raise ConfigError(f"scoring needs at least 2 samples, got {samples}")
         generator = torch.Generator().manual_seed(seed)
         labels = torch.arange(samples) % variant.num_classes
         latent = variant.latent(samples, generator)
-        with variant.evaluating():
+        with variant.evaluating(raw=raw):
             images = torch.cat([variant.generate(z, y.to(variant.device)).float()
                                 for z, y in zip(latent.split(self.batch_size), labels.split(self.batch_size))])
         return self.score_images(images, labels=labels if variant.conditional else None,

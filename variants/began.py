@@ -83,7 +83,7 @@ class BEGAN(Variant):
                # The paper does not say; compare_gan v1 (ops.py) draws every weight from N(0, 0.02), and it learned
                # faster here than PyTorch's default (docs: Variants).
                **init("dcgan"), **arch("dcgan", choices=("dcgan", "lucic")),
-               **tips("lr_d_ratio", "g_width", "d_width")}
+               **tips("lr_d_ratio", "g_width", "d_width", "g_ema", "g_ema_start")}
 
     def build(self) -> None:
         if self.hp.arch == "lucic":

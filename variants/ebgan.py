@@ -57,7 +57,7 @@ class EBGAN(Variant):
                "margin": HParam(10.0, 0.1, 100.0, log=True, help="energy margin m for fakes (10 for MNIST in the paper)"),
                "pt_weight": HParam(0.0, 0.0, 1.0, help="weight of the pulling-away term in G's loss (0: off; "
                                                        "the paper's EBGAN-PT uses 0.1)"),
-               **tips("lr_d_ratio", "g_width", "d_width")}
+               **tips("lr_d_ratio", "g_width", "d_width", "g_ema", "g_ema_start")}
 
     def build(self) -> None:
         self.G = conv_generator(self, init="pytorch")

@@ -56,7 +56,8 @@ class GAN(Variant):
     hparams = {**adam_hparams(lr=2e-4, beta1=0.5),
                "loss": HParam("nonsaturating", choices=tuple(GENERATOR_LOSSES), help="generator loss"),
                **arch("mlp"), **discriminator_batchnorm(),
-               **tips("label_smoothing", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma")}
+               **tips("label_smoothing", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma",
+                      "g_ema", "g_ema_start")}
 
     def build(self) -> None:
         nets = networks(self, **self.architecture())

@@ -15,7 +15,8 @@ from variants.blocks import arch, discriminator_batchnorm, init, networks, paper
 from variants.penalties import with_r1
 
 
-CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma")
+CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma", "g_ema",
+                   "g_ema_start")
 """Every tip but label smoothing: a critic has no real/fake targets to smooth."""
 
 
