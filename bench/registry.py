@@ -20,6 +20,7 @@ from typing import ClassVar, Iterator
 import torch
 from torch import nn
 
+from bench.augment import CHOICES, augment
 from bench.errors import ConfigError, DuplicateVariantError
 
 ENTRY_POINT_GROUP = "bench.variants"
@@ -130,6 +131,10 @@ TIPS = {
     "r1_gamma": Tip(HParam(0.0, 0.0, 1000.0, help="R1 penalty (gamma/2) E||grad D(x)||^2 on the real batch "
                                                   "(Mescheder et al. 2018); 0: off"),
                     "a discriminator trained on real and fake images (a real/fake loss or a critic's scores)"),
+    "diffaugment": Tip(HParam("none", choices=CHOICES, help="differentiable augmentation of every image D sees, "
+                                                            "real and fake (Zhao et al. 2020): none, or policies "
+                                                            "of color, translation, cutout"),
+                       "a discriminator that sees only images (not an auto-encoder's reconstruction)"),
     "g_ema": Tip(HParam(0.0, 0.0, 0.9999, help="decay of an exponential moving average of G's weights (Yazici et "
                                                "al. 2019), which is then what is sampled, scored and ranked, the "
                                                "raw G scored beside it as ..._raw; 0: off"),
@@ -279,9 +284,14 @@ class Variant(nn.Module, abc.ABC):
         (InfoGAN); scoring matches it to the classes the samples are recognised as."""
         return None
 
-    def discriminate(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """D's raw scores (N,) for a batch of images; conditional variants use labels."""
-        return self.D(images)
+    def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """D's raw scores (N,) for a batch of images, augmented as the diffaugment tip says; conditional variants
+        use labels. Every image D sees, in D's and G's updates, passes through here or :meth:`augmented`."""
+        return self.D(self.augmented(images))
+
+    def augmented(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` with the diffaugment tip's differentiable augmentation (as they are when it is 'none')."""
+        return augment(images, self.tip("diffaugment"))
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,

@@ -37,4 +37,4 @@ class CGAN(DCGAN):
     def discriminate(self, images: Tensor, labels: Tensor) -> Tensor:
         n, _, h, w = images.shape
         label_maps = F.one_hot(labels, self.num_classes).to(images.dtype)[:, :, None, None].expand(n, -1, h, w)
-        return self.D(torch.cat([images, label_maps], dim=1))
+        return self.D(torch.cat([self.augmented(images), label_maps], dim=1))

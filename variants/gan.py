@@ -57,7 +57,7 @@ class GAN(Variant):
                "loss": HParam("nonsaturating", choices=tuple(GENERATOR_LOSSES), help="generator loss"),
                **arch("mlp"), **discriminator_batchnorm(),
                **tips("label_smoothing", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma",
-                      "g_ema", "g_ema_start")}
+                      "diffaugment", "g_ema", "g_ema_start")}
 
     def build(self) -> None:
         nets = networks(self, **self.architecture())

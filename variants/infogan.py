@@ -69,13 +69,13 @@ class InfoGAN(GAN):
 
     def scores_and_codes(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """D's scores (N,) and Q's code predictions (N, 12) from one pass through the trunk."""
-        features = self.D.trunk(images)
+        features = self.D.trunk(self.augmented(images))
         return self.D.head(features).flatten(), self.Q(features)
 
     def d_losses(self, batch: Batch) -> dict[str, Tensor]:
         fake_scores, predicted = self.scores_and_codes(batch.fake)
         info = info_loss(predicted, batch.latent[:, self.z_dim:], self.hp.lambda_cont)
-        return {"loss_d": discriminator_bce(self.D(batch.real), fake_scores, self.real_target)
+        return {"loss_d": discriminator_bce(self.discriminate(batch.real), fake_scores, self.real_target)
                 + self.hp.lambda_info * info}
 
     def g_losses(self, batch: Batch) -> dict[str, Tensor]:

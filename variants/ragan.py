@@ -44,9 +44,9 @@ class RaGAN(DCGAN):
         return {**super().architecture(), "arch": self.hp.arch}
 
     def d_losses(self, batch: Batch) -> dict[str, Tensor]:
-        return {"loss_d": ragan_d_loss(self.D(batch.real), self.D(batch.fake), self.real_target)}
+        return {"loss_d": ragan_d_loss(self.discriminate(batch.real), self.discriminate(batch.fake), self.real_target)}
 
     def g_losses(self, batch: Batch) -> dict[str, Tensor]:
         with torch.no_grad():  # D's verdict on reals after its update; no gradient reaches G through it
-            real_logits = self.D(batch.real)
-        return {"loss_g": ragan_g_loss(real_logits, self.D(batch.fake))}
+            real_logits = self.discriminate(batch.real)
+        return {"loss_g": ragan_g_loss(real_logits, self.discriminate(batch.fake))}

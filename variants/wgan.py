@@ -15,8 +15,8 @@ from variants.blocks import arch, discriminator_batchnorm, init, networks, paper
 from variants.penalties import with_r1
 
 
-CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma", "g_ema",
-                   "g_ema_start")
+CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma",
+                   "diffaugment", "g_ema", "g_ema_start")
 """Every tip but label smoothing: a critic has no real/fake targets to smooth."""
 
 
@@ -64,7 +64,7 @@ class WGAN(Variant):
 
     def critic_losses(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
         """The critic's losses on one real batch and a detached fake batch."""
-        distance = wasserstein_estimate(self.D(real), self.D(fake))
+        distance = wasserstein_estimate(self.discriminate(real), self.discriminate(fake))
         return {"loss_d": -distance, "wasserstein": distance}
 
     def after_critic_update(self) -> None:
@@ -84,6 +84,6 @@ class WGAN(Variant):
             critic_losses = with_r1(self, self.critic_losses(real_batch, fake), real_batch, label_batch)
             self.update(self.opt_d, critic_losses["loss_d"])
             self.after_critic_update()
-        loss_g = -self.D(self.G(self.latent(len(real_batch)))).float().mean()
+        loss_g = -self.discriminate(self.G(self.latent(len(real_batch)))).float().mean()
         self.update(self.opt_g, loss_g)
         return {**critic_losses, "loss_g": loss_g}

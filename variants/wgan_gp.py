@@ -44,7 +44,7 @@ class WGANGP(WGAN):
         return None  # no clipping: the penalty replaces it
 
     def critic_losses(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
-        distance = wasserstein_estimate(self.D(real), self.D(fake))
-        penalty, grad_norm = gradient_penalty(self.D, real, fake)
+        distance = wasserstein_estimate(self.discriminate(real), self.discriminate(fake))
+        penalty, grad_norm = gradient_penalty(self.discriminate, real, fake)
         return {"loss_d": -distance + self.hp.gp_lambda * penalty, "wasserstein": distance,
                 "gradient_penalty": penalty, "grad_norm": grad_norm}
