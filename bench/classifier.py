@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.data import IMAGE_FOLDER, BatchSampler, ImageDataset, check_dataset_name, load_dataset, to_unit_range
+from bench.data import (IMAGE_FOLDER, BatchSampler, ImageDataset, check_dataset_name, load_dataset, split_subset,
+                        to_unit_range)
 from bench.errors import ConfigError
 from bench.locations import CLASSIFIERS
 from bench.readers import load_tensors, read_bytes
@@ -55,6 +56,7 @@ def file_stem(dataset: str) -> str:
     """The dataset's name as files are named for it: the name, or for an image folder its last part
     and a hash of its whole path (which holds slashes and may be long)."""
     check_dataset_name(dataset)
+    dataset = split_subset(dataset)[0]  # a subset is scored with its whole dataset's classifier and statistics
     if re.fullmatch(r"[a-z0-9-]+", dataset):
         return dataset
     side, path = IMAGE_FOLDER.fullmatch(dataset).groups()
@@ -86,6 +88,7 @@ def available_extractors(dataset: str) -> tuple[str, ...]:
 
 def no_classifier(dataset: str, wanted: str) -> ConfigError:
     """The error for a score that needs the domain classifier ``dataset`` lacks, with the fixes."""
+    dataset = split_subset(dataset)[0]
     root = " --data-root DIR" if dataset in ("mnist", "cifar10") else ""
     return ConfigError(f"{wanted} needs a domain classifier for '{dataset}', and there is none; train one with "
                        f"'bench features train --dataset {dataset}{root}' (labelled data), or score with "
@@ -187,6 +190,10 @@ def train_domain_classifier(dataset: str, *, epochs: int = 8, seed: int = 0, bat
     """Trains the domain classifier on ``dataset``'s train split; returns it and its card."""
     if epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {epochs}")
+    whole, size = split_subset(dataset)
+    if size is not None:
+        raise ConfigError(f"a domain classifier learns from the whole dataset, and scores its subsets too: "
+                          f"train it with --dataset {whole}")
     device = torch.device(device)
     train_set, test_set = load_dataset(dataset, "train", root=data_root), load_dataset(dataset, "test", root=data_root)
     if train_set.num_classes < 2:

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TrainConfig  # the options' defaults
-from bench.data import resized
+from bench.data import resized, with_subset
 from bench.errors import BenchError, Interrupted
 from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, OPTUNA_JOURNAL, RESULTS
 from bench.processes import stop_seen, stopping_on_signals
@@ -190,6 +190,9 @@ image_size_option = click.option(
 @click.option("--variant", required=True, help="Variant name (see `bench list`).")
 @config_option("dataset", help="fashion-mnist, digits, mnist, cifar10, imagefolder:PATH or imagefolder@SIDE:PATH.")
 @image_size_option
+@click.option("--subset", type=int, default=None, metavar="N",
+              help="Train on N images of the training split, drawn once, evenly across its classes (the dataset "
+                   "NAME[N]); scored against the whole test split.")
 @config_option("steps", help="Generator updates.")
 @config_option("epochs", help="Train for this many passes of the discriminator over the training split instead "
                               "of --steps (0: use --steps), so that every variant sees the same data.")
@@ -219,11 +222,11 @@ image_size_option = click.option(
 @config_option("data_root", type=click.Path(), help="Where torchvision datasets live.")
 @config_option("download", is_flag=True, help="Download a missing torchvision dataset (needs internet).")
 @reports_user_errors
-def train(variant, settings, out, resume, checkpoint_every, image_size, **config_fields) -> None:
+def train(variant, settings, out, resume, checkpoint_every, image_size, subset, **config_fields) -> None:
     """Trains one variant once (no sweep), writing sample grids, losses and a checkpoint to OUT."""
     from bench.engine import default_out, train as run_training
 
-    config_fields["dataset"] = resized(config_fields["dataset"], image_size)
+    config_fields["dataset"] = with_subset(resized(config_fields["dataset"], image_size), subset)
     config = TrainConfig(variant=variant, hparams=parse_settings(variant, settings),
                          **parse_checkpoint_every(checkpoint_every), **config_fields)
     if resume and out is None:

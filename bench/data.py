@@ -28,6 +28,12 @@ DATASETS = ("fashion-mnist", "digits", "mnist", "cifar10", "imagefolder:PATH")
 IMAGE_FOLDER = re.compile(r"imagefolder(?:@([1-9][0-9]*))?:(.+)", re.DOTALL | re.ASCII)
 """An image folder's name: ``imagefolder:PATH``, or ``imagefolder@SIDE:PATH`` for its images resized
 to SIDE x SIDE on load (``--image-size``); resized, it is another dataset, scored and ranked apart."""
+SUBSET = re.compile(r"(.+)\[([1-9][0-9]*)\]", re.DOTALL | re.ASCII)
+"""A subset's name, ``NAME[N]`` (``--subset N``): N images of NAME's training split, drawn once (SUBSET_SEED),
+as evenly across its classes as their sizes allow; its test split is NAME's whole. It is another dataset
+wherever results are grouped (trials, leaderboards, comparisons); the real statistics it is scored against
+and its domain classifier are NAME's, the same images."""
+SUBSET_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,16 @@ def load_dataset(name: str, split: str = "train", *, root: Path | str | None = N
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
     check_dataset_name(name)
+    whole, size = split_subset(name)
+    if size is not None:
+        data = load_dataset(whole, split, root=root, download=download)
+        if split == "test":
+            return ImageDataset(name, split, data.images, data.labels, data.num_classes)
+        if size > len(data):
+            raise ConfigError(f"subset {size} is larger than the {len(data):,} training images of '{whole}'; "
+                              f"choose at most {len(data):,}")
+        keep = balanced_subset(data.labels, size)
+        return ImageDataset(name, split, data.images[keep], data.labels[keep], data.num_classes)
     root = Path(root) if root is not None else DATA_ROOT
     if name in TORCHVISION_FOLDERS:
         images, labels = read_mnist_family(name, split, root, download)
@@ -76,7 +92,43 @@ def load_dataset(name: str, split: str = "train", *, root: Path | str | None = N
     return ImageDataset(name, split, images, labels, int(labels.max()) + 1)
 
 
+def split_subset(name: str) -> tuple[str, int | None]:
+    """(the whole dataset's name, the subset's size) for ``NAME[N]``; (name, None) for any other name."""
+    subset = SUBSET.fullmatch(name)
+    return (subset[1], int(subset[2])) if subset else (name, None)
+
+
+def with_subset(name: str, size: int | None) -> str:
+    """``name`` restricted to ``size`` training images (``--subset``, a study's ``subset``): ``NAME[N]``."""
+    if size is None:
+        return name
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"subset must be a positive number of training images, got {size!r}")
+    if split_subset(name)[1] is not None:
+        raise ConfigError(f"'{name}' is a subset already; give the whole dataset's name with --subset")
+    subset = f"{name}[{size}]"
+    check_dataset_name(subset)
+    return subset
+
+
+def balanced_subset(labels: torch.Tensor, size: int, seed: int = SUBSET_SEED) -> torch.Tensor:
+    """The sorted indices of ``size`` images, drawn without replacement as evenly across the classes of
+    ``labels`` as their sizes allow (one class: a uniform draw), the same for a given seed on every machine:
+    each class's images are shuffled, then dealt in turn, a class at a time, in a shuffled class order."""
+    generator = torch.Generator().manual_seed(seed)
+    classes = labels.unique()
+    order = torch.randperm(len(classes), generator=generator)
+    keys, members = [], []
+    for position, label in enumerate(classes[order].tolist()):
+        chosen = torch.nonzero(labels == label).flatten()
+        members.append(chosen[torch.randperm(len(chosen), generator=generator)])
+        keys.append(torch.arange(len(chosen)) * len(classes) + position)  # the turn in which each is dealt
+    dealt = torch.cat(members)[torch.cat(keys).argsort()]
+    return dealt[:size].sort().values
+
+
 def check_dataset_name(name: str) -> None:
+    name = split_subset(name)[0]
     folder = IMAGE_FOLDER.fullmatch(name)
     if name not in DATASETS[:-1] and not folder:
         raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}, imagefolder@SIDE:PATH")

@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 
 from bench.config import BUDGET_KEYS, Budget
-from bench.data import check_dataset_name
+from bench.data import check_dataset_name, with_subset
 from bench.errors import ConfigError
 from bench.readers import read_bytes
 from bench.registry import TIPS, HParam, HParamValue, Variant, variants
@@ -43,7 +43,7 @@ SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
 STUDY_BUDGET = Budget(eval_every=500)
 """A study's budget where its file is silent: trials are scored every 500 steps for the pruner."""
-TOP_LEVEL_KEYS = {"description", "variant", "dataset", "objective", "trials", "sampler", "pruner", "budget",
+TOP_LEVEL_KEYS = {"description", "variant", "dataset", "subset", "objective", "trials", "sampler", "pruner", "budget",
                   "space", "space_if_present", "seeds", "arms"}
 BASELINE = "baseline"
 """The arm every other arm of an ablation is compared with."""
@@ -284,7 +284,7 @@ def load_study(name_or_path: str | Path) -> StudySpec:
         name=path.stem, path=path,
         description=_typed(path, raw, "description", str, ""),
         variant=_typed(path, raw, "variant", str, None) if "variant" in raw else None,
-        dataset=_typed(path, raw, "dataset", str, "fashion-mnist"),
+        dataset=_subset(path, _typed(path, raw, "dataset", str, "fashion-mnist"), raw),
         objective=_typed(path, raw, "objective", str, "fid_domain"),
         trials=_typed(path, raw, "trials", int, 20),
         sampler=_typed(path, raw, "sampler", str, "tpe"),
@@ -355,6 +355,16 @@ def _dimensions(path: Path, table: dict, section: str) -> tuple[Dimension, ...]:
             raise ConfigError(f"{where}: a log scale needs low > 0, got {low!r}")
         dims.append(Dimension(name, float(low), float(high), log))
     return tuple(dims)
+
+
+def _subset(path: Path, dataset: str, raw: dict) -> str:
+    """The study's dataset, restricted to ``subset = N`` training images where the file says so (NAME[N])."""
+    if "subset" not in raw:
+        return dataset
+    try:
+        return with_subset(dataset, _typed(path, raw, "subset", int, None))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _arms(path: Path, table: Any) -> tuple[Arm, ...]:

@@ -36,6 +36,7 @@ FILES = {
     "label_accuracy.toml": b'objective = "label_accuracy"\n[space]\nlr = { low = 1e-4, high = 1e-3 }\n',
     "s" * 120 + ".toml": b'[space]\nlr = { low = 1e-4, high = 1e-3 }\n',
     "corrupt.db": b"SQLite format 2\x00" + bytes(range(256)) * 16,
+    "subset.toml": b'subset = 0\n[space]\nlr = { low = 1e-4, high = 1e-3 }\n',
 }
 
 # (command line, a fragment the one error line must hold); paths are relative to a fresh folder.
@@ -55,6 +56,11 @@ CASES = [
     (["train", "--variant", "gan", "--out", "/proc/bench"], "cannot write the output folder /proc/bench"),
     (["train", "--variant", "gan", "--out", "grid_is_a_file", "--resume"], "cannot write the output folder grid_is_a_file"),
     (["train", "--variant", "gan", "--dataset", "imagefolder:nowhere"], "image folder nowhere does not exist"),
+    (["train", "--variant", "gan", "--dataset", "digits", "--subset", "5000"],
+     "subset 5000 is larger than the 1,437 training images of 'digits'; choose at most 1,437"),
+    (["train", "--variant", "gan", "--subset", "-3"], "subset must be a positive number of training images, got -3"),
+    (["run", "--variant", "gan", "--study", "subset.toml"], "subset.toml: subset must be a positive number"),
+    (["train", "--variant", "dcgan", "--set", "diffaugment=flip"], "diffaugment='flip' is not valid; choose one of"),
     (["train", "--variant", "gan", "--dataset", "digits", "--batch-size", "5000"], "batch of 5000 is larger than"),
     (["run", "--variant", "gan", "--study", "nosuch"], "no study 'nosuch'"),
     (["run", "--variant", "gan", "--study", "latin1.toml"], "not UTF-8 text"),

@@ -124,3 +124,34 @@ def test_image_size_resizes_mixed_and_oblong_images_to_one_square_side(tmp_path,
 def test_unknown_dataset_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="choose one of: fashion-mnist, digits"):
         load_dataset("celeba")
+
+
+def test_a_subset_is_the_same_class_balanced_draw_every_time_and_its_test_split_is_whole():
+    whole = load_dataset("digits")
+    subset, again = load_dataset("digits[100]"), load_dataset("digits[100]")
+    assert subset.name == "digits[100]" and len(subset) == 100 and subset.num_classes == 10
+    assert torch.equal(subset.images, again.images) and torch.equal(subset.labels, again.labels)
+    assert torch.bincount(subset.labels, minlength=10).tolist() == [10] * 10
+    rows = {bytes(image.flatten().tolist()) for image in whole.images}
+    assert all(bytes(image.flatten().tolist()) in rows for image in subset.images)  # the training split's own
+    assert torch.equal(load_dataset("digits[100]", "test").images, load_dataset("digits", "test").images)
+    from bench.classifier import weights_path
+    assert weights_path("digits[100]") == weights_path("digits") is not None  # scored as the whole dataset
+
+
+def test_a_subset_deals_classes_in_turn_so_a_small_class_gives_all_it_has():
+    labels = torch.tensor([0] * 2 + [1] * 50 + [2] * 50)
+    chosen = data.balanced_subset(labels, 30)
+    assert torch.bincount(labels[chosen]).tolist() == [2, 14, 14]
+    assert len(set(chosen.tolist())) == 30 and torch.equal(chosen, data.balanced_subset(labels, 30))
+    assert not torch.equal(chosen, data.balanced_subset(labels, 30, seed=1))
+    odd = data.balanced_subset(torch.arange(10) % 3, 4)  # classes of 4, 3, 3: one class gets the fourth
+    assert sorted(torch.bincount(odd % 3, minlength=3).tolist()) == [1, 1, 2]
+
+
+def test_a_subset_larger_than_the_data_or_of_a_subset_is_refused():
+    with pytest.raises(ConfigError, match="subset 2000 is larger than the 1,437 training images of 'digits'"):
+        load_dataset("digits[2000]")
+    with pytest.raises(ConfigError, match="is a subset already"):
+        data.with_subset("digits[10]", 5)
+    assert data.with_subset("imagefolder@32:/data/my [photos]", 10) == "imagefolder@32:/data/my [photos][10]"
