@@ -467,22 +467,41 @@ def doctor(run, tracking_uri) -> None:
 
 
 @main.command("eval")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="A run folder from `bench train`, or its checkpoint.pt.")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Instead of --checkpoint: a folder of images a generator made (elsewhere), scored as samples of "
+                   "--dataset.")
+@click.option("--dataset", default=None, help="The dataset --images are samples of (its real statistics).")
 @click.option("--features", default=None,
               help="Feature extractor: domain or inception [default: inception on a GPU; on a CPU, domain where "
                    "the dataset has a domain classifier].")
-@click.option("--samples", default=10000, show_default=True, help="Generated samples to score.")
+@click.option("--samples", default=None, type=int,
+              help="Generated samples to score [default: 10000 from a checkpoint, every image of --images].")
 @device_option
 @reports_user_errors
-def evaluate(checkpoint, features, samples, device) -> None:
-    """Scores a trained generator: FID and KID (named by extractor) and class-aware metrics."""
+def evaluate(checkpoint, images, dataset, features, samples, device) -> None:
+    """Scores a trained generator, or a folder of its images: FID and KID (named by extractor) and the
+    class-aware metrics."""
     from bench.evaluation import evaluate as score_checkpoint
+    from bench.evaluation import evaluate_images
 
-    result = score_checkpoint(checkpoint, features=features, samples=samples, device=device)
-    click.echo(f"{result.config.variant} on {result.config.dataset}, step {result.step}, {result.samples} samples, "
-               f"real statistics: {result.real_split} split ({result.real_features_source})")
-    for key, value in result.scores.items():
+    if (checkpoint is None) == (images is None):
+        raise UserError("give --checkpoint (a run of `bench train`) or --images (a folder of generated images)")
+    if images is not None:
+        if dataset is None:
+            raise UserError("--images needs --dataset: the dataset whose real images they are scored against")
+        scored = evaluate_images(images, dataset, features=features, samples=samples, device=device)
+        click.echo(f"{scored.folder} as samples of {scored.dataset}, {scored.samples} images, real statistics: "
+                   f"{scored.real_split} split ({scored.real_features_source})")
+    elif dataset is not None:
+        raise UserError("--dataset goes with --images; a checkpoint is scored on the dataset it trained on")
+    else:
+        scored = score_checkpoint(checkpoint, features=features, samples=10000 if samples is None else samples,
+                                  device=device)
+        click.echo(f"{scored.config.variant} on {scored.config.dataset}, step {scored.step}, {scored.samples} "
+                   f"samples, real statistics: {scored.real_split} split ({scored.real_features_source})")
+    for key, value in scored.scores.items():
         click.echo(f"  {key:<16} {value:.6g}")
 
 

@@ -1,5 +1,6 @@
 """Scoring a trained generator (`bench eval`): a checkpoint, checked and loaded, then scored with
-FID and KID by its extractor and the class-aware metrics, on samples drawn with the run's seed."""
+FID and KID by its extractor and the class-aware metrics, on samples drawn with the run's seed; or a
+folder of images a generator made elsewhere, scored by the same scorer against the same real images."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from bench import checkpoint
 from bench.classifier import default_extractor
 from bench.config import TrainConfig
+from bench.data import load_dataset, to_unit_range
 from bench.devices import resolve_device
 from bench.errors import ConfigError
 from bench.registry import Variant, get_variant
@@ -73,3 +75,50 @@ def evaluate(checkpoint: Path | str, *, features: str | None = None, samples: in
     scorer = shared_scorer(config.dataset, features, variant.device, config.data_root)  # refuses unknown features
     scores = scorer.score(variant, samples, seed=config.seed)
     return Evaluation(config, step, samples, features, scorer.real_split, scorer.real_features_source, scores)
+
+
+@dataclass(frozen=True)
+class ImagesEvaluation:
+    """A folder of generated images' scores, and what they were measured against."""
+
+    folder: Path
+    dataset: str
+    samples: int
+    features: str
+    real_split: str
+    real_features_source: str
+    scores: dict[str, float]
+
+
+def evaluate_images(folder: Path | str, dataset: str, *, features: str | None = None, samples: int | None = None,
+                    device: str = "auto", data_root: str | None = None) -> ImagesEvaluation:
+    """Scores the images in ``folder`` (PNG, JPEG, ...: directly in it, or in sub-folders) as a generator's
+    samples of ``dataset``, with the scorer a trained variant of that dataset gets: the same extractor, real
+    statistics and sample count, so that a model trained elsewhere ranks beside ganbench's. The images are
+    read as an image folder dataset is (grayscale when every image is, else RGB; decoded to 8 bits) and must
+    have the dataset's channels and size: resizing changes FID, so it is left to the caller. ``samples``:
+    the first that many (default: every image).
+
+    Example::
+
+        evaluate_images("samples/stylegan", "fashion-mnist", features="inception").scores["fid_inception"]
+    """
+    folder = Path(folder)
+    generated = load_dataset(f"imagefolder:{folder}", "train")  # refuses mixed sizes and unreadable folders
+    real = load_dataset(dataset, "test", root=data_root)
+    if generated.image_shape != real.image_shape:
+        have, want = generated.image_shape, real.image_shape
+        colours = {1: "grayscale", 3: "RGB"}
+        raise ConfigError(f"the images in {folder} are {colours.get(have[0], have[0])} {have[1]}x{have[2]} and "
+                          f"'{dataset}' is {colours.get(want[0], want[0])} {want[1]}x{want[2]}: FID compares like "
+                          f"with like; write the samples at the dataset's size and colours (resizing changes FID, "
+                          f"so do it the way your model's training data was resized)")
+    count = len(generated) if samples is None else samples
+    if not 2 <= count <= len(generated):
+        raise ConfigError(f"samples must be from 2 (FID needs a covariance) to the {len(generated)} images in "
+                          f"{folder}, got {count}")
+    device = resolve_device(device)
+    features = features or ("inception" if device.type == "cuda" else default_extractor(dataset))
+    scorer = shared_scorer(dataset, features, device, data_root)
+    scores = scorer.score_images(to_unit_range(generated.images[:count]))
+    return ImagesEvaluation(folder, dataset, count, features, scorer.real_split, scorer.real_features_source, scores)

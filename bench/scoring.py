@@ -134,12 +134,7 @@ class Scorer:
         left untouched."""
         if samples < 2:
             raise ConfigError(f"scoring needs at least 2 samples, got {samples}")
-        generator = torch.Generator().manual_seed(seed)
-        labels = torch.arange(samples) % variant.num_classes
-        latent = variant.latent(samples, generator)
-        with variant.evaluating(raw=raw):
-            images = torch.cat([variant.generate(z, y.to(variant.device)).float()
-                                for z, y in zip(latent.split(self.batch_size), labels.split(self.batch_size))])
+        images, labels, latent = draw_samples(variant, samples, seed=seed, batch_size=self.batch_size, raw=raw)
         return self.score_images(images, labels=labels if variant.conditional else None,
                                  codes=variant.categorical_code(latent))
 
@@ -181,6 +176,21 @@ class Scorer:
         return ConfigError(f"the {self.extractor.name} extractor gives non-finite features (NaN/Inf) for finite "
                            f"images in [-1, 1]: its weights {self.extractor.weights} are damaged; "
                            f"{self.extractor.remedy}")
+
+
+@torch.no_grad()
+def draw_samples(variant: Variant, samples: int, *, seed: int, batch_size: int = 500,
+                 raw: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(images in [-1, 1], their labels, their latent) as scoring draws them: ``samples`` images from G in eval
+    mode (its average where g_ema is on, unless ``raw``), from noise of a generator seeded ``seed`` (the training
+    RNG is left untouched), labels cycling through the classes."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(samples) % variant.num_classes
+    latent = variant.latent(samples, generator)
+    with variant.evaluating(raw=raw):
+        images = torch.cat([variant.generate(z, y.to(variant.device)).float()
+                            for z, y in zip(latent.split(batch_size), labels.split(batch_size))])
+    return images, labels, latent
 
 
 def shared_scorer(dataset: str, extractor: str, device: torch.device, data_root: str | None) -> Scorer:
