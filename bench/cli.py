@@ -473,6 +473,13 @@ def doctor(run, tracking_uri) -> None:
               help="Instead of --checkpoint: a folder of images a generator made (elsewhere), scored as samples of "
                    "--dataset.")
 @click.option("--dataset", default=None, help="The dataset --images are samples of (its real statistics).")
+@click.option("--name", default=None, help="With --images and --study: record the scores in the study as this "
+                                          "external entry (shown beside its variants, marked external).")
+@click.option("--study", default=None, help="With --images and --name: the study to record them in; the images are "
+                                           "scored as its trials are (dataset, extractor, sample count).")
+@click.option("--provenance", default="", help="Where the images come from (model, checkpoint, settings), kept "
+                                               "with the external entry.")
+@tracking_uri_option
 @click.option("--features", default=None,
               help="Feature extractor: domain or inception [default: inception on a GPU; on a CPU, domain where "
                    "the dataset has a domain classifier].")
@@ -480,15 +487,25 @@ def doctor(run, tracking_uri) -> None:
               help="Generated samples to score [default: 10000 from a checkpoint, every image of --images].")
 @device_option
 @reports_user_errors
-def evaluate(checkpoint, images, dataset, features, samples, device) -> None:
+def evaluate(checkpoint, images, dataset, name, study, provenance, tracking_uri, features, samples, device) -> None:
     """Scores a trained generator, or a folder of its images: FID and KID (named by extractor) and the
-    class-aware metrics."""
+    class-aware metrics. With --images, --name and --study, records them in the study as an external entry."""
     from bench.evaluation import evaluate as score_checkpoint
-    from bench.evaluation import evaluate_images
+    from bench.evaluation import evaluate_images, record_images, study_images
 
     if (checkpoint is None) == (images is None):
         raise UserError("give --checkpoint (a run of `bench train`) or --images (a folder of generated images)")
-    if images is not None:
+    if (name is None) != (study is None) or (name is not None and images is None):
+        raise UserError("--name and --study go together, with --images: the external entry and the study to record "
+                        "it in")
+    if images is not None and study is not None:
+        if features is not None or samples is not None:
+            raise UserError("a study scores its entries as it scores its trials: leave out --features and --samples")
+        scored, spec = study_images(images, study, dataset=dataset, device=device)
+        run_id = record_images(scored, name, spec.name, spec.objective, provenance=provenance, tracking=tracking_uri)
+        click.echo(f"{name} recorded in study {spec.name} as an external entry (MLflow run {run_id}): "
+                   f"{spec.objective} {scored.scores.get(spec.objective, float('nan')):.6g} on {scored.samples} images")
+    elif images is not None:
         if dataset is None:
             raise UserError("--images needs --dataset: the dataset whose real images they are scored against")
         scored = evaluate_images(images, dataset, features=features, samples=samples, device=device)

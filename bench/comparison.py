@@ -117,6 +117,9 @@ class Comparison:
     scoring's Inception ones, else domain; None when the trials logged neither."""
     running: int = 0
     """Trials still running: shown and counted, not ranked until they end."""
+    external: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Entries scored from images made elsewhere (`bench eval --images --name`): name, value, precision,
+    recall, provenance, run id. Ranked beside the variants, never drawn into a best-of-k."""
     grids: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
     """The final samples read so far, by run id (each artifact is read, and warned about, once)."""
 
@@ -133,6 +136,8 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
     when they are already read, :meth:`TrackingStore.trial_runs`). ``tracking``: a store or its URI
     (see :meth:`TrackingStore.open`)."""
     runs = TrackingStore.open(tracking).trial_runs(study) if runs is None else runs
+    marked = runs[tag_column(Tag.EXTERNAL)].notna() if tag_column(Tag.EXTERNAL) in runs else pd.Series(False, runs.index)
+    outside, runs = runs[marked], runs[~marked]
     objectives = runs[tag_column(Tag.OBJECTIVE)].dropna() if tag_column(Tag.OBJECTIVE) in runs else pd.Series()
     if objectives.empty:
         raise ConfigError(f"study '{study}' has no trials to compare yet; run `bench run --study {study}` first")
@@ -176,10 +181,15 @@ def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.Da
                            "p_better": probability_better(values[a], values[b], common, maximise)}
                           for i, a in enumerate(names) for b in names[i + 1:]],
                          columns=["variant", "other", "k", "p_better"])
+    external = pd.DataFrame({
+        "name": outside[tag_column(Tag.VARIANT)], "value": outside.get(metric, math.nan),
+        **{score: outside.get(f"metrics.{score}_{extractor}", math.nan) for score in ("precision", "recall")},
+        "provenance": outside.get(tag_column(Tag.EXTERNAL)), "run_id": outside["run_id"]},
+        columns=["name", "value", "precision", "recall", "provenance", "run_id"]).sort_values("value", ascending=not maximise)
     return Comparison(study, objective, maximise, trials, summary, pairs,
                       pd.concat(by_trials, ignore_index=True), pd.concat(by_seconds, ignore_index=True),
                       common_k=common, pruned=bool((trials["state"] == "pruned").any()), fidelity_extractor=extractor,
-                      running=running)
+                      running=running, external=external)
 
 
 def fidelity_extractor(objective: str, runs: pd.DataFrame) -> str | None:
@@ -203,6 +213,9 @@ def report_lines(comparison: Comparison) -> list[str]:
     lines += c.summary.to_string(index=False, float_format="{:.4g}".format).splitlines()
     for pair in c.pairs.itertuples():
         lines.append(f"P({pair.variant} beats {pair.other}, best of {pair.k}, bootstrap) = {pair.p_better:.2f}")
+    if len(c.external):
+        lines.append(f"external entries (images made elsewhere, scored as the trials; not in best-of-k): {c.objective}")
+        lines += c.external.drop(columns=["run_id"]).to_string(index=False, float_format="{:.4g}".format).splitlines()
     return lines
 
 

@@ -18,6 +18,7 @@ from bench.devices import resolve_device
 from bench.errors import ConfigError
 from bench.registry import Variant, get_variant
 from bench.scoring import shared_scorer
+from bench.study import StudySpec, load_study
 
 
 def load_trained(path: Path | str, device: str = "auto") -> tuple[Variant, TrainConfig, int]:
@@ -122,3 +123,47 @@ def evaluate_images(folder: Path | str, dataset: str, *, features: str | None = 
     scorer = shared_scorer(dataset, features, device, data_root)
     scores = scorer.score_images(to_unit_range(generated.images[:count]))
     return ImagesEvaluation(folder, dataset, count, features, scorer.real_split, scorer.real_features_source, scores)
+
+
+def study_images(folder: Path | str, study: str, *, dataset: str | None = None, device: str = "auto",
+                 data_root: str | None = None) -> tuple[ImagesEvaluation, StudySpec]:
+    """(the images of ``folder`` scored as ``study`` scores its trials, the study): against its
+    dataset (``dataset``, if given, must be it), with its objective's extractor, on as many images as its
+    trials' last scoring takes (budget.final_samples, else budget.eval_samples; the folder must hold them)."""
+    from bench.scores import extractor_of
+
+    spec = load_study(study)
+    if dataset is not None and dataset != spec.dataset:
+        raise ConfigError(f"study '{spec.name}' scores against '{spec.dataset}', not '{dataset}': leave out --dataset, "
+                          "or record the images in a study of that dataset")
+    samples = spec.budget.final_samples or spec.budget.eval_samples
+    scored = evaluate_images(folder, spec.dataset, features=extractor_of(spec.objective) or spec.features,
+                             samples=samples, device=device, data_root=data_root)
+    return scored, spec
+
+
+def record_images(scored: ImagesEvaluation, name: str, study: str, objective: str, *, provenance: str = "",
+                  tracking=None) -> str:
+    """Records ``scored`` in ``study``'s MLflow experiment as the external entry ``name`` (a later one of the
+    same name is its next entry), with ``provenance`` (default: the folder it was read from); `bench
+    leaderboard`, `bench compare` and `bench report` then show it beside the study's variants, marked
+    external. Returns its run id. ``tracking``: a :class:`~bench.tracking.TrackingStore` or its URI."""
+    from bench.registry import variants
+    from bench.schema import Tag, external_tags, tag_column
+    from bench.tracking import Tracking, TrackingStore
+
+    if name in variants():
+        raise ConfigError(f"'{name}' is the name of a variant ganbench trains; give the external entry another "
+                          "--name (for example the model's)")
+    if not name.strip() or len(name) > 100 or any(ord(char) < 32 for char in name):
+        raise ConfigError(f"--name {name[:40]!r} is not a usable name: give 1 to 100 printable characters")
+    store = TrackingStore.open(tracking, create=True)
+    try:
+        runs = store.trial_runs(study)
+        entry = int((runs[tag_column(Tag.VARIANT)] == name).sum()) if len(runs) else 0
+    except ConfigError:  # the study has no runs in this store yet
+        entry = 0
+    tags = external_tags(name, entry, study=study, dataset=scored.dataset, extractor=scored.features,
+                         objective=objective, provenance=provenance or f"images from {scored.folder}")
+    params = {"dataset": scored.dataset, "features": scored.features, "seed": 0, "eval_samples": scored.samples}
+    return Tracking(store, study).record_external(tags, params, scored.scores)

@@ -12,10 +12,12 @@ from bench.tracking import TrackingStore
 
 KEYS = ["study", "variant", "dataset"]
 NAMED = {tag_column(tag): tag.name.lower() for tag in (Tag.STUDY, Tag.VARIANT, Tag.DATASET, Tag.TRIAL, Tag.STATE,
-                                                      Tag.ARM, Tag.OBJECTIVE, Tag.RETRY_OF)}
+                                                      Tag.ARM, Tag.OBJECTIVE, Tag.RETRY_OF, Tag.EXTERNAL)}
 """The tag columns the leaderboard and the effects read, by the names they read them under."""
 COLUMNS = KEYS + ["metric", "direction", "best", "best_trial", "best_run_id", "best_params", "complete", "pruned",
-                  "failed", RUNNING, "retried", "top_k", "top_k_mean", "top_k_std"]
+                  "failed", RUNNING, "retried", "top_k", "top_k_mean", "top_k_std", "external"]
+"""``external``: the provenance of an entry scored from images made elsewhere (`bench eval --images --name`),
+empty for a variant ganbench trained."""
 
 
 def leaderboard(tracking: TrackingStore | str | None = None, study: str | None = None, variant: str | None = None,
@@ -56,7 +58,8 @@ def rank(runs: pd.DataFrame, variant: str | None = None, top_k: int = 3) -> pd.D
                 "complete": int(counts.get("complete", 0)), "pruned": int(counts.get("pruned", 0)),
                 "failed": int(counts.get("failed", 0)), RUNNING: int(counts.get(RUNNING, 0)), "retried": retried,
                 "top_k": len(top), "top_k_mean": top.mean(),
-                "top_k_std": top.std(ddof=1) if len(top) > 1 else float("nan")})
+                "top_k_std": top.std(ddof=1) if len(top) > 1 else float("nan"),
+                "external": best["external"] if pd.notna(best.get("external")) else ""})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -75,9 +75,11 @@ def render(study: str, store: TrackingStore) -> str:
         precision, recall = fidelity.loc[row.best_run_id] if row.best_run_id in fidelity.index else (None, None)
         balance = (f"<br>precision {precision:.2f}, recall {recall:.2f} ({escape(comparison.fidelity_extractor)})"
                    if pd.notna(precision) and pd.notna(recall) else "")
+        where = (f"<br><span class='external'>external: {escape(row.external)}</span>" if row.external
+                 else f" (trial {int(row.best_trial)})")
         parts.append(f"<div class='variant' data-variant='{escape(variant)}'><h3>{escape(variant)}</h3>{image}"
                      f"<p>best {escape(comparison.objective)} <b class='best'>{row.best:.4g}</b>"
-                     f" (trial {int(row.best_trial)}){balance}</p></div>")
+                     f"{where}{balance}</p></div>")
 
     parts.append("<h2>Leaderboard</h2>" + table(board.drop(columns=["study", "best_run_id"])))
     parts.append(f"<h2>At equal budget</h2><p>Expected best {escape(comparison.objective)} of k trials drawn "
@@ -86,6 +88,10 @@ def render(study: str, store: TrackingStore) -> str:
     if comparison.pruned:
         parts.append("<p class='warning'>This study pruned trials: best-of-k over the complete ones is biased.</p>")
     parts.append(table(comparison.summary))
+    if len(comparison.external):
+        parts.append("<p>External entries: images a generator made elsewhere, scored as the trials are "
+                     "(`bench eval --images --name`); ranked in the leaderboard, not drawn into best-of-k.</p>"
+                     + table(comparison.external.drop(columns=["run_id"]).rename(columns={"value": comparison.objective})))
     if len(comparison.pairs):
         parts.append(table(comparison.pairs.rename(columns={"p_better": "P(variant's best beats other's)"})))
     for name, data in figure_images(comparison, store).items():

@@ -63,6 +63,9 @@ class Tag(enum.StrEnum):
     PID = "bench.pid"
     """The process that owns the run: a later command closes the runs of a process that is gone."""
     PYTHON = "bench.python"
+    EXTERNAL = "bench.external"
+    """On an entry scored from a folder of images a generator made elsewhere (`bench eval --images --name`):
+    the provenance its user gave. Ranked beside the trials, never inside a best-of-k."""
 
 
 VERSION_PREFIX = "bench.version."
@@ -154,6 +157,15 @@ def trial_tags(config: TrainConfig, trial: int, *, study: str, optuna_study: str
             Tag.DATASET: config.dataset, Tag.EXTRACTOR: config.features, Tag.SEED: str(config.seed),
             Tag.STATE: RUNNING, Tag.STUDY: study, **{tag: str(value) for tag, value in optional.items()
                                                       if value is not None}}
+
+
+def external_tags(name: str, entry: int, *, study: str, dataset: str, extractor: str, objective: str,
+                  provenance: str) -> dict:
+    """The tags of an external entry: a complete 'trial' of the variant ``name`` (its ``entry``-th), with
+    :attr:`Tag.EXTERNAL` holding where its images came from."""
+    return {**environment_tags(), Tag.KIND: TRIAL, Tag.TRIAL: str(entry), Tag.VARIANT: name, Tag.DATASET: dataset,
+            Tag.EXTRACTOR: extractor, Tag.SEED: "0", Tag.STATE: "complete", Tag.STUDY: study, Tag.OBJECTIVE: objective,
+            Tag.EXTERNAL: provenance or "external"}
 
 
 def end_tags(state: str, reason: str = "") -> dict:

@@ -273,6 +273,20 @@ class Tracking:
         self.log_params(run.info.run_id, {**config.hparams, **{key: getattr(config, key) for key in RUN_PARAMS}})
         return TrialRun(self.client, run.info.run_id)
 
+    def record_external(self, tags: dict[str, str], params: dict[str, object], scores: dict[str, float]) -> str:
+        """An external entry's run, complete at once: ``tags`` from :func:`bench.schema.external_tags`, its
+        ``scores`` as metrics at step 0."""
+        from mlflow.entities import Metric
+
+        run = self.client.create_run(self.experiment_id, tags=plain(tags),
+                                     run_name=f"external-{tags[Tag.VARIANT]}-{int(tags[Tag.TRIAL]):04d}")
+        self.log_params(run.info.run_id, params)
+        now = int(time.time() * 1000)
+        self.client.log_batch(run.info.run_id, metrics=[Metric(key, float(value), now, 0)
+                                                        for key, value in scores.items()])
+        self.client.set_terminated(run.info.run_id, status=END_STATUS["complete"])
+        return run.info.run_id
+
     def log_params(self, run_id: str, params: dict[str, object]) -> None:
         from mlflow.entities import Param
 

@@ -17,7 +17,9 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-from bench.comparison import best_by_seconds, best_of_k, compare, probability_better
+from bench.comparison import best_by_seconds, best_of_k, compare, probability_better, report_lines
+from bench.errors import ConfigError
+from bench.evaluation import record_images
 from bench.ranking import leaderboard
 from bench.report import write_report
 from tests.helpers import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials
@@ -181,3 +183,34 @@ def test_report_renders_every_variant_its_best_score_and_samples_in_chromium(com
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("L"))
     assert pixels.shape[0] >= 1000 and pixels.std() > 20  # a rendered page with pictures, not a blank one
+
+
+@pytest.mark.e2e
+def test_images_made_elsewhere_rank_beside_the_variants_marked_external_and_outside_best_of_k(comparison, tmp_path,
+                                                                                          fashion_test):
+    """Real test-split images stand in for an outside model's samples, recorded in a copy of the study's store."""
+    cwd = tmp_path / "project"
+    shutil.copytree(comparison[0], cwd)
+    folder = cwd / "outside"
+    folder.mkdir()
+    for number, image in enumerate(fashion_test.images[:300]):
+        Image.fromarray(image[0].numpy()).save(folder / f"{number:04d}.png")
+    recorded = bench("eval", "--images", "outside", "--name", "test-split", "--study", "versus.toml",
+                     "--provenance", "Fashion-MNIST's own test images", cwd=cwd)
+    assert recorded.returncode == 0, recorded.stderr[-3000:]
+    assert "test-split recorded in study versus as an external entry" in recorded.stdout
+    board = leaderboard(f"sqlite:///{cwd / 'results' / 'mlflow.db'}", "versus")
+    fid = board[board["metric"] == "fid_domain"].set_index("variant")
+    assert fid.loc["test-split", "external"] == "Fashion-MNIST's own test images"
+    assert fid.loc["test-split", "best"] < fid.loc[list(VARIANTS), "best"].min()  # real images beat 40-step GANs
+    assert set(board.loc[board["variant"].isin(VARIANTS), "external"]) == {""}
+    compared = compare("versus", f"sqlite:///{cwd / 'results' / 'mlflow.db'}")
+    assert "test-split" not in set(compared.summary["variant"]) and compared.common_k == TRIALS
+    assert list(compared.external["name"]) == ["test-split"]
+    printed = "\n".join(report_lines(compared))  # what `bench compare` prints
+    assert "external entries" in printed and "Fashion-MNIST's own test images" in printed
+    page = write_report("versus", cwd / "report.html", f"sqlite:///{cwd / 'results' / 'mlflow.db'}").read_text()
+    card = re.search(r"<div class='variant' data-variant='test-split'>(.*?)</div>", page, re.DOTALL)
+    assert card and "external: Fashion-MNIST&#x27;s own test images" in card.group(1)
+    with pytest.raises(ConfigError, match="'dcgan' is the name of a variant ganbench trains"):
+        record_images(None, "dcgan", "versus", "fid_domain", tracking=f"sqlite:///{cwd / 'results' / 'mlflow.db'}")
