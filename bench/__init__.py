@@ -4,6 +4,7 @@
 
     result = train(TrainConfig("dcgan", steps=500), out="results/train/dcgan")     # bench train
     evaluate("results/train/dcgan", samples=2000).scores                          # bench eval
+    evaluate_images("samples/mine", "fashion-mnist").scores                       # bench eval --images
     study = run_study("dcgan", "lr_sweep", trials=8)                              # bench run
     studies = run_studies(["dcgan", "wgan_gp"], "compare_quick")                  # bench run --variant a,b
     leaderboard(study="lr_sweep")                                                 # bench leaderboard
@@ -18,7 +19,7 @@ if TYPE_CHECKING:  # what type checkers and editors read; at run time each name 
     from bench.comparison import Comparison, compare
     from bench.config import Budget, TrainConfig
     from bench.engine import TrainResult, train
-    from bench.evaluation import Evaluation, evaluate
+    from bench.evaluation import Evaluation, ImagesEvaluation, evaluate, evaluate_images, record_images
     from bench.ranking import effects, leaderboard
     from bench.registry import HParam, Variant, get_variant, register, variants
     from bench.report import write_report
@@ -29,7 +30,7 @@ _HOMES = {
     "comparison": ("Comparison", "compare"),
     "config": ("Budget", "TrainConfig"),
     "engine": ("TrainResult", "train"),
-    "evaluation": ("Evaluation", "evaluate"),
+    "evaluation": ("Evaluation", "ImagesEvaluation", "evaluate", "evaluate_images", "record_images"),
     "ranking": ("effects", "leaderboard"),
     "registry": ("HParam", "Variant", "get_variant", "register", "variants"),
     "report": ("write_report",),

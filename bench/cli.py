@@ -351,7 +351,8 @@ def leaderboard_command(study, variant, tracking_uri, top_k, show_effects, outpu
     table = effects(store, study, variant) if show_effects else leaderboard(store, study, variant, top_k)
     if table.empty:
         raise UserError("no finished trials recorded yet; run `bench run --variant V --study S` first")
-    click.echo(table.to_string(index=False, float_format="{:.4g}".format if show_effects else None))
+    shown = table if show_effects or table["external"].any() else table.drop(columns=["external"])  # no outside entry
+    click.echo(shown.to_string(index=False, float_format="{:.4g}".format if show_effects else None))
     if output is not None:
         with writing(output):
             output.parent.mkdir(parents=True, exist_ok=True)
