@@ -45,6 +45,11 @@ def test_every_shipped_study_is_valid_for_the_variants_it_is_meant_for():
     assert [d.name for d in load_study("lucic_narrow").for_variant(get_variant("began")).dimensions] == \
         ["lr", "arch", "beta1", "gamma"]
     assert [d.name for d in load_study("lucic").for_variant(get_variant("gan")).dimensions] == ["arch", "loss"]
+    for name in ("ema", "small_data", "small_data_10", "tricks_ablation"):  # ablations, for the variants they name
+        spec = load_study(name)
+        for variant in spec.variant.split(","):
+            assert [arm.name for arm in spec.for_variant(get_variant(variant)).arms][0] == "baseline"
+    assert load_study("small_data").dataset == "fashion-mnist[1200]"
 
 
 @pytest.mark.parametrize("text, fragment", [
