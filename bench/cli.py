@@ -502,8 +502,11 @@ def evaluate(checkpoint, images, dataset, name, study, provenance, tracking_uri,
     if images is not None and study is not None:
         if features is not None or samples is not None:
             raise UserError("a study scores its entries as it scores its trials: leave out --features and --samples")
+        from bench.tracking import TrackingStore
+
+        store = TrackingStore.open(tracking_uri, create=True)  # a store that cannot be reached fails before scoring
         scored, spec = study_images(images, study, dataset=dataset, device=device)
-        run_id = record_images(scored, name, spec.name, spec.objective, provenance=provenance, tracking=tracking_uri)
+        run_id = record_images(scored, name, spec.name, spec.objective, provenance=provenance, tracking=store)
         click.echo(f"{name} recorded in study {spec.name} as an external entry (MLflow run {run_id}): "
                    f"{spec.objective} {scored.scores.get(spec.objective, float('nan')):.6g} on {scored.samples} images")
     elif images is not None:
