@@ -492,7 +492,7 @@ def evaluate(checkpoint, images, dataset, name, study, provenance, tracking_uri,
     """Scores a trained generator, or a folder of its images: FID and KID (named by extractor) and the
     class-aware metrics. With --images, --name and --study, records them in the study as an external entry."""
     from bench.evaluation import evaluate as score_checkpoint
-    from bench.evaluation import evaluate_images, record_images, study_images
+    from bench.evaluation import check_entry_name, evaluate_images, record_images, study_images
 
     if (checkpoint is None) == (images is None):
         raise UserError("give --checkpoint (a run of `bench train`) or --images (a folder of generated images)")
@@ -504,7 +504,8 @@ def evaluate(checkpoint, images, dataset, name, study, provenance, tracking_uri,
             raise UserError("a study scores its entries as it scores its trials: leave out --features and --samples")
         from bench.tracking import TrackingStore
 
-        store = TrackingStore.open(tracking_uri, create=True)  # a store that cannot be reached fails before scoring
+        check_entry_name(name)  # what can be refused is refused before the scoring
+        store = TrackingStore.open(tracking_uri, create=True)
         scored, spec = study_images(images, study, dataset=dataset, device=device)
         run_id = record_images(scored, name, spec.name, spec.objective, provenance=provenance, tracking=store)
         click.echo(f"{name} recorded in study {spec.name} as an external entry (MLflow run {run_id}): "

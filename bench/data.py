@@ -92,6 +92,13 @@ def load_dataset(name: str, split: str = "train", *, root: Path | str | None = N
     return ImageDataset(name, split, images, labels, int(labels.max()) + 1)
 
 
+def load_image_folder(path: Path | str) -> ImageDataset:
+    """The images in the folder ``path`` (directly in it or in sub-folders), read as an image folder dataset
+    is: any name, a path ending in [N] included (no subset is drawn)."""
+    images, labels = _image_folder(Path(path), "train")
+    return ImageDataset(f"imagefolder:{path}", "train", images, labels, int(labels.max()) + 1)
+
+
 def split_subset(name: str) -> tuple[str, int | None]:
     """(the whole dataset's name, the subset's size) for ``NAME[N]``; (name, None) for any other name."""
     subset = SUBSET.fullmatch(name)

@@ -13,7 +13,7 @@ import torch
 from bench import checkpoint
 from bench.classifier import default_extractor
 from bench.config import TrainConfig
-from bench.data import load_dataset, to_unit_range
+from bench.data import load_dataset, load_image_folder, to_unit_range
 from bench.devices import resolve_device
 from bench.errors import ConfigError
 from bench.registry import Variant, get_variant
@@ -98,14 +98,14 @@ def evaluate_images(folder: Path | str, dataset: str, *, features: str | None = 
     statistics and sample count, so that a model trained elsewhere ranks beside ganbench's. The images are
     read as an image folder dataset is (grayscale when every image is, else RGB; decoded to 8 bits) and must
     have the dataset's channels and size: resizing changes FID, so it is left to the caller. ``samples``:
-    the first that many (default: every image).
+    that many, drawn with a fixed seed (default: every image).
 
     Example::
 
         evaluate_images("samples/stylegan", "fashion-mnist", features="inception").scores["fid_inception"]
     """
     folder = Path(folder)
-    generated = load_dataset(f"imagefolder:{folder}", "train")  # refuses mixed sizes and unreadable folders
+    generated = load_image_folder(folder)  # refuses mixed sizes and unreadable folders
     real = load_dataset(dataset, "test", root=data_root)
     if generated.image_shape != real.image_shape:
         have, want = generated.image_shape, real.image_shape
@@ -121,7 +121,9 @@ def evaluate_images(folder: Path | str, dataset: str, *, features: str | None = 
     device = resolve_device(device)
     features = features or ("inception" if device.type == "cuda" else default_extractor(dataset))
     scorer = shared_scorer(dataset, features, device, data_root)
-    scores = scorer.score_images(to_unit_range(generated.images[:count]))
+    # Fewer than all: a seeded draw, not the first files (a folder sorted by class would give a few classes).
+    chosen = torch.randperm(len(generated), generator=torch.Generator().manual_seed(0))[:count].sort().values
+    scores = scorer.score_images(to_unit_range(generated.images[chosen] if count < len(generated) else generated.images))
     return ImagesEvaluation(folder, dataset, count, features, scorer.real_split, scorer.real_features_source, scores)
 
 
@@ -142,21 +144,27 @@ def study_images(folder: Path | str, study: str, *, dataset: str | None = None, 
     return scored, spec
 
 
-def record_images(scored: ImagesEvaluation, name: str, study: str, objective: str, *, provenance: str = "",
-                  tracking=None) -> str:
-    """Records ``scored`` in ``study``'s MLflow experiment as the external entry ``name`` (a later one of the
-    same name is its next entry), with ``provenance`` (default: the folder it was read from); `bench
-    leaderboard`, `bench compare` and `bench report` then show it beside the study's variants, marked
-    external. Returns its run id. ``tracking``: a :class:`~bench.tracking.TrackingStore` or its URI."""
+def check_entry_name(name: str) -> None:
+    """Refuses a name an external entry cannot have: a variant's, an empty or unprintable one."""
     from bench.registry import variants
-    from bench.schema import Tag, external_tags, tag_column
-    from bench.tracking import Tracking, TrackingStore
 
     if name in variants():
         raise ConfigError(f"'{name}' is the name of a variant ganbench trains; give the external entry another "
                           "--name (for example the model's)")
     if not name.strip() or len(name) > 100 or any(ord(char) < 32 for char in name):
         raise ConfigError(f"--name {name[:40]!r} is not a usable name: give 1 to 100 printable characters")
+
+
+def record_images(scored: ImagesEvaluation, name: str, study: str, objective: str, *, provenance: str = "",
+                  tracking=None) -> str:
+    """Records ``scored`` in ``study``'s MLflow experiment as the external entry ``name`` (a later one of the
+    same name is its next entry), with ``provenance`` (default: the folder it was read from); `bench
+    leaderboard`, `bench compare` and `bench report` then show it beside the study's variants, marked
+    external. Returns its run id. ``tracking``: a :class:`~bench.tracking.TrackingStore` or its URI."""
+    from bench.schema import Tag, external_tags, tag_column
+    from bench.tracking import Tracking, TrackingStore
+
+    check_entry_name(name)
     store = TrackingStore.open(tracking, create=True)
     try:
         runs = store.trial_runs(study)
@@ -164,6 +172,6 @@ def record_images(scored: ImagesEvaluation, name: str, study: str, objective: st
     except ConfigError:  # the study has no runs in this store yet
         entry = 0
     tags = external_tags(name, entry, study=study, dataset=scored.dataset, extractor=scored.features,
-                         objective=objective, provenance=provenance or f"images from {scored.folder}")
+                         objective=objective, provenance=(provenance or f"images from {scored.folder}")[:5000])
     params = {"dataset": scored.dataset, "features": scored.features, "seed": 0, "eval_samples": scored.samples}
     return Tracking(store, study).record_external(tags, params, scored.scores)

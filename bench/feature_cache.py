@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from bench.classifier import file_stem
-from bench.data import ImageDataset, to_unit_range
+from bench.data import ImageDataset, split_subset, to_unit_range
 from bench.errors import ConfigError
 from bench.features import SPOT_ROWS, FeatureExtractor
 from bench.readers import UnreadableFile, load_tensors, regular_file
@@ -57,7 +57,7 @@ class FeatureCache:
         # The images' own checksum: an image folder or a data root may change under the same name.
         # The device type and precision too: the same network gives features that differ in their
         # last digits on a CPU and a GPU, and a cache shared by both must not mix them.
-        return {"dataset": self.dataset, "split": real.split, "samples": samples,
+        return {"dataset": split_subset(self.dataset)[0], "split": real.split, "samples": samples,  # NAME[N]: NAME's
                 "images": hashlib.sha256(real.images[:samples].numpy().tobytes()).hexdigest(),
                 "extractor": self.extractor.name, "checksum": self.extractor.checksum,
                 "device": self.device.type, "precision": PRECISION}

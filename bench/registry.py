@@ -327,20 +327,24 @@ class Variant(nn.Module, abc.ABC):
     def evaluating(self, *, raw: bool = False) -> Iterator[None]:
         """Eval mode (batch norm on its running statistics) for the block, with G's average in G's place
         where g_ema is on (unless ``raw``); then the mode and G before."""
-        was_training = self.training
-        swap = self.averaging and not raw
-        self.eval()
-        if swap:
-            self._swap_generators()
+        was_training, swapped = self.training, False
         try:
+            self.eval()
+            if self.averaging and not raw and not self._swapped:  # an enclosing block may have swapped already
+                self._swap_generators()
+                swapped = True
             yield
         finally:
-            if swap:
+            if swapped:
                 self._swap_generators()
             self.train(was_training)
 
+    _swapped = False
+
     def _swap_generators(self) -> None:
+        """G and G_ema exchanged (a signal between the two assignments cannot leave them half done: one statement)."""
         self._modules["G"], self._modules["G_ema"] = self._modules["G_ema"], self._modules["G"]
+        self._swapped = not self._swapped
 
     def adam(self, *modules: nn.Module, lr: float | None = None) -> torch.optim.Adam:
         """An Adam optimiser over ``modules`` with this variant's betas and ``lr`` (default: hp.lr)."""

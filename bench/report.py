@@ -62,7 +62,7 @@ def render(study: str, store: TrackingStore) -> str:
         parts.append(f"<p class='running'>The study is still running: {comparison.running} "
                      f"trial{'s' if comparison.running > 1 else ''} running, not ranked until "
                      f"{'they end' if comparison.running > 1 else 'it ends'}.</p>")
-    fidelity = comparison.trials.set_index("run_id")[["precision", "recall"]]
+    fidelity = pd.concat([comparison.trials, comparison.external]).set_index("run_id")[["precision", "recall"]]
 
     parts.append("<h2>Each variant's best trial</h2>")
     for row in board.itertuples():

@@ -41,6 +41,8 @@ def test_samples_come_from_the_average_the_raw_g_on_request_and_g_is_itself_agai
     with dcgan.evaluating(raw=True):
         direct = dcgan.generate(dcgan.latent(4, seed()), torch.zeros(4, dtype=torch.long))
     assert torch.equal(averaged, again) and not torch.allclose(averaged, direct)
+    with dcgan.evaluating():  # nested blocks: the inner one keeps the average, and G is itself after both
+        assert torch.equal(dcgan.sample(4, generator=seed()), averaged)
     assert dcgan.G is raw and dcgan.training
     assert not get_variant("dcgan")((1, 8, 8), 10).averaging  # off: no second generator at all
 
