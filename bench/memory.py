@@ -56,9 +56,10 @@ def training_need(variant_cls: type[Variant], hparams: dict, image_shape: tuple[
             discriminated = _outputs(variant, lambda: variant.discriminate(torch.zeros(2, *image_shape), labels))
     except Exception:  # a third-party network with data-dependent steps: no estimate, no refusal
         return None
-    parameters = sum(p.numel() for p in variant.parameters())
+    trained = sum(p.numel() for p in variant.parameters() if p.requires_grad)
+    averaged = sum(p.numel() for p in variant.parameters() if not p.requires_grad)  # G's average: weights alone
     per_image = (generated + 2 * discriminated) // 2  # G on the fakes, D on the reals and the fakes
-    return Need(weights=parameters * BYTES_PER_PARAMETER, activations=per_image * batch_size * value_bytes,
+    return Need(weights=trained * BYTES_PER_PARAMETER + averaged * 4, activations=per_image * batch_size * value_bytes,
                 data=data_bytes)
 
 
