@@ -313,15 +313,17 @@ class Variant(nn.Module, abc.ABC):
     def average_generator(self, step: int) -> None:
         """After generator step ``step``: G_ema <- g_ema * G_ema + (1 - g_ema) * G, or G_ema <- G up to
         g_ema_start. Batch-norm statistics are averaged like the weights, as StudioGAN's Ema does (BigGAN's
-        code); counters are copied. Two fused lerps per step; nothing where g_ema is off."""
+        code); counters are copied. One fused lerp per step; nothing where g_ema is off."""
         if not self.averaging:
             return
         weight = 1.0 if step <= self.tip("g_ema_start") else 1.0 - self.tip("g_ema")
-        averaged, current = self.G_ema.state_dict(keep_vars=True), self.G.state_dict(keep_vars=True)
-        floats = [key for key, value in averaged.items() if value.is_floating_point()]
-        torch._foreach_lerp_([averaged[key] for key in floats], [current[key] for key in floats], weight)
-        for key in averaged.keys() - set(floats):
-            averaged[key].copy_(current[key])
+        pairs = zip(self.G_ema.state_dict(keep_vars=True).values(), self.G.state_dict(keep_vars=True).values())
+        floats, counters = [], []
+        for pair in pairs:
+            (floats if pair[0].is_floating_point() else counters).append(pair)
+        torch._foreach_lerp_([averaged for averaged, _ in floats], [current for _, current in floats], weight)
+        for averaged, current in counters:
+            averaged.copy_(current)
 
     @contextlib.contextmanager
     def evaluating(self, *, raw: bool = False) -> Iterator[None]:
