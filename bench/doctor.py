@@ -8,6 +8,7 @@ ones use the rows the engine already brought to the host.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -18,6 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from bench.data import ImageDataset, to_unit_range
 from bench.observer import Finding, Observer, RunStart
 from bench.errors import ConfigError, UnhealthyRun
 from bench.readers import read_bytes
@@ -78,19 +80,31 @@ class Doctor(Observer):
     warmup = 200
     """Steps before the sample checks: an untrained generator's samples all look alike."""
     collapse_every = 200
+    memorising_images = 256
+    """Training images, and as many held-out ones, that the memorisation check shows D."""
+    memorising_auc = 0.8
+    """The share of (training, held-out) pairs in which D scores the training image higher, beyond
+    which D is memorising (0.5: it treats both alike); calibrated in docs/results/memorisation.csv."""
 
     variant: Variant  # the run's, and where its findings go: from on_start
     report: Callable[[Finding], None]
 
-    def __init__(self, dataset: str):
+    def __init__(self, dataset: str, train: ImageDataset | None = None, held_out: ImageDataset | None = None):
+        """``train``, ``held_out``: the run's training split and images it never trains on (its test
+        split), for the memorisation check, which is skipped without them."""
         self.dataset = dataset
         self.rows: deque[dict[str, float]] = deque(maxlen=2 * self.window)
         self.real_spread: float | None = None
         self._before: list[torch.Tensor] | None = None
         self._seen: dict[str, int] = {}  # sample checks in a row at which a problem was seen
+        self.memorising: list[tuple[int, float]] = []
+        """(step, share) at each memorisation check: how far D ranks training images above held-out ones."""
+        self._pairs = memorisation_sets(train, held_out, self.memorising_images) if train and held_out else None
+        self._train_size = len(train) if train else 0
 
     def on_start(self, run: RunStart) -> None:
         self.variant, self.report = run.variant, run.report
+        self.device = run.device
         self.fixed_latent = run.variant.latent(SAMPLES, torch.Generator().manual_seed(0))
         self.fixed_labels = torch.arange(SAMPLES, device=run.device) % run.variant.num_classes
         try:
@@ -102,13 +116,15 @@ class Doctor(Observer):
 
     def state_dict(self) -> dict:
         """The rolling state a resumed run needs for its checks to carry on where they were."""
-        return {"rows": list(self.rows), "real_spread": self.real_spread, "seen": dict(self._seen)}
+        return {"rows": list(self.rows), "real_spread": self.real_spread, "seen": dict(self._seen),
+                "memorising": list(self.memorising)}
 
     def load_state_dict(self, state: dict) -> None:
         self.rows.clear()
         self.rows.extend(state["rows"])
         self.real_spread = state["real_spread"]
         self._seen = dict(state["seen"])
+        self.memorising = [tuple(entry) for entry in state.get("memorising", [])]
 
     def found(self, check: str, step: int, message: str, *, fatal: bool = False) -> None:
         """Reports ``check`` (the engine keeps the first report of each) and stops the run for a fatal one."""
@@ -130,6 +146,8 @@ class Doctor(Observer):
             self._before = None
         if step >= self.warmup and step % self.collapse_every == 0:
             self._check_samples(step)
+            if self._pairs is not None:
+                self._check_memorising(step)
 
     # -- the checks -----------------------------------------------------------------------------------
 
@@ -191,11 +209,38 @@ class Doctor(Observer):
             self._persisting("few_classes", step, classes <= 1,
                              f"the classifier sees a single class among {SAMPLES} samples: mode collapse")
 
-    def _persisting(self, check: str, step: int, seen: bool, message: str) -> None:
-        """Reports ``check`` once it is seen at three sample checks in a row: GANs often pass through
-        a brief collapse early on (the MLP GAN does around steps 200-400) and recover by themselves."""
+    @torch.no_grad()
+    def _check_memorising(self, step: int) -> None:
+        """ADA's overfitting signal made two-sided: does D score the images it trains on above real
+        images it has never seen? (Karras et al. 2020 watch E[sign(D(x_real))]; comparing with held-out
+        reals needs no threshold per loss, and an autoencoder D's scores serve as well as a classifier's.)"""
+        images, labels = (tensor.to(self.device) for tensor in self._pairs)
+        scores = self._scores(to_unit_range(images), labels)
+        half = len(scores) // 2
+        share = ranked_above(scores[:half], scores[half:])
+        self.memorising.append((step, share))
+        self._persisting("memorising", step, share > self.memorising_auc,
+                         f"D is memorising the {self._train_size:,} training images: it scores a training image above "
+                         f"a held-out one in {share:.0%} of pairs (50% when it treats them alike), and FID will soon "
+                         "stop falling; try --set diffaugment=color,translation,cutout, fewer steps, or more images",
+                         times=2)
+
+    def _scores(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """D's scores as it trains (train mode, augmented as in its updates), leaving no trace: D's
+        buffers (batch-norm statistics, spectral norm's vectors) and the random streams are as they were."""
+        buffers = list(self.variant.D.buffers())
+        saved = [buffer.clone() for buffer in buffers]
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            scores = self.variant.discriminate(images, labels).float().flatten()
+        for buffer, value in zip(buffers, saved):
+            buffer.copy_(value)
+        return scores
+
+    def _persisting(self, check: str, step: int, seen: bool, message: str, times: int = 3) -> None:
+        """Reports ``check`` once it is seen at ``times`` checks in a row: GANs often pass through a
+        brief collapse early on (the MLP GAN does around steps 200-400) and recover by themselves."""
         self._seen[check] = self._seen.get(check, 0) + 1 if seen else 0
-        if self._seen[check] >= 3:
+        if self._seen[check] >= times:
             self.found(check, step, message)
 
     def on_losses(self, rows: list[dict[str, float]]) -> None:
@@ -221,6 +266,31 @@ class Doctor(Observer):
             if not expected.low <= value <= expected.high:
                 self.found(expected.check, step, f"{expected.meaning} averaged {value:.3g} over the last "
                            f"{self.window} steps, outside [{expected.low:g}, {expected.high:g}]; {expected.fix}")
+
+
+def memorisation_sets(train: ImageDataset, held_out: ImageDataset, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Up to ``n`` training images and as many held-out ones that are not among them (compared by
+    content: an image folder without a test folder is its own test split), drawn once with seed 0,
+    as one batch (images uint8, labels): the training half first. None when fewer than 64 are held out."""
+    seen = {hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest() for image in train.images}
+    unseen = torch.tensor([hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest() not in seen
+                           for image in held_out.images], dtype=torch.bool)
+    n = min(n, len(train), int(unseen.sum()))
+    if n < 64:
+        return None
+    draw = torch.Generator().manual_seed(0)
+    ours = torch.randperm(len(train), generator=draw)[:n]
+    theirs = unseen.nonzero().flatten()[torch.randperm(int(unseen.sum()), generator=draw)[:n]]
+    return (torch.cat([train.images[ours], held_out.images[theirs]]),
+            torch.cat([train.labels[ours], held_out.labels[theirs]]))
+
+
+def ranked_above(first: torch.Tensor, second: torch.Tensor) -> float:
+    """The share of pairs (a from ``first``, b from ``second``) with a > b, ties counting half: the
+    area under the ROC curve of telling them apart by score (Mann-Whitney), 0.5 for one distribution."""
+    greater = (first[:, None] > second[None, :]).float().mean()
+    ties = (first[:, None] == second[None, :]).float().mean()
+    return float(greater + ties / 2)
 
 
 PROBE = torch.cat([-torch.logspace(4, -4, 81), torch.zeros(1), torch.logspace(-4, 4, 81)])

@@ -16,6 +16,7 @@ from bench.config import TrainConfig
 from bench.data import ImageDataset, load_dataset
 from bench.devices import autocast_dtype, resolve_device
 from bench.doctor import Doctor
+from bench.errors import DatasetNotFound
 from bench.observer import Observer
 from bench.registry import get_variant
 from bench.classifier import default_extractor, no_classifier, weights_path
@@ -45,7 +46,14 @@ class RunPlan:
     def observers(self) -> list[Observer]:
         """The observers the config switches on, fresh for a run: the training doctor, unless
         ``config.doctor`` is off. The engine adds them before its caller's (tracking, pruning)."""
-        return [Doctor(self.config.dataset)] if self.config.doctor else []
+        if not self.config.doctor:
+            return []
+        try:  # for the memorisation check, which goes without when the test split is missing
+            held_out = load_dataset(self.config.dataset, "test", root=self.config.data_root,
+                                    download=self.config.download)
+        except DatasetNotFound:
+            held_out = None
+        return [Doctor(self.config.dataset, self.data, held_out)]
 
     @property
     def precision(self) -> str:
