@@ -211,9 +211,9 @@ class Doctor(Observer):
 
     @torch.no_grad()
     def _check_memorising(self, step: int) -> None:
-        """ADA's overfitting signal made two-sided: does D score the images it trains on above real
-        images it has never seen? (Karras et al. 2020 watch E[sign(D(x_real))]; comparing with held-out
-        reals needs no threshold per loss, and an autoencoder D's scores serve as well as a classifier's.)"""
+        """Does D score the images it trains on above real images it has never seen? (Karras et al.
+        2020's ADA watches E[sign(D(x_real))], whose level depends on the loss; measured against held-out
+        reals, one threshold serves every loss, and an autoencoder D's scores as well as a classifier's.)"""
         images, labels = (tensor.to(self.device) for tensor in self._pairs)
         scores = self._scores(to_unit_range(images), labels)
         half = len(scores) // 2

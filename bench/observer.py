@@ -16,8 +16,8 @@ class Finding:
     """A problem an observer (the training doctor) saw in a run, with the cause and the fix in its message."""
 
     check: str
-    """no_generator_gradient, data_range, nonfinite_weights, discriminator_wins, mode_collapse,
-    few_classes, clipping, or a check a variant declares (registry.Expected)"""
+    """no_generator_gradient, data_range, output_range, nonfinite_weights, discriminator_wins, mode_collapse,
+    few_classes, memorising, clipping, or a check a variant declares (registry.Expected)"""
     step: int
     """The step it was first seen at."""
     message: str

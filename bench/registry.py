@@ -131,6 +131,11 @@ TIPS = {
     "r1_gamma": Tip(HParam(0.0, 0.0, 1000.0, help="R1 penalty (gamma/2) E||grad D(x)||^2 on the real batch "
                                                   "(Mescheder et al. 2018); 0: off"),
                     "a discriminator trained on real and fake images (a real/fake loss or a critic's scores)"),
+    "gp_weight": Tip(HParam(0.0, 0.0, 1000.0, help="gradient penalty weight: lambda E[(||grad D(x_hat)||_2 - 1)^2] "
+                                                   "on interpolates of real and fake (Gulrajani et al. 2017) beside "
+                                                   "any loss, Kurach et al. 2019's GP; 0: off"),
+                     "a discriminator trained on real/fake targets (the WGAN critics have their own penalty or "
+                     "clipping)"),
     "diffaugment": Tip(HParam("none", choices=CHOICES, help="differentiable augmentation of every image D sees, "
                                                             "real and fake (Zhao et al. 2020): none, or policies "
                                                             "of color, translation, cutout"),

@@ -13,7 +13,8 @@ import torch
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.data import BatchSampler
+from bench.data import BatchSampler, load_dataset, to_unit_range
+from bench.doctor import memorisation_sets, ranked_above
 from bench.engine import TrainConfig, Trainer
 from bench.errors import ConfigError, UnhealthyRun
 from tests.helpers import BENCH, clean_env, registered_variants
@@ -231,3 +232,65 @@ def test_a_variant_returning_other_loss_keys_without_declaring_them_is_told_at_i
                                           r"G losses, e.g. loss_keys = \('d_loss', 'g_loss'\)$"):
         trainer.run()
     assert trainer.step == 0
+
+
+def test_ranked_above_is_the_share_of_pairs_with_ties_counting_half():
+    assert ranked_above(torch.tensor([3.0, 2.0]), torch.tensor([1.0, 2.0])) == (3 + 0.5) / 4
+    assert ranked_above(torch.tensor([1.0, 1.0]), torch.tensor([1.0])) == 0.5
+    assert ranked_above(torch.tensor([0.0]), torch.tensor([5.0, 6.0])) == 0.0
+
+
+def test_the_held_out_images_are_none_of_the_training_images():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    images, labels = memorisation_sets(train, test, 256)
+    assert images.shape == (512, *train.image_shape) and labels.shape == (512,)
+    ours, theirs = {image.numpy().tobytes() for image in train.images}, images[256:]
+    assert not any(image.numpy().tobytes() in ours for image in theirs)
+    assert all(image.numpy().tobytes() in ours for image in images[:256])
+    assert torch.equal(memorisation_sets(train, test, 256)[0], images)  # the same draw for every run
+    # An image folder without a test folder is its own test split: nothing is held out, the check is skipped.
+    assert memorisation_sets(train, train, 256) is None
+
+
+class MemorisingD(DCGAN):
+    """D whose score jumps by 10 on the exact images of its training split, as a D that has learnt
+    them by heart (its own scores still train it)."""
+
+    name = "test_memorising_d"
+
+    def build(self):
+        super().build()
+        self.register_buffer("seen", to_unit_range(load_dataset("digits", "train").images).flatten(1))
+
+    def discriminate(self, images, labels=None):
+        known = torch.cdist(images.flatten(1).float(), self.seen).amin(1) < 1e-4
+        return super().discriminate(images, labels) + 10 * known
+
+
+@pytest.mark.e2e
+def test_a_discriminator_that_knows_its_training_images_is_reported_at_the_second_check(registered):
+    registered(MemorisingD)
+    trainer = Trainer(TrainConfig("test_memorising_d", dataset="digits", steps=400, device="cpu"), progress=False)
+    trainer.run()
+    found = {f.check: f for f in trainer.findings()}
+    assert found["memorising"].step == 400 and not found["memorising"].fatal, found
+    assert "D is memorising the 1,437 training images" in found["memorising"].message
+    assert "diffaugment=color,translation,cutout" in found["memorising"].message
+    doctor = next(observer for observer in trainer.observers if observer.name == "doctor")
+    assert [step for step, _ in doctor.memorising] == [200, 400] and min(s for _, s in doctor.memorising) > 0.8
+
+
+@pytest.mark.parametrize("hparams", [{}, {"d_norm": "spectral", "diffaugment": "color,translation,cutout"}])
+def test_the_memorisation_check_leaves_no_trace_in_d_or_the_random_streams(hparams):
+    """Batch-norm statistics, spectral norm's power-iteration vectors and the random stream that
+    DiffAugment and the next step draw from are as they were: the doctor does not change the run."""
+    trainer = Trainer(TrainConfig("dcgan", dataset="digits", steps=3, hparams=hparams, device="cpu"), progress=False)
+    trainer.run()
+    doctor = next(observer for observer in trainer.observers if observer.name == "doctor")
+    before = {key: value.clone() for key, value in trainer.variant.state_dict().items()}
+    rng = torch.get_rng_state()
+    doctor._check_memorising(200)
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = trainer.variant.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    assert len(doctor.memorising) == 1 and 0 <= doctor.memorising[0][1] <= 1

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.errors import ConfigError
 from bench.registry import get_variant
 from variants.began import began_d_loss, convergence_measure, next_k, reconstruction_loss
 from variants.dragan import dragan_penalty, perturbed
@@ -15,7 +16,7 @@ from variants.infogan import info_loss
 from variants.lsgan import lsgan_d_loss, lsgan_g_loss
 from variants.ragan import ragan_d_loss, ragan_g_loss
 from variants.wgan import wasserstein_estimate
-from variants.penalties import gradient_penalty, r1_penalty, with_r1
+from variants.penalties import gradient_penalty, r1_penalty, with_penalties
 from variants.sngan import hinge_d_loss, hinge_g_loss
 
 
@@ -82,10 +83,33 @@ def test_r1_gamma_adds_half_gamma_times_r1_to_d_loss_and_nothing_at_zero():
     for gamma in (0.0, 10.0):
         gan = get_variant("gan")((1, 8, 8), 10, r1_gamma=gamma)
         gan.D = Quadratic(2.0)
-        losses = with_r1(gan, {"loss_d": torch.tensor(1.0)}, real, labels)
+        losses = with_penalties(gan, {"loss_d": torch.tensor(1.0)}, real, torch.randn_like(real), labels)
         expected = 1.0 + gamma / 2 * 4.0 * real.flatten(1).pow(2).sum(1).mean().item()
         assert losses["loss_d"].item() == pytest.approx(expected, rel=1e-5)
-        assert ("r1_penalty" in losses) == (gamma > 0)
+        assert ("r1_penalty" in losses) == (gamma > 0) and "gp_penalty" not in losses
+
+
+@pytest.mark.parametrize("variant", ["dcgan", "lsgan"])
+def test_gp_weight_adds_lambda_times_the_penalty_on_interpolates_and_nothing_at_zero(variant):
+    """With a linear D (gradient w everywhere, ||w|| = 2) the penalty is (2 - 1)^2 = 1 whatever the
+    interpolates, so D's loss grows by exactly gp_weight."""
+    torch.manual_seed(0)
+    real, fake, labels = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    weight = torch.zeros(1, 8, 8)
+    weight.view(-1)[:2] = torch.tensor([1.2, 1.6])
+    for lam in (0.0, 10.0):
+        gan = get_variant(variant)((1, 8, 8), 10, gp_weight=lam)
+        gan.D = LinearCritic(weight)
+        losses = with_penalties(gan, {"loss_d": torch.tensor(1.0)}, real, fake, labels)
+        assert losses["loss_d"].item() == pytest.approx(1.0 + lam, rel=1e-5)
+        assert ("gp_penalty" in losses) == (lam > 0) and "r1_penalty" not in losses
+    assert losses["gp_grad_norm"].item() == pytest.approx(2.0, rel=1e-5)
+
+
+def test_the_critics_take_no_gp_weight_they_have_their_own_penalty_or_clipping():
+    for name in ("wgan", "wgan_gp"):
+        with pytest.raises(ConfigError, match="tip 'gp_weight' does not apply"):
+            get_variant(name).resolve_hparams({"gp_weight": 10.0})
 
 
 def test_wasserstein_estimate_is_mean_real_minus_mean_fake():

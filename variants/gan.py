@@ -14,7 +14,7 @@ from torch import Tensor
 
 from bench.registry import HParam, Variant, adam_hparams, register, tips
 from variants.blocks import arch, discriminator_batchnorm, networks, paper_norm
-from variants.penalties import with_r1
+from variants.penalties import with_penalties
 
 
 def discriminator_bce(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0) -> Tensor:
@@ -57,7 +57,7 @@ class GAN(Variant):
                "loss": HParam("nonsaturating", choices=tuple(GENERATOR_LOSSES), help="generator loss"),
                **arch("mlp"), **discriminator_batchnorm(),
                **tips("label_smoothing", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma",
-                      "diffaugment", "g_ema", "g_ema_start")}
+                      "gp_weight", "diffaugment", "g_ema", "g_ema_start")}
 
     def build(self) -> None:
         nets = networks(self, **self.architecture())
@@ -87,7 +87,8 @@ class GAN(Variant):
         latent = self.latent(len(real))
         batch = Batch(real, self.generate(latent, labels), latent, labels)
         # D learns from a detached fake (no gradient into G); G then needs D's fresh verdict.
-        d_losses = with_r1(self, self.d_losses(replace(batch, fake=batch.fake.detach())), real, labels)
+        fake = batch.fake.detach()
+        d_losses = with_penalties(self, self.d_losses(replace(batch, fake=fake)), real, fake, labels)
         self.update(self.opt_d, d_losses["loss_d"])
         g_losses = self.g_losses(batch)
         self.update(self.opt_g, g_losses["loss_g"])

@@ -47,7 +47,7 @@ class LSGAN(DCGAN):
                **arch("dcgan"), **discriminator_batchnorm(), **init("pytorch"),
                # no label smoothing: D regresses to targets, it is not trained with cross-entropy
                **tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma",
-                      "diffaugment", "g_ema", "g_ema_start")}
+                      "gp_weight", "diffaugment", "g_ema", "g_ema_start")}
 
     def scores(self, images: Tensor, labels: Tensor) -> Tensor:
         """D's output (N,) as the squared losses see it."""

@@ -2,7 +2,8 @@
 
 Each is a pure function of a critic (a callable from images to scores (N,)) and images of any
 shape (N, C, H, W), returning the penalty averaged over the batch (and, for the doctor, the mean
-gradient norm it saw). :func:`with_r1` adds R1 to a variant's D loss where its r1_gamma tip asks.
+gradient norm it saw). :func:`with_penalties` adds them to a variant's D loss where its r1_gamma and
+gp_weight tips ask.
 """
 
 from __future__ import annotations
@@ -34,13 +35,26 @@ def r1_penalty(critic: Critic, real: Tensor) -> Tensor:
     return grad.flatten(1).float().pow(2).sum(dim=1).mean()
 
 
-def with_r1(variant: Variant, losses: dict[str, Tensor], real: Tensor, labels: Tensor) -> dict[str, Tensor]:
-    """``losses`` with (r1_gamma / 2) * R1 on ``real`` added to D's loss (``loss_keys[0]``) and reported as
-    ``r1_penalty``, when the variant's r1_gamma tip is on; as they are when it is 0. R1 takes its own
-    forward pass of D on the real batch (with batch norm in D, one more update of its running statistics)."""
-    gamma = variant.tip("r1_gamma")
-    if not gamma:
-        return losses
-    penalty = r1_penalty(lambda images: variant.discriminate(images, labels), real)
-    key = variant.loss_keys[0]
-    return {**losses, key: losses[key] + gamma / 2 * penalty, "r1_penalty": penalty}
+def with_penalties(variant: Variant, losses: dict[str, Tensor], real: Tensor, fake: Tensor,
+                   labels: Tensor) -> dict[str, Tensor]:
+    """``losses`` with the penalties the variant's tips ask for added to D's loss (``loss_keys[0]``), each
+    reported under its own name; as they are when both tips are 0:
+
+    - r1_gamma: (r1_gamma / 2) * R1 on ``real``, ``r1_penalty``;
+    - gp_weight: gp_weight * the gradient penalty on interpolates of ``real`` and the detached ``fake``,
+      ``gp_penalty`` (Kurach et al. 2019's GP beside any loss; ``gp_grad_norm``, the mean norm it saw).
+
+    Each takes its own forward pass of D (with batch norm in D, one more update of its running statistics)."""
+    gamma, weight = variant.tip("r1_gamma"), variant.tip("gp_weight")
+    key, added = variant.loss_keys[0], {}
+
+    def critic(images: Tensor) -> Tensor:  # a conditional D scores the images with their labels
+        return variant.discriminate(images, labels)
+
+    if gamma:
+        added["r1_penalty"] = r1_penalty(critic, real)
+        losses = {**losses, key: losses[key] + gamma / 2 * added["r1_penalty"]}
+    if weight:
+        added["gp_penalty"], added["gp_grad_norm"] = gradient_penalty(critic, real, fake)
+        losses = {**losses, key: losses[key] + weight * added["gp_penalty"]}
+    return {**losses, **added}

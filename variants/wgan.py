@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from bench.registry import HParam, Variant, register, tips
 from variants.blocks import arch, discriminator_batchnorm, init, networks, paper_norm
-from variants.penalties import with_r1
+from variants.penalties import with_penalties
 
 
 CRITIC_TIPS = tips("minibatch_std", "lr_d_ratio", "g_width", "d_width", "activation", "d_norm", "r1_gamma",
@@ -81,7 +81,7 @@ class WGAN(Variant):
                                            labels.chunk(self.real_batches_per_step)):
             with torch.no_grad():
                 fake = self.G(self.latent(len(real_batch)))
-            critic_losses = with_r1(self, self.critic_losses(real_batch, fake), real_batch, label_batch)
+            critic_losses = with_penalties(self, self.critic_losses(real_batch, fake), real_batch, fake, label_batch)
             self.update(self.opt_d, critic_losses["loss_d"])
             self.after_critic_update()
         loss_g = -self.discriminate(self.G(self.latent(len(real_batch)))).float().mean()
