@@ -146,7 +146,7 @@ class Doctor(Observer):
             self._before = None
         if step >= self.warmup and step % self.collapse_every == 0:
             self._check_samples(step)
-            if self._pairs is not None:
+            if self._pairs is not None and isinstance(getattr(self.variant, "D", None), nn.Module):
                 self._check_memorising(step)
 
     # -- the checks -----------------------------------------------------------------------------------

@@ -44,6 +44,12 @@ def test_every_shipped_study_is_valid_for_the_variants_it_is_meant_for():
     assert load_study("lucic_wide").for_variant(get_variant("gan")).dimensions[0].low == 1e-5
     assert [d.name for d in load_study("lucic_narrow").for_variant(get_variant("began")).dimensions] == \
         ["lr", "arch", "beta1", "gamma"]
+    # The ablations run every arm on every variant they name: none skipped for a tip the variant lacks.
+    for name in ("kurach", "kurach_losses", "ema", "small_data", "small_data_10", "tricks_ablation"):
+        spec = load_study(name)
+        for variant in spec.variant.split(","):
+            resolved = spec.for_variant(get_variant(variant))
+            assert resolved.arms == spec.arms and not resolved.skipped_arms, (name, variant, resolved.skipped_arms)
     assert [d.name for d in load_study("lucic").for_variant(get_variant("gan")).dimensions] == ["arch", "loss"]
     for name in ("ema", "small_data", "small_data_10", "tricks_ablation"):  # ablations, for the variants they name
         spec = load_study(name)
