@@ -82,7 +82,7 @@ class Doctor(Observer):
     collapse_every = 200
     memorising_images = 256
     """Training images, and as many held-out ones, that the memorisation check shows D."""
-    memorising_auc = 0.8
+    memorising_share = 0.8
     """The share of (training, held-out) pairs in which D scores the training image higher, beyond
     which D is memorising (0.5: it treats both alike); calibrated in docs/results/memorisation.csv."""
 
@@ -219,10 +219,11 @@ class Doctor(Observer):
         half = len(scores) // 2
         share = ranked_above(scores[:half], scores[half:])
         self.memorising.append((step, share))
-        self._persisting("memorising", step, share > self.memorising_auc,
+        self._persisting("memorising", step, share > self.memorising_share,
                          f"D is memorising the {self._train_size:,} training images: it scores a training image above "
-                         f"a held-out one in {share:.0%} of pairs (50% when it treats them alike), and FID will soon "
-                         "stop falling; try --set diffaugment=color,translation,cutout, fewer steps, or more images",
+                         f"a held-out one in {share:.0%} of pairs (50% when it treats them alike), so G learns what "
+                         "tells those images apart, not the data; try --set diffaugment=color,translation,cutout, "
+                         "fewer steps, or more images",
                          times=2)
 
     def _scores(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -272,9 +273,11 @@ def memorisation_sets(train: ImageDataset, held_out: ImageDataset, n: int) -> tu
     """Up to ``n`` training images and as many held-out ones that are not among them (compared by
     content: an image folder without a test folder is its own test split), drawn once with seed 0,
     as one batch (images uint8, labels): the training half first. None when fewer than 64 are held out."""
-    seen = {hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest() for image in train.images}
-    unseen = torch.tensor([hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest() not in seen
-                           for image in held_out.images], dtype=torch.bool)
+    def digest(image: torch.Tensor) -> bytes:
+        return hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest()
+
+    seen = {digest(image) for image in train.images}
+    unseen = torch.tensor([digest(image) not in seen for image in held_out.images], dtype=torch.bool)
     n = min(n, len(train), int(unseen.sum()))
     if n < 64:
         return None
