@@ -213,28 +213,31 @@ class Doctor(Observer):
     def _check_memorising(self, step: int) -> None:
         """Does D score the images it trains on above real images it has never seen? (Karras et al.
         2020's ADA watches E[sign(D(x_real))], whose level depends on the loss; measured against held-out
-        reals, one threshold serves every loss, and an autoencoder D's scores as well as a classifier's.)"""
+        reals, the share is 0.5 for every loss, and an autoencoder D's, when nothing is memorised.)"""
         images, labels = (tensor.to(self.device) for tensor in self._pairs)
         scores = self._scores(to_unit_range(images), labels)
-        half = len(scores) // 2
+        if scores.numel() != len(images):  # not one score an image: nothing to rank
+            return
+        scores, half = scores.flatten(), len(images) // 2
         share = ranked_above(scores[:half], scores[half:])
         self.memorising.append((step, share))
         self._persisting("memorising", step, share > self.memorising_share,
                          f"D is memorising the {self._train_size:,} training images: it scores a training image above "
-                         f"a held-out one in {share:.0%} of pairs (50% when it treats them alike), so G learns what "
-                         "tells those images apart, not the data; try --set diffaugment=color,translation,cutout, "
-                         "fewer steps, or more images",
+                         f"a held-out one in {share:.0%} of pairs (50% when it treats them alike); try --set "
+                         "diffaugment=color,translation,cutout, fewer steps, or more images",
                          times=2)
 
     def _scores(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """D's scores as it trains (train mode, augmented as in its updates), leaving no trace: D's
-        buffers (batch-norm statistics, spectral norm's vectors) and the random streams are as they were."""
-        buffers = list(self.variant.D.buffers())
-        saved = [buffer.clone() for buffer in buffers]
+        """D's scores as in its updates (train mode, augmented; in float32), leaving no trace: D's buffers
+        (batch-norm statistics, spectral norm's vectors) and the random streams are as they were."""
+        D = self.variant.D
+        saved = {name: buffer.clone() for name, buffer in D.named_buffers()}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            scores = self.variant.discriminate(images, labels).float().flatten()
-        for buffer, value in zip(buffers, saved):
-            buffer.copy_(value)
+            scores = self.variant.discriminate(images, labels).float()
+        # Put back through load_state_dict, so that a layer that keeps a count beside its buffers (the
+        # debiased batch norm of Lucic's D) reads it again; a buffer no state dict holds, by hand.
+        for name in D.load_state_dict(saved, strict=False).unexpected_keys:
+            D.get_buffer(name).copy_(saved[name])
         return scores
 
     def _persisting(self, check: str, step: int, seen: bool, message: str, times: int = 3) -> None:

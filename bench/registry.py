@@ -134,8 +134,8 @@ TIPS = {
     "gp_weight": Tip(HParam(0.0, 0.0, 1000.0, help="gradient penalty weight: lambda E[(||grad D(x_hat)||_2 - 1)^2] "
                                                    "on interpolates of real and fake (Gulrajani et al. 2017) beside "
                                                    "any loss, Kurach et al. 2019's GP; 0: off"),
-                     "a discriminator trained on real/fake targets (the WGAN critics have their own penalty or "
-                     "clipping)"),
+                     "a discriminator trained on real/fake targets without a gradient penalty of its own (wgan_gp "
+                     "and dragan have theirs, wgan its clipping)"),
     "diffaugment": Tip(HParam("none", choices=CHOICES, help="differentiable augmentation of every image D sees, "
                                                             "real and fake (Zhao et al. 2020): none, or policies "
                                                             "of color, translation, cutout"),

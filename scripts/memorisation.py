@@ -63,7 +63,7 @@ def summary(rows: list[dict]) -> list[dict]:
         table.append({"variant": variant, "training images": dataset, "G steps": steps,
                       "share at step 400": next(row["share"] for row in checks if row["step"] == "400"),
                       "doctor fired at": fired or "never", "share there": at_fire["share"] if at_fire else "",
-                      "fid_domain there": f"{fid_then[-1]:.1f}" if fid_then else "",
+                      "last fid_domain before": f"{fid_then[-1]:.1f}" if fid_then else "",
                       "lowest fid_domain (step)": f"{best:.1f} ({best_step})",
                       "final fid_domain": f"{scored[-1][1]:.1f}", "final share": checks[-1]["share"],
                       **{key: checks[0][key] for key in PROVENANCE}})

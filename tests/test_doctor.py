@@ -280,17 +280,22 @@ def test_a_discriminator_that_knows_its_training_images_is_reported_at_the_secon
     assert [step for step, _ in doctor.memorising] == [200, 400] and min(s for _, s in doctor.memorising) > 0.8
 
 
-@pytest.mark.parametrize("hparams", [{}, {"d_norm": "spectral", "diffaugment": "color,translation,cutout"}])
-def test_the_memorisation_check_leaves_no_trace_in_d_or_the_random_streams(hparams):
-    """Batch-norm statistics, spectral norm's power-iteration vectors and the random stream that
-    DiffAugment and the next step draw from are as they were: the doctor does not change the run."""
-    trainer = Trainer(TrainConfig("dcgan", dataset="digits", steps=3, hparams=hparams, device="cpu"), progress=False)
+@pytest.mark.parametrize("variant, hparams", [("dcgan", {"d_norm": "spectral", "diffaugment": "color,translation,cutout"}),
+                                              ("lsgan", {"arch": "lucic"})])  # batch norm that counts its forwards
+def test_the_memorisation_check_leaves_no_trace_in_d_or_the_random_streams(variant, hparams):
+    """Batch-norm statistics (and the count of forwards that Lucic's debiased batch norm keeps beside
+    them), spectral norm's power-iteration vectors and the random stream that DiffAugment and the next
+    step draw from are as they were: the doctor does not change the run."""
+    trainer = Trainer(TrainConfig(variant, dataset="digits", steps=3, hparams=hparams, device="cpu"), progress=False)
     trainer.run()
     doctor = next(observer for observer in trainer.observers if observer.name == "doctor")
     before = {key: value.clone() for key, value in trainer.variant.state_dict().items()}
+    counts = [getattr(module, "forwards", None) for module in trainer.variant.D.modules()]
+    assert variant == "dcgan" or any(counts)  # Lucic's D counts them
     rng = torch.get_rng_state()
     doctor._check_memorising(200)
     assert torch.equal(torch.get_rng_state(), rng)
     after = trainer.variant.state_dict()
     assert all(torch.equal(before[key], after[key]) for key in before)
+    assert [getattr(module, "forwards", None) for module in trainer.variant.D.modules()] == counts
     assert len(doctor.memorising) == 1 and 0 <= doctor.memorising[0][1] <= 1

@@ -34,7 +34,7 @@ def test_same_seed_same_losses_different_seed_different_losses():
 @pytest.mark.parametrize("variant, hparams", [
     ("wgan_gp", {}), ("cgan", {}), ("began", {}),
     ("gan", {"arch": "lucic"}),  # its batch norm's debiasing resumes too
-    ("dcgan", {"g_ema": 0.9, "g_ema_start": 2, "d_norm": "spectral", "r1_gamma": 1.0})])  # G's average, power iterations
+    ("dcgan", {"g_ema": 0.9, "g_ema_start": 2, "d_norm": "spectral", "r1_gamma": 1.0, "gp_weight": 1.0})])  # G's average, power iterations
 def test_resume_in_the_middle_equals_an_uninterrupted_run(tmp_path, variant, hparams):
     # Bit for bit, so on the CPU (see above); resuming on and across GPUs: test_devices.py, test_cli.py.
     run = {"variant": variant, "hparams": hparams, "device": "cpu", "dataset": "digits"}

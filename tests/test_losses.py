@@ -106,8 +106,8 @@ def test_gp_weight_adds_lambda_times_the_penalty_on_interpolates_and_nothing_at_
     assert losses["gp_grad_norm"].item() == pytest.approx(2.0, rel=1e-5)
 
 
-def test_the_critics_take_no_gp_weight_they_have_their_own_penalty_or_clipping():
-    for name in ("wgan", "wgan_gp"):
+def test_the_critics_and_dragan_take_no_gp_weight_they_have_their_own_penalty_or_clipping():
+    for name in ("wgan", "wgan_gp", "dragan"):
         with pytest.raises(ConfigError, match="tip 'gp_weight' does not apply"):
             get_variant(name).resolve_hparams({"gp_weight": 10.0})
 

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from bench.registry import Expected, HParam, adam_hparams, register, tips
+from bench.registry import TIPS, Expected, HParam, adam_hparams, register, tips
 from variants.blocks import arch, init, per_sample_d_norm
 from variants.dcgan import DCGAN
 from variants.gan import Batch, discriminator_bce, generator_nonsaturating
@@ -56,7 +56,8 @@ class DRAGAN(DCGAN):
                "penalty_on": HParam("logit", choices=tuple(PENALISED),
                                     help="output whose input gradient is penalised: logit (the authors' code) or "
                                          "sigmoid (compare_gan v1)"),
-               **arch("dcgan"), **init("pytorch"), **tips(), **per_sample_d_norm()}
+               **arch("dcgan"), **init("pytorch"), **per_sample_d_norm(),
+               **tips(*(name for name in TIPS if name != "gp_weight"))}  # its own penalty, not a second one
     expected = {"grad_norm": Expected("gradient_penalty_norm", 0.2, 2.0, "D's gradient norm near the real data",
                                       "the penalty pulls it towards 1; raise gp_lambda or lower the learning rate")}
 
