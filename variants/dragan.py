@@ -56,8 +56,9 @@ class DRAGAN(DCGAN):
                "penalty_on": HParam("logit", choices=tuple(PENALISED),
                                     help="output whose input gradient is penalised: logit (the authors' code) or "
                                          "sigmoid (compare_gan v1)"),
-               **arch("dcgan"), **init("pytorch"), **per_sample_d_norm(),
-               **tips(*(name for name in TIPS if name != "gp_weight"))}  # its own penalty, not a second one
+               **arch("dcgan"), **init("pytorch"),
+               **tips(*(name for name in TIPS if name != "gp_weight")),  # its own penalty, not a second one
+               **per_sample_d_norm()}
     expected = {"grad_norm": Expected("gradient_penalty_norm", 0.2, 2.0, "D's gradient norm near the real data",
                                       "the penalty pulls it towards 1; raise gp_lambda or lower the learning rate")}
 
