@@ -8,6 +8,7 @@ ones use the rows the engine already brought to the host.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -89,9 +90,10 @@ class Doctor(Observer):
     variant: Variant  # the run's, and where its findings go: from on_start
     report: Callable[[Finding], None]
 
-    def __init__(self, dataset: str, train: ImageDataset | None = None, held_out: ImageDataset | None = None):
-        """``train``, ``held_out``: the run's training split and images it never trains on (its test
-        split), for the memorisation check, which is skipped without them."""
+    def __init__(self, dataset: str, train: ImageDataset | None = None,
+                 held_out: Callable[[], ImageDataset | None] | None = None):
+        """``train``, ``held_out``: the run's training split and where to read images it never trains on
+        (its test split; read at the first memorisation check), for that check, skipped without them."""
         self.dataset = dataset
         self.rows: deque[dict[str, float]] = deque(maxlen=2 * self.window)
         self.real_spread: float | None = None
@@ -99,8 +101,7 @@ class Doctor(Observer):
         self._seen: dict[str, int] = {}  # sample checks in a row at which a problem was seen
         self.memorising: list[tuple[int, float]] = []
         """(step, share) at each memorisation check: how far D ranks training images above held-out ones."""
-        self._pairs = memorisation_sets(train, held_out, self.memorising_images) if train and held_out else None
-        self._train_size = len(train) if train else 0
+        self._train, self._held_out = train, held_out
 
     def on_start(self, run: RunStart) -> None:
         self.variant, self.report = run.variant, run.report
@@ -146,7 +147,7 @@ class Doctor(Observer):
             self._before = None
         if step >= self.warmup and step % self.collapse_every == 0:
             self._check_samples(step)
-            if self._pairs is not None and isinstance(getattr(self.variant, "D", None), nn.Module):
+            if self._pairs is not None:
                 self._check_memorising(step)
 
     # -- the checks -----------------------------------------------------------------------------------
@@ -209,20 +210,34 @@ class Doctor(Observer):
             self._persisting("few_classes", step, classes <= 1,
                              f"the classifier sees a single class among {SAMPLES} samples: mode collapse")
 
+    @functools.cached_property
+    def _pairs(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The memorisation check's images, in [-1, 1] on the run's device, and their labels (see
+        :func:`memorisation_sets`): built at the first check, so that a shorter run reads no test split
+        and hashes nothing. None where the check cannot run (no held-out images, or no D to score them)."""
+        if self._train is None or self._held_out is None or not isinstance(getattr(self.variant, "D", None), nn.Module):
+            return None
+        held_out = self._held_out()
+        pairs = memorisation_sets(self._train, held_out, self.memorising_images) if held_out is not None else None
+        if pairs is None:
+            return None
+        images, labels = pairs
+        return to_unit_range(images).to(self.device), labels.to(self.device)
+
     @torch.no_grad()
     def _check_memorising(self, step: int) -> None:
         """Does D score the images it trains on above real images it has never seen? (Karras et al.
         2020's ADA watches E[sign(D(x_real))], whose level depends on the loss; measured against held-out
         reals, the share is 0.5 for every loss, and an autoencoder D's, when nothing is memorised.)"""
-        images, labels = (tensor.to(self.device) for tensor in self._pairs)
-        scores = self._scores(to_unit_range(images), labels)
+        images, labels = self._pairs
+        scores = self._scores(images, labels)
         if scores.numel() != len(images):  # not one score an image: nothing to rank
             return
         scores, half = scores.flatten(), len(images) // 2
         share = ranked_above(scores[:half], scores[half:])
         self.memorising.append((step, share))
         self._persisting("memorising", step, share > self.memorising_share,
-                         f"D is memorising the {self._train_size:,} training images: it scores a training image above "
+                         f"D is memorising the {len(self._train):,} training images: it scores a training image above "
                          f"a held-out one in {share:.0%} of pairs (50% when it treats them alike); try --set "
                          "diffaugment=color,translation,cutout, fewer steps, or more images",
                          times=2)

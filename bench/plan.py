@@ -46,14 +46,15 @@ class RunPlan:
     def observers(self) -> list[Observer]:
         """The observers the config switches on, fresh for a run: the training doctor, unless
         ``config.doctor`` is off. The engine adds them before its caller's (tracking, pruning)."""
-        if not self.config.doctor:
-            return []
-        try:  # for the memorisation check, which goes without when the test split is missing
-            held_out = load_dataset(self.config.dataset, "test", root=self.config.data_root,
-                                    download=self.config.download)
+        return [Doctor(self.config.dataset, self.data, self.test_split)] if self.config.doctor else []
+
+    def test_split(self) -> ImageDataset | None:
+        """The dataset's test split, read now (the doctor's memorisation check asks at its first check);
+        None where it is missing."""
+        try:
+            return load_dataset(self.config.dataset, "test", root=self.config.data_root, download=self.config.download)
         except DatasetNotFound:
-            held_out = None
-        return [Doctor(self.config.dataset, self.data, held_out)]
+            return None
 
     @property
     def precision(self) -> str:

@@ -66,12 +66,12 @@ def summary(rows: list[dict]) -> list[dict]:
                       "last fid_domain before": f"{fid_then[-1]:.1f}" if fid_then else "",
                       "lowest fid_domain (step)": f"{best:.1f} ({best_step})",
                       "final fid_domain": f"{scored[-1][1]:.1f}", "final share": checks[-1]["share"],
-                      **{key: checks[0][key] for key in PROVENANCE}})
+                      **{key: value for key, value in checks[0].items() if key not in PER_CHECK}})
     return table
 
 
-PROVENANCE = ("command", "commit", "seed", "device", "precision", "dataset", "budget", "machine", "cores", "torch",
-              "date")
+PER_CHECK = ("variant", "steps", "step", "share", "fid_domain", "doctor fired at")
+"""The figures of a check's row (train); its other columns say how the run was made, the dataset among them."""
 
 
 def read(path: Path) -> list[dict]:

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from bench import registry
+from bench.doctor import Doctor
 from bench.registry import Variant
 from bench.storage import open_storage
 
@@ -196,3 +197,9 @@ class Postgres:
 
     def url(self, name: str, password: str = PASSWORD) -> str:
         return f"postgresql://bench:{password}@127.0.0.1:{self.port}/{name}"
+
+
+def doctor_of(trainer) -> Doctor:
+    """The training doctor watching ``trainer`` (a bench.engine.Trainer)."""
+    [doctor] = [observer for observer in trainer.observers if isinstance(observer, Doctor)]
+    return doctor

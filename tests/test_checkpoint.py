@@ -20,12 +20,12 @@ from click.testing import CliRunner
 
 from bench import checkpoint
 from bench.cli import main
-from bench.doctor import HEALTH, Doctor, read_health
+from bench.doctor import HEALTH, read_health
 from bench.engine import CHECKPOINT, TrainConfig, Trainer, train
 from bench.errors import Interrupted
 from bench.observer import Finding, Observer, RunStart
 from bench.scoring import Scorer
-from tests.helpers import BENCH, where_modes_bind
+from tests.helpers import BENCH, doctor_of, where_modes_bind
 
 DIGITS_RUN = ["--variant", "gan", "--dataset", "digits", "--seed", "3"]
 
@@ -208,11 +208,6 @@ def test_a_checkpoint_is_written_by_training_time_as_well_as_by_steps(tmp_path):
     trainer.save = lambda: saves.append(trainer.step) or save()
     trainer.run(until=3)
     assert saves == [1, 2, 3], "with a tiny time interval, every step is past it"
-
-
-def doctor_of(trainer: Trainer) -> Doctor:
-    [doctor] = [observer for observer in trainer.observers if isinstance(observer, Doctor)]
-    return doctor
 
 
 @pytest.mark.e2e

@@ -17,7 +17,7 @@ from bench.data import BatchSampler, load_dataset, to_unit_range
 from bench.doctor import memorisation_sets, ranked_above
 from bench.engine import TrainConfig, Trainer
 from bench.errors import ConfigError, UnhealthyRun
-from tests.helpers import BENCH, clean_env, registered_variants
+from tests.helpers import BENCH, clean_env, doctor_of, registered_variants
 from variants.blocks import MLPDiscriminator, MLPGenerator
 from variants.dcgan import DCGAN
 from variants.gan import GAN
@@ -276,7 +276,7 @@ def test_a_discriminator_that_knows_its_training_images_is_reported_at_the_secon
     assert found["memorising"].step == 400 and not found["memorising"].fatal, found
     assert "D is memorising the 1,437 training images" in found["memorising"].message
     assert "diffaugment=color,translation,cutout" in found["memorising"].message
-    doctor = next(observer for observer in trainer.observers if observer.name == "doctor")
+    doctor = doctor_of(trainer)
     assert [step for step, _ in doctor.memorising] == [200, 400] and min(s for _, s in doctor.memorising) > 0.8
 
 
@@ -288,7 +288,7 @@ def test_the_memorisation_check_leaves_no_trace_in_d_or_the_random_streams(varia
     step draw from are as they were: the doctor does not change the run."""
     trainer = Trainer(TrainConfig(variant, dataset="digits", steps=3, hparams=hparams, device="cpu"), progress=False)
     trainer.run()
-    doctor = next(observer for observer in trainer.observers if observer.name == "doctor")
+    doctor = doctor_of(trainer)
     before = {key: value.clone() for key, value in trainer.variant.state_dict().items()}
     counts = [getattr(module, "forwards", None) for module in trainer.variant.D.modules()]
     assert variant == "dcgan" or any(counts)  # Lucic's D counts them
