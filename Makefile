@@ -1,14 +1,15 @@
 # `make run`: set up, then run the main job on the embedded defaults (the `quick` study).
-# `make test`: set up, then run the test suite (which also drives a headless Chromium and starts
-# a throwaway PostgreSQL server on loopback, stopped again when its tests end).
+# `make test`: set up, then run the test suite in two pytest-xdist workers, each test file in one
+# worker, each worker with its share of the cores (the suite also drives a headless Chromium and starts
+# a throwaway PostgreSQL server on loopback per worker, stopped again when its tests end).
 # `make docs`: set up, then build the documentation site into build/site (offline, --strict).
 # `make fast`: set up, then the fast lane: every test but those marked e2e (real trainings, studies,
-# servers, the browser, `bench` run as a process for many seconds); meant to take under two
-# minutes on 2 idle CPU cores.
+# servers, the browser, `bench` run as a process for many seconds), in two workers too.
 # `make learning`: every variant trained at its defaults, checked to have learned at 40 s of training,
 # then until it reaches a quarter of its untrained FID (about half an hour on 2 CPU cores; apart
-# from the suite, which it would more than double).
+# from the suite, which it would more than double; one process, each training on both cores).
 PYTHON ?= python3
+WORKERS ?= 2
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -18,10 +19,10 @@ run: setup
 	$(BIN)/bench run --variant dcgan --study quick
 
 test: setup browser postgres
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadfile
 
 fast: setup
-	$(BIN)/python -m pytest tests -m "not e2e"
+	$(BIN)/python -m pytest tests -m "not e2e" -n $(WORKERS) --dist loadfile
 
 learning: setup
 	$(BIN)/python -m pytest tests -m learning -s

@@ -82,11 +82,16 @@ class StudyProgress:
             trials = self.storage.get_all_trials(self.storage.get_study_id_from_name(name), deepcopy=False)
             counts = {state: sum(trial.state == state for trial in trials) for state in TrialState}
             finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+            # A trial stopped (a signal, a dead worker) is failed in Optuna and queued again as a new
+            # trial that names it: it is counted as retried, not as a failure of the variant.
+            queued = {trial.system_attrs.get("failed_trial") for trial in trials}
+            retried = sum(trial.state == TrialState.FAIL and trial.number in queued for trial in trials)
             values = [trial.value for trial in trials if trial.state == TrialState.COMPLETE]
             pick = min if resolved.spec.direction == "minimize" else max
             best = f"best {pick(values):.4g}" if values else "no trial complete yet"
             parts.append(f"{resolved.variant.name} {finished}/{resolved.trials} done ({counts[TrialState.PRUNED]} "
-                         f"pruned, {counts[TrialState.FAIL]} failed), {best}")
+                         f"pruned, {counts[TrialState.FAIL] - retried} failed"
+                         + (f", {retried} stopped and retried" if retried else "") + f"), {best}")
             for trial in trials:
                 if trial.state == TrialState.RUNNING:
                     last = (f"step {max(trial.intermediate_values)} {resolved.spec.objective} "

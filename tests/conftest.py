@@ -17,6 +17,18 @@ from bench.scoring import Scorer
 from tests.helpers import PASSWORD, PG_BIN, Postgres, as_postgres, free_port, registered_variants
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers), the workers share the cores: each worker, and
+    every process it starts, gets its share of torch's threads instead of all of them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that take the `postgres` fixture are marked `postgres` (select or leave them out with -m).
     The learning checks train every variant for minutes each: they run only when asked for by name

@@ -273,6 +273,7 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
 
     result = bench(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "gan 2/2 done (0 pruned, 0 failed, 2 stopped and retried)" in result.stdout, result.stdout[-3000:]
     after = optuna_trials(tmp_path, "sigterm:gan:fashion-mnist")
     assert [t.state for t in after] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     runs = mlflow_runs(tmp_path, "sigterm").set_index("run_id")

@@ -107,8 +107,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_study(folder, storage: str) -> subprocess.Popen:
-    # Short, yet it cannot end while the database is down: each evaluation reports to it.
-    study_file = write_study(folder, "interrupted", steps=100, eval_every=50)
+    # It cannot end while the database is down (each evaluation reports to it), and its 400 steps outlast
+    # the test's reaction to its config.json on a loaded machine, where 100 steps could all be trained, and
+    # the trial recorded complete, before the test held the process still.
+    study_file = write_study(folder, "interrupted", steps=400, eval_every=50)
     return subprocess.Popen([BENCH, "run", "--variant", "gan", "--study", str(study_file), "--trials", "1",
                              "--storage", storage, "--heartbeat", "1"], cwd=folder, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, env=clean_env())
