@@ -82,9 +82,9 @@ class StudyProgress:
             trials = self.storage.get_all_trials(self.storage.get_study_id_from_name(name), deepcopy=False)
             counts = {state: sum(trial.state == state for trial in trials) for state in TrialState}
             finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-            # A trial stopped (a signal, a dead worker) is failed in Optuna and queued again as a new
-            # trial that names it: it is counted as retried, not as a failure of the variant.
-            queued = {trial.system_attrs.get("failed_trial") for trial in trials}
+            # A trial stopped (a signal, a dead worker) is failed in Optuna and queued again as a new trial
+            # whose retry history names it: it is counted as retried, not as a failure of the variant.
+            queued = {number for trial in trials for number in trial.system_attrs.get("retry_history", ())}
             retried = sum(trial.state == TrialState.FAIL and trial.number in queued for trial in trials)
             values = [trial.value for trial in trials if trial.state == TrialState.COMPLETE]
             pick = min if resolved.spec.direction == "minimize" else max

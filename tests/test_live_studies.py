@@ -18,21 +18,26 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import optuna
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
+from optuna.trial import TrialState
 from PIL import Image
 
 from bench.cli import main
 from bench.comparison import compare, figure_images, report_lines
 from bench.config import TrainConfig
 from bench.errors import BenchError, ConfigError
+from bench.progress import StudyProgress
 from bench.ranking import leaderboard, rank
+from bench.registry import get_variant
 from bench.readers import MAX_IMAGE_PIXELS
 from bench.report import render
 from bench.schema import RUNNING, DamagedRun, Tag, study_tags, tag_column, trial_frame, trial_tags
+from bench.study import load_study
 from bench.tracking import FINAL_SAMPLES, MAX_SAMPLES_BYTES, Tracking, TrackingStore
 from tests.helpers import BENCH, TINY_STUDY, clean_env
 
@@ -382,3 +387,21 @@ def test_every_mlflow_run_record_is_read_or_skipped_with_a_warning_and_never_cra
     ranked = comparison.trials[comparison.trials["state"] == "complete"]["value"].dropna()
     assert np.isfinite(ranked).all()
     assert comparison.running == int((frame[tag_column(Tag.STATE)] == RUNNING).sum())
+
+
+def test_the_progress_line_counts_a_stopped_trial_queued_again_as_retried_not_failed():
+    """A trial stopped twice (each stop queues a retry that lists it) is two retries; a failure with no
+    retry after it is a failure."""
+    resolved = load_study("quick").for_variant(get_variant("dcgan"), trials=3)
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name=resolved.name, storage=storage)
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    study.tell(study.ask(), 120.0)
+    for _ in range(2):  # the first run of trial 1 is stopped, then its retry is stopped too
+        stopped = study.ask()
+        study.tell(stopped, state=TrialState.FAIL)
+        retry(study, study.trials[stopped.number])
+    study.tell(study.ask(), state=TrialState.FAIL)  # the retry fails for good: nothing queued after it
+    [line], _, finished, wanted = StudyProgress(storage, [(resolved, study)], live=False, every=60, log=None).tally()
+    assert line == "dcgan 1/3 done (0 pruned, 1 failed, 2 stopped and retried), best 120", line
+    assert (finished, wanted) == (1, 3)
