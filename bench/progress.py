@@ -84,7 +84,8 @@ class StudyProgress:
             finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
             # A trial stopped (a signal, a dead worker) is failed in Optuna and queued again as a new trial
             # whose retry history names it: it is counted as retried, not as a failure of the variant.
-            queued = {number for trial in trials for number in trial.system_attrs.get("retry_history", ())}
+            queued = {number for trial in trials for number in trial.system_attrs.get("retry_history", ())
+                      if number != trial.number}
             retried = sum(trial.state == TrialState.FAIL and trial.number in queued for trial in trials)
             values = [trial.value for trial in trials if trial.state == TrialState.COMPLETE]
             pick = min if resolved.spec.direction == "minimize" else max

@@ -106,8 +106,8 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
                 trial_id = _trial_id(study, storage, trial.number)
                 storage.set_trial_user_attr(trial_id, "fail_reason", reason)
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                run_again(study, trial.number)
-                gone.append((trial, reason + "; queued to run again"))
+                queued = "queued to run again" if run_again(study, trial.number) else SPENT
+                gone.append((trial, f"{reason}; {queued}"))
     for trial, reason in gone:
         job.say(f"trial {trial.number} marked failed: {reason}")
         if "mlflow_run_id" in trial.user_attrs:
@@ -115,13 +115,19 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
     tracking.close_orphans()
 
 
-def run_again(study: optuna.Study, number: int) -> None:
-    """Queues failed trial ``number`` again with its hyperparameters, seed and reported scores (at
-    most MAX_RETRIES times); the retry resumes from the trial's last checkpoint when it is here."""
-    failed = study.get_trials(deepcopy=False)[number]
+SPENT = f"not queued again (its {MAX_RETRIES} retries are spent)"
+
+
+def run_again(study: optuna.Study, number: int) -> bool:
+    """Queues failed trial ``number`` again with its hyperparameters, seed and reported scores, unless
+    it is already the MAX_RETRIES-th retry of its original (then False); the retry resumes from the
+    trial's last checkpoint when it is here."""
+    failed = study.get_trials()[number]  # a copy: Optuna's callback appends to the trial's retry history
+    retries_before = len(failed.system_attrs.get("retry_history", ()))  # the runs before this one
     with known_heartbeat_warnings():
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
         retry(study, failed)
+    return retries_before < MAX_RETRIES
 
 
 def trial_folder(study: optuna.Study, number: int) -> Path:
@@ -303,8 +309,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         try:
             trial.set_user_attr("fail_reason", reason)
             study.tell(trial, state=TrialState.FAIL)
-            if isinstance(exc, (Interrupted, OutputNotWritten)):  # its checkpoint is intact: go on from it later
-                run_again(study, trial.number)
+            if isinstance(exc, (Interrupted, OutputNotWritten)) and not run_again(study, trial.number):
+                queued = f"is {SPENT}"  # else its checkpoint is intact: the retry goes on from it
         except (Interrupted, DatabaseAway):
             if not isinstance(exc, Interrupted):
                 raise

@@ -22,7 +22,7 @@ def pytest_configure(config):
     every process it starts, gets its share of torch's threads instead of all of them."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         import torch
 
@@ -73,11 +73,14 @@ def registered():
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory) -> Path:
     """tests/plugins/ganbench_test_plugin pip-installed (with its entry points) into a folder of its
-    own: put it on PYTHONPATH and `bench` finds its variants as a user's installed package."""
+    own: put it on PYTHONPATH and `bench` finds its variants as a user's installed package. Built from a
+    copy of its source, since the build writes beside it and each pytest-xdist worker builds its own."""
+    source = tmp_path_factory.mktemp("plugin") / "ganbench_test_plugin"
+    shutil.copytree(Path(__file__).parent / "plugins" / "ganbench_test_plugin", source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(Path(__file__).parent / "plugins" / "ganbench_test_plugin")],
-                   check=True)
+                    "--target", str(target), str(source)], check=True)
     return target
 
 

@@ -37,8 +37,10 @@ from bench.registry import get_variant
 from bench.readers import MAX_IMAGE_PIXELS
 from bench.report import render
 from bench.schema import RUNNING, DamagedRun, Tag, study_tags, tag_column, trial_frame, trial_tags
+from bench.storage import MAX_RETRIES
 from bench.study import load_study
 from bench.tracking import FINAL_SAMPLES, MAX_SAMPLES_BYTES, Tracking, TrackingStore
+from bench.trials import run_again
 from tests.helpers import BENCH, TINY_STUDY, clean_env
 
 STUDY = "live"
@@ -389,19 +391,20 @@ def test_every_mlflow_run_record_is_read_or_skipped_with_a_warning_and_never_cra
     assert comparison.running == int((frame[tag_column(Tag.STATE)] == RUNNING).sum())
 
 
-def test_the_progress_line_counts_a_stopped_trial_queued_again_as_retried_not_failed():
-    """A trial stopped twice (each stop queues a retry that lists it) is two retries; a failure with no
-    retry after it is a failure."""
+def test_a_stopped_trial_is_queued_again_until_its_retries_are_spent_and_counted_as_retried_not_failed():
+    """Each stop of a trial queues a retry that lists it (run_again), MAX_RETRIES times; the progress line
+    counts those stops as retried, and the last, queued no more, as failed."""
     resolved = load_study("quick").for_variant(get_variant("dcgan"), trials=3)
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(study_name=resolved.name, storage=storage)
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
     study.tell(study.ask(), 120.0)
-    for _ in range(2):  # the first run of trial 1 is stopped, then its retry is stopped too
-        stopped = study.ask()
+    queued = []
+    for _ in range(MAX_RETRIES + 1):  # the trial, then each of its retries, stopped
+        stopped = study.ask()  # a queued retry comes first
         study.tell(stopped, state=TrialState.FAIL)
-        retry(study, study.trials[stopped.number])
-    study.tell(study.ask(), state=TrialState.FAIL)  # the retry fails for good: nothing queued after it
+        queued.append(run_again(study, stopped.number))
+    assert queued == [True] * MAX_RETRIES + [False]
+    assert study.trials[-1].system_attrs["retry_history"] == list(range(1, MAX_RETRIES + 1))
     [line], _, finished, wanted = StudyProgress(storage, [(resolved, study)], live=False, every=60, log=None).tally()
-    assert line == "dcgan 1/3 done (0 pruned, 1 failed, 2 stopped and retried), best 120", line
+    assert line == f"dcgan 1/3 done (0 pruned, 1 failed, {MAX_RETRIES} stopped and retried), best 120", line
     assert (finished, wanted) == (1, 3)
