@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from bench.errors import Interrupted
+from bench.storage import retry_history
 from bench.study import VariantStudy
 
 LIVE_SECONDS = 2.0
@@ -84,8 +85,7 @@ class StudyProgress:
             finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
             # A trial stopped (a signal, a dead worker) is failed in Optuna and queued again as a new trial
             # whose retry history names it: it is counted as retried, not as a failure of the variant.
-            queued = {number for trial in trials for number in trial.system_attrs.get("retry_history", ())
-                      if number != trial.number}
+            queued = {number for trial in trials for number in retry_history(trial)}
             retried = sum(trial.state == TrialState.FAIL and trial.number in queued for trial in trials)
             values = [trial.value for trial in trials if trial.state == TrialState.COMPLETE]
             pick = min if resolved.spec.direction == "minimize" else max

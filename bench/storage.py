@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from bench.config import HEARTBEAT_SECONDS
 from bench.errors import ConfigError, Interrupted
@@ -108,6 +109,12 @@ def known_heartbeat_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
         yield
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The trials a retry repeats, its original first and the one it follows last ([] for a first run)."""
+    with known_heartbeat_warnings():
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ worker died is failed and queued again, and resumes from its checkpoint where th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -29,7 +30,8 @@ from bench.plan import RunPlan
 from bench.processes import HOST, die_with_parent, exit_promptly, pid_alive
 from bench.registry import get_variant
 from bench.schema import StudyAttr, Tag, trial_tags
-from bench.storage import MAX_RETRIES, ask_lock, fail_stale_trials, heartbeat, known_heartbeat_warnings, open_storage
+from bench.storage import (MAX_RETRIES, ask_lock, fail_stale_trials, heartbeat, known_heartbeat_warnings, open_storage,
+                           retry_history)
 from bench.study import StudySpec, VariantStudy
 from bench.tracking import Tracking, TrackingStore
 
@@ -122,12 +124,13 @@ def run_again(study: optuna.Study, number: int) -> bool:
     """Queues failed trial ``number`` again with its hyperparameters, seed and reported scores, unless
     it is already the MAX_RETRIES-th retry of its original (then False); the retry resumes from the
     trial's last checkpoint when it is here."""
-    failed = study.get_trials()[number]  # a copy: Optuna's callback appends to the trial's retry history
-    retries_before = len(failed.system_attrs.get("retry_history", ()))  # the runs before this one
+    # A copy: Optuna's callback appends to the trial's own retry history.
+    failed = copy.deepcopy(study.get_trials(deepcopy=False)[number])
+    spent = len(retry_history(failed)) >= MAX_RETRIES
     with known_heartbeat_warnings():
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
         retry(study, failed)
-    return retries_before < MAX_RETRIES
+    return not spent
 
 
 def trial_folder(study: optuna.Study, number: int) -> Path:
@@ -256,8 +259,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     spec = resolved.spec
     hparams, seed_index = resolved.suggest(trial)
     frozen = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number)
-    with known_heartbeat_warnings():
-        retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)  # [original, ..., previous]
+    retried = retry_history(frozen)
     retry_of = retried[0] if retried else None
     # A retry repeats its original, seed included (Optuna copies the original's attributes).
     if retry_of is not None:
