@@ -1,6 +1,6 @@
 """ganbench: a benchmark harness for GAN training. Each function here is the twin of a `bench` command.
 
-    from bench import TrainConfig, compare, evaluate, leaderboard, run_studies, run_study, train, write_report
+    from bench import TrainConfig, compare_study, evaluate, leaderboard, run_studies, run_study, train, write_report
 
     result = train(TrainConfig("dcgan", steps=500), out="results/train/dcgan")     # bench train
     evaluate("results/train/dcgan", samples=2000).scores                          # bench eval
@@ -8,7 +8,7 @@
     study = run_study("dcgan", "lr_sweep", trials=8)                              # bench run
     studies = run_studies(["dcgan", "wgan_gp"], "compare_quick")                  # bench run --variant a,b
     leaderboard(study="lr_sweep")                                                 # bench leaderboard
-    compare("compare_quick").summary                                              # bench compare
+    compare_study("compare_quick").summary                                        # bench compare
     write_report("compare_quick", "results/report.html")                          # bench report
 """
 
@@ -16,7 +16,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what type checkers and editors read; at run time each name is imported on first use
-    from bench.comparison import Comparison, compare
+    from bench.compare import Comparison, compare_study
     from bench.config import Budget, TrainConfig
     from bench.engine import TrainResult, train
     from bench.evaluation import Evaluation, ImagesEvaluation, evaluate, evaluate_images, record_images
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # what type checkers and editors read; at run time each name 
     from bench.study import StudySpec, load_study
 
 _HOMES = {
-    "comparison": ("Comparison", "compare"),
+    "compare": ("Comparison", "compare_study"),
     "config": ("Budget", "TrainConfig"),
     "engine": ("TrainResult", "train"),
     "evaluation": ("Evaluation", "ImagesEvaluation", "evaluate", "evaluate_images", "record_images"),

@@ -319,11 +319,11 @@ def run(variant, study, trials, workers, storage, tracking_uri, device, amp, see
 
 def compare_variants(study: str, store) -> None:
     """What `bench run` of several variants prints at its end, the plots logged to the study's run."""
-    from bench.comparison import compare, report_lines, write
+    from bench.compare import compare_study, report_lines, write
     from bench.errors import ConfigError
 
     try:
-        comparison = compare(study, store)
+        comparison = compare_study(study, store)
     except ConfigError as exc:  # e.g. every trial failed: the study itself is over all the same
         click.echo(f"no comparison: {exc}")
         return
@@ -370,11 +370,11 @@ def compare_command(study, tracking_uri, output) -> None:
     """Compares a study's variants at equal budget: the expected best of k trials (k = 1..n, with a
     95% band) and by training seconds, and the chance that one variant's best beats another's.
     Plots go to OUTPUT and to the study's latest `bench run` in MLflow."""
-    from bench.comparison import compare, report_lines, write
+    from bench.compare import compare_study, report_lines, write
     from bench.tracking import TrackingStore
 
     store = TrackingStore.open(tracking_uri)
-    comparison = compare(study, store)
+    comparison = compare_study(study, store)
     for line in report_lines(comparison):
         click.echo(line)
     output = output or RESULTS / f"compare-{study}"
@@ -488,10 +488,10 @@ def doctor(run, tracking_uri) -> None:
               help="Generated samples to score [default: 10000 from a checkpoint, every image of --images].")
 @device_option
 @reports_user_errors
-def evaluate(checkpoint, images, dataset, name, study, provenance, tracking_uri, features, samples, device) -> None:
+def eval_command(checkpoint, images, dataset, name, study, provenance, tracking_uri, features, samples, device) -> None:
     """Scores a trained generator, or a folder of its images: FID and KID (named by extractor) and the
     class-aware metrics. With --images, --name and --study, records them in the study as an external entry."""
-    from bench.evaluation import evaluate as score_checkpoint
+    from bench.evaluation import evaluate
     from bench.evaluation import check_entry_name, evaluate_images, record_images, study_images
 
     if (checkpoint is None) == (images is None):
@@ -519,8 +519,7 @@ def evaluate(checkpoint, images, dataset, name, study, provenance, tracking_uri,
     elif dataset is not None:
         raise UserError("--dataset goes with --images; a checkpoint is scored on the dataset it trained on")
     else:
-        scored = score_checkpoint(checkpoint, features=features, samples=10000 if samples is None else samples,
-                                  device=device)
+        scored = evaluate(checkpoint, features=features, samples=10000 if samples is None else samples, device=device)
         click.echo(f"{scored.config.variant} on {scored.config.dataset}, step {scored.step}, {scored.samples} "
                    f"samples, real statistics: {scored.real_split} split ({scored.real_features_source})")
     for key, value in scored.scores.items():
@@ -561,7 +560,7 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
     """Measures training throughput (median images/s at batch 64) against a plain loop, scoring speed,
     tracking and doctor overheads and the hardware limit; optionally time to quality and parallel
     studies. Prints a table and writes JSON (and, with time to quality, a PNG of the curves beside it)."""
-    from bench.perf import PerfPlan, report_lines, run_perf
+    from bench.perf import PerfPlan, perf_lines, run_perf
     from bench.registry import get_variant, variants
 
     chosen = [name.strip() for name in names.split(",") if name.strip()] or list(variants())
@@ -581,7 +580,7 @@ def perf(names, dataset, steps, repeats, device, scoring_samples, overhead_steps
                                quality_threshold=quality_threshold, quality_seconds=quality_seconds,
                                parallel=worker_counts, parallel_storage=parallel_storage, hparams=hparams,
                                compare_amp=compare_amp, roofline=roofline), output)
-    for line in report_lines(report):
+    for line in perf_lines(report):
         click.echo(line)
     click.echo(f"wrote {output}")
 

@@ -184,7 +184,7 @@ class Trainer:
         """The scoring, sample grid and checkpoint due at this step; then stops if a signal came."""
         config = self.config
         if self._evaluation_due(until):
-            self.evaluate()
+            self.score_now()
         if self.folder is not None and (config.sample_every and self.step % config.sample_every == 0 or
                                         self.step == until):
             self.save_grid()
@@ -234,7 +234,7 @@ class Trainer:
         for observer in self.observers:
             observer.on_finding(finding)
 
-    def evaluate(self) -> dict[str, float] | None:
+    def score_now(self) -> dict[str, float] | None:
         """Scores the generator now (fixed sampling seed, so the training RNG is untouched); at the
         last step of a run with ``final_samples``, on that many samples with every extractor.
         None when a signal cut the scoring short."""

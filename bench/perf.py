@@ -392,7 +392,7 @@ def settings_text(hparams: dict[str, HParamValue]) -> str:
     return "".join(f" {key}={value}" for key, value in hparams.items())
 
 
-def report_lines(report: dict) -> list[str]:
+def perf_lines(report: dict) -> list[str]:
     """The report as `bench perf` prints it: a table of the training rows, then a line per measurement."""
     lines = [f"{'variant':<10} {'images/s':>9} {'G steps/s':>10} {'plain loop':>11} {'speedup':>8} "
              f"{'plain: data share':>18}  device"]

@@ -81,7 +81,7 @@ def paired_effect(values: pd.Series, baseline: pd.Series, confidence: float) -> 
     return mean, mean - half, mean + half
 
 
-def compare(arm: pd.DataFrame, baseline: pd.DataFrame, metric: str,
+def arm_effect(arm: pd.DataFrame, baseline: pd.DataFrame, metric: str,
             confidence: float) -> tuple[float, float, float, float]:
     """(mean, effect, CI low, CI high) of ``metric`` for an arm's runs against the baseline's
     (both indexed by seed); NaN where the metric was not recorded."""
@@ -124,9 +124,9 @@ def effects(tracking: TrackingStore | str | None = None, study: str | None = Non
             continue
         baseline = by_arm[BASELINE]
         for arm, table in sorted(by_arm.items(), key=lambda item: (item[0] != BASELINE, item[0])):
-            mean, effect, low, high = compare(table, baseline, objective, confidence)
-            covered, coverage_effect, _, _ = compare(table, baseline, "classes_covered", confidence)
-            class_kl, class_kl_effect, _, _ = compare(table, baseline, "class_kl", confidence)
+            mean, effect, low, high = arm_effect(table, baseline, objective, confidence)
+            covered, coverage_effect, _, _ = arm_effect(table, baseline, "classes_covered", confidence)
+            class_kl, class_kl_effect, _, _ = arm_effect(table, baseline, "class_kl", confidence)
             better, worse = (low > 0, high < 0) if higher_is_better(objective) else (high < 0, low > 0)
             settings = " ".join(f"{c[7:]}={table[c].iloc[0]}" for c in params if pd.notna(table[c].iloc[0]))
             rows.append({

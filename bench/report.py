@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.comparison import Comparison, compare, figure_images
+from bench.compare import Comparison, compare_study, figure_images
 from bench.errors import ConfigError
 from bench.ranking import rank
 from bench.scores import SCORES, score_of
@@ -45,7 +45,7 @@ def render(study: str, store: TrackingStore) -> str:
     runs = store.trial_runs(study)  # read once: the comparison and the leaderboard both rank them
     running = int((runs[tag_column(Tag.STATE)] == RUNNING).sum()) if len(runs) else 0
     try:
-        comparison: Comparison = compare(study, store, runs)
+        comparison: Comparison = compare_study(study, store, runs)
     except ConfigError:
         if not running:
             raise

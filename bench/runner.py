@@ -109,7 +109,7 @@ def run_studies(variants: Sequence[str] | str | None, study: str | Path | StudyS
 
         studies = run_studies(["dcgan", "wgan_gp"], "lucic_wide", trials=10)
         {name: study.best_value for name, study in studies.items()}
-        bench.compare("lucic_wide").summary  # the variants at equal budget
+        bench.compare_study("lucic_wide").summary  # the variants at equal budget
     """
     spec = study if isinstance(study, StudySpec) else load_study(study)
     if not 1 <= workers <= max_workers():

@@ -404,7 +404,10 @@ def _check(spec: StudySpec) -> None:
                               + " or ".join(f"{score}_{extractor}" for extractor in EXTRACTORS))
         raise ConfigError(f"{spec.path}: objective '{spec.objective}' is not a score; use one of: "
                           + ", ".join(metric_names()))
-    check_dataset_name(spec.dataset)
+    try:
+        check_dataset_name(spec.dataset)
+    except ConfigError as exc:
+        raise ConfigError(f"{spec.path}: dataset: {exc}") from None
     if (score_of(spec.objective).needs or spec.objective.endswith("_domain")) and weights_path(spec.dataset) is None:
         raise ConfigError(f"{spec.path}: {no_classifier(spec.dataset, f'objective {spec.objective}')}")
     budget = spec.budget

@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-from bench.comparison import best_by_seconds, best_of_k, compare, probability_better, report_lines
+from bench.compare import best_by_seconds, best_of_k, compare_study, probability_better, report_lines
 from bench.errors import ConfigError
 from bench.evaluation import record_images
 from bench.ranking import leaderboard
@@ -144,7 +144,7 @@ def test_reading_a_study_leaves_mlflows_tracking_uri_as_it_was(comparison, tmp_p
     monkeypatch.setenv("MLFLOW_TRACKING_URI", notebooks)
     mlflow.set_tracking_uri(notebooks)
     uri = f"sqlite:///{cwd / 'results' / 'mlflow.db'}"
-    assert len(leaderboard(uri, "versus")) and compare("versus", uri).common_k == TRIALS
+    assert len(leaderboard(uri, "versus")) and compare_study("versus", uri).common_k == TRIALS
     write_report("versus", tmp_path / "report.html", uri)
     assert mlflow.get_tracking_uri() == notebooks
 
@@ -204,7 +204,7 @@ def test_images_made_elsewhere_rank_beside_the_variants_marked_external_and_outs
     assert fid.loc["test-split", "external"] == "Fashion-MNIST's own test images"
     assert fid.loc["test-split", "best"] < fid.loc[list(VARIANTS), "best"].min()  # real images beat 40-step GANs
     assert set(board.loc[board["variant"].isin(VARIANTS), "external"]) == {""}
-    compared = compare("versus", f"sqlite:///{cwd / 'results' / 'mlflow.db'}")
+    compared = compare_study("versus", f"sqlite:///{cwd / 'results' / 'mlflow.db'}")
     assert "test-split" not in set(compared.summary["variant"]) and compared.common_k == TRIALS
     assert list(compared.external["name"]) == ["test-split"]
     printed = "\n".join(report_lines(compared))  # what `bench compare` prints

@@ -270,13 +270,13 @@ def test_the_report_is_no_wider_than_a_1400_px_window(reported_study, tmp_path):
 def test_every_plot_title_of_the_report_fits_its_figure(reported_study, monkeypatch):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from bench.comparison import compare, figures
+    from bench.compare import compare_study, figures
     from bench.tracking import TrackingStore
 
     monkeypatch.chdir(reported_study)
     store = TrackingStore.open(f"sqlite:///{reported_study / 'results' / 'mlflow.db'}")
     cut = []
-    for name, figure in figures(compare("wide", store), store).items():
+    for name, figure in figures(compare_study("wide", store), store).items():
         renderer = FigureCanvasAgg(figure).get_renderer()
         figure.draw(renderer)
         for axis in figure.axes:

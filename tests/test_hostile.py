@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bench import checkpoint
@@ -64,6 +64,7 @@ def toml(value, top: bool = False) -> str:
 
 @BOUNDED
 @given(STUDIES)
+@example({"dataset": ""})  # once refused without the file's name
 def test_a_study_file_is_loaded_or_refused_with_one_line(raw):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "hostile.toml"

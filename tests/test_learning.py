@@ -75,7 +75,7 @@ def trained():
             budget = steps(name, LEARNING_SECONDS if name in UNMEASURED else QUARTER_SECONDS)
             trainer = Trainer(TrainConfig(name, steps=budget, seed=0, eval_every=steps(name, EVAL_SECONDS),
                                           eval_samples=FID_SAMPLES, device="cpu"), progress=False)
-            untrained = trainer.evaluate()
+            untrained = trainer.score_now()
             trainer.run(until=steps(name, LEARNING_SECONDS))  # ends with an evaluation
             runs[name] = LearningRun(trainer, untrained, trainer.evaluations[-1], trainer.findings(),
                                      trainer.history())

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from bench.cli import main
-from bench.comparison import compare, figure_images, report_lines
+from bench.compare import compare_study, figure_images, report_lines
 from bench.config import TrainConfig
 from bench.errors import BenchError, ConfigError
 from bench.progress import StudyProgress
@@ -124,7 +124,7 @@ def test_a_running_trial_is_shown_and_counted_never_ranked(study, tmp_path):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        comparison = compare(STUDY, study.uri)
+        comparison = compare_study(STUDY, study.uri)
         board = leaderboard(study.uri, STUDY)
         page = render(STUDY, study.store)
     assert not damaged(caught)
@@ -152,7 +152,7 @@ def test_a_study_whose_every_trial_is_running_is_reported_as_such_and_compared_i
     study.trial("dcgan", 12.0, state=None)  # kill -9 before the first trial ended leaves this
 
     with pytest.raises(ConfigError, match=r"no complete trial with fid_domain yet \(2 running\)"):
-        compare(STUDY, study.uri)
+        compare_study(STUDY, study.uri)
     assert leaderboard(study.uri, STUDY).empty
     for args in (("compare", "--study", STUDY), ("leaderboard", "--study", STUDY)):
         code, out, err = command(*args, "--tracking-uri", study.uri)
@@ -189,7 +189,7 @@ def test_each_damaged_run_is_skipped_with_one_warning_that_names_it_and_what_is_
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        comparison = compare(STUDY, study.uri)
+        comparison = compare_study(STUDY, study.uri)
         images = figure_images(comparison, study.store)
     messages = damaged(caught)
     assert len(messages) == len(DAMAGES), messages
@@ -218,7 +218,7 @@ def test_an_infinite_objective_on_a_trial_that_did_not_complete_is_no_score_and_
     study.trial("gan", -math.inf, state=None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        comparison = compare(STUDY, study.uri)
+        comparison = compare_study(STUDY, study.uri)
         images = figure_images(comparison, study.store)
     assert not damaged(caught)
     assert comparison.summary.set_index("variant").loc["gan", ["complete", "failed", RUNNING]].tolist() == [1, 1, 1]
@@ -382,7 +382,7 @@ def test_every_mlflow_run_record_is_read_or_skipped_with_a_warning_and_never_cra
         assert (frame["end_time"].isna() == (states == RUNNING)).all()  # ended, or running with no end
     rank(frame)
     try:
-        comparison = compare("hypothesis", runs=frame)
+        comparison = compare_study("hypothesis", runs=frame)
     except BenchError:
         return
     assert report_lines(comparison)

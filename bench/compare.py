@@ -131,7 +131,7 @@ class Comparison:
         return self.grids[run_id]
 
 
-def compare(study: str, tracking: TrackingStore | str | None = None, runs: pd.DataFrame | None = None) -> Comparison:
+def compare_study(study: str, tracking: TrackingStore | str | None = None, runs: pd.DataFrame | None = None) -> Comparison:
     """Compares the study's variants at equal budget, from its trial runs in MLflow (``runs``
     when they are already read, :meth:`TrackingStore.trial_runs`). ``tracking``: a store or its URI
     (see :meth:`TrackingStore.open`)."""
