@@ -155,7 +155,7 @@ def load_domain_classifier(dataset: str, device: torch.device | str = "cpu") -> 
         raise refused("is not one `bench features train` wrote (its model is not a dictionary of named tensors)")
     missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
     if missing or unexpected:
-        raise refused(f"is not one `bench features train` wrote ("
+        raise refused("is not one `bench features train` wrote ("
                       + (f"lacks {', '.join(missing[:3])}" if missing else f"holds {', '.join(repr(name)[:40] for name in unexpected[:3])}")
                       + f", for {image_shape[0]}x{image_shape[1]}x{image_shape[2]} images and {num_classes} classes)")
     for name, want in expected.items():
