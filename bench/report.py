@@ -143,7 +143,7 @@ def problems(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def provenance(store: TrackingStore, study: str, runs: pd.DataFrame) -> pd.DataFrame:
-    """Dataset, extractor, budget, seeds, precision, device, versions and git commit, as recorded."""
+    """Dataset, extractor, budget, seeds, device, machine, precision, versions and git commit, as recorded."""
     rows = {}
     parent = store.parent_run(study)
     if parent is not None:
@@ -151,7 +151,7 @@ def provenance(store: TrackingStore, study: str, runs: pd.DataFrame) -> pd.DataF
         for key in STUDY_PARAMS:
             if key in recorded.params:
                 rows[key] = recorded.params[key]
-    for tag in (Tag.DATASET, Tag.EXTRACTOR, Tag.DEVICE, Tag.PRECISION, Tag.GIT_COMMIT, Tag.PYTHON):
+    for tag in (Tag.DATASET, Tag.EXTRACTOR, Tag.DEVICE, Tag.MACHINE, Tag.PRECISION, Tag.GIT_COMMIT, Tag.PYTHON):
         if tag_column(tag) in runs:
             rows[tag.name.lower()] = ", ".join(sorted(runs[tag_column(tag)].dropna().astype(str).unique()))
     if tag_column(Tag.SEED) in runs:

@@ -60,6 +60,8 @@ class Tag(enum.StrEnum):
     GIT_COMMIT = "bench.git_commit"
     """The commit ganbench ran from, '-dirty' with uncommitted changes."""
     HOST = "bench.host"
+    MACHINE = "bench.machine"
+    """The CPU's model and the cores the process may use ('AMD EPYC, 2 cores'): the machine a figure came from."""
     PID = "bench.pid"
     """The process that owns the run: a later command closes the runs of a process that is gone."""
     PYTHON = "bench.python"
@@ -123,6 +125,19 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def machine() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux, else what the platform reports) and the cores this
+    process may use."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model or platform.processor() or platform.machine() or 'unknown CPU'}, {cores} cores"
+
+
 def environment_tags() -> dict[str, str]:
     """Where a run ran: commit, host, process, Python and package versions."""
     return {**_installation(), Tag.PID: str(os.getpid())}
@@ -131,7 +146,7 @@ def environment_tags() -> dict[str, str]:
 @functools.cache
 def _installation() -> dict[str, str]:
     """What this process runs (read once: git and the package metadata cost tens of milliseconds per call)."""
-    tags = {Tag.GIT_COMMIT: git_commit(), Tag.HOST: HOST, Tag.PYTHON: platform.python_version()}
+    tags = {Tag.GIT_COMMIT: git_commit(), Tag.HOST: HOST, Tag.MACHINE: machine(), Tag.PYTHON: platform.python_version()}
     for package in PACKAGES:
         try:
             tags[VERSION_PREFIX + package] = version(package)

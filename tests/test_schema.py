@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import math
+import os
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -86,6 +88,12 @@ def store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(previous)
 
 
+def cpu_model() -> str:
+    """The CPU's model as lscpu names it."""
+    shown = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, env={**os.environ, "LC_ALL": "C"})
+    return next(line.split(":", 1)[1].strip() for line in shown.stdout.splitlines() if line.startswith("Model name"))
+
+
 def test_a_trial_reads_back_as_it_was_written_and_ranks(store):
     store, folder = store
     tracking = Tracking(store, "schema", folder / "artifacts")
@@ -113,6 +121,7 @@ def test_a_trial_reads_back_as_it_was_written_and_ranks(store):
         assert int(row[tag_column(Tag.SEED)]) == config.seed and row[tag_column(Tag.OBJECTIVE)] == "fid_domain"
         assert row[tag_column(Tag.KIND)] == "trial" and row[tag_column(Tag.EXTRACTOR)] == config.features
         assert row[tag_column(VERSION_PREFIX + PACKAGES[1])] and int(row[tag_column(Tag.PID)]) > 0
+        assert row[tag_column(Tag.MACHINE)] == f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores"
         assert float(row["params.lr"]) == config.hparams["lr"]
         assert {f"params.{key}" for key in RUN_PARAMS} <= set(row.index)
         assert (math.isnan(row["metrics.fid_domain"]) if fid is None else row["metrics.fid_domain"] == fid)
