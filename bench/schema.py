@@ -24,6 +24,7 @@ import pandas as pd
 
 from bench.config import BUDGET_KEYS, TrainConfig
 from bench.processes import HOST
+from bench.readers import kernel_text
 
 
 class Tag(enum.StrEnum):
@@ -128,12 +129,8 @@ def git_commit() -> str:
 def machine() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux, else what the platform reports) and the cores this
     process may use."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
-    except OSError:
-        pass
+    cpuinfo = (kernel_text("/proc/cpuinfo") or "").splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{model or platform.processor() or platform.machine() or 'unknown CPU'}, {cores} cores"
 
