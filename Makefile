@@ -4,7 +4,7 @@
 # a throwaway PostgreSQL server on loopback per worker, stopped again when its tests end).
 # `make docs`: set up, then build the documentation site into build/site (offline, --strict).
 # `make fast`: set up, then the fast lane: every test but those marked e2e (real trainings, studies,
-# servers, the browser, `bench` run as a process for many seconds), in two workers too.
+# servers, the browser, `bench` run as a process for many seconds, Inception on a CPU), in two workers too.
 # `make learning`: every variant trained at its defaults, checked to have learned at 40 s of training,
 # then until it reaches a quarter of its untrained FID (about half an hour on 2 CPU cores; apart
 # from the suite, which it would more than double; one process, each training on both cores).

@@ -34,7 +34,7 @@ from bench.timing import inception_difference, scoring_seconds, synchronize
 FULL = {"steps": 50, "inception_images": 64, "scoring_samples": 10000, "scoring_features": "inception"}
 SMOKE = {"steps": 1, "inception_images": 2, "scoring_samples": 8, "scoring_features": "domain"}
 """Smoke mode: every path once, small enough for the suite on a CPU (where FID's 2048x2048
-eigenvalue problem alone takes 20-40 s, so it scores with the domain features)."""
+eigenvalue problem alone takes tens of seconds, so it scores with the domain features)."""
 
 
 def training(variant: str, device: str, amp: str, steps: int) -> dict:

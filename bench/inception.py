@@ -145,7 +145,7 @@ class InceptionFeatures(FeatureExtractor):
         return 8 if device.type == "cpu" else 64
 
     def spot_rows(self, device: torch.device) -> int:
-        return 2 if device.type == "cpu" else SPOT_ROWS  # ~35 ms an image on a CPU core
+        return 2 if device.type == "cpu" else SPOT_ROWS  # a CPU core takes tens of ms an image
 
     def forward(self, images: Tensor) -> Tensor:
         pixels = tf_fid_pixels(images)

@@ -232,7 +232,7 @@ class Tracking:
         import mlflow
 
         # MLflow's logging thread polls its queue with a 1 s timeout, and each flush (two per
-        # closed run) waits that poll out: 2 s per trial, measured. Buffered, it waits on the
+        # closed run) waits that poll out. Buffered, it waits on the
         # event a flush sets instead, and sends each second's metrics in one request.
         os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
         # Process-wide as well: flush_async_logging() talks to the global store, and left unset
@@ -368,8 +368,8 @@ class TrialRun(Observer):
 
     def log_outcome(self, result: TrainResult) -> None:
         """The final checkpoint and samples. The loss and score curves are the logged metrics,
-        which MLflow's UI charts and overlays across runs; drawn as figures here they cost 1.2 s of
-        matplotlib per trial (measured), a third of a short trial."""
+        which MLflow's UI charts and overlays across runs; they are not drawn again here as figures,
+        whose matplotlib would cost a short trial a large share of its time."""
         self.client.log_metric(self.run_id, "images_per_second", result.images_per_second)
         if result.out is not None:
             self.client.log_artifact(self.run_id, str(result.out / CHECKPOINT), "checkpoint")

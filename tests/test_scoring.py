@@ -188,6 +188,7 @@ def test_real_features_are_computed_once_and_shared_across_processes(tmp_path):
     assert probe_cache(tmp_path) == ["computed", "1"]
 
 
+@pytest.mark.e2e  # the Inception network on a CPU: tens of seconds
 def test_inception_features_from_28x28_grayscale_give_a_finite_fid(tmp_path, fashion_train):
     # 16 images a side, two of the scorer's CPU batches of 8: Inception takes ~0.1 s an image on a CPU core.
     scorer = Scorer("fashion-mnist", "inception", real_samples=16, cache_dir=tmp_path)
@@ -207,6 +208,7 @@ def test_inception_features_from_28x28_grayscale_give_a_finite_fid(tmp_path, fas
     assert source == "cache" and torch.equal(features, scorer.real_features) and features.min() >= 0
 
 
+@pytest.mark.e2e  # the Inception network on a CPU: tens of seconds
 def test_rebuilt_inception_gives_the_shipped_networks_features_and_fid(fashion_train):
     from torchmetrics.image.fid import FrechetInceptionDistance
 

@@ -14,7 +14,6 @@ import time
 import urllib.request
 
 import mlflow
-import optuna
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -25,7 +24,6 @@ from bench.config import Budget
 from bench.errors import ConfigError
 from bench.registry import get_variant, variants
 from bench.runner import run_studies, run_study
-from bench.storage import open_storage
 from bench.study import available_studies, load_study
 from bench.connections import redact
 from tests.helpers import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials, write_study
@@ -198,145 +196,6 @@ def test_an_epoch_budget_gives_every_variant_the_same_real_batches_and_a_final_i
         for trial in optuna_trials(tmp_path, f"lit:{variant}:digits"):
             run_row = trials[trials["run_id"] == trial.user_attrs["mlflow_run_id"]].iloc[0]
             assert trial.value == pytest.approx(run_row["metrics.fid_inception"])
-
-
-# -- resume after kill -9 ------------------------------------------------------------------------
-
-@pytest.mark.e2e
-def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(project_folder):
-    tmp_path = project_folder("killed")
-    study = write_study(tmp_path, "killed", steps=100, eval_every=50)
-    args = ["run", "--variant", "dcgan", "--study", str(study), "--trials", "2"]
-    process = subprocess.Popen([BENCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True, env=clean_env())
-    lines = []
-    for line in process.stdout:  # wait until trial 0 is complete
-        lines.append(line)
-        if line.startswith("dcgan trial 0 complete"):
-            break
-    # Then kill it in the middle of trial 1, at its first evaluation (the sample grid at step 50): the
-    # trial has 50 steps and a scoring left then, on the slowest device and the fastest.
-    grid = tmp_path / "results" / "studies" / "killed_dcgan_fashion-mnist" / "trial-0001" / "samples" / "step_0000050.png"
-    deadline = time.monotonic() + 120
-    while not grid.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    before = optuna_trials(tmp_path, "killed:dcgan:fashion-mnist")
-    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING], "".join(lines)
-
-    result = bench(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "trial 1 marked failed" in result.stdout
-    after = optuna_trials(tmp_path, "killed:dcgan:fashion-mnist")
-    assert [t.state for t in after] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
-    assert after[0].value == before[0].value and after[0].params == before[0].params
-    assert "ended during the trial" in after[1].user_attrs["fail_reason"]
-
-    runs = mlflow_runs(tmp_path, "killed")
-    assert "RUNNING" not in set(runs["status"])
-    killed_trial = runs[runs["run_id"] == after[1].user_attrs["mlflow_run_id"]].iloc[0]
-    assert (killed_trial["status"], killed_trial["tags.bench.state"]) == ("FAILED", "failed")
-    parents = runs[runs["tags.bench.kind"] == "study"].sort_values("start_time")
-    assert list(parents["status"]) == ["KILLED", "FINISHED"]
-
-
-@pytest.mark.e2e
-def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_there(project_folder):
-    """SIGTERM to `bench run --workers 2` reaches each worker once; each checkpoints its trial at
-    the current step and queues it again; the next `bench run` trains the retries on from those
-    steps, with the same hyperparameters and seeds."""
-    tmp_path = project_folder("sigterm")
-    study = tmp_path / "sigterm.toml"
-    # The signal comes when both trials have written their first sample grid (step 100), which leaves
-    # them 400 steps to go, on the slowest device and the fastest: ~2 s into training at one thread
-    # per worker on the CPU.
-    steps, first_grid = 500, 100
-    study.write_text(TINY_STUDY.replace("trials = 3", "trials = 2").format(steps=steps, eval_every=first_grid))
-    args = ["run", "--variant", "gan", "--study", str(study), "--workers", "2"]
-    process = subprocess.Popen([BENCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=clean_env())
-    folders = [tmp_path / "results" / "studies" / "sigterm_gan_fashion-mnist" / f"trial-{n:04d}" for n in (0, 1)]
-    deadline = time.monotonic() + 120
-    while not all((folder / "samples" / f"step_{first_grid:07d}.png").exists() for folder in folders) \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert "stopped by SIGTERM after the workers checkpointed their trials" in stderr and "Traceback" not in stderr
-    interrupted = optuna_trials(tmp_path, "sigterm:gan:fashion-mnist")
-    assert [t.state for t in interrupted] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
-    stopped_at = {t.number: int(re.search(r"stopped by SIGTERM at step (\d+)", t.user_attrs["fail_reason"])[1])
-                  for t in interrupted[:2]}
-    assert all(first_grid <= step < steps for step in stopped_at.values()), stopped_at
-
-    result = bench(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "gan 2/2 done (0 pruned, 0 failed, 2 stopped and retried)" in result.stdout, result.stdout[-3000:]
-    after = optuna_trials(tmp_path, "sigterm:gan:fashion-mnist")
-    assert [t.state for t in after] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    runs = mlflow_runs(tmp_path, "sigterm").set_index("run_id")
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
-    for retry in after[2:]:
-        original = after[retry.system_attrs["failed_trial"]]
-        assert retry.params == original.params and retry.user_attrs["seed"] == original.user_attrs["seed"]
-        run_id = retry.user_attrs["mlflow_run_id"]
-        assert runs.loc[run_id, "tags.bench.resumed_from"] == f"trial {original.number}"
-        logged = [metric.step for metric in client.get_metric_history(run_id, "loss_d")]
-        assert min(logged) == stopped_at[original.number] + 1 and max(logged) == steps
-
-
-# -- trials that go bad fail with their reason; the other worker goes on --------------------------
-
-FAULTS_STUDY = """
-dataset = "fashion-mnist"
-objective = "fid_domain"
-trials = 2
-sampler = "random"
-pruner = "none"
-
-[budget]
-steps = 40
-eval_every = 20
-eval_samples = 300
-
-[space]
-fault = { choices = ["none", "nan", "detached_fake"] }
-"""
-
-
-@pytest.mark.e2e
-def test_diverged_and_doctor_stopped_trials_fail_with_their_reasons_while_the_workers_go_on(project_folder,
-                                                                                            plugin_site):
-    cwd = project_folder("going-bad")
-    (cwd / "going_bad.toml").write_text(FAULTS_STUDY)
-    # The first trials, queued the Optuna way: one diverges, the doctor stops one, two are healthy.
-    name = "going_bad:faulty_dcgan:fashion-mnist"
-    queued = optuna.create_study(storage=open_storage(str(cwd / "results" / "optuna" / "journal.log")),
-                                 study_name=name)
-    for fault in ("nan", "detached_fake", "none", "none"):
-        queued.enqueue_trial({"fault": fault})
-    result = subprocess.run([BENCH, "run", "--variant", "faulty_dcgan", "--study", "going_bad.toml", "--workers", "2"],
-                            cwd=cwd, capture_output=True, text=True, timeout=600,
-                            env={**clean_env(), "PYTHONPATH": str(plugin_site)})
-    assert result.returncode == 0, result.stderr[-3000:]
-    trials = optuna_trials(cwd, name)
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2  # two worker processes took them
-    assert "loss_d became nan at step 10" in trials[0].user_attrs["fail_reason"]
-    assert "receives no gradient" in trials[1].user_attrs["fail_reason"]
-    runs = mlflow_runs(cwd, "going_bad").query("`tags.bench.kind` == 'trial'").set_index("tags.bench.trial")
-    assert (runs.loc[["0", "1"], "status"] == "FAILED").all()
-    assert "loss_d became nan" in runs.loc["0", "tags.bench.end_reason"]
-    assert "receives no gradient" in runs.loc["1", "tags.bench.end_reason"]
-    assert runs.loc["1", "tags.health.no_generator_gradient"].startswith("step 1: ")
-    assert (runs.loc[["2", "3"], "status"] == "FINISHED").all()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(cwd)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        report = CliRunner().invoke(main, ["doctor", runs.loc["1", "run_id"]])
-    assert report.exit_code == 0 and "no_generator_gradient" in report.output and "run was stopped" in report.output
 
 
 # -- the MLflow UI, read by a real browser ----------------------------------------------------
