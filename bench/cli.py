@@ -430,19 +430,28 @@ def ui(study, tracking_uri, port, host) -> None:
 @click.option("--artifacts", type=click.Path(path_type=Path), default=MLFLOW_ARTIFACTS,
               show_default=True, help="Where the server keeps artifacts (sample grids, figures, checkpoints).")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address (0.0.0.0: every interface, for workers on other machines).")
+@click.option("--allowed-hosts", default=None,
+              help="Every HOST:PORT the server is reached by (MLflow refuses a request whose Host header is "
+                   "not listed), comma-separated, * as a wildcard: 'trackhost:5000,127.0.0.1:*' [default: "
+                   "MLflow's, localhost and private IP addresses].")
 @reports_user_errors
-def server(backend_store_uri, artifacts, port, host) -> None:
+def server(backend_store_uri, artifacts, port, host, allowed_hosts) -> None:
     """Starts an MLflow tracking server for workers on many machines (bench run --tracking-uri http://HOST:PORT)."""
+    import socket
+
     from bench.connections import check_store
     from bench.processes import check_port, serve
 
     check_port(host, port)
     check_store(backend_store_uri, create=True, role="MLflow backend store")
-    click.echo(f"MLflow tracking server: http://{host}:{port}   workers: bench run ... --tracking-uri "
-               f"http://{host}:{port}   (Ctrl-C stops it)")
+    reached_as = socket.getfqdn() if host in ("0.0.0.0", "::") else host
+    click.echo(f"MLflow tracking server: http://{reached_as}:{port}   workers: bench run ... --tracking-uri "
+               f"http://{reached_as}:{port}   (Ctrl-C stops it)")
+    security = ("--allowed-hosts", allowed_hosts) if allowed_hosts else ()
     serve("server", "--artifacts-destination", str(artifacts.resolve()), "--host", host, "--port", str(port),
-          store=backend_store_uri)
+          *security, store=backend_store_uri)
 
 
 @main.command()

@@ -82,7 +82,7 @@ def paired_effect(values: pd.Series, baseline: pd.Series, confidence: float) -> 
 
 
 def arm_effect(arm: pd.DataFrame, baseline: pd.DataFrame, metric: str,
-            confidence: float) -> tuple[float, float, float, float]:
+               confidence: float) -> tuple[float, float, float, float]:
     """(mean, effect, CI low, CI high) of ``metric`` for an arm's runs against the baseline's
     (both indexed by seed); NaN where the metric was not recorded."""
     column = f"metrics.{metric}"

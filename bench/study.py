@@ -407,7 +407,7 @@ def _check(spec: StudySpec) -> None:
     try:
         check_dataset_name(spec.dataset)
     except ConfigError as exc:
-        raise ConfigError(f"{spec.path}: dataset: {exc}") from None
+        raise ConfigError(f"{spec.path}: {exc}") from None
     if (score_of(spec.objective).needs or spec.objective.endswith("_domain")) and weights_path(spec.dataset) is None:
         raise ConfigError(f"{spec.path}: {no_classifier(spec.dataset, f'objective {spec.objective}')}")
     budget = spec.budget

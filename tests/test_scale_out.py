@@ -4,6 +4,7 @@ processes on real Fashion-MNIST."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
@@ -47,6 +48,16 @@ def test_unreachable_or_refused_stores_fail_fast_with_the_host_and_the_fix(postg
 
     bad_backend = runner.invoke(main, ["server", "--backend-store-uri", postgres.url("refused", password="nope")])
     assert bad_backend.exit_code == 2 and "MLflow backend store" in bad_backend.output
+
+
+def answer(port: int, host: str) -> int:
+    """The status of an MLflow API request to the server on ``port`` that names it ``host``."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 def wait_for_http(url: str, seconds: float) -> None:
@@ -208,7 +219,8 @@ def test_a_study_waits_out_its_tracking_server_restarting_mid_trial_and_loses_no
 
     def start_server() -> subprocess.Popen:
         server = subprocess.Popen([BENCH, "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-                                   "--artifacts", str(folder / "server-artifacts"), "--port", str(port)], cwd=folder,
+                                   "--artifacts", str(folder / "server-artifacts"), "--port", str(port),
+                                   "--allowed-hosts", f"127.0.0.1:*,trackhost.test:{port}"], cwd=folder,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                                   env=clean_env())
         wait_for_http(f"{tracking}/health", 120)
@@ -233,6 +245,8 @@ def test_a_study_waits_out_its_tracking_server_restarting_mid_trial_and_loses_no
         down = time.monotonic() - stopped
         run.wait(timeout=300)
         reader.join()
+        # --allowed-hosts reaches MLflow: a request by a name it lists is served, by another refused
+        assert [answer(port, host) for host in (f"trackhost.test:{port}", f"elsewhere.test:{port}")] == [200, 403]
     finally:
         for process in (run, server):
             if process.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import math
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -89,7 +90,9 @@ def store(tmp_path, monkeypatch):
 
 
 def cpu_model() -> str:
-    """The CPU's model as lscpu names it."""
+    """The CPU's model as lscpu names it where the kernel gives a model name (x86), else the architecture."""
+    if "model name" not in Path("/proc/cpuinfo").read_text(errors="replace"):
+        return platform.processor() or platform.machine()
     shown = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, env={**os.environ, "LC_ALL": "C"})
     return next(line.split(":", 1)[1].strip() for line in shown.stdout.splitlines() if line.startswith("Model name"))
 
