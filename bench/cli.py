@@ -500,8 +500,7 @@ def doctor(run, tracking_uri) -> None:
 def eval_command(checkpoint, images, dataset, name, study, provenance, tracking_uri, features, samples, device) -> None:
     """Scores a trained generator, or a folder of its images: FID and KID (named by extractor) and the
     class-aware metrics. With --images, --name and --study, records them in the study as an external entry."""
-    from bench.evaluation import evaluate
-    from bench.evaluation import check_entry_name, evaluate_images, record_images, study_images
+    from bench.evaluation import check_entry_name, evaluate, evaluate_images, record_images, study_images
 
     if (checkpoint is None) == (images is None):
         raise UserError("give --checkpoint (a run of `bench train`) or --images (a folder of generated images)")
