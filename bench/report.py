@@ -17,7 +17,7 @@ from bench.compare import Comparison, compare_study, figure_images
 from bench.errors import ConfigError
 from bench.ranking import rank
 from bench.scores import SCORES, score_of
-from bench.schema import HEALTH_PREFIX, RUNNING, STUDY_PARAMS, VERSION_PREFIX, Tag, tag_column
+from bench.schema import HEALTH_PREFIX, RETRIED, RUNNING, STUDY_PARAMS, VERSION_PREFIX, Tag, tag_column
 from bench.tracking import TrackingStore
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -136,9 +136,10 @@ def problems(runs: pd.DataFrame) -> pd.DataFrame:
             if pd.notna(run[name]):
                 rows.append({"variant": run[variant], "trial": run[trial],
                              "what": f"doctor: {name.removeprefix(health)}", "detail": run[name]})
-        if run[state] in ("failed", "pruned"):
+        if run[state] in ("failed", "pruned", RETRIED):
             rows.append({"variant": run[variant], "trial": run[trial],
-                         "what": run[state], "detail": run.get(tag_column(Tag.END_REASON), "")})
+                         "what": "stopped, queued again" if run[state] == RETRIED else run[state],
+                         "detail": run.get(tag_column(Tag.END_REASON), "")})
     return pd.DataFrame(rows, columns=["variant", "trial", "what", "detail"])
 
 

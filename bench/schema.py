@@ -89,6 +89,9 @@ TRIAL, STUDY = "trial", "study"
 """The values of :attr:`Tag.KIND`."""
 RUNNING = "running"
 """The state of a trial run that has not ended: shown, counted, never ranked."""
+RETRIED = "retried"
+"""The state, as read, of a trial's attempt that stopped and was queued again (a later run's
+:attr:`Tag.RETRY_OF` names its trial): counted apart from the failed, never ranked."""
 END_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 """A trial's end state, and the MLflow status its run ends with."""
 TRIAL_STATES = (RUNNING, *END_STATUS)
@@ -220,7 +223,20 @@ def trial_frame(runs) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=None if rows else ["run_id", "status", "start_time", "end_time"])
     for name in ("start_time", "end_time"):  # one UTC type, a running run's end NaT
         frame[name] = pd.to_datetime(pd.to_numeric(frame[name]), unit="ms", utc=True)
+    if tag_column(Tag.RETRY_OF) in frame:
+        frame.loc[superseded(frame), tag_column(Tag.STATE)] = RETRIED
     return frame
+
+
+def superseded(frame: pd.DataFrame) -> pd.Series:
+    """Which runs are attempts of a trial that a later attempt repeats: every attempt but the last of
+    a trial and its retries (all tagged :attr:`Tag.RETRY_OF` with the first's number), within one
+    Optuna study."""
+    number = pd.to_numeric(frame[tag_column(Tag.TRIAL)])
+    first = pd.to_numeric(frame[tag_column(Tag.RETRY_OF)], errors="coerce").fillna(number)
+    study = [frame.get(tag_column(tag), pd.Series("", index=frame.index)).fillna("")
+             for tag in (Tag.STUDY, Tag.OPTUNA_STUDY, Tag.VARIANT, Tag.DATASET)]
+    return number < number.groupby([*study, first], dropna=False).transform("max")
 
 
 def run_problem(run) -> str | None:

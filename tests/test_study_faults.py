@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from bench.cli import main
+from bench.ranking import leaderboard
 from bench.storage import open_storage
 from tests.helpers import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials, write_study
 
@@ -104,6 +105,9 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
         assert runs.loc[run_id, "tags.bench.resumed_from"] == f"trial {original.number}"
         logged = [metric.step for metric in client.get_metric_history(run_id, "loss_d")]
         assert min(logged) == stopped_at[original.number] + 1 and max(logged) == steps
+    # The leaderboard counts the stops as the progress line does: retried, not failed.
+    [row] = leaderboard(client.tracking_uri, "sigterm").query("metric == 'fid_domain'").to_dict("records")
+    assert (row["complete"], row["failed"], row["retried"]) == (2, 0, 2), row
 
 
 # -- trials that go bad fail with their reason; the other worker goes on --------------------------
