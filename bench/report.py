@@ -127,7 +127,8 @@ def first_trials_page(study: str, store: TrackingStore, runs: pd.DataFrame, runn
 
 
 def problems(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per doctor finding, failed or pruned trial: variant, trial, what, and the reason."""
+    """One row per doctor finding, failed or pruned trial, and stop after which a trial was queued
+    again: variant, trial, what, and the reason."""
     rows = []
     variant, trial, state = tag_column(Tag.VARIANT), tag_column(Tag.TRIAL), tag_column(Tag.STATE)
     health = tag_column(HEALTH_PREFIX)
@@ -138,7 +139,7 @@ def problems(runs: pd.DataFrame) -> pd.DataFrame:
                              "what": f"doctor: {name.removeprefix(health)}", "detail": run[name]})
         if run[state] in ("failed", "pruned", RETRIED):
             rows.append({"variant": run[variant], "trial": run[trial],
-                         "what": "stopped, queued again" if run[state] == RETRIED else run[state],
+                         "what": "stopped and retried" if run[state] == RETRIED else run[state],
                          "detail": run.get(tag_column(Tag.END_REASON), "")})
     return pd.DataFrame(rows, columns=["variant", "trial", "what", "detail"])
 

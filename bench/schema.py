@@ -51,7 +51,8 @@ class Tag(enum.StrEnum):
     END_REASON = "bench.end_reason"
     """Why a trial failed or was pruned, in words."""
     RETRY_OF = "bench.retry_of"
-    """The trial number this trial repeats, after its worker died or a stop signal ended it."""
+    """The number of the trial this one repeats (the first, when that was a retry too), after its
+    worker died or a stop signal ended it."""
     RESUMED_FROM = "bench.resumed_from"
     """'trial N': the trial whose checkpoint this one went on from."""
     ARM = "bench.arm"
@@ -90,9 +91,9 @@ TRIAL, STUDY = "trial", "study"
 RUNNING = "running"
 """The state of a trial run that has not ended: shown, counted, never ranked."""
 RETRIED = "retried"
-"""The state, as read, of a trial's attempt that stopped and was queued again (a later run's
-:attr:`Tag.RETRY_OF` names its trial): counted apart from the failed, never ranked."""
-END_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+"""The end state of a trial's attempt that stopped before its end (a stop signal, its worker gone)
+and was queued again, to go on from its checkpoint: counted apart from the failed, never ranked."""
+END_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", RETRIED: "KILLED", "killed": "KILLED"}
 """A trial's end state, and the MLflow status its run ends with."""
 TRIAL_STATES = (RUNNING, *END_STATUS)
 LIVE_STATUS = ("RUNNING", "SCHEDULED")
@@ -223,20 +224,7 @@ def trial_frame(runs) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=None if rows else ["run_id", "status", "start_time", "end_time"])
     for name in ("start_time", "end_time"):  # one UTC type, a running run's end NaT
         frame[name] = pd.to_datetime(pd.to_numeric(frame[name]), unit="ms", utc=True)
-    if tag_column(Tag.RETRY_OF) in frame:
-        frame.loc[superseded(frame), tag_column(Tag.STATE)] = RETRIED
     return frame
-
-
-def superseded(frame: pd.DataFrame) -> pd.Series:
-    """Which runs are attempts of a trial that a later attempt repeats: every attempt but the last of
-    a trial and its retries (all tagged :attr:`Tag.RETRY_OF` with the first's number), within one
-    Optuna study."""
-    number = pd.to_numeric(frame[tag_column(Tag.TRIAL)])
-    first = pd.to_numeric(frame[tag_column(Tag.RETRY_OF)], errors="coerce").fillna(number)
-    study = [frame.get(tag_column(tag), pd.Series("", index=frame.index)).fillna("")
-             for tag in (Tag.STUDY, Tag.OPTUNA_STUDY, Tag.VARIANT, Tag.DATASET)]
-    return number < number.groupby([*study, first], dropna=False).transform("max")
 
 
 def run_problem(run) -> str | None:

@@ -29,7 +29,7 @@ from bench.observer import Observer
 from bench.plan import RunPlan
 from bench.processes import HOST, die_with_parent, exit_promptly, pid_alive
 from bench.registry import get_variant
-from bench.schema import StudyAttr, Tag, trial_tags
+from bench.schema import RETRIED, StudyAttr, Tag, trial_tags
 from bench.storage import (MAX_RETRIES, ask_lock, fail_stale_trials, heartbeat, known_heartbeat_warnings, open_storage,
                            retry_history)
 from bench.study import StudySpec, VariantStudy
@@ -94,12 +94,12 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
     storage a worker is gone when its heartbeat stopped, and Optuna queues its trial again; in a
     journal file, when its process on this host no longer exists."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    gone: list[tuple[FrozenTrial, str]] = []
+    gone: list[tuple[FrozenTrial, str, bool]] = []  # (trial, why, queued again)
     if isinstance(storage, optuna.storages.RDBStorage):
-        fail_stale_trials(study)
+        fail_stale_trials(study)  # Optuna queues each again unless its retries are spent (storage.open_storage)
         stale = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-        gone = [(trial, "its worker stopped sending heartbeats (killed, crashed or cut off); queued to run again")
-                for trial in running if trial.number in stale]
+        gone = [(trial, "its worker stopped sending heartbeats (killed, crashed or cut off)",
+                 len(retry_history(trial)) < MAX_RETRIES) for trial in running if trial.number in stale]
     else:
         for trial in running:
             owner = trial.user_attrs.get("worker", {})
@@ -108,12 +108,12 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
                 trial_id = _trial_id(study, storage, trial.number)
                 storage.set_trial_user_attr(trial_id, "fail_reason", reason)
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                queued = "queued to run again" if run_again(study, trial.number) else SPENT
-                gone.append((trial, f"{reason}; {queued}"))
-    for trial, reason in gone:
+                gone.append((trial, reason, run_again(study, trial.number)))
+    for trial, reason, queued in gone:
+        reason = f"{reason}; {'queued to run again' if queued else SPENT}"
         job.say(f"trial {trial.number} marked failed: {reason}")
-        if "mlflow_run_id" in trial.user_attrs:
-            tracking.end_if_running(trial.user_attrs["mlflow_run_id"], "failed", reason)
+        if "mlflow_run_id" in trial.user_attrs:  # ended already when it stopped while the storage was away
+            tracking.end(trial.user_attrs["mlflow_run_id"], RETRIED if queued else "failed", reason)
     tracking.close_orphans()
 
 
@@ -306,19 +306,23 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         return _failed(study, trial, config.variant, run.run_id, str(exc), tracking, job)
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        tracking.end(run.run_id, "failed", reason)
-        queued = "is queued to resume from it"
+        queued, state = "is queued to resume from it", "failed"
         try:
             trial.set_user_attr("fail_reason", reason)
             study.tell(trial, state=TrialState.FAIL)
-            if isinstance(exc, (Interrupted, OutputNotWritten)) and not run_again(study, trial.number):
-                queued = f"is {SPENT}"  # else its checkpoint is intact: the retry goes on from it
+            if isinstance(exc, (Interrupted, OutputNotWritten)):  # its checkpoint is intact: a retry goes on from it
+                if run_again(study, trial.number):
+                    state = RETRIED
+                else:
+                    queued = f"is {SPENT}"
         except (Interrupted, DatabaseAway):
             if not isinstance(exc, Interrupted):
                 raise
             # Stopped while the storage is away: the trial stays running there until its heartbeat is
-            # stale, when the next command fails it and queues it again.
+            # stale, when the next command fails it and queues it again (and marks this run retried).
             queued = "resumes from it once the storage answers"
+        finally:
+            tracking.end(run.run_id, state, reason)
         if isinstance(exc, Interrupted):
             exc.then = f"trial {trial.number} {queued}: run the same command again to continue"
         raise

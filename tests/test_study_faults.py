@@ -56,7 +56,7 @@ def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(p
     runs = mlflow_runs(tmp_path, "killed")
     assert "RUNNING" not in set(runs["status"])
     killed_trial = runs[runs["run_id"] == after[1].user_attrs["mlflow_run_id"]].iloc[0]
-    assert (killed_trial["status"], killed_trial["tags.bench.state"]) == ("FAILED", "failed")
+    assert (killed_trial["status"], killed_trial["tags.bench.state"]) == ("KILLED", "retried")
     parents = runs[runs["tags.bench.kind"] == "study"].sort_values("start_time")
     assert list(parents["status"]) == ["KILLED", "FINISHED"]
 
@@ -90,6 +90,8 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
     stopped_at = {t.number: int(re.search(r"stopped by SIGTERM at step (\d+)", t.user_attrs["fail_reason"])[1])
                   for t in interrupted[:2]}
     assert all(first_grid <= step < steps for step in stopped_at.values()), stopped_at
+    stopped = mlflow_runs(tmp_path, "sigterm").query("`tags.bench.kind` == 'trial'")
+    assert (stopped["status"].tolist(), stopped["tags.bench.state"].tolist()) == (["KILLED"] * 2, ["retried"] * 2)
 
     result = bench(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

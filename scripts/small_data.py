@@ -1,0 +1,118 @@
+"""The small-data study's table, from what `bench run --study small_data` recorded in MLflow:
+DiffAugment's effect on fid_domain, precision and recall for each variant, paired by seed, and
+when the doctor said D was memorising.
+
+    bench run --study small_data
+    python scripts/small_data.py [--study small_data] [--tracking-uri URI] [-o docs/results/small_data.csv]
+
+One row per variant x arm, over its complete trials: the mean of each score (the run's last
+evaluation), and for an arm other than the baseline the mean of (arm - baseline) over the seeds
+both have with its 95% Student's t interval (bench.ranking.paired_effect, as `bench leaderboard
+--effects` computes it); the lowest fid_domain of each run's evaluations, averaged over the seeds
+(how far FID had come down before the end); and the steps at which the doctor's `memorising`
+finding came, one per run that got it. The provenance columns are the runs' own tags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+from bench.ranking import paired_effect
+from bench.schema import HEALTH_PREFIX, VERSION_PREFIX, Tag, tag_column
+from bench.study import BASELINE
+from bench.tracking import TrackingStore
+
+SCORES = {"fid_domain": "{:.1f}", "precision_domain": "{:.3f}", "recall_domain": "{:.3f}"}
+"""The scores shown, each with its format."""
+
+
+def effect_text(values: pd.Series, baseline: pd.Series, form: str) -> str:
+    effect, low, high = paired_effect(values, baseline, 0.95)
+    signed = "{:+" + form[2:]
+    return f"{signed.format(effect)} [{form.format(low)}, {form.format(high)}]".replace("-", "−")
+
+
+def first_step(store: TrackingStore, run_id: str, metric: str) -> int | None:
+    history = store.client.get_metric_history(run_id, metric)
+    return min(m.step for m in history) if history else None
+
+
+def one(trials: pd.DataFrame, column: str) -> str:
+    """The value all ``trials`` recorded in ``column``, several joined by ' / ' where they differ."""
+    return " / ".join(sorted(set(trials[column].astype(str))))
+
+
+def table(store: TrackingStore, study: str, command: str) -> list[dict]:
+    runs = store.trial_runs(study)
+    arm = tag_column(Tag.ARM)
+    if arm not in runs:
+        raise SystemExit(f"study '{study}' has no ablation trials (no {Tag.ARM} tag); run `bench run --study {study}`")
+    # Complete trials of the study's arms (an external entry has no arm).
+    runs = runs[(runs[tag_column(Tag.STATE)] == "complete") & runs[arm].notna()].copy()
+    if runs.empty:
+        raise SystemExit(f"study '{study}' has no complete trial yet; let `bench run --study {study}` finish some")
+    runs["seed"] = runs["params.seed"].astype(int)
+    rows = []
+    for variant, group in runs.groupby(tag_column(Tag.VARIANT), sort=False):
+        arms = {name: trials.set_index("seed") for name, trials in group.groupby(arm)}
+        for name, trials in sorted(arms.items(), key=lambda item: item[0] != BASELINE):
+            if not trials.index.is_unique:
+                raise SystemExit(f"{variant}, arm {name}: more than one complete trial with a seed; one per seed "
+                                 "is what the pairing needs (a study run twice into one MLflow experiment?)")
+            baseline = arms.get(BASELINE)
+            row = {"variant": variant, "arm": name, "seeds": len(trials)}
+            for score, form in SCORES.items():
+                values = trials[f"metrics.{score}"]
+                row[score] = form.format(values.mean())
+                row[f"{score} effect [95% CI]"] = ("" if name == BASELINE or baseline is None else
+                                                   effect_text(values, baseline[f"metrics.{score}"], form))
+            lowest = [min(m.value for m in store.client.get_metric_history(run_id, "fid_domain"))
+                      for run_id in trials["run_id"]]
+            row["lowest fid_domain"] = f"{sum(lowest) / len(lowest):.1f}"
+            fired = {seed: first_step(store, run_id, HEALTH_PREFIX + "memorising")
+                     for seed, run_id in trials["run_id"].items()}
+            row["memorising found (seed: step)"] = ", ".join(
+                f"{seed}: {step}" for seed, step in sorted(fired.items()) if step is not None) or "never"
+            machine = trials[tag_column(Tag.MACHINE)].str.rsplit(", ", n=1, expand=True)
+            commits = trials[tag_column(Tag.GIT_COMMIT)].str[:7] + trials[tag_column(Tag.GIT_COMMIT)].str[40:]
+            row.update({"command": command, "commit": " / ".join(sorted(set(commits))),  # '-dirty' kept
+                        "seed": ",".join(str(seed) for seed in sorted(trials.index)),
+                        "device": one(trials, tag_column(Tag.DEVICE)),
+                        "precision": one(trials, tag_column(Tag.PRECISION)),
+                        "dataset": one(trials, tag_column(Tag.DATASET)),
+                        "budget": " / ".join(sorted({
+                            f"{r['params.real_batches']} real batches of {r['params.batch_size']} ({r['params.steps']} "
+                            f"G steps); scores on {r['params.eval_samples']} samples every {r['params.eval_every']} G "
+                            "steps against the 10,000 test images" for _, r in trials.iterrows()})),
+                        "machine": " / ".join(sorted(set(machine[0]))),
+                        "cores": " / ".join(sorted(set(machine[1].str.removesuffix(" cores")))),
+                        "torch": one(trials[tag_column(VERSION_PREFIX + "torch")].str.split("+").str[0].to_frame(),
+                                     tag_column(VERSION_PREFIX + "torch")),
+                        "date": trials["end_time"].max().strftime("%Y-%m-%d")})
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", default="small_data")
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("-o", "--output", type=Path, default=Path("docs/results/small_data.csv"))
+    args = parser.parse_args()
+    command = f"bench run --study {args.study}; python scripts/small_data.py --study {args.study}"
+    rows = table(TrackingStore.open(args.tracking_uri), args.study, command)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    figures = [column for column in rows[0] if column != "command" and column not in ("commit", "seed", "device")]
+    print(pd.DataFrame(rows)[figures[:figures.index("memorising found (seed: step)") + 1]].to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
