@@ -4,23 +4,28 @@ when the doctor said D was memorising.
 
     bench run --study small_data
     python scripts/small_data.py [--study small_data] [--tracking-uri URI] [-o docs/results/small_data.csv]
+                                 [--landed COMMIT]
 
 One row per variant x arm, over its complete trials: the mean of each score (the run's last
 evaluation), and for an arm other than the baseline the mean of (arm - baseline) over the seeds
 both have with its 95% Student's t interval (bench.ranking.paired_effect, as `bench leaderboard
 --effects` computes it); the lowest fid_domain of each run's evaluations, averaged over the seeds
 (how far FID had come down before the end); and the steps at which the doctor's `memorising`
-finding came, one per run that got it. The provenance columns are the runs' own tags.
+finding came, one per run that got it. The provenance columns are the runs' own tags; runs made
+with uncommitted changes record '<commit>-dirty', and ``--landed`` names the later commit that holds
+those changes (checked to descend from <commit>), which the table then records.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 
+from bench.errors import BenchError
 from bench.ranking import paired_effect
 from bench.schema import HEALTH_PREFIX, VERSION_PREFIX, Tag, tag_column
 from bench.study import BASELINE
@@ -46,7 +51,17 @@ def one(trials: pd.DataFrame, column: str) -> str:
     return " / ".join(sorted(set(trials[column].astype(str))))
 
 
-def table(store: TrackingStore, study: str, command: str) -> list[dict]:
+def commit_of(recorded: str, landed: str | None) -> str:
+    """A run's recorded commit, short; one recorded as '<base>-dirty' is ``landed`` when that commit
+    descends from <base> (it holds the changes the run ran with), else stays '-dirty'."""
+    base = recorded.removesuffix("-dirty")
+    descends = landed and subprocess.run(["git", "merge-base", "--is-ancestor", base, landed]).returncode == 0
+    if base != recorded and descends:
+        return subprocess.run(["git", "rev-parse", "--short=7", landed], capture_output=True, text=True).stdout.strip()
+    return base[:7] + recorded[len(base):]
+
+
+def table(store: TrackingStore, study: str, command: str, landed: str | None) -> list[dict]:
     runs = store.trial_runs(study)
     arm = tag_column(Tag.ARM)
     if arm not in runs:
@@ -78,8 +93,8 @@ def table(store: TrackingStore, study: str, command: str) -> list[dict]:
             row["memorising found (seed: step)"] = ", ".join(
                 f"{seed}: {step}" for seed, step in sorted(fired.items()) if step is not None) or "never"
             machine = trials[tag_column(Tag.MACHINE)].str.rsplit(", ", n=1, expand=True)
-            commits = trials[tag_column(Tag.GIT_COMMIT)].str[:7] + trials[tag_column(Tag.GIT_COMMIT)].str[40:]
-            row.update({"command": command, "commit": " / ".join(sorted(set(commits))),  # '-dirty' kept
+            commits = {commit_of(recorded, landed) for recorded in trials[tag_column(Tag.GIT_COMMIT)]}
+            row.update({"command": command, "commit": " / ".join(sorted(commits)),
                         "seed": ",".join(str(seed) for seed in sorted(trials.index)),
                         "device": one(trials, tag_column(Tag.DEVICE)),
                         "precision": one(trials, tag_column(Tag.PRECISION)),
@@ -102,9 +117,16 @@ def main() -> None:
     parser.add_argument("--study", default="small_data")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/results/small_data.csv"))
+    parser.add_argument("--landed", metavar="COMMIT", help="for runs recorded as '<base>-dirty' (changes not yet "
+                        "committed when they ran): the commit, descended from <base>, where those changes landed")
     args = parser.parse_args()
     command = f"bench run --study {args.study}; python scripts/small_data.py --study {args.study}"
-    rows = table(TrackingStore.open(args.tracking_uri), args.study, command)
+    if args.landed:
+        command += f" --landed {args.landed}"
+    try:
+        rows = table(TrackingStore.open(args.tracking_uri), args.study, command, args.landed)
+    except BenchError as exc:  # no such study or store: its one line
+        raise SystemExit(f"error: {exc}") from None
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, list(rows[0]))
