@@ -112,8 +112,8 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
     for trial, reason, queued in gone:
         reason = f"{reason}; {'queued to run again' if queued else SPENT}"
         job.say(f"trial {trial.number} marked failed: {reason}")
-        if "mlflow_run_id" in trial.user_attrs:  # ended already when it stopped while the storage was away
-            tracking.end(trial.user_attrs["mlflow_run_id"], RETRIED if queued else "failed", reason)
+        if "mlflow_run_id" in trial.user_attrs:  # a run that ended (its own failure, a stop) keeps its state
+            tracking.end_if_running(trial.user_attrs["mlflow_run_id"], RETRIED if queued else "failed", reason)
     tracking.close_orphans()
 
 
@@ -319,7 +319,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
             if not isinstance(exc, Interrupted):
                 raise
             # Stopped while the storage is away: the trial stays running there until its heartbeat is
-            # stale, when the next command fails it and queues it again (and marks this run retried).
+            # stale, when the next command fails it and queues it again.
             queued = "resumes from it once the storage answers"
         finally:
             tracking.end(run.run_id, state, reason)

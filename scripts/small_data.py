@@ -55,10 +55,11 @@ def commit_of(recorded: str, landed: str | None) -> str:
     """A run's recorded commit, short; one recorded as '<base>-dirty' is ``landed`` when that commit
     descends from <base> (it holds the changes the run ran with), else stays '-dirty'."""
     base = recorded.removesuffix("-dirty")
-    descends = landed and subprocess.run(["git", "merge-base", "--is-ancestor", base, landed]).returncode == 0
-    if base != recorded and descends:
-        return subprocess.run(["git", "rev-parse", "--short=7", landed], capture_output=True, text=True).stdout.strip()
-    return base[:7] + recorded[len(base):]
+    if base == recorded or not landed:
+        return base[:7] + recorded[len(base):]
+    if subprocess.run(["git", "merge-base", "--is-ancestor", base, landed]).returncode != 0:
+        raise SystemExit(f"error: --landed {landed} does not descend from {base[:7]}, the commit the runs record")
+    return subprocess.run(["git", "rev-parse", "--short=7", landed], capture_output=True, text=True).stdout.strip()
 
 
 def table(store: TrackingStore, study: str, command: str, landed: str | None) -> list[dict]:
@@ -71,6 +72,7 @@ def table(store: TrackingStore, study: str, command: str, landed: str | None) ->
     if runs.empty:
         raise SystemExit(f"study '{study}' has no complete trial yet; let `bench run --study {study}` finish some")
     runs["seed"] = runs["params.seed"].astype(int)
+    runs = runs.sort_values("start_time")  # variants in the order the study ran them
     rows = []
     for variant, group in runs.groupby(tag_column(Tag.VARIANT), sort=False):
         arms = {name: trials.set_index("seed") for name, trials in group.groupby(arm)}
@@ -88,6 +90,8 @@ def table(store: TrackingStore, study: str, command: str, landed: str | None) ->
             lowest = [min(m.value for m in store.client.get_metric_history(run_id, "fid_domain"))
                       for run_id in trials["run_id"]]
             row["lowest fid_domain"] = f"{sum(lowest) / len(lowest):.1f}"
+            at_end = sum(low == end for low, end in zip(lowest, trials["metrics.fid_domain"]))
+            row["runs lowest at the end"] = f"{at_end} of {len(trials)}"
             fired = {seed: first_step(store, run_id, HEALTH_PREFIX + "memorising")
                      for seed, run_id in trials["run_id"].items()}
             row["memorising found (seed: step)"] = ", ".join(
@@ -102,7 +106,7 @@ def table(store: TrackingStore, study: str, command: str, landed: str | None) ->
                         "budget": " / ".join(sorted({
                             f"{r['params.real_batches']} real batches of {r['params.batch_size']} ({r['params.steps']} "
                             f"G steps); scores on {r['params.eval_samples']} samples every {r['params.eval_every']} G "
-                            "steps against the 10,000 test images" for _, r in trials.iterrows()})),
+                            "steps against the test split" for _, r in trials.iterrows()})),
                         "machine": " / ".join(sorted(set(machine[0]))),
                         "cores": " / ".join(sorted(set(machine[1].str.removesuffix(" cores")))),
                         "torch": one(trials[tag_column(VERSION_PREFIX + "torch")].str.split("+").str[0].to_frame(),
