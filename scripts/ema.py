@@ -4,6 +4,7 @@ each run is its own pair.
 
     python scripts/ema.py [--variants dcgan,wgan_gp,sngan] [--seeds 0,1,2] [--decay 0.99]
                           [--real-batches 4000] [--eval-every 800]
+    python scripts/ema.py --summary-only
 
 Each run trains VARIANT at its defaults plus ``g_ema = DECAY`` on Fashion-MNIST (batch 64, CPU
 float32) for ``--real-batches`` real batches (generator steps: that over the variant's real batches
@@ -12,7 +13,8 @@ images every ``--eval-every`` generator steps (and at the end). ``--runs`` (docs
 ema_runs.csv) gets one row per evaluation; rows of other variants and seeds already there are kept.
 ``--summary`` (docs/results/ema.csv) then gets one row per variant and step: each score's mean over
 the seeds for the raw G and the average, and the average's effect (average - raw, same run) with
-its 95% Student's t interval.
+its 95% Student's t interval. A row's commit is the one the script ran from, '-dirty' when the
+training code or this script had uncommitted changes.
 """
 
 from __future__ import annotations
@@ -93,14 +95,19 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=800)
     parser.add_argument("--runs", type=Path, default=RESULTS / "ema_runs.csv")
     parser.add_argument("--summary", type=Path, default=RESULTS / "ema.csv")
+    parser.add_argument("--summary-only", action="store_true", help="only rewrite --summary from --runs")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    git = ["git", "-C", str(Path(__file__).resolve().parent)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run([*git, "status", "--porcelain", "--", "../bench", "../variants", "ema.py"],
+                             capture_output=True, text=True).stdout.strip()
+    commit += "-dirty" if changed else ""
     cpu, cores = machine().rsplit(", ", 1)
-    for variant in args.variants.split(","):
+    for variant in args.variants.split(",") if not args.summary_only else []:
         for seed in map(int, args.seeds.split(",")):
             provenance = {
-                "command": f"python scripts/ema.py --variants {args.variants} --seeds {args.seeds} --decay {args.decay} "
-                           f"--real-batches {args.real_batches} --eval-every {args.eval_every}",
+                "command": f"python scripts/ema.py --variants {args.variants} --seeds {args.seeds} "
+                           f"--decay {args.decay} --real-batches {args.real_batches} --eval-every {args.eval_every}",
                 "commit": commit, "device": "cpu", "precision": "float32", "dataset": "fashion-mnist",
                 "budget": f"{args.real_batches} real batches of 64, g_ema = {args.decay}; fid_domain, precision and "
                           f"recall on 2,000 samples every {args.eval_every} G steps",
