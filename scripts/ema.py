@@ -20,7 +20,6 @@ training code or this script had uncommitted changes.
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from bench.engine import TrainConfig, Trainer
 from bench.ranking import paired_effect
 from bench.schema import machine
+from memorisation import read, write
 
 RESULTS = Path("docs/results")
 SCORES = {"fid_domain": "{:.1f}", "precision_domain": "{:.3f}", "recall_domain": "{:.3f}"}
@@ -69,21 +69,6 @@ def summary(rows: list[dict]) -> list[dict]:
         table.append(row | {column: group[column].iloc[0] for column in provenance}
                      | {"seed": ",".join(str(seed) for seed in sorted(group.index))})
     return table
-
-
-def read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def write(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def main() -> None:
