@@ -22,7 +22,7 @@ import pandas as pd
 
 from bench.errors import ConfigError
 from bench.scores import extractor_of, higher_is_better
-from bench.schema import RETRIED, RUNNING, Tag, tag_column
+from bench.schema import RUNNING, Tag, state_counts, tag_column
 from bench.tracking import TrackingStore
 
 BAND = (0.025, 0.975)
@@ -161,10 +161,7 @@ def compare_study(study: str, tracking: TrackingStore | str | None = None, runs:
     common = int(min(len(v) for v in values.values()))
     shown = sorted({k for k in (1, 5, common) if k <= max(len(v) for v in values.values())})
     for name, group in trials.groupby("variant"):
-        counts = group["state"].value_counts()
-        row = {"variant": name, "complete": int(counts.get("complete", 0)), "pruned": int(counts.get("pruned", 0)),
-               "failed": int(counts.get("failed", 0)), RUNNING: int(counts.get(RUNNING, 0)),
-               RETRIED: int(counts.get(RETRIED, 0))}
+        row = {"variant": name, **state_counts(group["state"])}
         if name in values:
             curve = best_of_k(values[name], maximise).assign(variant=name)
             for k in shown:

@@ -7,15 +7,15 @@ import pandas as pd
 from bench.errors import ConfigError
 from bench.scores import higher_is_better, is_score
 from bench.study import BASELINE, StudySpec
-from bench.schema import RETRIED, RUN_PARAMS, RUNNING, Tag, tag_column
+from bench.schema import COUNTED_STATES, RUN_PARAMS, Tag, state_counts, tag_column
 from bench.tracking import TrackingStore
 
 KEYS = ["study", "variant", "dataset"]
 NAMED = {tag_column(tag): tag.name.lower() for tag in (Tag.STUDY, Tag.VARIANT, Tag.DATASET, Tag.TRIAL, Tag.STATE,
                                                       Tag.ARM, Tag.OBJECTIVE, Tag.EXTERNAL)}
 """The tag columns the leaderboard and the effects read, by the names they read them under."""
-COLUMNS = KEYS + ["metric", "direction", "best", "best_trial", "best_run_id", "best_params", "complete", "pruned",
-                  "failed", RUNNING, RETRIED, "top_k", "top_k_mean", "top_k_std", "external"]
+COLUMNS = KEYS + ["metric", "direction", "best", "best_trial", "best_run_id", "best_params", *COUNTED_STATES,
+                  "top_k", "top_k_mean", "top_k_std", "external"]
 """``external``: the provenance of an entry scored from images made elsewhere (`bench eval --images --name`),
 empty for a variant ganbench trained."""
 
@@ -38,7 +38,7 @@ def rank(runs: pd.DataFrame, variant: str | None = None, top_k: int = 3) -> pd.D
         runs = runs[runs["variant"] == variant]
     rows = []
     for (study_name, variant_name, dataset), group in runs.groupby(KEYS):
-        counts = group["state"].value_counts()
+        counts = state_counts(group["state"])
         complete = group[group["state"] == "complete"]
         params = [column for column in group.columns
                   if column.startswith("params.") and column.removeprefix("params.") not in RUN_PARAMS]
@@ -54,10 +54,7 @@ def rank(runs: pd.DataFrame, variant: str | None = None, top_k: int = 3) -> pd.D
                 "direction": "max" if maximise else "min", "best": best[column], "best_trial": int(best["trial"]),
                 "best_run_id": best["run_id"],
                 "best_params": " ".join(f"{c[7:]}={best[c]}" for c in params if pd.notna(best[c])),
-                "complete": int(counts.get("complete", 0)), "pruned": int(counts.get("pruned", 0)),
-                "failed": int(counts.get("failed", 0)), RUNNING: int(counts.get(RUNNING, 0)),
-                RETRIED: int(counts.get(RETRIED, 0)),
-                "top_k": len(top), "top_k_mean": top.mean(),
+                **counts, "top_k": len(top), "top_k_mean": top.mean(),
                 "top_k_std": top.std(ddof=1) if len(top) > 1 else float("nan"),
                 "external": best["external"] if pd.notna(best.get("external")) else ""})
     return pd.DataFrame(rows, columns=COLUMNS)

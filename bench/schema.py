@@ -96,6 +96,8 @@ and was queued again, to go on from its checkpoint: counted apart from the faile
 END_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", RETRIED: "KILLED", "killed": "KILLED"}
 """A trial's end state, and the MLflow status its run ends with."""
 TRIAL_STATES = (RUNNING, *END_STATUS)
+COUNTED_STATES = ("complete", "pruned", "failed", RUNNING, RETRIED)
+"""The states the leaderboard and the comparison count trials in, in their columns' order."""
 LIVE_STATUS = ("RUNNING", "SCHEDULED")
 """MLflow's statuses of a run that has not ended."""
 
@@ -225,6 +227,12 @@ def trial_frame(runs) -> pd.DataFrame:
     for name in ("start_time", "end_time"):  # one UTC type, a running run's end NaT
         frame[name] = pd.to_datetime(pd.to_numeric(frame[name]), unit="ms", utc=True)
     return frame
+
+
+def state_counts(states: pd.Series) -> dict[str, int]:
+    """How many runs are in each of :data:`COUNTED_STATES`, from a column of their states."""
+    counts = states.value_counts()
+    return {state: int(counts.get(state, 0)) for state in COUNTED_STATES}
 
 
 def run_problem(run) -> str | None:

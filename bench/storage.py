@@ -117,6 +117,12 @@ def retry_history(trial: FrozenTrial) -> list[int]:
         return optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
 
 
+def retries_left(trial: FrozenTrial) -> bool:
+    """Whether a failed ``trial`` is queued again (by Optuna's RetryHeartbeatStaleTrialCallback with
+    max_retry=MAX_RETRIES): it is not yet the MAX_RETRIES-th retry of its original."""
+    return len(retry_history(trial)) < MAX_RETRIES
+
+
 @contextlib.contextmanager
 def ask_lock(url: str):
     """Serialises 'count the trials, then ask for one' between every worker of a storage, so

@@ -31,7 +31,7 @@ from bench.processes import HOST, die_with_parent, exit_promptly, pid_alive
 from bench.registry import get_variant
 from bench.schema import RETRIED, StudyAttr, Tag, trial_tags
 from bench.storage import (MAX_RETRIES, ask_lock, fail_stale_trials, heartbeat, known_heartbeat_warnings, open_storage,
-                           retry_history)
+                           retries_left, retry_history)
 from bench.study import StudySpec, VariantStudy
 from bench.tracking import Tracking, TrackingStore
 
@@ -99,7 +99,7 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
         fail_stale_trials(study)  # Optuna queues each again unless its retries are spent (storage.open_storage)
         stale = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         gone = [(trial, "its worker stopped sending heartbeats (killed, crashed or cut off)",
-                 len(retry_history(trial)) < MAX_RETRIES) for trial in running if trial.number in stale]
+                 retries_left(trial)) for trial in running if trial.number in stale]
     else:
         for trial in running:
             owner = trial.user_attrs.get("worker", {})
@@ -126,11 +126,11 @@ def run_again(study: optuna.Study, number: int) -> bool:
     trial's last checkpoint when it is here."""
     # A copy: Optuna's callback appends to the trial's own retry history.
     failed = copy.deepcopy(study.get_trials(deepcopy=False)[number])
-    spent = len(retry_history(failed)) >= MAX_RETRIES
+    left = retries_left(failed)
     with known_heartbeat_warnings():
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
         retry(study, failed)
-    return not spent
+    return left
 
 
 def trial_folder(study: optuna.Study, number: int) -> Path:
