@@ -28,13 +28,11 @@ import pandas as pd
 import torch
 
 from bench.engine import TrainConfig, Trainer
-from bench.ranking import paired_effect
 from bench.schema import machine
 from memorisation import read, write
+from small_data import SCORES, effect_text
 
 RESULTS = Path("docs/results")
-SCORES = {"fid_domain": "{:.1f}", "precision_domain": "{:.3f}", "recall_domain": "{:.3f}"}
-"""The scores shown, each with its format."""
 PER_EVALUATION = ("variant", "seed", "step", *SCORES, *(f"{score}_raw" for score in SCORES))
 
 
@@ -49,10 +47,6 @@ def train(variant: str, seed: int, decay: float, real_batches: int, eval_every: 
             for row in result.scores.to_dict("records")]
 
 
-def signed(value: float, form: str) -> str:
-    return ("{:+" + form[2:]).format(value).replace("-", "−")
-
-
 def summary(rows: list[dict]) -> list[dict]:
     """One row per variant and step: the raw G's and the average's means, and the average's effect."""
     runs = pd.DataFrame(rows)
@@ -63,9 +57,8 @@ def summary(rows: list[dict]) -> list[dict]:
         row = {"variant": variant, "G step": int(float(step)), "seeds": len(group)}
         for score, form in SCORES.items():
             raw, average = group[f"{score}_raw"].astype(float), group[score].astype(float)
-            effect, low, high = paired_effect(average, raw, 0.95)
             row |= {f"{score} raw G": form.format(raw.mean()), f"{score} average": form.format(average.mean()),
-                    f"{score} effect [95% CI]": f"{signed(effect, form)} [{signed(low, form)}, {signed(high, form)}]"}
+                    f"{score} effect [95% CI]": effect_text(average, raw, form)}
         table.append(row | {column: group[column].iloc[0] for column in provenance}
                      | {"seed": ",".join(str(seed) for seed in sorted(group.index))})
     return table

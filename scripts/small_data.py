@@ -46,9 +46,9 @@ def first_step(store: TrackingStore, run_id: str, metric: str) -> int | None:
     return min(m.step for m in history) if history else None
 
 
-def one(trials: pd.DataFrame, column: str) -> str:
-    """The value all ``trials`` recorded in ``column``, several joined by ' / ' where they differ."""
-    return " / ".join(sorted(set(trials[column].astype(str))))
+def one(values: pd.Series) -> str:
+    """The value all runs recorded, several joined by ' / ' where they differ."""
+    return " / ".join(sorted(set(values.astype(str))))
 
 
 def commit_of(recorded: str, landed: str | None) -> str:
@@ -100,17 +100,15 @@ def table(store: TrackingStore, study: str, command: str, landed: str | None) ->
             commits = {commit_of(recorded, landed) for recorded in trials[tag_column(Tag.GIT_COMMIT)]}
             row.update({"command": command, "commit": " / ".join(sorted(commits)),
                         "seed": ",".join(str(seed) for seed in sorted(trials.index)),
-                        "device": one(trials, tag_column(Tag.DEVICE)),
-                        "precision": one(trials, tag_column(Tag.PRECISION)),
-                        "dataset": one(trials, tag_column(Tag.DATASET)),
+                        "device": one(trials[tag_column(Tag.DEVICE)]),
+                        "precision": one(trials[tag_column(Tag.PRECISION)]),
+                        "dataset": one(trials[tag_column(Tag.DATASET)]),
                         "budget": " / ".join(sorted({
                             f"{r['params.real_batches']} real batches of {r['params.batch_size']} ({r['params.steps']} "
                             f"G steps); scores on {r['params.eval_samples']} samples every {r['params.eval_every']} G "
                             "steps against the test split" for _, r in trials.iterrows()})),
-                        "machine": " / ".join(sorted(set(machine[0]))),
-                        "cores": " / ".join(sorted(set(machine[1].str.removesuffix(" cores")))),
-                        "torch": one(trials[tag_column(VERSION_PREFIX + "torch")].str.split("+").str[0].to_frame(),
-                                     tag_column(VERSION_PREFIX + "torch")),
+                        "machine": one(machine[0]), "cores": one(machine[1].str.removesuffix(" cores")),
+                        "torch": one(trials[tag_column(VERSION_PREFIX + "torch")].str.split("+").str[0]),
                         "date": trials["end_time"].max().strftime("%Y-%m-%d")})
             rows.append(row)
     return rows
