@@ -300,8 +300,12 @@ class Tracking:
             self.client.set_tag(run_id, key, value)
         self.client.set_terminated(run_id, status=END_STATUS[state])
 
-    def end_if_running(self, run_id: str, state: str, reason: str) -> None:
-        if self.client.get_run(run_id).info.status == "RUNNING":
+    def end_if_open(self, run_id: str, state: str, reason: str) -> None:
+        """Ends a trial's run unless the trial ended it itself: one still running, or one that
+        :meth:`close_orphans` closed when its process was gone (before the study knew whether the
+        trial is queued again)."""
+        run = self.client.get_run(run_id)
+        if run.info.status == "RUNNING" or run.data.tags.get(Tag.END_REASON, "").endswith(ORPHANED):
             self.end(run_id, state, reason)
 
     def close_orphans(self) -> list[str]:
@@ -313,11 +317,13 @@ class Tracking:
             pid = int(run.data.tags.get(Tag.PID, "0"))
             if pid and not pid_alive(pid):
                 state = "failed" if run.data.tags.get(Tag.KIND) == TRIAL else "killed"
-                self.end(run.info.run_id, state, f"its process {pid} on {HOST} ended without closing it")
+                self.end(run.info.run_id, state, f"its process {pid} on {HOST} {ORPHANED}")
                 closed.append(run.info.run_id)
         return closed
 
 
+ORPHANED = "ended without closing it"
+"""How :meth:`Tracking.close_orphans` ends the reason it gives a run whose process is gone."""
 FINAL_SAMPLES = "final_samples"
 """Artifact folder of a trial's last sample grid."""
 MAX_SAMPLES_BYTES = 64 * 1024 ** 2

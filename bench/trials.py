@@ -112,8 +112,8 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
     for trial, reason, queued in gone:
         reason = f"{reason}; {'queued to run again' if queued else SPENT}"
         job.say(f"trial {trial.number} marked failed: {reason}")
-        if "mlflow_run_id" in trial.user_attrs:  # a run that ended (its own failure, a stop) keeps its state
-            tracking.end_if_running(trial.user_attrs["mlflow_run_id"], RETRIED if queued else "failed", reason)
+        if "mlflow_run_id" in trial.user_attrs:  # a run the trial ended (its failure, a stop) keeps its state
+            tracking.end_if_open(trial.user_attrs["mlflow_run_id"], RETRIED if queued else "failed", reason)
     tracking.close_orphans()
 
 

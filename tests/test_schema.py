@@ -155,3 +155,25 @@ def test_a_doctor_finding_is_a_health_tag_and_metric(store):
     assert recorded.tags[HEALTH_PREFIX + "mode_collapse"].startswith("step 40: ")
     assert recorded.metrics[HEALTH_PREFIX + "mode_collapse"] == 1.0
     assert store.findings(run.run_id)[0].check == "mode_collapse"
+
+
+def test_a_run_closed_because_its_process_was_gone_takes_the_state_its_trial_ends_in(store):
+    """close_orphans closes a dead worker's run as failed before the study knows whether the trial is
+    queued again; the recovery that knows then closes it as retried. A run its trial ended keeps its state."""
+    from bench.schema import RETRIED
+    from bench.tracking import ORPHANED
+
+    store, folder = store
+    tracking = Tracking(store, "orphans", folder / "artifacts")
+    parent = tracking.start_parent(study_tags("orphans", ["gan"], "digits", "domain", ["orphans:gan"]),
+                                   {"objective": "fid_domain"})
+    states = {}
+    for number, reason in enumerate([f"its process 1 on this host {ORPHANED}", "loss_d became nan"]):
+        config = TrainConfig("gan", "digits", seed=number)
+        run = tracking.start_trial(parent, config, trial_tags(config, number, study="orphans", optuna_study="orphans:gan",
+                                                              objective="fid_domain"))
+        tracking.end(run.run_id, "failed", reason)
+        tracking.end_if_open(run.run_id, RETRIED, "its worker stopped sending heartbeats; queued to run again")
+        tags = store.client.get_run(run.run_id).data.tags
+        states[reason] = (tags[Tag.STATE], store.client.get_run(run.run_id).info.status)
+    assert list(states.values()) == [(RETRIED, "KILLED"), ("failed", "FAILED")]
