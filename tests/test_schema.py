@@ -170,8 +170,8 @@ def test_a_run_closed_because_its_process_was_gone_takes_the_state_its_trial_end
     states = {}
     for number, reason in enumerate([f"its process 1 on this host {ORPHANED}", "loss_d became nan"]):
         config = TrainConfig("gan", "digits", seed=number)
-        run = tracking.start_trial(parent, config, trial_tags(config, number, study="orphans", optuna_study="orphans:gan",
-                                                              objective="fid_domain"))
+        tags = trial_tags(config, number, study="orphans", optuna_study="orphans:gan", objective="fid_domain")
+        run = tracking.start_trial(parent, config, tags)
         tracking.end(run.run_id, "failed", reason)
         tracking.end_if_open(run.run_id, RETRIED, "its worker stopped sending heartbeats; queued to run again")
         tags = store.client.get_run(run.run_id).data.tags
