@@ -30,6 +30,12 @@ UNENCODED = re.compile(r"[/?#@]|%(?![0-9A-Fa-f]{2})")
 SECRET_QUERY = re.compile(r"((?:^|[&;])[^=&;#]*(?:pass|pwd|secret|token|key)[^=&;#]*=)[^&;#]*", re.IGNORECASE)
 """Query parameters whose values are secrets: password=, sslpassword=, pwd=, token=, api_key=, ..."""
 CONNECT_TIMEOUT_SECONDS = 5
+POSTGRES_CONNECT_ARGS = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "keepalives": 1, "keepalives_idle": 10,
+                         "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000}
+"""libpq's settings for every connection to PostgreSQL: a server that does not answer fails the
+attempt in CONNECT_TIMEOUT_SECONDS, and an open connection whose server falls silent (a network
+cut, not a restart) ends within about 30 s, waiting or sending, instead of after the kernel's
+15 minutes of retransmissions; then the outage is waited out as a restart is."""
 OUTAGE_SECONDS = 120
 """How long a command waits for a database server it has reached before to come back (a restart, a
 failover): one deadline per outage, shared by every call and thread that meets it."""
@@ -239,7 +245,7 @@ def database_engine(url: str):
     """One pooled SQLAlchemy engine per PostgreSQL URL (checks, advisory locks), which waits out restarts."""
     from sqlalchemy import create_engine
 
-    engine = create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS}, pool_pre_ping=True)
+    engine = create_engine(url, connect_args=POSTGRES_CONNECT_ARGS, pool_pre_ping=True)
     wait_out_restarts(engine, url)
     return engine
 

@@ -113,6 +113,19 @@ class StudyAttr(enum.StrEnum):
     """Why the variant was skipped (its trials kept failing); cleared when a new command starts."""
 
 
+class TrialAttr(enum.StrEnum):
+    """What ganbench keeps in an Optuna trial's user attributes (a retry inherits them all)."""
+
+    SEED = "seed"
+    WORKER = "worker"
+    """The process that runs the trial: {"host": ..., "pid": ...}."""
+    MLFLOW_RUN_ID = "mlflow_run_id"
+    FAIL_REASON = "fail_reason"
+    QUEUE_AGAIN = "queue_again"
+    """On a failed trial: it stopped with its checkpoint intact and is to run again from there. The
+    command that stopped it queues it; where the storage went away before that, the next one does."""
+
+
 def tag_column(tag: str) -> str:
     """The column of ``tag`` in a table of runs (:func:`trial_frame`, MLflow's search_runs)."""
     return f"tags.{tag}"

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 
 from bench.config import HEARTBEAT_SECONDS
 from bench.errors import ConfigError, Interrupted
-from bench.connections import (CONNECT_TIMEOUT_SECONDS, DatabaseAway, check_database, database_engine,
+from bench.connections import (POSTGRES_CONNECT_ARGS, DatabaseAway, check_database, database_engine,
                                explain_database_error, is_database, redact, sqlite_path, url_scheme, wait_out_restarts)
 from bench.locations import OPTUNA_JOURNAL, unwritable_folder
 
@@ -81,7 +81,7 @@ def _database(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
     from sqlalchemy.exc import SQLAlchemyError
 
     scheme = _scheme(url)
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if scheme == "postgresql" else {}
+    connect_args = POSTGRES_CONNECT_ARGS if scheme == "postgresql" else {}
     try:
         with known_heartbeat_warnings():
             storage = optuna.storages.RDBStorage(

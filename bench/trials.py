@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import os
 import re
 import shutil
@@ -29,9 +30,9 @@ from bench.observer import Observer
 from bench.plan import RunPlan
 from bench.processes import HOST, die_with_parent, exit_promptly, pid_alive
 from bench.registry import get_variant
-from bench.schema import RETRIED, StudyAttr, Tag, trial_tags
-from bench.storage import (MAX_RETRIES, ask_lock, fail_stale_trials, heartbeat, known_heartbeat_warnings, open_storage,
-                           retries_left, retry_history)
+from bench.schema import RETRIED, StudyAttr, Tag, TrialAttr, trial_tags
+from bench.storage import (MAX_RETRIES, STALE_AFTER_HEARTBEATS, ask_lock, fail_stale_trials, heartbeat,
+                           known_heartbeat_warnings, open_storage, retries_left, retry_history)
 from bench.study import StudySpec, VariantStudy
 from bench.tracking import Tracking, TrackingStore
 
@@ -102,19 +103,40 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
                  retries_left(trial)) for trial in running if trial.number in stale]
     else:
         for trial in running:
-            owner = trial.user_attrs.get("worker", {})
+            owner = trial.user_attrs.get(TrialAttr.WORKER, {})
             if owner.get("host") == HOST and not pid_alive(owner.get("pid", 0)):
                 reason = f"worker process {owner['pid']} on {HOST} ended during the trial (killed or crashed)"
                 trial_id = _trial_id(study, storage, trial.number)
-                storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+                storage.set_trial_user_attr(trial_id, TrialAttr.FAIL_REASON, reason)
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
                 gone.append((trial, reason, run_again(study, trial.number)))
+    for trial in _stopped_not_queued(study, job.heartbeat * STALE_AFTER_HEARTBEATS):
+        gone.append((trial, "stopped while the storage was away, before it was queued again",
+                     run_again(study, trial.number)))
     for trial, reason, queued in gone:
         reason = f"{reason}; {'queued to run again' if queued else SPENT}"
         job.say(f"trial {trial.number} marked failed: {reason}")
-        if "mlflow_run_id" in trial.user_attrs:  # a run the trial ended (its failure, a stop) keeps its state
-            tracking.end_if_open(trial.user_attrs["mlflow_run_id"], RETRIED if queued else "failed", reason)
+        if TrialAttr.MLFLOW_RUN_ID in trial.user_attrs:  # a run the trial ended (its failure, a stop) keeps its state
+            tracking.end_if_open(trial.user_attrs[TrialAttr.MLFLOW_RUN_ID], RETRIED if queued else "failed", reason)
     tracking.close_orphans()
+
+
+def _stopped_not_queued(study: optuna.Study, grace: float) -> list[FrozenTrial]:
+    """The trials a stop failed to be queued again, because the storage went away between failing the
+    trial and queueing it, once the command that stopped them is gone: its process on this host has
+    ended, or, on another host, the trial ended more than ``grace`` seconds ago."""
+    trials = study.get_trials(deepcopy=False)
+    queued = {number for trial in trials for number in retry_history(trial)}
+    now = datetime.datetime.now()
+
+    def gone(trial: FrozenTrial) -> bool:
+        owner = trial.user_attrs.get(TrialAttr.WORKER, {})
+        if owner.get("host") == HOST:
+            return not pid_alive(owner.get("pid", 0))
+        return (now - trial.datetime_complete).total_seconds() > grace
+
+    return [trial for trial in trials if trial.state == TrialState.FAIL and trial.user_attrs.get(TrialAttr.QUEUE_AGAIN)
+            and trial.number not in queued and retries_left(trial) and gone(trial)]
 
 
 SPENT = f"not queued again (its {MAX_RETRIES} retries are spent)"
@@ -183,7 +205,7 @@ def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storag
                 resolved, study = lanes[index]
                 with known_heartbeat_warnings():
                     trial = study.ask()  # a trial queued again after its worker died comes first
-                trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
+                trial.set_user_attr(TrialAttr.WORKER, {"host": HOST, "pid": os.getpid()})
         if trial is None:
             # Enough trials are running, but one may still fail or lose its worker: stay until they end.
             time.sleep(WAIT_SECONDS)
@@ -194,7 +216,7 @@ def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storag
         failures[name] = failures[name] + 1 if state == TrialState.FAIL else 0
         if failures[name] >= MAX_FAILURES_IN_A_ROW:
             reason = (f"{failures[name]} of its trials in a row failed (the last: "
-                      f"{study.trials[trial.number].user_attrs.get('fail_reason', 'unknown')[:300]})")
+                      f"{study.trials[trial.number].user_attrs.get(TrialAttr.FAIL_REASON, 'unknown')[:300]})")
             study.set_user_attr(StudyAttr.GAVE_UP, reason)
             job.say(f"{name} skipped: {reason}; see their reasons in the MLflow UI (tag {Tag.END_REASON}), fix the "
                     "variant or narrow the study's ranges, then run the same command again")
@@ -263,10 +285,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
     retry_of = retried[0] if retried else None
     # A retry repeats its original, seed included (Optuna copies the original's attributes).
     if retry_of is not None:
-        seed = frozen.user_attrs["seed"]
+        seed = frozen.user_attrs[TrialAttr.SEED]
     else:
         seed = job.seed + (trial.number if seed_index is None else seed_index)
-    trial.set_user_attr("seed", seed)
+    trial.set_user_attr(TrialAttr.SEED, seed)
     # A grid beside each evaluation (0: at the end only); checkpoints at the end and every few minutes. Resolved
     # once, dataset loaded: the run records what the trainer trains.
     config = TrainConfig(resolved.variant.name, spec.dataset, seed=seed, device=device, amp=job.amp, hparams=hparams,
@@ -278,7 +300,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         plan = RunPlan.resolve(config)
     except BenchError as exc:  # settings of this trial that no run can train with: recorded as it was asked
         run = tracking.start_trial(job.parent_run_id, config, trial_tags(config, trial.number, **tags))
-        trial.set_user_attr("mlflow_run_id", run.run_id)
+        trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run.run_id)
         return _failed(study, trial, config.variant, run.run_id, str(exc), tracking, job)
     config = plan.config
     out = trial_folder(study, trial.number)
@@ -291,7 +313,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         shutil.copytree(trial_folder(study, retried[-1]), out)
     run = tracking.start_trial(job.parent_run_id, config, trial_tags(
         config, trial.number, resumed_from=retried[-1] if resume else None, **tags))
-    trial.set_user_attr("mlflow_run_id", run.run_id)
+    trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run.run_id)
     try:
         result = train(plan, out, resume=resume, progress=False,
                        observers=[run, ReportToPruner(trial, spec.objective)])
@@ -306,11 +328,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         return _failed(study, trial, config.variant, run.run_id, str(exc), tracking, job)
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        resumable = isinstance(exc, (Interrupted, OutputNotWritten))  # its checkpoint is intact: a retry goes on from it
         queued, state = "is queued to resume from it", "failed"
         try:
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(TrialAttr.FAIL_REASON, reason)
+            trial.set_user_attr(TrialAttr.QUEUE_AGAIN, resumable)
             study.tell(trial, state=TrialState.FAIL)
-            if isinstance(exc, (Interrupted, OutputNotWritten)):  # its checkpoint is intact: a retry goes on from it
+            if resumable:
                 if run_again(study, trial.number):
                     state = RETRIED
                 else:
@@ -318,9 +342,12 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
         except (Interrupted, DatabaseAway):
             if not isinstance(exc, Interrupted):
                 raise
-            # Stopped while the storage is away: the trial stays running there until its heartbeat is
-            # stale, when the next command fails it and queues it again.
-            queued = "resumes from it once the storage answers"
+            # Stopped while the storage is away: the next command that reaches it queues the trial again, as
+            # a running trial whose worker is gone or as a failed one marked QUEUE_AGAIN (_recover).
+            if retries_left(frozen):
+                queued, state = "resumes from it once the storage answers", RETRIED
+            else:
+                queued = f"is {SPENT}"
         finally:
             tracking.end(run.run_id, state, reason)
         if isinstance(exc, Interrupted):
@@ -344,7 +371,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
 def _failed(study: optuna.Study, trial: optuna.Trial, variant: str, run_id: str, reason: str,
             tracking: Tracking, job: Job) -> TrialState:
     """Ends ``trial`` of ``variant`` and its MLflow run as failed for ``reason``, and says so."""
-    trial.set_user_attr("fail_reason", reason)
+    trial.set_user_attr(TrialAttr.FAIL_REASON, reason)
     tracking.end(run_id, "failed", reason)
     study.tell(trial, state=TrialState.FAIL)
     job.say(f"{variant} trial {trial.number} failed: {reason} {trial.params}")

@@ -13,7 +13,7 @@ import mlflow
 import optuna
 import pytest
 from click.testing import CliRunner
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from bench.cli import main
 from bench.ranking import leaderboard
@@ -162,3 +162,53 @@ def test_diverged_and_doctor_stopped_trials_fail_with_their_reasons_while_the_wo
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         report = CliRunner().invoke(main, ["doctor", runs.loc["1", "run_id"]])
     assert report.exit_code == 0 and "no_generator_gradient" in report.output and "run was stopped" in report.output
+
+
+# -- a stop whose trial failed but was not queued again ---------------------------------------------
+
+def test_a_stopped_trial_the_storage_lost_before_queueing_it_is_queued_by_the_next_command(tmp_path):
+    """A stop fails its trial, then queues it again; where the storage goes away between the two, the
+    trial is failed and marked to run again but no retry names it. The next command's recovery queues
+    it once its stopping process is gone (on another host: once it ended a few heartbeats ago), and
+    leaves alone a trial whose process still lives, a failure that is not a stop, and a stop already
+    queued."""
+    from bench.processes import HOST
+    from bench.schema import TrialAttr
+    from bench.trials import Job, _recover, run_again
+    from bench.tracking import Tracking, TrackingStore
+
+    storage = open_storage(str(tmp_path / "journal.log"))
+    study = optuna.create_study(storage=storage, study_name="stops")
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    lr = optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)
+    stops = [(HOST, ended.pid, True), (HOST, ended.pid, False), (HOST, os.getpid(), True), (HOST, ended.pid, True),
+             ("another-host", 1, True)]
+    for number, (host, pid, stop) in enumerate(stops):
+        trial = study.ask({"lr": lr})
+        for attr, value in [(TrialAttr.SEED, 10 + number), (TrialAttr.WORKER, {"host": host, "pid": pid}),
+                            (TrialAttr.FAIL_REASON, "stopped by SIGINT at step 5"), (TrialAttr.QUEUE_AGAIN, stop)]:
+            trial.set_user_attr(attr, value)
+        study.tell(trial, state=TrialState.FAIL)
+    assert run_again(study, 3)  # trial 3's stop queued it (as trial 5)
+    said: list[str] = []
+    store = TrackingStore.open(f"sqlite:///{tmp_path / 'mlflow.db'}", create=True)
+    tracking = Tracking(store, "stops", artifacts=tmp_path / "artifacts")
+
+    def recover(heartbeat: int) -> list[FrozenTrial]:
+        job = Job(variants=(), spec=None, trials=None, storage=str(tmp_path / "journal.log"), tracking=store,
+                  parent_run_id="", device="cpu", amp="no", seed=0, worker=0, threads=1, heartbeat=heartbeat,
+                  log=said.append)
+        _recover(study, storage, tracking, job)
+        return study.get_trials()
+
+    for _ in range(2):  # a second command finds nothing more to queue
+        trials = recover(heartbeat=10)
+        assert [t.state for t in trials] == [TrialState.FAIL] * 5 + [TrialState.WAITING] * 2
+    assert [t.system_attrs["failed_trial"] for t in trials[5:]] == [3, 0]
+    assert trials[6].params == trials[0].params and trials[6].user_attrs[TrialAttr.SEED] == 10
+    assert said == ["trial 0 marked failed: stopped while the storage was away, before it was queued again; "
+                    "queued to run again"]
+    # Another host's process cannot be looked up: its stop is queued once it ended 3 heartbeats ago.
+    trials = recover(heartbeat=0)
+    assert [t.system_attrs["failed_trial"] for t in trials[5:]] == [3, 0, 4]
