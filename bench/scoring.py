@@ -157,7 +157,8 @@ class Scorer:
         if not torch.isfinite(features).all():  # FID's matrix square root would fail or hang on them
             raise self._not_finite(images)
         evidence = Evidence(self.real_features, self.real_radii, features, self.fid, self.kid, self.real_classes,
-                            torch.cat(logits).argmax(1) if logits else None, labels, codes)
+                            torch.cat(logits).argmax(1) if logits else None, labels, codes,
+                            self.extractor.class_logits(features))
         return score_all(evidence, self.extractor.name)
 
 

@@ -69,7 +69,8 @@ def render_scores() -> str:
     from bench.scores import SCORES as DEFINED
 
     needs = {"": "generated images", "classifier": "the domain classifier", "labels": "a conditional generator",
-             "codes": "a categorical latent code"}
+             "codes": "a categorical latent code",
+             "logits": "Inception's classification weights"}
     rows = [[f"`{score.name}_EXTRACTOR`" if score.per_extractor else f"`{score.name}`",
              "higher" if score.higher_is_better else "lower", needs.get(score.needs, score.needs), score.summary]
             for score in DEFINED]

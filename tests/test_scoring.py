@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.data import load_dataset, to_unit_range
-from bench.errors import TrainingDiverged
+from bench.errors import ConfigError, TrainingDiverged
 from bench.engine import TrainConfig, Trainer, train
 from bench.scores import KernelDistance, code_accuracy
 from bench.classifier import WEIGHTS_DIR, file_sha256, weights_name
@@ -147,6 +147,63 @@ def test_spot_radii_are_the_nearest_neighbour_radii_of_those_rows(scorer):
     assert (expected[[0, 1, 2]] < 1e-6).all()
 
 
+def test_inception_score_equals_torchmetrics_on_the_same_logits():
+    from torchmetrics.image.inception import InceptionScore
+
+    from bench.scores import inception_score
+
+    logits = torch.randn(1000, 1008, generator=torch.Generator().manual_seed(0)) * 3
+    metric = InceptionScore(feature=torch.nn.Identity(), splits=10)
+    metric.update(logits)
+    torch.manual_seed(1)
+    expected = metric.compute()  # it shuffles the samples first: shuffle ours the same way
+    torch.manual_seed(1)
+    ours = inception_score(logits[torch.randperm(len(logits))])
+    assert ours == pytest.approx((expected[0].item(), expected[1].item()), abs=1e-6)
+    assert inception_score(torch.zeros(100, 1008))[0] == pytest.approx(1.0)  # one class distribution for all: 1
+
+
+def shipped_stem() -> torch.Tensor:
+    return next(ShippedInception().net.net.layers.children()).weight.detach()
+
+
+def classification_file(path: Path, stem: torch.Tensor | None = None, **changes) -> Path:
+    """A weights file laid out as torch-fidelity's: the network's first convolution and its 1008 classes."""
+    state = {"Conv2d_1a_3x3.conv.weight": shipped_stem() if stem is None else stem,
+             "fc.weight": torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0)) / 50,
+             "fc.bias": torch.zeros(1008), **changes}
+    torch.save({key: value for key, value in state.items() if value is not None}, path)
+    return path
+
+
+def test_inception_classification_weights_are_checked_before_use(tmp_path, monkeypatch):
+    from bench.inception import classifier_weight, classifier_weights_path
+
+    stem = shipped_stem()
+    good = classification_file(tmp_path / "good.pth", stem)
+    assert torch.equal(classifier_weight(good, stem), torch.load(good, weights_only=True)["fc.weight"])
+    monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", str(good))
+    assert classifier_weights_path() == good
+    monkeypatch.delenv("BENCH_INCEPTION_WEIGHTS")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))  # torch-fidelity's copy, where it keeps it
+    assert classifier_weights_path() is None
+    kept = tmp_path / "hub" / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(good.read_bytes())
+    assert classifier_weights_path() == kept
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"fc.weight": Path("x")}, pickled)  # an object other than tensors: never unpickled
+    for path, problem in [(classification_file(tmp_path / "other.pth", stem + 1), "another Inception network"),
+                          (classification_file(tmp_path / "no-fc.pth", stem, **{"fc.weight": None}), "no fc.weight"),
+                          (classification_file(tmp_path / "nan.pth", stem, **{"fc.weight": torch.full((1008, 2048),
+                                                                                             math.nan)}),
+                           "not finite"),
+                          (pickled, "refused unread"), (tmp_path / "missing.pth", "missing.pth")]:
+        with pytest.raises(ConfigError, match=problem) as error:
+            classifier_weight(path, stem)
+        assert "BENCH_INCEPTION_WEIGHTS" in str(error.value) or "missing" in problem
+
+
 def test_code_accuracy_uses_the_best_one_to_one_matching():
     codes = torch.tensor([0, 0, 1, 1, 2, 2, 2])
     classes = torch.tensor([7, 7, 3, 3, 5, 5, 1])  # code 0 -> 7, 1 -> 3, 2 -> 5; one miss
@@ -189,7 +246,10 @@ def test_real_features_are_computed_once_and_shared_across_processes(tmp_path):
 
 
 @pytest.mark.e2e  # the Inception network on a CPU: tens of seconds
-def test_inception_features_from_28x28_grayscale_give_a_finite_fid(tmp_path, fashion_train):
+def test_inception_features_from_28x28_grayscale_give_a_finite_fid(tmp_path, fashion_train, monkeypatch):
+    # With classification weights for the shipped network (its own first convolution; random classes): the
+    # Inception Score comes from the same pass, between 1 and the number of classes.
+    monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", str(classification_file(tmp_path / "inception.pth")))
     # 16 images a side, two of the scorer's CPU batches of 8: Inception takes ~0.1 s an image on a CPU core.
     scorer = Scorer("fashion-mnist", "inception", real_samples=16, cache_dir=tmp_path)
     extractor = scorer.extractor
@@ -198,8 +258,9 @@ def test_inception_features_from_28x28_grayscale_give_a_finite_fid(tmp_path, fas
         features = extractor(to_unit_range(fashion_train.images[:4]))
     assert features.shape == (4, 2048) and torch.isfinite(features).all()
     scores = scorer.score_images(to_unit_range(fashion_train.images[:16]))
-    assert set(scores) >= {"fid_inception", "kid_inception"}
+    assert set(scores) >= {"fid_inception", "kid_inception", "inception_score", "inception_score_std"}
     assert torch.isfinite(torch.tensor(scores["fid_inception"])) and scores["fid_inception"] > 0
+    assert 1 <= scores["inception_score"] <= 1008 and scores["inception_score_std"] >= 0
     # The cached entry passes its checks (non-negative features, rows recomputed, radii re-measured).
     with warnings.catch_warnings():
         warnings.simplefilter("error")
