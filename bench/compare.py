@@ -284,8 +284,12 @@ def precision_recall_figure(trials: pd.DataFrame, best: pd.DataFrame, c: Compari
 
     figure = Figure(figsize=(5.5, 5), layout="constrained")
     axis = figure.subplots()
+    from matplotlib import colormaps
+
+    many = len(best) > 10  # past the default cycle's 10 colours, 20 distinct ones
     for index, variant in enumerate(best["variant"]):  # every variant in its colour of the other plots
-        color, group = f"C{index}", trials[trials["variant"] == variant]
+        color = colormaps["tab20"](index % 20) if many else f"C{index}"
+        group = trials[trials["variant"] == variant]
         axis.scatter(group["recall"], group["precision"], s=18, alpha=0.4, color=color)
         top = best[best["variant"] == variant]
         axis.scatter(top["recall"], top["precision"], s=160, marker="*", color=color, edgecolors="black",

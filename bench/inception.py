@@ -25,8 +25,9 @@ CLASSIFIER_ENV = "BENCH_INCEPTION_WEIGHTS"
 CLASSIFIER_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
 """The TF Inception-v3 of 2015-12-05 with its classification layer, as torch-fidelity (torchmetrics'
 InceptionScore) and pytorch-fid keep it in torch hub's checkpoints folder."""
+CLASSIFIER_OFF = "none"
 CLASSIFIER_REMEDY = (f"set {CLASSIFIER_ENV} to a copy of torch-fidelity's {CLASSIFIER_FILES[0]} (or pytorch-fid's "
-                     f"{CLASSIFIER_FILES[1]}), or move the file away to score without inception_score")
+                     f"{CLASSIFIER_FILES[1]}), or to '{CLASSIFIER_OFF}' to score without inception_score")
 INCEPTION_CLASSES = 1008
 
 
@@ -127,13 +128,18 @@ def inception_path() -> Path:
 
 
 def classifier_weights_path() -> Path | None:
-    """The weights file of the network's classification layer: ${CLASSIFIER_ENV} where it is set,
-    else the first of :data:`CLASSIFIER_FILES` in torch hub's checkpoints folder; None where neither
-    is (nothing is downloaded)."""
-    if os.environ.get(CLASSIFIER_ENV):
-        return Path(os.environ[CLASSIFIER_ENV])
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    return next((checkpoints / name for name in CLASSIFIER_FILES if (checkpoints / name).is_file()), None)
+    """The weights file of the network's classification layer: the one $BENCH_INCEPTION_WEIGHTS
+    names ('none': no file), else the first of :data:`CLASSIFIER_FILES` in torch hub's checkpoints
+    folder; None where there is none (nothing is downloaded)."""
+    chosen = os.environ.get(CLASSIFIER_ENV)
+    if chosen:
+        return None if chosen == CLASSIFIER_OFF else Path(chosen)
+    return next((hub_checkpoints() / name for name in CLASSIFIER_FILES if (hub_checkpoints() / name).is_file()), None)
+
+
+def hub_checkpoints() -> Path:
+    """Where torch hub keeps downloaded weights ($TORCH_HOME/hub/checkpoints, ~/.cache/torch/... by default)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def classifier_weight(path: Path, stem: Tensor) -> Tensor:
@@ -155,6 +161,22 @@ def classifier_weight(path: Path, stem: Tensor) -> Tensor:
     return weight.float()
 
 
+def inception_classes(stem: Tensor) -> Tensor | None:
+    """The classification layer's weight (:func:`classifier_weight`), or None where there is no file. A
+    file $BENCH_INCEPTION_WEIGHTS names must pass its checks; one found in torch hub's checkpoints that
+    fails them is left out with a warning, and the other scores go on."""
+    path = classifier_weights_path()
+    if path is None:
+        return None
+    try:
+        return classifier_weight(path, stem)
+    except ConfigError as exc:
+        if os.environ.get(CLASSIFIER_ENV):
+            raise
+        warnings.warn(f"{exc}; scoring without inception_score", stacklevel=2)
+        return None
+
+
 class InceptionFeatures(FeatureExtractor):
     """The shipped TF-FID Inception-v3 (:class:`ShippedInception`), rebuilt as plain PyTorch modules
     from its weights so that less work gives the same features (within 1e-5 relative; about twice
@@ -173,9 +195,7 @@ class InceptionFeatures(FeatureExtractor):
         first, rest = list(layers.named_children())[0][1], list(layers.named_children())[1:]
         # The classification layer's weight (1008, 2048), where its file is on this machine: the Inception
         # Score's logits are the pool features times its transpose (no bias, as in TF's and torch-fidelity's IS).
-        path = classifier_weights_path()
-        self.register_buffer("classes", None if path is None else classifier_weight(path, first.weight.detach()),
-                             persistent=False)
+        self.register_buffer("classes", inception_classes(first.weight.detach()), persistent=False)
         stem = _folded(first)[0]
         self.stem_rgb = nn.Sequential(_conv(stem.weight / 128, stem.bias - stem.weight.sum((1, 2, 3)), stem),
                                       nn.ReLU(inplace=True))

@@ -122,8 +122,9 @@ class TrialAttr(enum.StrEnum):
     MLFLOW_RUN_ID = "mlflow_run_id"
     FAIL_REASON = "fail_reason"
     QUEUE_AGAIN = "queue_again"
-    """On a failed trial: it stopped with its checkpoint intact and is to run again from there. The
-    command that stopped it queues it; where the storage went away before that, the next one does."""
+    """True on a trial that stopped with its checkpoint intact, to run again from there: the command that
+    stopped it queues it, and where the storage went away before that, the next one does. Reset when a
+    worker takes the trial (a retry inherits its original's attributes)."""
 
 
 def tag_column(tag: str) -> str:

@@ -83,6 +83,9 @@ class Score:
     "labels" (a conditional generator, and the classifier), "codes" (a categorical latent code, and
     the classifier), "logits" (the Inception network's classification weights)."""
     summary: str = ""
+    ranked: bool = True
+    """A score that compares generators (an objective, a leaderboard column); False for a value
+    reported beside one (its spread)."""
 
 
 def fid(evidence: Evidence) -> float:
@@ -254,7 +257,8 @@ SCORES = (
           summary="Inception Score (Salimans et al.): exp E KL(p(y|x) ‖ p(y)) over ImageNet's classes, mean of 10 "
                   "splits"),
     Score("inception_score_std", False, False, lambda evidence: evidence.inception_score[1], "logits",
-          summary="the Inception Score's standard deviation over its 10 splits (its spread, not a ranking)"),
+          summary="the Inception Score's standard deviation over its 10 splits (its spread, not a ranking)",
+          ranked=False),
     Score("code_accuracy", True, False,
           lambda evidence: code_accuracy(evidence.codes, evidence.predicted, len(evidence.real_classes)), "codes",
           summary="categorical code -> class agreement under the best one-to-one matching"),
@@ -290,8 +294,9 @@ def extractor_of(metric: str) -> str | None:
 
 
 def is_score(metric: str) -> bool:
-    """Scores compare generators; losses and throughput do not."""
-    return score_of(metric) is not None
+    """Scores compare generators; losses, throughput and a score's spread do not."""
+    score = score_of(metric)
+    return score is not None and score.ranked
 
 
 def higher_is_better(metric: str) -> bool:
@@ -302,6 +307,6 @@ def higher_is_better(metric: str) -> bool:
 
 
 def metric_names() -> list[str]:
-    """Every score's metric name, extractor by extractor."""
-    return [metric_name(score, extractor) for score in SCORES
+    """Every ranked score's metric name, extractor by extractor."""
+    return [metric_name(score, extractor) for score in SCORES if score.ranked
             for extractor in (EXTRACTORS if score.per_extractor else ("",))]

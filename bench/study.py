@@ -24,6 +24,7 @@ import optuna
 from bench.config import BUDGET_KEYS, Budget
 from bench.data import check_dataset_name, with_subset
 from bench.errors import ConfigError
+from bench.inception import CLASSIFIER_ENV, CLASSIFIER_FILES, classifier_weights_path, hub_checkpoints
 from bench.readers import read_bytes
 from bench.registry import TIPS, HParam, HParamValue, Variant, variants
 from bench.scores import EXTRACTORS, SCORES, extractor_of, higher_is_better, is_score, metric_names, score_of
@@ -408,9 +409,16 @@ def _check(spec: StudySpec) -> None:
         check_dataset_name(spec.dataset)
     except ConfigError as exc:
         raise ConfigError(f"{spec.path}: {exc}") from None
-    if (score_of(spec.objective).needs or spec.objective.endswith("_domain")) and weights_path(spec.dataset) is None:
-        raise ConfigError(f"{spec.path}: {no_classifier(spec.dataset, f'objective {spec.objective}')}")
     budget = spec.budget
+    needs = score_of(spec.objective).needs
+    if needs == "logits" and (not budget.final_samples or classifier_weights_path() is None):
+        raise ConfigError(f"{spec.path}: objective {spec.objective} comes from the final Inception scoring, with "
+                          f"Inception's classification weights: set final_samples in [budget] and put "
+                          f"{CLASSIFIER_FILES[0]} in {hub_checkpoints()} (or name it in "
+                          f"{CLASSIFIER_ENV}); or rank by fid_inception")
+    if (needs in ("classifier", "labels", "codes") or spec.objective.endswith("_domain")) \
+            and weights_path(spec.dataset) is None:
+        raise ConfigError(f"{spec.path}: {no_classifier(spec.dataset, f'objective {spec.objective}')}")
     check_trials(spec.trials, f"{spec.path}: trials")
     if len(spec.name) > MAX_NAME:
         raise ConfigError(f"{spec.path}: the study's name (its file's name) has {len(spec.name)} characters, over "

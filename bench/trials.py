@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ from bench.plan import RunPlan
 from bench.processes import HOST, die_with_parent, exit_promptly, pid_alive
 from bench.registry import get_variant
 from bench.schema import RETRIED, StudyAttr, Tag, TrialAttr, trial_tags
-from bench.storage import (MAX_RETRIES, STALE_AFTER_HEARTBEATS, ask_lock, fail_stale_trials, heartbeat,
+from bench.storage import (MAX_RETRIES, ask_lock, fail_stale_trials, heartbeat,
                            known_heartbeat_warnings, open_storage, retries_left, retry_history)
 from bench.study import StudySpec, VariantStudy
 from bench.tracking import Tracking, TrackingStore
@@ -93,7 +92,8 @@ def _trial_id(study: optuna.Study, storage: optuna.storages.BaseStorage, number:
 def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking: Tracking, job: Job) -> None:
     """Fails the running trials whose worker is gone and closes their MLflow runs. In a database
     storage a worker is gone when its heartbeat stopped, and Optuna queues its trial again; in a
-    journal file, when its process on this host no longer exists."""
+    journal file, when its process on this host no longer exists. Also queues the stopped trials
+    the storage went away from before their command could queue them (:func:`_stopped_not_queued`)."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     gone: list[tuple[FrozenTrial, str, bool]] = []  # (trial, why, queued again)
     if isinstance(storage, optuna.storages.RDBStorage):
@@ -110,9 +110,10 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
                 storage.set_trial_user_attr(trial_id, TrialAttr.FAIL_REASON, reason)
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
                 gone.append((trial, reason, run_again(study, trial.number)))
-    for trial in _stopped_not_queued(study, job.heartbeat * STALE_AFTER_HEARTBEATS):
-        gone.append((trial, "stopped while the storage was away, before it was queued again",
-                     run_again(study, trial.number)))
+    for trial in _stopped_not_queued(study):
+        run_again(study, trial.number)
+        job.say(f"trial {trial.number} queued again: the storage went away before the command that stopped it "
+                f"could queue it ({trial.user_attrs.get(TrialAttr.FAIL_REASON, 'stopped')})")
     for trial, reason, queued in gone:
         reason = f"{reason}; {'queued to run again' if queued else SPENT}"
         job.say(f"trial {trial.number} marked failed: {reason}")
@@ -121,19 +122,26 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
     tracking.close_orphans()
 
 
-def _stopped_not_queued(study: optuna.Study, grace: float) -> list[FrozenTrial]:
-    """The trials a stop failed to be queued again, because the storage went away between failing the
-    trial and queueing it, once the command that stopped them is gone: its process on this host has
-    ended, or, on another host, the trial ended more than ``grace`` seconds ago."""
+STOPPED_GRACE_SECONDS = 600
+"""A stop marked QUEUE_AGAIN whose process cannot be looked up (another host, or a pid reused) is
+queued by recovery once it ended this long ago: longer than its own command can still be queueing it
+(an outage it waits out, OUTAGE_SECONDS, then a silent connection's timeout) and than two hosts'
+clocks commonly differ."""
+
+
+def _stopped_not_queued(study: optuna.Study, grace: float = STOPPED_GRACE_SECONDS) -> list[FrozenTrial]:
+    """The stopped trials the storage went away from between failing them and queueing them again,
+    once the command that stopped them is gone: its process on this host has ended, or the trial
+    ended more than ``grace`` seconds ago."""
     trials = study.get_trials(deepcopy=False)
     queued = {number for trial in trials for number in retry_history(trial)}
-    now = datetime.datetime.now()
 
     def gone(trial: FrozenTrial) -> bool:
         owner = trial.user_attrs.get(TrialAttr.WORKER, {})
-        if owner.get("host") == HOST:
-            return not pid_alive(owner.get("pid", 0))
-        return (now - trial.datetime_complete).total_seconds() > grace
+        if owner.get("host") == HOST and not pid_alive(owner.get("pid", 0)):
+            return True
+        ended = trial.datetime_complete  # naive local time in every storage: .timestamp() reads it as such
+        return ended is not None and time.time() - ended.timestamp() > grace
 
     return [trial for trial in trials if trial.state == TrialState.FAIL and trial.user_attrs.get(TrialAttr.QUEUE_AGAIN)
             and trial.number not in queued and retries_left(trial) and gone(trial)]
@@ -206,6 +214,7 @@ def take_trials(job: Job, lanes: list[tuple[VariantStudy, optuna.Study]], storag
                 with known_heartbeat_warnings():
                     trial = study.ask()  # a trial queued again after its worker died comes first
                 trial.set_user_attr(TrialAttr.WORKER, {"host": HOST, "pid": os.getpid()})
+                trial.set_user_attr(TrialAttr.QUEUE_AGAIN, False)  # a retry inherits its original's mark
         if trial is None:
             # Enough trials are running, but one may still fail or lose its worker: stay until they end.
             time.sleep(WAIT_SECONDS)
@@ -340,14 +349,14 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, resolved: VariantStudy, 
                 else:
                     queued = f"is {SPENT}"
         except (Interrupted, DatabaseAway):
+            # The storage went away: the next command that reaches it queues a resumable trial again, as a
+            # running trial whose worker is gone or as a failed one marked QUEUE_AGAIN (_recover).
+            if resumable and retries_left(frozen):
+                queued, state = "resumes from it once the storage answers", RETRIED
+            elif resumable:
+                queued = f"is {SPENT}"
             if not isinstance(exc, Interrupted):
                 raise
-            # Stopped while the storage is away: the next command that reaches it queues the trial again, as
-            # a running trial whose worker is gone or as a failed one marked QUEUE_AGAIN (_recover).
-            if retries_left(frozen):
-                queued, state = "resumes from it once the storage answers", RETRIED
-            else:
-                queued = f"is {SPENT}"
         finally:
             tracking.end(run.run_id, state, reason)
         if isinstance(exc, Interrupted):

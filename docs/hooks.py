@@ -72,7 +72,8 @@ def render_scores() -> str:
              "codes": "a categorical latent code",
              "logits": "Inception's classification weights"}
     rows = [[f"`{score.name}_EXTRACTOR`" if score.per_extractor else f"`{score.name}`",
-             "higher" if score.higher_is_better else "lower", needs.get(score.needs, score.needs), score.summary]
+             ("higher" if score.higher_is_better else "lower") if score.ranked else "(not ranked)",
+             needs.get(score.needs, score.needs), score.summary]
             for score in DEFINED]
     return markdown_table(["score", "better", "needs", "what it measures"], rows)
 

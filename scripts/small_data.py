@@ -96,22 +96,26 @@ def table(store: TrackingStore, study: str, command: str, landed: str | None) ->
                      for seed, run_id in trials["run_id"].items()}
             row["memorising found (seed: step)"] = ", ".join(
                 f"{seed}: {step}" for seed, step in sorted(fired.items()) if step is not None) or "never"
-            machine = trials[tag_column(Tag.MACHINE)].str.rsplit(", ", n=1, expand=True)
-            commits = {commit_of(recorded, landed) for recorded in trials[tag_column(Tag.GIT_COMMIT)]}
-            row.update({"command": command, "commit": " / ".join(sorted(commits)),
-                        "seed": ",".join(str(seed) for seed in sorted(trials.index)),
-                        "device": one(trials[tag_column(Tag.DEVICE)]),
-                        "precision": one(trials[tag_column(Tag.PRECISION)]),
-                        "dataset": one(trials[tag_column(Tag.DATASET)]),
-                        "budget": " / ".join(sorted({
-                            f"{r['params.real_batches']} real batches of {r['params.batch_size']} ({r['params.steps']} "
-                            f"G steps); scores on {r['params.eval_samples']} samples every {r['params.eval_every']} G "
-                            "steps against the test split" for _, r in trials.iterrows()})),
-                        "machine": one(machine[0]), "cores": one(machine[1].str.removesuffix(" cores")),
-                        "torch": one(trials[tag_column(VERSION_PREFIX + "torch")].str.split("+").str[0]),
-                        "date": trials["end_time"].max().strftime("%Y-%m-%d")})
-            rows.append(row)
+            rows.append({**row, **provenance(trials, command, landed)})
     return rows
+
+
+def provenance(trials: pd.DataFrame, command: str, landed: str | None) -> dict[str, str]:
+    """Where a row's figures came from, read from its runs' own tags and params (``trials`` indexed by seed)."""
+    machine = trials[tag_column(Tag.MACHINE)].str.rsplit(", ", n=1, expand=True)
+    commits = {commit_of(recorded, landed) for recorded in trials[tag_column(Tag.GIT_COMMIT)]}
+    return {"command": command, "commit": " / ".join(sorted(commits)),
+            "seed": ",".join(str(seed) for seed in sorted(trials.index)),
+            "device": one(trials[tag_column(Tag.DEVICE)]),
+            "precision": one(trials[tag_column(Tag.PRECISION)]),
+            "dataset": one(trials[tag_column(Tag.DATASET)]),
+            "budget": " / ".join(sorted({
+                f"{r['params.real_batches']} real batches of {r['params.batch_size']} ({r['params.steps']} "
+                f"G steps); scores on {r['params.eval_samples']} samples every {r['params.eval_every']} G "
+                "steps against the test split" for _, r in trials.iterrows()})),
+            "machine": one(machine[0]), "cores": one(machine[1].str.removesuffix(" cores")),
+            "torch": one(trials[tag_column(VERSION_PREFIX + "torch")].str.split("+").str[0]),
+            "date": trials["end_time"].max().strftime("%Y-%m-%d")}
 
 
 def main() -> None:

@@ -177,7 +177,7 @@ def classification_file(path: Path, stem: torch.Tensor | None = None, **changes)
 
 
 def test_inception_classification_weights_are_checked_before_use(tmp_path, monkeypatch):
-    from bench.inception import classifier_weight, classifier_weights_path
+    from bench.inception import classifier_weight, classifier_weights_path, inception_classes
 
     stem = shipped_stem()
     good = classification_file(tmp_path / "good.pth", stem)
@@ -191,6 +191,16 @@ def test_inception_classification_weights_are_checked_before_use(tmp_path, monke
     kept.parent.mkdir(parents=True)
     kept.write_bytes(good.read_bytes())
     assert classifier_weights_path() == kept
+    monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", "none")  # the way to score without it
+    assert classifier_weights_path() is None
+    monkeypatch.delenv("BENCH_INCEPTION_WEIGHTS")
+    # A file found there that fails a check leaves the Inception Score out, with a warning; one named, stops.
+    kept.write_bytes(classification_file(tmp_path / "other.pth", stem + 1).read_bytes())
+    with pytest.warns(UserWarning, match="another Inception network.*scoring without inception_score"):
+        assert inception_classes(stem) is None
+    monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", str(kept))
+    with pytest.raises(ConfigError, match="another Inception network"):
+        inception_classes(stem)
     pickled = tmp_path / "pickled.pth"
     torch.save({"fc.weight": Path("x")}, pickled)  # an object other than tensors: never unpickled
     for path, problem in [(classification_file(tmp_path / "other.pth", stem + 1), "another Inception network"),
@@ -260,7 +270,10 @@ def test_inception_features_from_28x28_grayscale_give_a_finite_fid(tmp_path, fas
     scores = scorer.score_images(to_unit_range(fashion_train.images[:16]))
     assert set(scores) >= {"fid_inception", "kid_inception", "inception_score", "inception_score_std"}
     assert torch.isfinite(torch.tensor(scores["fid_inception"])) and scores["fid_inception"] > 0
-    assert 1 <= scores["inception_score"] <= 1008 and scores["inception_score_std"] >= 0
+    # From the features of the same pass: the scorer's draws, times the classification weights.
+    from bench.scores import inception_score
+    logits = scorer.features(to_unit_range(fashion_train.images[:16])) @ extractor.classes.T
+    assert (scores["inception_score"], scores["inception_score_std"]) == pytest.approx(inception_score(logits))
     # The cached entry passes its checks (non-negative features, rows recomputed, radii re-measured).
     with warnings.catch_warnings():
         warnings.simplefilter("error")

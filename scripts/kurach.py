@@ -1,0 +1,139 @@
+"""Kurach et al. 2019's one-factor-at-a-time table, from what `bench run --study kurach` and
+`bench run --study kurach_losses` recorded in MLflow: one row per cell (a variant's arm), its loss,
+D's normalisation and penalty, fid_domain's mean over the seeds with the cell's own 95% Student's t
+interval, its effect against the baseline (sngan at its defaults: the non-saturating loss with
+spectral normalisation) paired by seed, precision and recall, and the expected best fid_domain of
+k trials drawn from the cell (`bench compare`'s best-of-k, each cell taken as a variant). Also
+writes each run's scores and the precision-recall scatter of every run, each cell's best starred.
+
+    bench run --study kurach; bench run --study kurach_losses
+    python scripts/kurach.py [--tracking-uri URI] [-o docs/results/kurach.csv] [--landed COMMIT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+from bench.compare import compare_study, precision_recall_figure
+from bench.errors import BenchError
+from bench.registry import get_variant
+from bench.schema import Tag, tag_column
+from bench.study import BASELINE
+from bench.tracking import TrackingStore
+from small_data import SCORES, effect_text, provenance
+from variants.blocks import resolved_norm
+
+STUDIES = ("kurach", "kurach_losses")
+BASELINE_CELL = f"sngan {BASELINE}"
+LOSSES = {"lsgan": "least squares", "wgan_gp": "Wasserstein"}
+"""The loss of the variants that have one loss; sngan's is its `loss` hyperparameter."""
+
+
+def design(variant: str, params: pd.Series) -> dict[str, str]:
+    """A run's loss, D's normalisation and penalty, from its recorded hyperparameters."""
+    cls = get_variant(variant)
+    hparams = {name: spec.parse(name, str(params[f"params.{name}"])) for name, spec in cls.hparams.items()
+               if f"params.{name}" in params and pd.notna(params[f"params.{name}"])}
+    built = cls((1, 28, 28), 10, **hparams)
+    penalties = [f"GP λ {built.hp.gp_lambda:g} (its own)"] if "gp_lambda" in cls.hparams else []
+    penalties += [f"GP λ {built.tip('gp_weight'):g}"] if built.tip("gp_weight") else []
+    penalties += [f"R1 γ {built.tip('r1_gamma'):g}"] if built.tip("r1_gamma") else []
+    return {"loss": LOSSES.get(variant) or built.hp.loss.replace("nonsaturating", "non-saturating"),
+            "D norm": resolved_norm(built, built.architecture()["d_norm"]),
+            "penalty": ", ".join(penalties) or "none"}
+
+
+def interval(values: pd.Series) -> str:
+    from scipy import stats
+
+    mean, half = values.mean(), stats.t.ppf(0.975, len(values) - 1) * values.std() / len(values) ** 0.5
+    return f"{mean:.1f} [{mean - half:.1f}, {mean + half:.1f}]".replace("-", "−")
+
+
+def complete_runs(store: TrackingStore) -> pd.DataFrame:
+    frames = []
+    for study in STUDIES:
+        try:
+            frames.append(store.trial_runs(study))
+        except BenchError:  # a study not run yet
+            continue
+    runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if runs.empty or tag_column(Tag.ARM) not in runs:
+        raise SystemExit(f"no trials of {' or '.join(STUDIES)}; run `bench run --study kurach` first")
+    runs = runs[(runs[tag_column(Tag.STATE)] == "complete") & runs[tag_column(Tag.ARM)].notna()].copy()
+    runs["seed"] = runs["params.seed"].astype(int)
+    runs["cell"] = runs[tag_column(Tag.VARIANT)] + " " + runs[tag_column(Tag.ARM)]
+    return runs.sort_values("start_time")
+
+
+def tables(store: TrackingStore, command: str, landed: str | None) -> tuple[list[dict], list[dict]]:
+    runs = complete_runs(store)
+    # Each cell as a variant of its own: bench compare's best-of-k and scatter per cell.
+    comparison = compare_study("kurach", runs=runs.assign(**{tag_column(Tag.VARIANT): runs["cell"]}))
+    best = comparison.summary.set_index("variant")
+    k = comparison.common_k
+    baseline = runs[runs["cell"] == BASELINE_CELL].set_index("seed")
+    rows, each = [], []
+    for cell, trials in runs.groupby("cell", sort=False):
+        trials = trials.set_index("seed")
+        if not trials.index.is_unique:
+            raise SystemExit(f"{cell}: more than one complete trial with a seed (a study run twice into one MLflow "
+                             "experiment?); one per seed is what the pairing needs")
+        row = {"cell": cell, **design(trials[tag_column(Tag.VARIANT)].iloc[0], trials.iloc[0]),
+               "seeds": len(trials), "fid_domain [95% CI]": interval(trials["metrics.fid_domain"])}
+        for score, form in SCORES.items():
+            if score != "fid_domain":
+                row[score] = form.format(trials[f"metrics.{score}"].mean())
+            row[f"{score} effect [95% CI]"] = ("" if cell == BASELINE_CELL or baseline.empty else
+                                               effect_text(trials[f"metrics.{score}"],
+                                                           baseline[f"metrics.{score}"], SCORES[score]))
+        row[f"best of {k}"] = f"{best.loc[cell, f'best_of_{k}']:.1f}"
+        rows.append({**row, **provenance(trials, command, landed)})
+        for seed, run in trials.iterrows():
+            each.append({"cell": cell, "seed": seed, "step": int(run["params.steps"]),
+                         **{score: form.format(run[f"metrics.{score}"]) for score, form in SCORES.items()},
+                         **provenance(trials.loc[[seed]], command, landed)})
+    values = comparison.trials.groupby("variant")["value"]
+    figure = precision_recall_figure(comparison.trials, comparison.trials.loc[
+        values.idxmax() if comparison.maximise else values.idxmin()], comparison)
+    return rows, each, figure
+
+
+def write(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("-o", "--output", type=Path, default=Path("docs/results/kurach.csv"))
+    parser.add_argument("--landed", metavar="COMMIT", help="for runs recorded as '<base>-dirty': the commit, "
+                        "descended from <base>, where those changes landed")
+    args = parser.parse_args()
+    command = "bench run --study kurach; bench run --study kurach_losses; python scripts/kurach.py"
+    if args.landed:
+        command += f" --landed {args.landed}"
+    try:
+        rows, each, figure = tables(TrackingStore.open(args.tracking_uri), command, args.landed)
+    except BenchError as exc:  # no such store, or nothing to compare: its one line
+        raise SystemExit(f"error: {exc}") from None
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write(rows, args.output)
+    write(each, args.output.with_name(args.output.stem + "_runs.csv"))
+    image = args.output.parent.parent / "figures" / f"{args.output.stem}-precision_recall.png"  # docs/figures/
+    image.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(image, dpi=100)
+    figures = list(rows[0])[:list(rows[0]).index("command")]  # the provenance columns come last
+    print(pd.DataFrame(rows)[figures].to_string(index=False))
+    print(f"wrote {args.output}, {args.output.stem}_runs.csv beside it, and {image}")
+
+
+if __name__ == "__main__":
+    main()
