@@ -103,6 +103,10 @@ def load_tensors(path: Path | str, what: str, fix: str, *, map_location: Any = "
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
+        with path.open("rb") as handle:  # torch's zip archive, or a bare pickle (protocol 2 and later)
+            start = handle.read(4)
+        if start != ZIP_MAGIC and not start.startswith(b"\x80"):
+            raise UnreadableFile(f"{what} {path} is not a file torch can read; {fix}") from None
         raise UnreadableFile(f"{what} {path} holds Python objects other than tensors, refused unread because "
                              f"loading them could run code; {fix}") from None
     except PermissionError:

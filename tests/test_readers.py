@@ -143,6 +143,9 @@ def test_tensors_are_read_without_running_code(tmp_path):
     path.write_bytes(pickle.dumps(RunsCode()))
     with pytest.raises(UnreadableFile, match="refused unread|not a file torch can read"):
         readers.load_tensors(path, "the thing", FIX)
+    path.write_bytes(b"garbage\n")  # neither an archive nor a pickle: not blamed on Python objects
+    with pytest.raises(UnreadableFile, match="is not a file torch can read"):
+        readers.load_tensors(path, "the thing", FIX)
     path.write_bytes(b"")
     with pytest.raises(UnreadableFile, match="is empty"):
         readers.load_tensors(path, "the thing", FIX)
