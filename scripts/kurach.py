@@ -13,7 +13,6 @@ writes each run's scores and the precision-recall scatter of every run, each cel
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +23,7 @@ from bench.registry import get_variant
 from bench.schema import Tag, tag_column
 from bench.study import BASELINE
 from bench.tracking import TrackingStore
+from memorisation import write
 from small_data import SCORES, effect_text, provenance
 from variants.blocks import resolved_norm
 
@@ -103,13 +103,6 @@ def tables(store: TrackingStore, command: str, landed: str | None) -> tuple[list
     return rows, each, figure
 
 
-def write(rows: list[dict], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracking-uri", default=None)
@@ -124,9 +117,8 @@ def main() -> None:
         rows, each, figure = tables(TrackingStore.open(args.tracking_uri), command, args.landed)
     except BenchError as exc:  # no such store, or nothing to compare: its one line
         raise SystemExit(f"error: {exc}") from None
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write(rows, args.output)
-    write(each, args.output.with_name(args.output.stem + "_runs.csv"))
+    write(args.output, rows)
+    write(args.output.with_name(args.output.stem + "_runs.csv"), each)
     image = args.output.parent.parent / "figures" / f"{args.output.stem}-precision_recall.png"  # docs/figures/
     image.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(image, dpi=100)

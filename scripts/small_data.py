@@ -19,7 +19,6 @@ those changes (checked to descend from <commit>), which the table then records.
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from bench.ranking import paired_effect
 from bench.schema import HEALTH_PREFIX, VERSION_PREFIX, Tag, tag_column
 from bench.study import BASELINE
 from bench.tracking import TrackingStore
+from memorisation import write
 
 SCORES = {"fid_domain": "{:.1f}", "precision_domain": "{:.3f}", "recall_domain": "{:.3f}"}
 """The scores shown, each with its format."""
@@ -133,11 +133,7 @@ def main() -> None:
         rows = table(TrackingStore.open(args.tracking_uri), args.study, command, args.landed)
     except BenchError as exc:  # no such study or store: its one line
         raise SystemExit(f"error: {exc}") from None
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write(args.output, rows)
     figures = [column for column in rows[0] if column != "command" and column not in ("commit", "seed", "device")]
     print(pd.DataFrame(rows)[figures[:figures.index("memorising found (seed: step)") + 1]].to_string(index=False))
 
