@@ -29,6 +29,11 @@ from variants.blocks import resolved_norm
 
 STUDIES = ("kurach", "kurach_losses")
 BASELINE_CELL = f"sngan {BASELINE}"
+
+
+def curve_text(values: pd.Series) -> dict[str, str]:
+    """A curve's figures as text: fid_domain to 0.1, D's loss to 0.001."""
+    return {key: f"{value:.3f}" if key.startswith("loss") else f"{value:.1f}" for key, value in values.items()}
 LOSSES = {"lsgan": "least squares", "wgan_gp": "Wasserstein"}
 """The loss of the variants that have one loss; sngan's is its `loss` hyperparameter."""
 
@@ -70,6 +75,24 @@ def complete_runs(store: TrackingStore) -> pd.DataFrame:
     return runs.sort_values("start_time")
 
 
+def curve(store: TrackingStore, run: pd.Series, last: int = 500) -> dict[str, float]:
+    """How a run got where it ended: its fid_domain at each evaluation, by the real batches it had
+    trained on then (wgan_gp's generator steps take five), and D's mean loss over its ``last``
+    generator steps (how well D tells real from fake; log 4 = 1.386 for a non-saturating D that cannot)."""
+    batches_per_step = int(run["params.real_batches"]) // int(run["params.steps"])
+    history = store.client.get_metric_history(run["run_id"], "fid_domain")
+    losses = sorted((m.step, m.value) for m in store.client.get_metric_history(run["run_id"], "loss_d"))
+    tail = [value for step, value in losses if step > losses[-1][0] - last]
+    return {**{f"fid_domain at {m.step * batches_per_step:,} real batches": m.value for m in history},
+            f"loss_d, last {last} steps": sum(tail) / len(tail)}
+
+
+def same_columns(rows: list[dict]) -> list[dict]:
+    """``rows`` with every column any of them has, in the order first seen ("" where a row has none)."""
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    return [{column: row.get(column, "") for column in columns} for row in rows]
+
+
 def tables(store: TrackingStore, command: str, landed: str | None) -> tuple[list[dict], list[dict]]:
     runs = complete_runs(store)
     # Each cell as a variant of its own: bench compare's best-of-k and scatter per cell.
@@ -92,12 +115,13 @@ def tables(store: TrackingStore, command: str, landed: str | None) -> tuple[list
                                                effect_text(trials[f"metrics.{score}"],
                                                            baseline[f"metrics.{score}"], SCORES[score]))
         row[f"best of {k}"] = f"{best.loc[cell, f'best_of_{k}']:.1f}"
-        rows.append({**row, **provenance(trials, command, landed)})
-        for seed, run in trials.iterrows():
-            each.append({"cell": cell, "seed": seed, "step": int(run["params.steps"]),
-                         **{score: form.format(run[f"metrics.{score}"]) for score, form in SCORES.items()},
-                         **provenance(trials.loc[[seed]], command, landed)})
+        curves = pd.DataFrame([curve(store, run) for _, run in trials.iterrows()], index=trials.index)
+        rows.append({**row, **curve_text(curves.mean()), **provenance(trials, command, landed)})
+        each += [{"cell": cell, "seed": seed, **curve_text(curves.loc[seed].dropna()),
+                  **{score: form.format(run[f"metrics.{score}"]) for score, form in SCORES.items()},
+                  **provenance(trials.loc[[seed]], command, landed)} for seed, run in trials.iterrows()]
     values = comparison.trials.groupby("variant")["value"]
+    rows, each = same_columns(rows), same_columns(each)
     figure = precision_recall_figure(comparison.trials, comparison.trials.loc[
         values.idxmax() if comparison.maximise else values.idxmin()], comparison)
     return rows, each, figure
