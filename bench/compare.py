@@ -286,9 +286,9 @@ def precision_recall_figure(trials: pd.DataFrame, best: pd.DataFrame, c: Compari
     axis = figure.subplots()
     from matplotlib import colormaps
 
-    many = len(best) > 10  # past the default cycle's 10 colours, 20 distinct ones
+    many = len(best) > 10  # past the default cycle's 10 colours: tab20's dark ten, then its light ten
     for index, variant in enumerate(best["variant"]):  # every variant in its colour of the other plots
-        color = colormaps["tab20"](index % 20) if many else f"C{index}"
+        color = colormaps["tab20"]((2 * index) % 20 + (index // 10) % 2) if many else f"C{index}"
         group = trials[trials["variant"] == variant]
         axis.scatter(group["recall"], group["precision"], s=18, alpha=0.4, color=color)
         top = best[best["variant"] == variant]

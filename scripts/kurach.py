@@ -72,7 +72,9 @@ def complete_runs(store: TrackingStore) -> pd.DataFrame:
     runs = runs[(runs[tag_column(Tag.STATE)] == "complete") & runs[tag_column(Tag.ARM)].notna()].copy()
     runs["seed"] = runs["params.seed"].astype(int)
     runs["cell"] = runs[tag_column(Tag.VARIANT)] + " " + runs[tag_column(Tag.ARM)]
-    return runs.sort_values("start_time")
+    # The baseline first, then each study's cells in the order they ran.
+    runs["order"] = (runs["cell"] != BASELINE_CELL).astype(int) * (1 + runs[tag_column(Tag.STUDY)].map(STUDIES.index))
+    return runs.sort_values(["order", "start_time"])
 
 
 def curve(store: TrackingStore, run: pd.Series, last: int = 500) -> dict[str, float]:
@@ -88,8 +90,13 @@ def curve(store: TrackingStore, run: pd.Series, last: int = 500) -> dict[str, fl
 
 
 def same_columns(rows: list[dict]) -> list[dict]:
-    """``rows`` with every column any of them has, in the order first seen ("" where a row has none)."""
-    columns = list(dict.fromkeys(column for row in rows for column in row))
+    """``rows`` with every column any of them has ("" where a row has none), in the order first seen,
+    but the evaluations together, by their real batches (a wgan_gp run has only its last)."""
+    seen = list(dict.fromkeys(column for row in rows for column in row))
+    evaluations = [column for column in seen if column.startswith("fid_domain at ")]
+    at = seen.index(evaluations[0])
+    rest = [column for column in seen if column not in evaluations]
+    columns = rest[:at] + sorted(evaluations, key=lambda column: int(column.split()[2].replace(",", ""))) + rest[at:]
     return [{column: row.get(column, "") for column in columns} for row in rows]
 
 
@@ -102,7 +109,7 @@ def tables(store: TrackingStore, command: str, landed: str | None) -> tuple[list
     baseline = runs[runs["cell"] == BASELINE_CELL].set_index("seed")
     rows, each = [], []
     for cell, trials in runs.groupby("cell", sort=False):
-        trials = trials.set_index("seed")
+        trials = trials.set_index("seed").sort_index()
         if not trials.index.is_unique:
             raise SystemExit(f"{cell}: more than one complete trial with a seed (a study run twice into one MLflow "
                              "experiment?); one per seed is what the pairing needs")
