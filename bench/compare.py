@@ -280,12 +280,11 @@ def figures(comparison: Comparison, store: TrackingStore) -> dict[str, object]:
 def precision_recall_figure(trials: pd.DataFrame, best: pd.DataFrame, c: Comparison):
     """Fidelity against diversity: every trial a dot, each variant's best trial (by the objective) a
     star. Mode collapse sits top left: real-looking samples of a small part of the data."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(5.5, 5), layout="constrained")
     axis = figure.subplots()
-    from matplotlib import colormaps
-
     many = len(best) > 10  # past the default cycle's 10 colours: tab20's dark ten, then its light ten
     for index, variant in enumerate(best["variant"]):  # every variant in its colour of the other plots
         color = colormaps["tab20"]((2 * index) % 20 + (index // 10) % 2) if many else f"C{index}"

@@ -64,18 +64,23 @@ EFFECT_COLUMNS = KEYS + ["arm", "settings", "seeds", "metric", "mean", "effect",
                          "classes_covered", "coverage_effect", "class_kl", "class_kl_effect"]
 
 
+def mean_interval(values: pd.Series, confidence: float) -> tuple[float, float, float]:
+    """(mean, CI low, CI high) of ``values`` (NaN left out): Student's t interval on their mean."""
+    from scipy import stats
+
+    values = values.dropna()
+    n = len(values)
+    mean = values.mean() if n else float("nan")
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * values.std(ddof=1) / n ** 0.5
+    return mean, mean - half, mean + half
+
+
 def paired_effect(values: pd.Series, baseline: pd.Series, confidence: float) -> tuple[float, float, float]:
     """(mean difference, CI low, CI high) of ``values - baseline`` over the seeds both have
     (series indexed by seed): Student's t interval on the paired differences."""
-    from scipy import stats
-
-    differences = (values - baseline).dropna()
-    n = len(differences)
-    mean = differences.mean() if n else float("nan")
-    if n < 2:
-        return mean, float("nan"), float("nan")
-    half = stats.t.ppf((1 + confidence) / 2, n - 1) * differences.std(ddof=1) / n ** 0.5
-    return mean, mean - half, mean + half
+    return mean_interval(values - baseline, confidence)
 
 
 def arm_effect(arm: pd.DataFrame, baseline: pd.DataFrame, metric: str,

@@ -103,9 +103,9 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
                  retries_left(trial)) for trial in running if trial.number in stale]
     else:
         for trial in running:
-            owner = trial.user_attrs.get(TrialAttr.WORKER, {})
-            if owner.get("host") == HOST and not pid_alive(owner.get("pid", 0)):
-                reason = f"worker process {owner['pid']} on {HOST} ended during the trial (killed or crashed)"
+            if _worker_gone(trial):
+                reason = (f"worker process {trial.user_attrs[TrialAttr.WORKER]['pid']} on {HOST} ended during the "
+                          "trial (killed or crashed)")
                 trial_id = _trial_id(study, storage, trial.number)
                 storage.set_trial_user_attr(trial_id, TrialAttr.FAIL_REASON, reason)
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
@@ -120,6 +120,12 @@ def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking
         if TrialAttr.MLFLOW_RUN_ID in trial.user_attrs:  # a run the trial ended (its failure, a stop) keeps its state
             tracking.end_if_open(trial.user_attrs[TrialAttr.MLFLOW_RUN_ID], RETRIED if queued else "failed", reason)
     tracking.close_orphans()
+
+
+def _worker_gone(trial: FrozenTrial) -> bool:
+    """The process that took ``trial`` ran on this host and has ended."""
+    owner = trial.user_attrs.get(TrialAttr.WORKER, {})
+    return owner.get("host") == HOST and not pid_alive(owner.get("pid", 0))
 
 
 STOPPED_GRACE_SECONDS = 600
@@ -137,11 +143,8 @@ def _stopped_not_queued(study: optuna.Study, grace: float = STOPPED_GRACE_SECOND
     queued = {number for trial in trials for number in retry_history(trial)}
 
     def gone(trial: FrozenTrial) -> bool:
-        owner = trial.user_attrs.get(TrialAttr.WORKER, {})
-        if owner.get("host") == HOST and not pid_alive(owner.get("pid", 0)):
-            return True
         ended = trial.datetime_complete  # naive local time in every storage: .timestamp() reads it as such
-        return ended is not None and time.time() - ended.timestamp() > grace
+        return _worker_gone(trial) or (ended is not None and time.time() - ended.timestamp() > grace)
 
     return [trial for trial in trials if trial.state == TrialState.FAIL and trial.user_attrs.get(TrialAttr.QUEUE_AGAIN)
             and trial.number not in queued and retries_left(trial) and gone(trial)]

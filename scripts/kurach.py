@@ -19,6 +19,7 @@ import pandas as pd
 
 from bench.compare import compare_study, precision_recall_figure
 from bench.errors import BenchError
+from bench.ranking import mean_interval
 from bench.registry import get_variant
 from bench.schema import Tag, tag_column
 from bench.study import BASELINE
@@ -53,10 +54,8 @@ def design(variant: str, params: pd.Series) -> dict[str, str]:
 
 
 def interval(values: pd.Series) -> str:
-    from scipy import stats
-
-    mean, half = values.mean(), stats.t.ppf(0.975, len(values) - 1) * values.std() / len(values) ** 0.5
-    return f"{mean:.1f} [{mean - half:.1f}, {mean + half:.1f}]".replace("-", "−")
+    mean, low, high = mean_interval(values, 0.95)
+    return f"{mean:.1f} [{low:.1f}, {high:.1f}]".replace("-", "−")
 
 
 def complete_runs(store: TrackingStore) -> pd.DataFrame:
