@@ -1,12 +1,13 @@
 """Kurach et al. 2019's one-factor-at-a-time table, from what `bench run --study kurach` and
-`bench run --study kurach_losses` recorded in MLflow: one row per cell (a variant's arm), its loss,
+`bench run --study kurach_losses` (and the follow-up `bench run --study kurach_minibatch`) recorded in
+MLflow: one row per cell (a variant's arm), its loss,
 D's normalisation and penalty, fid_domain's mean over the seeds with the cell's own 95% Student's t
 interval, its effect against the baseline (sngan at its defaults: the non-saturating loss with
 spectral normalisation) paired by seed, precision and recall, and the expected best fid_domain of
 k trials drawn from the cell (`bench compare`'s best-of-k, each cell taken as a variant). Also
 writes each run's scores and the precision-recall scatter of every run, each cell's best starred.
 
-    bench run --study kurach; bench run --study kurach_losses
+    bench run --study kurach; bench run --study kurach_losses; bench run --study kurach_minibatch
     python scripts/kurach.py [--tracking-uri URI] [-o docs/results/kurach.csv] [--landed COMMIT]
 """
 
@@ -28,8 +29,11 @@ from memorisation import write
 from small_data import SCORES, effect_text, provenance
 from variants.blocks import resolved_norm
 
-STUDIES = ("kurach", "kurach_losses")
+STUDIES = ("kurach", "kurach_losses", "kurach_minibatch")
 BASELINE_CELL = f"sngan {BASELINE}"
+REPEATED_CELL = f"{BASELINE_CELL}, repeated"
+"""The baseline of a later study (the same seeds, budget and scoring as kurach's): a cell of its own,
+whose effect against the baseline is how far two runs of one seed land apart."""
 
 
 def curve_text(values: pd.Series) -> dict[str, str]:
@@ -40,7 +44,8 @@ LOSSES = {"lsgan": "least squares", "wgan_gp": "Wasserstein"}
 
 
 def design(variant: str, params: pd.Series) -> dict[str, str]:
-    """A run's loss, D's normalisation and penalty, from its recorded hyperparameters."""
+    """A run's loss, D's normalisation, whether D sees the batch's spread (minibatch std) and its
+    penalty, from its recorded hyperparameters."""
     cls = get_variant(variant)
     hparams = {name: spec.parse(name, str(params[f"params.{name}"])) for name, spec in cls.hparams.items()
                if f"params.{name}" in params and pd.notna(params[f"params.{name}"])}
@@ -50,6 +55,7 @@ def design(variant: str, params: pd.Series) -> dict[str, str]:
     penalties += [f"R1 γ {built.tip('r1_gamma'):g}"] if built.tip("r1_gamma") else []
     return {"loss": LOSSES.get(variant) or built.hp.loss.replace("nonsaturating", "non-saturating"),
             "D norm": resolved_norm(built, built.architecture()["d_norm"]),
+            "minibatch std": "yes" if built.tip("minibatch_std") else "no",
             "penalty": ", ".join(penalties) or "none"}
 
 
@@ -71,6 +77,7 @@ def complete_runs(store: TrackingStore) -> pd.DataFrame:
     runs = runs[(runs[tag_column(Tag.STATE)] == "complete") & runs[tag_column(Tag.ARM)].notna()].copy()
     runs["seed"] = runs["params.seed"].astype(int)
     runs["cell"] = runs[tag_column(Tag.VARIANT)] + " " + runs[tag_column(Tag.ARM)]
+    runs.loc[(runs["cell"] == BASELINE_CELL) & (runs[tag_column(Tag.STUDY)] != STUDIES[0]), "cell"] = REPEATED_CELL
     # The baseline first, then each study's cells in the order they ran.
     runs["order"] = (runs["cell"] != BASELINE_CELL).astype(int) * (1 + runs[tag_column(Tag.STUDY)].map(STUDIES.index))
     return runs.sort_values(["order", "start_time"])
@@ -140,7 +147,7 @@ def main() -> None:
     parser.add_argument("--landed", metavar="COMMIT", help="for runs recorded as '<base>-dirty': the commit, "
                         "descended from <base>, where those changes landed")
     args = parser.parse_args()
-    command = "bench run --study kurach; bench run --study kurach_losses; python scripts/kurach.py"
+    command = f"{'; '.join(f'bench run --study {study}' for study in STUDIES)}; python scripts/kurach.py"
     if args.landed:
         command += f" --landed {args.landed}"
     try:
