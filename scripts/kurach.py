@@ -5,7 +5,7 @@ D's normalisation and penalty, fid_domain's mean over the seeds with the cell's 
 interval, its effect against the baseline (sngan at its defaults: the non-saturating loss with
 spectral normalisation) paired by seed, precision and recall, and the expected best fid_domain of
 k trials drawn from the cell (`bench compare`'s best-of-k, each cell taken as a variant). Also
-writes each run's scores and the precision-recall scatter of every run, each cell's best starred.
+writes each run's scores (fid_domain also with every digit MLflow holds) and the precision-recall scatter of every run, each cell's best starred.
 
     bench run --study kurach; bench run --study kurach_losses; bench run --study kurach_minibatch
     python scripts/kurach.py [--tracking-uri URI] [-o docs/results/kurach.csv] [--landed COMMIT]
@@ -132,6 +132,7 @@ def tables(store: TrackingStore, command: str, landed: str | None) -> tuple[list
         rows.append({**row, **curve_text(curves.mean()), **provenance(trials, command, landed)})
         each += [{"cell": cell, "seed": seed, **curve_text(curves.loc[seed].dropna()),
                   **{score: form.format(run[f"metrics.{score}"]) for score, form in SCORES.items()},
+                  "fid_domain as recorded": repr(run["metrics.fid_domain"]),  # every digit: repeats compare exactly
                   **provenance(trials.loc[[seed]], command, landed)} for seed, run in trials.iterrows()]
     values = comparison.trials.groupby("variant")["value"]
     rows, each = same_columns(rows), same_columns(each)
