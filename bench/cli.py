@@ -163,6 +163,8 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
         key, sep, text = setting.partition("=")
         if not sep:
             raise ConfigError(f"--set expects key=value, got '{setting}'")
+        if key in values:
+            raise ConfigError(f"--set {key} is given twice ({key}={values[key]} and {setting}); give it once")
         spec = cls.hparam(key)
         values[key] = spec.check(key, spec.parse(key, text))
     return values

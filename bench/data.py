@@ -169,12 +169,40 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
+GRAYSCALE_MODES = ("1", "L", "LA")
+"""Pillow's grayscale modes that convert to 8-bit "L" as they are (16-bit images are rescaled first)."""
+SKIPPED_NAMES = ("__MACOSX",)
+"""Folders that archivers add (and any name starting with '.'): never a class, never an image."""
+
+
+def _listed(folder: Path) -> list[Path]:
+    """``folder``'s entries, sorted, less hidden ones (a leading '.') and SKIPPED_NAMES."""
+    return sorted(entry for entry in folder.iterdir() if not entry.name.startswith(".")
+                  and entry.name not in SKIPPED_NAMES)
+
+
+def _eight_bit(image, file: Path):
+    """``image`` with 8 bits a channel: 16-bit grayscale rescaled (65,535 to 255), since converting it
+    would clip every value above 255 to white; 32-bit integer or float pixels refused: their range is
+    not written in the file."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16"):
+        pixels = np.asarray(image).astype(np.float64) * (255 / 65535)
+        return Image.fromarray(np.rint(pixels).astype(np.uint8), "L")
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        raise ConfigError(f"{file} has {kind} pixels (mode {image.mode}), whose range the file does not say; "
+                          "save the images with 8 or 16 bits a channel (PNG, for instance)")
+    return image
 
 
 def _image_folder(path: Path, split: str, side: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PATH/<class>/ images (labelled by sub-folder), or images directly in PATH (one class), or
-    PATH/train and PATH/test holding either when those exist.
+    PATH/train and PATH/test holding either when those exist (a split without its folder reads
+    PATH/train when there is one, else PATH). Hidden entries (a leading '.') and archivers' __MACOSX
+    folders are not read; a folder with both images and sub-folders, or a class folder without
+    images, is refused rather than read in part.
 
     Images are decoded once, here: grayscale when every image is, else RGB; with ``side``, each is
     scaled (bicubic, antialiased) until its shorter side is ``side`` and its centre cropped square,
@@ -186,7 +214,7 @@ def _image_folder(path: Path, split: str, side: int | None = None) -> tuple[torc
 
     fix = "pass imagefolder:PATH with the images in PATH or in one sub-folder per class"
     try:
-        folder = path / split if (path / split).is_dir() else path
+        folder = next(where for where in (path / split, path / "train", path) if where == path or where.is_dir())
         exists = folder.is_dir()
     except OSError as exc:  # a name too long for the file system
         raise ConfigError(f"cannot open the image folder {str(path)[:80]} ({exc.strerror}); {fix}") from None
@@ -195,16 +223,27 @@ def _image_folder(path: Path, split: str, side: int | None = None) -> tuple[torc
     if os.statvfs(folder).f_blocks == 0:  # /proc, /sys: no disk behind them, and links that loop (a walk never ends)
         raise ConfigError(f"{folder} is on a virtual file system, not a folder of images; {fix}")
     try:
-        classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
-        files = ([(file, label) for label, name in enumerate(classes) for file in sorted((folder / name).iterdir())]
-                 if classes else [(file, 0) for file in sorted(folder.iterdir())])
+        entries = _listed(folder)
+        classes = [entry.name for entry in entries if entry.is_dir()]
+        files = ([(file, label) for label, name in enumerate(classes) for file in _listed(folder / name)]
+                 if classes else [(file, 0) for file in entries])
         files = [(file, label) for file, label in files if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file()]
+        loose = [entry.name for entry in entries if entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file()]
     except PermissionError as exc:  # a folder this user may not list, or look into
         denied = exc.filename or folder
         raise UnreadableFile(f"image folder {denied} cannot be read (permission denied); give this user read "
                              f"access (chmod -R u+rX {denied}), or {fix}") from None
+    if classes and loose:
+        raise ConfigError(f"{folder} holds both images ({', '.join(loose[:2])}{', ...' if len(loose) > 2 else ''}) "
+                          f"and sub-folders ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}), which "
+                          "would be read as classes, leaving the images out; move the images into a sub-folder of "
+                          "their class, or the sub-folders out")
     if not files:
         raise DatasetNotFound(f"no images in {folder} (files ending {', '.join(IMAGE_SUFFIXES)}); {fix}")
+    empty = sorted(set(classes) - {classes[label] for _, label in files}) if classes else []
+    if empty:
+        raise ConfigError(f"the class folder {folder / empty[0]} holds no images (files ending "
+                          f"{', '.join(IMAGE_SUFFIXES)}), so its class would have none; add its images or remove it")
     decoded, unreadable = [], 0
     # A bar for a long decode on a terminal (disable=None), none in a log file.
     for file, label in tqdm(files, desc=f"decoding {folder.name}", unit="image", leave=False,
@@ -213,9 +252,11 @@ def _image_folder(path: Path, split: str, side: int | None = None) -> tuple[torc
             raise UnreadableFile(f"image {file} cannot be read (permission denied); give this user read access "
                                  f"(chmod -R u+rX {folder}), or remove it")
         try:
-            decoded.append((readers.open_image(file, "image", fix), label))
+            image = readers.open_image(file, "image", fix)
         except UnreadableFile:  # truncated, not an image, too large, not a file on a disk
             unreadable += 1
+            continue
+        decoded.append((_eight_bit(image, file), label))
     if unreadable:
         warnings.warn(f"{unreadable} of {len(files)} files in {folder} are not readable images; skipped them",
                       stacklevel=3)

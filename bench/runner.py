@@ -70,10 +70,11 @@ def choose_variants(names: Sequence[str] | str | None, spec: StudySpec,
     """The variants' resolved studies, and the variants skipped with the reason. ``names``: a list,
     ALL (every registered variant; those the study's space does not fit are skipped), or None
     (the one the study file names)."""
+    where = "--variant"
     if names is None:
         if spec.variant is None:
             raise ConfigError(f"{spec.path} names no variant: pass --variant (see `bench list`)")
-        names = spec.variant  # a study file may name several, comma-separated, or 'all'
+        names, where = spec.variant, f"{spec.path}: variant"  # a study file may name several, comma-separated, or 'all'
     if isinstance(names, str):
         names = names if names == ALL else [name.strip() for name in names.split(",")]
     if names == ALL:
@@ -85,7 +86,7 @@ def choose_variants(names: Sequence[str] | str | None, spec: StudySpec,
                 skipped[name] = str(exc)
         return chosen, skipped
     if not all(names) or len(set(names)) != len(names):
-        raise ConfigError(f"--variant expects distinct variant names separated by commas, or '{ALL}'; "
+        raise ConfigError(f"{where} expects distinct variant names separated by commas, or '{ALL}'; "
                           f"got '{','.join(names)}'")
     return [spec.for_variant(get_variant(name), trials) for name in names], {}  # a bad space fails now
 

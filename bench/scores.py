@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 EXTRACTORS = ("domain", "inception")
 NEAREST_K = 5
 """Neighbours for precision, recall, density and coverage, as in StudioGAN and the prdc package."""
+MIN_SAMPLES = NEAREST_K + 1
+"""The fewest images on either side of a scoring: each image's k-th nearest other image must exist."""
+TOO_FEW = (f"at least {MIN_SAMPLES} (precision, recall, density and coverage measure each image's distance "
+           f"to its {NEAREST_K}th nearest neighbour)")
+"""What a count below MIN_SAMPLES is told."""
 
 
 @dataclass

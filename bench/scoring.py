@@ -35,7 +35,7 @@ from bench.features import DomainFeatures, PrecomputedFeatures
 from bench.inception import InceptionFeatures
 from bench.locations import FEATURE_CACHE
 from bench.registry import Variant
-from bench.scores import EXTRACTORS, Evidence, KernelDistance, class_histogram, score_all
+from bench.scores import EXTRACTORS, MIN_SAMPLES, TOO_FEW, Evidence, KernelDistance, class_histogram, score_all
 
 
 IMAGE_RANGE_LIMIT = 1e3
@@ -88,6 +88,12 @@ class Scorer:
                            load_domain_classifier(dataset, self.device) if weights_path(dataset) else None)
         num_features = self.extractor.num_features
         real = load_dataset(dataset, real_split, root=data_root)
+        if real_samples < MIN_SAMPLES:
+            raise ConfigError(f"real_samples must be {TOO_FEW}, got {real_samples}")
+        if len(real) < MIN_SAMPLES:
+            raise ConfigError(f"the {real_split} split of '{dataset}' holds {len(real)} images, and the generated "
+                              f"images are scored against it: it needs {TOO_FEW}; add images to it (an image "
+                              "folder's test/ sub-folder, or the folder itself when it has none)")
         if self.classifier is not None and self.classifier.image_shape != real.image_shape:
             raise ConfigError(f"the domain classifier {weights_path(dataset)} was trained on "
                               f"{'x'.join(map(str, self.classifier.image_shape))} images and '{dataset}' has "

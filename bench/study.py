@@ -198,6 +198,10 @@ class StudySpec:
                     break
             else:
                 runnable.append(arm)
+        if BASELINE in skipped:
+            raise ConfigError(f"{self.path}: [arms] {BASELINE} cannot run on variant '{variant.name}' "
+                              f"({skipped[BASELINE]}), and every arm is compared with it; give it settings "
+                              f"every variant of the study takes (usually none: {BASELINE} = {{}})")
         return tuple(runnable), skipped
 
 
@@ -297,6 +301,9 @@ def load_study(name_or_path: str | Path) -> StudySpec:
         arms=_arms(path, arms),
         seeds=_typed(path, raw, "seeds", int, 1),
     )
+    if not spec.is_ablation and "seeds" in raw:
+        raise ConfigError(f"{path}: 'seeds' applies to a study with [arms] (each arm once per seed); a search "
+                          "gives each trial a seed of its own: remove the key")
     if spec.is_ablation:
         _check_ablation(spec, raw)
         spec = dataclasses.replace(spec, trials=len(spec.arms) * spec.seeds, sampler="grid", pruner="none")
@@ -420,6 +427,9 @@ def _check(spec: StudySpec) -> None:
             and weights_path(spec.dataset) is None:
         raise ConfigError(f"{spec.path}: {no_classifier(spec.dataset, f'objective {spec.objective}')}")
     check_trials(spec.trials, f"{spec.path}: trials")
+    if ":" in spec.name:
+        raise ConfigError(f"{spec.path}: a study's name (its file's name) may not hold ':', which separates the "
+                          "study, variant and dataset in its Optuna studies' names; rename the file")
     if len(spec.name) > MAX_NAME:
         raise ConfigError(f"{spec.path}: the study's name (its file's name) has {len(spec.name)} characters, over "
                           f"{MAX_NAME}; give the file a shorter name")

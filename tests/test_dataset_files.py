@@ -386,3 +386,80 @@ def test_a_damaged_cifar_batch_is_read_or_refused_with_one_line(noise, at, value
                 torchvision_files.read_cifar_batch(path, "fix it")
             except BenchError as exc:
                 assert str(path) in str(exc) and "\n" not in str(exc), str(exc)
+
+
+# -- image folders as users' folders come: other bit depths, stray folders, no test split ----------
+
+def test_sixteen_bit_images_are_rescaled_and_32_bit_or_float_ones_refused(tmp_path, fashion_test):
+    """A 16-bit PNG read as 8 bits must be rescaled (65,535 is white), not clipped at 255, which made
+    nearly every pixel white and was then scored; 32-bit integer and float pixels carry no range."""
+    from PIL import Image
+
+    from bench.data import load_image_folder
+
+    eight = fashion_test.images[:12, 0].numpy()
+    for index, image in enumerate(eight):
+        Image.fromarray(image.astype(np.uint16) * 257).save((tmp_path / "wide").mkdir(exist_ok=True) or
+                                                            tmp_path / "wide" / f"{index:02d}.png")
+    assert Image.open(tmp_path / "wide" / "00.png").mode == "I;16"
+    assert torch.equal(load_image_folder(tmp_path / "wide").images[:, 0], torch.from_numpy(eight))
+
+    for name, pixels, mode in (("float", eight.astype(np.float32) / 255, "mode F"),
+                               ("int32", eight.astype(np.int32) * 65536, "mode I")):
+        (tmp_path / name).mkdir()
+        for index, image in enumerate(pixels):
+            Image.fromarray(image).save(tmp_path / name / f"{index:02d}.tif")
+        result = CliRunner().invoke(main, ["eval", "--images", str(tmp_path / name), "--dataset", "fashion-mnist"])
+        assert_one_error_line(result, f"{tmp_path / name / '00.tif'} has", mode, "save the images with 8 or 16 bits")
+
+
+def test_an_image_folder_is_read_whole_or_refused_never_in_part(tmp_path, fashion_test):
+    from bench.data import load_image_folder
+
+    classes = image_folder(tmp_path / "classes", fashion_test, 30)
+    clean = load_image_folder(classes)
+    # What archivers and notebooks leave beside the classes is not a class.
+    image_folder(classes / ".ipynb_checkpoints", fashion_test, 4, by_class=False)
+    image_folder(classes / "__MACOSX" / "0-t-shirt", fashion_test, 4, by_class=False)
+    (classes / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    stray = load_image_folder(classes)
+    assert (stray.num_classes, stray.labels.tolist()) == (clean.num_classes, clean.labels.tolist())
+    assert torch.equal(stray.images, clean.images)
+
+    # Images beside sub-folders: read as classes, the images would be left out unsaid.
+    mixed = image_folder(tmp_path / "mixed", fashion_test, 12, by_class=False)
+    image_folder(mixed / "thumbs", fashion_test, 2, by_class=False)
+    result = CliRunner().invoke(main, ["eval", "--images", str(mixed), "--dataset", "fashion-mnist"])
+    assert_one_error_line(result, f"{mixed} holds both images (00000.png, 00001.png, ...) and sub-folders (thumbs)")
+
+    # A class folder without images would be a class with none.
+    (classes / "9-ankle-boot-empty").mkdir()
+    (classes / "9-ankle-boot-empty" / "notes.txt").write_text("to do")
+    result = CliRunner().invoke(main, ["train", "--variant", "gan", "--dataset", f"imagefolder:{classes}",
+                                       "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert_one_error_line(result, f"the class folder {classes / '9-ankle-boot-empty'} holds no images")
+
+
+def test_an_image_folder_with_only_a_train_folder_is_scored_against_it(tmp_path, fashion_test):
+    """PATH/train/<class>/ and no PATH/test: the test split is the training images, as for a folder
+    without splits, not PATH read as one class named 'train' (which held no images itself)."""
+    root = tmp_path / "only-train"
+    image_folder(root / "train", fashion_test, 30)
+    train, test = (load_dataset(f"imagefolder:{root}", split) for split in ("train", "test"))
+    assert torch.equal(train.images, test.images) and train.num_classes == test.num_classes == 10
+
+
+def test_too_few_images_to_score_is_one_line_before_any_work(tmp_path, fashion_test):
+    """Precision, recall, density and coverage need each image's 5th nearest neighbour: fewer than 6
+    images on either side crashed in kthvalue after the run had trained."""
+    few = image_folder(tmp_path / "few", fashion_test, 5, by_class=False)
+    result = CliRunner().invoke(main, ["eval", "--images", str(few), "--dataset", "fashion-mnist"])
+    assert_one_error_line(result, f"{few} holds 5 images; scoring needs at least 6")
+
+    root = tmp_path / "small-test"
+    image_folder(root / "train", fashion_test, 40)
+    image_folder(root / "test", fashion_test, 4)
+    result = CliRunner().invoke(main, ["train", "--variant", "gan", "--dataset", f"imagefolder:{root}",
+                                       "--steps", "2", "--eval-every", "1", "--batch-size", "8", "--device", "cpu",
+                                       "--features", "inception", "--out", str(tmp_path / "run")])
+    assert_one_error_line(result, "the test split of", "holds 4 images", "needs at least 6")

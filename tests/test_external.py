@@ -59,14 +59,14 @@ def test_images_that_cannot_be_compared_with_the_dataset_are_refused_in_one_line
     with pytest.raises(ConfigError, match="are grayscale 8x8 and 'fashion-mnist' is grayscale 28x28"):
         evaluate_images(small, "fashion-mnist", device="cpu")
     Image.fromarray(fashion_test.images[0, 0].numpy()).save(small / "bigger.png")
-    fine = write_pngs(to_unit_range(fashion_test.images[:4]), tmp_path / "fine")
+    fine = write_pngs(to_unit_range(fashion_test.images[:8]), tmp_path / "fine")
     runner = CliRunner()
     for args, message in (
         (["--images", str(small), "--dataset", "digits"], "differ in size (8x8, 28x28)"),
         (["--images", str(small)], "--images needs --dataset"),
         ([], "give --checkpoint"),
-        (["--images", str(fine), "--dataset", "fashion-mnist", "--samples", "1"], "samples must be from 2 (FID needs"),
-        (["--images", str(fine), "--dataset", "fashion-mnist", "--samples", "5"], "to the 4 images in"),
+        (["--images", str(fine), "--dataset", "fashion-mnist", "--samples", "5"], "samples must be from 6 to the 8"),
+        (["--images", str(fine), "--dataset", "fashion-mnist", "--samples", "9"], "to the 8 images in"),
     ):
         result = runner.invoke(main, ["eval", *args, "--device", "cpu"])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
