@@ -297,7 +297,8 @@ class BatchSampler:
 
     def check(self, n: int) -> None:
         if n > len(self.order):
-            raise ConfigError(f"batch of {n} is larger than the dataset ({len(self.order)} images); lower --batch-size")
+            fix = "lower --batch-size" if len(self.order) >= 2 else "a batch needs at least 2 images: add images"
+            raise ConfigError(f"batch of {n} is larger than the dataset ({len(self.order)} images); {fix}")
 
     def next(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of ``n`` images (n, C, H, W) in [-1, 1] and their labels (n,)."""

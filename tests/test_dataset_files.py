@@ -463,3 +463,8 @@ def test_too_few_images_to_score_is_one_line_before_any_work(tmp_path, fashion_t
                                        "--steps", "2", "--eval-every", "1", "--batch-size", "8", "--device", "cpu",
                                        "--features", "inception", "--out", str(tmp_path / "run")])
     assert_one_error_line(result, "the test split of", "holds 4 images", "needs at least 6")
+
+    one = image_folder(tmp_path / "one", fashion_test, 1, by_class=False)
+    result = CliRunner().invoke(main, ["train", "--variant", "gan", "--dataset", f"imagefolder:{one}", "--steps", "1",
+                                       "--batch-size", "2", "--device", "cpu", "--out", str(tmp_path / "run1")])
+    assert_one_error_line(result, "larger than the dataset (1 images); a batch needs at least 2 images")
