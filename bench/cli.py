@@ -158,13 +158,14 @@ def parse_settings(variant: str, settings: tuple[str, ...]) -> dict:
     from bench.registry import get_variant
 
     cls = get_variant(variant)
-    values = {}
+    values, given = {}, {}
     for setting in settings:
         key, sep, text = setting.partition("=")
         if not sep:
             raise ConfigError(f"--set expects key=value, got '{setting}'")
-        if key in values:
-            raise ConfigError(f"--set {key} is given twice ({key}={values[key]} and {setting}); give it once")
+        if key in given:
+            raise ConfigError(f"--set {key} is given twice ({given[key]} and {setting}); give it once")
+        given[key] = setting
         spec = cls.hparam(key)
         values[key] = spec.check(key, spec.parse(key, text))
     return values

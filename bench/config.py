@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from bench.errors import ConfigError
 from bench.registry import HParamValue
-from bench.scores import EXTRACTORS, MIN_SAMPLES, TOO_FEW
+from bench.scores import EXTRACTORS, check_samples
 
 HEARTBEAT_SECONDS = 10
 """How often a running trial records its heartbeat in a database storage."""
@@ -50,8 +50,7 @@ class Budget:
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be at least 2, got {self.batch_size}: batch norm, the minibatch "
                               "statistics and a discriminator's verdict on a batch need two images or more")
-        if self.eval_samples < MIN_SAMPLES:
-            raise ConfigError(f"eval_samples must be {TOO_FEW}, got {self.eval_samples}")
+        check_samples("eval_samples is", self.eval_samples)
         for key in ("eval_samples", "final_samples"):
             if getattr(self, key) > MAX_SAMPLES:
                 raise ConfigError(f"{key} {getattr(self, key)} is more than anyone scores ({MAX_SAMPLES:,} at most; "
@@ -64,8 +63,10 @@ class Budget:
         if self.epochs and self.real_batches:
             raise ConfigError(f"epochs ({self.epochs}) and real_batches ({self.real_batches}) both set the "
                               "length of the run; keep one of them")
-        if self.final_samples < 0 or 0 < self.final_samples < MIN_SAMPLES:
-            raise ConfigError(f"final_samples must be 0 (off) or {TOO_FEW}, got {self.final_samples}")
+        if self.final_samples < 0:
+            raise ConfigError(f"final_samples must be 0 (off) or positive, got {self.final_samples}")
+        if self.final_samples:
+            check_samples("final_samples is", self.final_samples, " (or 0: no final scoring)")
 
 
 MAX_SAMPLES = 200_000

@@ -21,6 +21,7 @@ from bench.checkpoint import is_count
 from bench.errors import ConfigError, DatasetNotFound
 from bench.locations import DATA_ROOT
 from bench.readers import UnreadableFile
+from bench.scores import check_samples
 from bench.torchvision_files import SIDES, TORCHVISION_FOLDERS, read_cifar10, read_mnist_family
 
 SPLITS = ("train", "test")
@@ -52,6 +53,20 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return len(self.images)
+
+
+def batch_fix(images: int, option: str) -> str:
+    """What to do about a batch larger than a dataset of ``images``: lower ``option``, unless no
+    batch fits (two images at least)."""
+    return f"lower {option}" if images >= 2 else "a batch needs 2 images or more: add images"
+
+
+def check_scoring_split(real: ImageDataset) -> None:
+    """ConfigError unless generated images can be scored against ``real``, the split they are compared with."""
+    folder = " (an image folder's test split is PATH/test, else PATH/train, else PATH)" if \
+        IMAGE_FOLDER.match(real.name) else ""
+    check_samples(f"the {real.split} split of '{real.name}', which samples are scored against, holds", len(real),
+                  f"; add images to it{folder}")
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -191,10 +206,33 @@ def _eight_bit(image, file: Path):
         pixels = np.asarray(image).astype(np.float64) * (255 / 65535)
         return Image.fromarray(np.rint(pixels).astype(np.uint8), "L")
     if image.mode in ("I", "F"):
-        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        kind = "32-bit or signed integer" if image.mode == "I" else "floating-point"
         raise ConfigError(f"{file} has {kind} pixels (mode {image.mode}), whose range the file does not say; "
                           "save the images with 8 or 16 bits a channel (PNG, for instance)")
     return image
+
+
+SPLITS = ("train", "test")
+
+
+def _split_folder(path: Path, split: str) -> Path:
+    """Where ``split``'s images are: PATH/train and PATH/test when PATH is split so (a split without its
+    folder reads PATH/train), else PATH. A split folder beside other sub-folders, or test/ without
+    train/, is refused: which of them hold classes would be a guess."""
+    entries = _listed(path)
+    splits = [entry.name for entry in entries if entry.name in SPLITS and entry.is_dir()]
+    if not splits:
+        return path
+    others = [entry.name for entry in entries if entry.name not in SPLITS
+              and (entry.is_dir() or entry.suffix.lower() in IMAGE_SUFFIXES)]
+    if others:
+        raise ConfigError(f"{path} holds {' and '.join(f'{name}/' for name in splits)} beside other images or folders "
+                          f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): a folder split into "
+                          "train/ and test/ holds only those (each with its images, or a sub-folder per class); move "
+                          "the others into them, or rename a class folder called train or test")
+    if "train" not in splits:
+        raise ConfigError(f"{path} holds test/ but no train/; put the training images in {path / 'train'}")
+    return path / split if split in splits else path / "train"
 
 
 def _image_folder(path: Path, split: str, side: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,15 +252,16 @@ def _image_folder(path: Path, split: str, side: int | None = None) -> tuple[torc
 
     fix = "pass imagefolder:PATH with the images in PATH or in one sub-folder per class"
     try:
-        folder = next(where for where in (path / split, path / "train", path) if where == path or where.is_dir())
-        exists = folder.is_dir()
+        exists = path.is_dir()
     except OSError as exc:  # a name too long for the file system
         raise ConfigError(f"cannot open the image folder {str(path)[:80]} ({exc.strerror}); {fix}") from None
     if not exists:
-        raise DatasetNotFound(f"image folder {folder} does not exist; {fix}")
-    if os.statvfs(folder).f_blocks == 0:  # /proc, /sys: no disk behind them, and links that loop (a walk never ends)
-        raise ConfigError(f"{folder} is on a virtual file system, not a folder of images; {fix}")
+        raise DatasetNotFound(f"image folder {path} does not exist; {fix}")
+    if os.statvfs(path).f_blocks == 0:  # /proc, /sys: no disk behind them, and links that loop (a walk never ends)
+        raise ConfigError(f"{path} is on a virtual file system, not a folder of images; {fix}")
+    folder = path
     try:
+        folder = _split_folder(path, split)
         entries = _listed(folder)
         classes = [entry.name for entry in entries if entry.is_dir()]
         files = ([(file, label) for label, name in enumerate(classes) for file in _listed(folder / name)]
@@ -297,8 +336,8 @@ class BatchSampler:
 
     def check(self, n: int) -> None:
         if n > len(self.order):
-            fix = "lower --batch-size" if len(self.order) >= 2 else "a batch needs at least 2 images: add images"
-            raise ConfigError(f"batch of {n} is larger than the dataset ({len(self.order)} images); {fix}")
+            raise ConfigError(f"batch of {n} is larger than the dataset ({len(self.order)} images); "
+                              f"{batch_fix(len(self.order), '--batch-size')}")
 
     def next(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of ``n`` images (n, C, H, W) in [-1, 1] and their labels (n,)."""

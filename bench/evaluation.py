@@ -17,7 +17,7 @@ from bench.data import load_dataset, load_image_folder, to_unit_range
 from bench.devices import resolve_device
 from bench.errors import ConfigError
 from bench.registry import Variant, get_variant
-from bench.scores import MIN_SAMPLES, TOO_FEW
+from bench.scores import check_samples
 from bench.scoring import shared_scorer
 from bench.study import StudySpec, load_study
 
@@ -69,8 +69,7 @@ def evaluate(checkpoint: Path | str, *, features: str | None = None, samples: in
 
         evaluate("results/train/dcgan-1e-4", samples=2000).scores["fid_domain"]
     """
-    if samples < MIN_SAMPLES:
-        raise ConfigError(f"samples must be {TOO_FEW}, got {samples}")
+    check_samples("--samples is", samples)
     variant, config, step = load_trained(checkpoint, device)
     # The standard Inception FID is what papers quote, but at a few images/s it is for GPUs only.
     features = features or ("inception" if variant.device.type == "cuda" else default_extractor(config.dataset))
@@ -116,10 +115,10 @@ def evaluate_images(folder: Path | str, dataset: str, *, features: str | None = 
                           f"with like; write the samples at the dataset's size and colours (resizing changes FID, "
                           f"so do it the way your model's training data was resized)")
     count = len(generated) if samples is None else samples
-    if len(generated) < MIN_SAMPLES:
-        raise ConfigError(f"{folder} holds {len(generated)} images; scoring needs {TOO_FEW}")
-    if not MIN_SAMPLES <= count <= len(generated):
-        raise ConfigError(f"samples must be from {MIN_SAMPLES} to the {len(generated)} images in {folder}, got {count}")
+    check_samples(f"the images in {folder} number", len(generated))
+    check_samples("--samples is", count)
+    if count > len(generated):
+        raise ConfigError(f"--samples {count} is more than the {len(generated)} images in {folder}")
     device = resolve_device(device)
     features = features or ("inception" if device.type == "cuda" else default_extractor(dataset))
     scorer = shared_scorer(dataset, features, device, data_root)

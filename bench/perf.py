@@ -23,6 +23,7 @@ from bench.devices import autocast_dtype, resolve_device
 from bench.engine import TrainConfig, Trainer
 from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, HParamValue, get_variant
+from bench.scores import check_samples
 from bench.scoring import Scorer
 from bench.connections import redact
 from bench.locations import FEATURE_CACHE
@@ -312,6 +313,7 @@ class PerfPlan:
         """Refuses what no measurement can use, in seconds rather than after the others ran."""
         for name in (*self.variants, self.roofline):
             get_variant(name)
+        check_samples("--scoring-samples is", self.scoring_samples)
         if self.quality_threshold is not None and not self.quality_threshold > 0:
             raise ConfigError(f"--time-to-quality must be a positive FID, got {self.quality_threshold}")
         if any(count < 1 for count in self.parallel):

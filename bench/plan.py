@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.config import TrainConfig
-from bench.data import ImageDataset, load_dataset
+from bench.data import ImageDataset, check_scoring_split, load_dataset
 from bench.devices import autocast_dtype, resolve_device
 from bench.doctor import Doctor
 from bench.errors import DatasetNotFound
@@ -41,7 +41,11 @@ class RunPlan:
         get_variant(config.variant).resolve_hparams(config.hparams)
         config = resolve_features(config)
         data = load_dataset(config.dataset, "train", root=config.data_root, download=config.download)
-        return cls(resolve_steps(config, data), data, device, amp_dtype)
+        plan = cls(resolve_steps(config, data), data, device, amp_dtype)
+        test = plan.test_split() if config.eval_every or config.final_samples else None
+        if test is not None:  # refused now, not at the first evaluation (a missing split: there, with its fix)
+            check_scoring_split(test)
+        return plan
 
     def observers(self) -> list[Observer]:
         """The observers the config switches on, fresh for a run: the training doctor, unless

@@ -25,7 +25,7 @@ import optuna
 import torch
 
 from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS
-from bench.data import load_dataset
+from bench.data import batch_fix, check_scoring_split, load_dataset
 from bench.devices import autocast_dtype, resolve_device
 from bench.errors import BenchError, ConfigError, Interrupted
 from bench.connections import redact
@@ -176,7 +176,8 @@ def _checked_lanes(variants: Sequence[str] | str | None, spec: StudySpec, trials
     data = load_dataset(spec.dataset, "train")
     if spec.budget.batch_size > len(data):
         raise ConfigError(f"{spec.path}: budget.batch_size {spec.budget.batch_size} is larger than {spec.dataset}'s "
-                          f"{len(data)} training images; lower it")
+                          f"{len(data)} training images; {batch_fix(len(data), 'it')}")
+    check_scoring_split(load_dataset(spec.dataset, "test"))  # every trial scores against it
     return lanes
 
 

@@ -26,9 +26,16 @@ NEAREST_K = 5
 """Neighbours for precision, recall, density and coverage, as in StudioGAN and the prdc package."""
 MIN_SAMPLES = NEAREST_K + 1
 """The fewest images on either side of a scoring: each image's k-th nearest other image must exist."""
-TOO_FEW = (f"at least {MIN_SAMPLES} (precision, recall, density and coverage measure each image's distance "
-           f"to its {NEAREST_K}th nearest neighbour)")
-"""What a count below MIN_SAMPLES is told."""
+
+
+def check_samples(what: str, count: int, fix: str = "") -> None:
+    """ConfigError, ``what`` holding ``count`` images (``what`` 'is N, ...' reads on), when a scoring
+    cannot use that few: below MIN_SAMPLES; ``fix`` ends the message."""
+    if count < MIN_SAMPLES:
+        from bench.errors import ConfigError
+
+        raise ConfigError(f"{what} {count}: scoring needs at least {MIN_SAMPLES} (precision, recall, density and "
+                          f"coverage measure each image's distance to its {NEAREST_K}th nearest neighbour){fix}")
 
 
 @dataclass

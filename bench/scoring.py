@@ -28,14 +28,14 @@ import torch
 from torch import Tensor
 
 from bench.classifier import load_domain_classifier, weights_path
-from bench.data import ImageDataset, load_dataset
+from bench.data import ImageDataset, check_scoring_split, load_dataset
 from bench.errors import ConfigError, TrainingDiverged
 from bench.feature_cache import FeatureCache
 from bench.features import DomainFeatures, PrecomputedFeatures
 from bench.inception import InceptionFeatures
 from bench.locations import FEATURE_CACHE
 from bench.registry import Variant
-from bench.scores import EXTRACTORS, MIN_SAMPLES, TOO_FEW, Evidence, KernelDistance, class_histogram, score_all
+from bench.scores import EXTRACTORS, Evidence, check_samples, KernelDistance, class_histogram, score_all
 
 
 IMAGE_RANGE_LIMIT = 1e3
@@ -80,6 +80,7 @@ class Scorer:
                  data_root: Path | str | None = None):
         if extractor not in EXTRACTORS:
             raise ConfigError(f"unknown feature extractor '{extractor}'; choose one of: {', '.join(EXTRACTORS)}")
+        check_samples("real_samples is", real_samples)
         self.dataset, self.device = dataset, torch.device(device)
         self.extractor = (DomainFeatures(dataset) if extractor == "domain" else InceptionFeatures()).to(self.device)
         self.batch_size = batch_size or self.extractor.batch_size(self.device)
@@ -88,12 +89,7 @@ class Scorer:
                            load_domain_classifier(dataset, self.device) if weights_path(dataset) else None)
         num_features = self.extractor.num_features
         real = load_dataset(dataset, real_split, root=data_root)
-        if real_samples < MIN_SAMPLES:
-            raise ConfigError(f"real_samples must be {TOO_FEW}, got {real_samples}")
-        if len(real) < MIN_SAMPLES:
-            raise ConfigError(f"the {real_split} split of '{dataset}' holds {len(real)} images, and the generated "
-                              f"images are scored against it: it needs {TOO_FEW}; add images to it (an image "
-                              "folder's test/ sub-folder, or the folder itself when it has none)")
+        check_scoring_split(real)
         if self.classifier is not None and self.classifier.image_shape != real.image_shape:
             raise ConfigError(f"the domain classifier {weights_path(dataset)} was trained on "
                               f"{'x'.join(map(str, self.classifier.image_shape))} images and '{dataset}' has "
@@ -138,8 +134,7 @@ class Scorer:
         """Metrics of ``samples`` images from ``variant`` (in eval mode; from its raw G, not G's average, with
         ``raw``), drawn with a fixed seed so that scores are comparable across steps and the training RNG is
         left untouched."""
-        if samples < 2:
-            raise ConfigError(f"scoring needs at least 2 samples, got {samples}")
+        check_samples("samples is", samples)
         images, labels, latent = draw_samples(variant, samples, seed=seed, batch_size=self.batch_size, raw=raw)
         return self.score_images(images, labels=labels if variant.conditional else None,
                                  codes=variant.categorical_code(latent))

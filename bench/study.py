@@ -302,7 +302,7 @@ def load_study(name_or_path: str | Path) -> StudySpec:
         seeds=_typed(path, raw, "seeds", int, 1),
     )
     if not spec.is_ablation and "seeds" in raw:
-        raise ConfigError(f"{path}: 'seeds' applies to a study with [arms] (each arm once per seed); a search "
+        raise ConfigError(f"{path}: 'seeds' applies to a study with arms in [arms] (each arm once per seed); a search "
                           "gives each trial a seed of its own: remove the key")
     if spec.is_ablation:
         _check_ablation(spec, raw)

@@ -1,11 +1,12 @@
-"""Kurach et al. 2019's one-factor-at-a-time table, from what `bench run --study kurach` and
-`bench run --study kurach_losses` (and the follow-up `bench run --study kurach_minibatch`) recorded in
-MLflow: one row per cell (a variant's arm), its loss,
-D's normalisation and penalty, fid_domain's mean over the seeds with the cell's own 95% Student's t
-interval, its effect against the baseline (sngan at its defaults: the non-saturating loss with
-spectral normalisation) paired by seed, precision and recall, and the expected best fid_domain of
-k trials drawn from the cell (`bench compare`'s best-of-k, each cell taken as a variant). Also
-writes each run's scores (fid_domain also with every digit MLflow holds) and the precision-recall scatter of every run, each cell's best starred.
+"""Kurach et al. 2019's one-factor-at-a-time table, from what `bench run --study kurach`,
+`bench run --study kurach_losses` and the follow-up `bench run --study kurach_minibatch` recorded in
+MLflow: one row per cell (a variant's arm), its loss, D's normalisation, minibatch std and penalty,
+fid_domain's mean over the seeds with the cell's own 95% Student's t interval, its effect against the
+baseline (sngan at its defaults: the non-saturating loss with spectral normalisation; a later study's
+cells, against that study's own run of it) paired by seed, precision and recall, and the expected best
+fid_domain of k trials drawn from the cell (`bench compare`'s best-of-k, each cell taken as a variant).
+Also writes each run's scores (fid_domain also with every digit MLflow holds) and the
+precision-recall scatter of every run, each cell's best starred.
 
     bench run --study kurach; bench run --study kurach_losses; bench run --study kurach_minibatch
     python scripts/kurach.py [--tracking-uri URI] [-o docs/results/kurach.csv] [--landed COMMIT]
@@ -33,7 +34,8 @@ STUDIES = ("kurach", "kurach_losses", "kurach_minibatch")
 BASELINE_CELL = f"sngan {BASELINE}"
 REPEATED_CELL = f"{BASELINE_CELL}, repeated"
 """The baseline of a later study (the same seeds, budget and scoring as kurach's): a cell of its own,
-whose effect against the baseline is how far two runs of one seed land apart."""
+whose effect against the baseline is how far two runs of one seed land apart; that study's other
+cells are paired with it."""
 
 
 def curve_text(values: pd.Series) -> dict[str, str]:
@@ -113,9 +115,12 @@ def tables(store: TrackingStore, command: str, landed: str | None) -> tuple[list
     best = comparison.summary.set_index("variant")
     k = comparison.common_k
     baseline = runs[runs["cell"] == BASELINE_CELL].set_index("seed")
+    repeats = runs[runs["cell"] == REPEATED_CELL]
     rows, each = [], []
     for cell, trials in runs.groupby("cell", sort=False):
         trials = trials.set_index("seed").sort_index()
+        own = repeats[repeats[tag_column(Tag.STUDY)] == trials[tag_column(Tag.STUDY)].iloc[0]]
+        paired = baseline if cell == REPEATED_CELL or own.empty else own.set_index("seed")
         if not trials.index.is_unique:
             raise SystemExit(f"{cell}: more than one complete trial with a seed (a study run twice into one MLflow "
                              "experiment?); one per seed is what the pairing needs")
@@ -124,15 +129,15 @@ def tables(store: TrackingStore, command: str, landed: str | None) -> tuple[list
         for score, form in SCORES.items():
             if score != "fid_domain":
                 row[score] = form.format(trials[f"metrics.{score}"].mean())
-            row[f"{score} effect [95% CI]"] = ("" if cell == BASELINE_CELL or baseline.empty else
+            row[f"{score} effect [95% CI]"] = ("" if cell == BASELINE_CELL or paired.empty else
                                                effect_text(trials[f"metrics.{score}"],
-                                                           baseline[f"metrics.{score}"], SCORES[score]))
+                                                           paired[f"metrics.{score}"], SCORES[score]))
         row[f"best of {k}"] = f"{best.loc[cell, f'best_of_{k}']:.1f}"
         curves = pd.DataFrame([curve(store, run) for _, run in trials.iterrows()], index=trials.index)
         rows.append({**row, **curve_text(curves.mean()), **provenance(trials, command, landed)})
         each += [{"cell": cell, "seed": seed, **curve_text(curves.loc[seed].dropna()),
                   **{score: form.format(run[f"metrics.{score}"]) for score, form in SCORES.items()},
-                  "fid_domain as recorded": repr(run["metrics.fid_domain"]),  # every digit: repeats compare exactly
+                  "fid_domain as recorded": repr(float(run["metrics.fid_domain"])),  # every digit: repeats compare exactly
                   **provenance(trials.loc[[seed]], command, landed)} for seed, run in trials.iterrows()]
     values = comparison.trials.groupby("variant")["value"]
     rows, each = same_columns(rows), same_columns(each)

@@ -448,23 +448,34 @@ def test_an_image_folder_with_only_a_train_folder_is_scored_against_it(tmp_path,
     train, test = (load_dataset(f"imagefolder:{root}", split) for split in ("train", "test"))
     assert torch.equal(train.images, test.images) and train.num_classes == test.num_classes == 10
 
+    # A split folder beside other folders or images (a class folder named 'train'?), or test/ alone: refused.
+    image_folder(root / "extra", fashion_test, 2, by_class=False)
+    result = CliRunner().invoke(main, ["eval", "--images", str(root), "--dataset", "fashion-mnist"])
+    assert_one_error_line(result, f"{root} holds train/ beside other images or folders (extra)")
+    (root / "train").rename(root / "test")
+    (root / "extra").rename(tmp_path / "elsewhere")
+    result = CliRunner().invoke(main, ["eval", "--images", str(root), "--dataset", "fashion-mnist"])
+    assert_one_error_line(result, f"{root} holds test/ but no train/; put the training images in {root / 'train'}")
+
 
 def test_too_few_images_to_score_is_one_line_before_any_work(tmp_path, fashion_test):
     """Precision, recall, density and coverage need each image's 5th nearest neighbour: fewer than 6
     images on either side crashed in kthvalue after the run had trained."""
     few = image_folder(tmp_path / "few", fashion_test, 5, by_class=False)
     result = CliRunner().invoke(main, ["eval", "--images", str(few), "--dataset", "fashion-mnist"])
-    assert_one_error_line(result, f"{few} holds 5 images; scoring needs at least 6")
+    assert_one_error_line(result, f"the images in {few} number 5: scoring needs at least 6")
 
     root = tmp_path / "small-test"
     image_folder(root / "train", fashion_test, 40)
     image_folder(root / "test", fashion_test, 4)
     result = CliRunner().invoke(main, ["train", "--variant", "gan", "--dataset", f"imagefolder:{root}",
-                                       "--steps", "2", "--eval-every", "1", "--batch-size", "8", "--device", "cpu",
+                                       "--steps", "400", "--eval-every", "200", "--batch-size", "8", "--device", "cpu",
                                        "--features", "inception", "--out", str(tmp_path / "run")])
-    assert_one_error_line(result, "the test split of", "holds 4 images", "needs at least 6")
+    assert_one_error_line(result, f"the test split of 'imagefolder:{root}', which samples are scored against, "
+                                  "holds 4: scoring needs at least 6", "PATH/test, else PATH/train")
+    assert not (tmp_path / "run").exists()  # refused before training, not at the first evaluation
 
     one = image_folder(tmp_path / "one", fashion_test, 1, by_class=False)
     result = CliRunner().invoke(main, ["train", "--variant", "gan", "--dataset", f"imagefolder:{one}", "--steps", "1",
                                        "--batch-size", "2", "--device", "cpu", "--out", str(tmp_path / "run1")])
-    assert_one_error_line(result, "larger than the dataset (1 images); a batch needs at least 2 images")
+    assert_one_error_line(result, "larger than the dataset (1 images); a batch needs 2 images or more: add images")

@@ -65,8 +65,8 @@ def test_images_that_cannot_be_compared_with_the_dataset_are_refused_in_one_line
         (["--images", str(small), "--dataset", "digits"], "differ in size (8x8, 28x28)"),
         (["--images", str(small)], "--images needs --dataset"),
         ([], "give --checkpoint"),
-        (["--images", str(fine), "--dataset", "fashion-mnist", "--samples", "5"], "samples must be from 6 to the 8"),
-        (["--images", str(fine), "--dataset", "fashion-mnist", "--samples", "9"], "to the 8 images in"),
+        (["--images", str(fine), "--dataset", "fashion-mnist", "--samples", "5"], "--samples is 5: scoring needs"),
+        (["--images", str(fine), "--dataset", "fashion-mnist", "--samples", "9"], "more than the 8 images in"),
     ):
         result = runner.invoke(main, ["eval", *args, "--device", "cpu"])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
