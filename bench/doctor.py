@@ -238,8 +238,9 @@ class Doctor(Observer):
         self.memorising.append((step, share))
         self._persisting("memorising", step, share > self.memorising_share,
                          f"D is memorising the {len(self._train):,} training images: it scores a training image above "
-                         f"a held-out one in {share:.0%} of pairs (50% when it treats them alike); try --set "
-                         "diffaugment=color,translation,cutout, fewer steps, or more images",
+                         f"a held-out one in {share:.0%} of pairs (50% when it treats them alike); if FID against "
+                         "held-out images turns upward, try fewer steps, more images or --set "
+                         "diffaugment=color,translation,cutout",
                          times=2)
 
     def _scores(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
