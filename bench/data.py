@@ -196,6 +196,11 @@ def _listed(folder: Path) -> list[Path]:
                   and entry.name not in SKIPPED_NAMES)
 
 
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names``, then '...' if there are more: a message's examples."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def _eight_bit(image, file: Path):
     """``image`` with 8 bits a channel: 16-bit grayscale rescaled (65,535 to 255), since converting it
     would clip every value above 255 to white; 32-bit integer or float pixels refused: their range is
@@ -212,9 +217,6 @@ def _eight_bit(image, file: Path):
     return image
 
 
-SPLITS = ("train", "test")
-
-
 def _split_folder(path: Path, split: str) -> Path:
     """Where ``split``'s images are: PATH/train and PATH/test when PATH is split so (a split without its
     folder reads PATH/train), else PATH. A split folder beside other sub-folders, or test/ without
@@ -227,7 +229,7 @@ def _split_folder(path: Path, split: str) -> Path:
               and (entry.is_dir() or entry.suffix.lower() in IMAGE_SUFFIXES)]
     if others:
         raise ConfigError(f"{path} holds {' and '.join(f'{name}/' for name in splits)} beside other images or folders "
-                          f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): a folder split into "
+                          f"({_some(others)}): a folder split into "
                           "train/ and test/ holds only those (each with its images, or a sub-folder per class); move "
                           "the others into them, or rename a class folder called train or test")
     if "train" not in splits:
@@ -273,8 +275,7 @@ def _image_folder(path: Path, split: str, side: int | None = None) -> tuple[torc
         raise UnreadableFile(f"image folder {denied} cannot be read (permission denied); give this user read "
                              f"access (chmod -R u+rX {denied}), or {fix}") from None
     if classes and loose:
-        raise ConfigError(f"{folder} holds both images ({', '.join(loose[:2])}{', ...' if len(loose) > 2 else ''}) "
-                          f"and sub-folders ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}), which "
+        raise ConfigError(f"{folder} holds both images ({_some(loose, 2)}) and sub-folders ({_some(classes)}), which "
                           "would be read as classes, leaving the images out; move the images into a sub-folder of "
                           "their class, or the sub-folders out")
     if not files:

@@ -7,6 +7,7 @@ dataset is loaded once, and what is recorded is what is trained.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -53,8 +54,12 @@ class RunPlan:
         return [Doctor(self.config.dataset, self.data, self.test_split)] if self.config.doctor else []
 
     def test_split(self) -> ImageDataset | None:
-        """The dataset's test split, read now (the doctor's memorisation check asks at its first check);
-        None where it is missing."""
+        """The dataset's test split, read once, when first asked (by the check of a scoring run's plan,
+        or the doctor's memorisation check at its first check); None where it is missing."""
+        return self._test_split
+
+    @functools.cached_property
+    def _test_split(self) -> ImageDataset | None:
         try:
             return load_dataset(self.config.dataset, "test", root=self.config.data_root, download=self.config.download)
         except DatasetNotFound:
