@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from bench.compare import best_by_seconds, best_of_k, compare_study, probability_better, report_lines
+from bench.data import load_dataset
 from bench.errors import ConfigError
 from bench.evaluation import record_images
 from bench.ranking import leaderboard
@@ -87,14 +88,14 @@ def comparison(project_folder):
 def test_the_variants_advance_together_and_each_finishes_its_trials(comparison):
     cwd, _, _ = comparison
     started = sorted((trial.datetime_start, variant) for variant in VARIANTS
-                     for trial in optuna_trials(cwd, f"versus:{variant}:fashion-mnist"))
+                     for trial in optuna_trials(cwd, f"versus:{variant}:digits"))
     assert len(started) == TRIALS * len(VARIANTS)
     counts = dict.fromkeys(VARIANTS, 0)
     for _, variant in started:  # at every moment, no variant is more than one trial ahead of another
         counts[variant] += 1
         assert max(counts.values()) - min(counts.values()) <= 1, started
     for variant in VARIANTS:
-        assert all(t.state == TrialState.COMPLETE for t in optuna_trials(cwd, f"versus:{variant}:fashion-mnist"))
+        assert all(t.state == TrialState.COMPLETE for t in optuna_trials(cwd, f"versus:{variant}:digits"))
 
 
 @pytest.mark.e2e
@@ -102,7 +103,7 @@ def test_compare_gives_best_of_k_as_computed_from_the_recorded_trials(comparison
     cwd, _, printed = comparison
     curves = pd.read_csv(cwd / "results" / "compare" / "best_of_k.csv")
     for variant in VARIANTS:
-        values = [t.value for t in optuna_trials(cwd, f"versus:{variant}:fashion-mnist")]
+        values = [t.value for t in optuna_trials(cwd, f"versus:{variant}:digits")]
         curve = curves[curves["variant"] == variant].set_index("k")["expected"]
         assert curve[1] == pytest.approx(np.mean(values))  # k = 1: the mean trial
         assert curve[TRIALS] == pytest.approx(min(values))  # k = n: the best one
@@ -186,31 +187,30 @@ def test_report_renders_every_variant_its_best_score_and_samples_in_chromium(com
 
 
 @pytest.mark.e2e
-def test_images_made_elsewhere_rank_beside_the_variants_marked_external_and_outside_best_of_k(comparison, tmp_path,
-                                                                                          fashion_test):
+def test_images_made_elsewhere_rank_beside_the_variants_marked_external_and_outside_best_of_k(comparison, tmp_path):
     """Real test-split images stand in for an outside model's samples, recorded in a copy of the study's store."""
     cwd = tmp_path / "project"
     shutil.copytree(comparison[0], cwd)
     folder = cwd / "outside"
     folder.mkdir()
-    for number, image in enumerate(fashion_test.images[:300]):
+    for number, image in enumerate(load_dataset("digits", "test").images[:300]):
         Image.fromarray(image[0].numpy()).save(folder / f"{number:04d}.png")
     recorded = bench("eval", "--images", "outside", "--name", "test-split", "--study", "versus.toml",
-                     "--provenance", "Fashion-MNIST's own test images", cwd=cwd)
+                     "--provenance", "the digits' own test images", cwd=cwd)
     assert recorded.returncode == 0, recorded.stderr[-3000:]
     assert "test-split recorded in study versus as an external entry" in recorded.stdout
     board = leaderboard(f"sqlite:///{cwd / 'results' / 'mlflow.db'}", "versus")
     fid = board[board["metric"] == "fid_domain"].set_index("variant")
-    assert fid.loc["test-split", "external"] == "Fashion-MNIST's own test images"
+    assert fid.loc["test-split", "external"] == "the digits' own test images"
     assert fid.loc["test-split", "best"] < fid.loc[list(VARIANTS), "best"].min()  # real images beat 40-step GANs
     assert set(board.loc[board["variant"].isin(VARIANTS), "external"]) == {""}
     compared = compare_study("versus", f"sqlite:///{cwd / 'results' / 'mlflow.db'}")
     assert "test-split" not in set(compared.summary["variant"]) and compared.common_k == TRIALS
     assert list(compared.external["name"]) == ["test-split"]
     printed = "\n".join(report_lines(compared))  # what `bench compare` prints
-    assert "external entries" in printed and "Fashion-MNIST's own test images" in printed
+    assert "external entries" in printed and "the digits' own test images" in printed
     page = write_report("versus", cwd / "report.html", f"sqlite:///{cwd / 'results' / 'mlflow.db'}").read_text()
     card = re.search(r"<div class='variant' data-variant='test-split'>(.*?)</div>", page, re.DOTALL)
-    assert card and "external: Fashion-MNIST&#x27;s own test images" in card.group(1)
+    assert card and "external: the digits&#x27; own test images" in card.group(1)
     with pytest.raises(ConfigError, match="'dcgan' is the name of a variant ganbench trains"):
         record_images(None, "dcgan", "versus", "fid_domain", tracking=f"sqlite:///{cwd / 'results' / 'mlflow.db'}")

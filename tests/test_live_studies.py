@@ -278,7 +278,7 @@ def test_a_fifo_as_samples_artifact_is_refused_by_type_unopened(study, tmp_path)
 
 # -- a real study, caught with a trial running ----------------------------------------------------
 
-LIVE_STUDY = TINY_STUDY.replace('"fashion-mnist"', '"digits"').format(steps=40, eval_every=20)
+LIVE_STUDY = TINY_STUDY.format(steps=40, eval_every=20)
 
 
 @pytest.mark.e2e

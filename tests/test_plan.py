@@ -56,7 +56,7 @@ def test_a_study_trial_with_an_epoch_budget_loads_its_dataset_once(tmp_path, mon
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     previous = mlflow.get_tracking_uri()
     path = tmp_path / "epochs.toml"
-    path.write_text(TINY_STUDY.replace('"fashion-mnist"', '"digits"').format(steps=10, eval_every=5))
+    path.write_text(TINY_STUDY.format(steps=10, eval_every=5))
     spec = dataclasses.replace(load_study(path), trials=1,
                                budget=Budget(epochs=0.05, batch_size=32, eval_every=3, eval_samples=64))
     try:

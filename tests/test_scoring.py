@@ -225,7 +225,7 @@ import sys, warnings
 from bench.scoring import Scorer
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    scorer = Scorer("fashion-mnist", "domain", real_samples=3000, cache_dir=sys.argv[1])
+    scorer = Scorer("digits", "domain", real_samples=300, cache_dir=sys.argv[1])
 print(scorer.real_features_source, sum("real-feature cache" in str(w.message) for w in caught))
 """
 
@@ -242,7 +242,7 @@ def test_real_features_are_computed_once_and_shared_across_processes(tmp_path):
     assert probe_cache(tmp_path) == ["computed", "0"]
     assert probe_cache(tmp_path) == ["cache", "0"]
     (cache_file,) = (tmp_path / "real-features").glob("*-float32.pt")
-    assert "fashion-mnist-test-3000-domain" in cache_file.name
+    assert "digits-test-300-domain" in cache_file.name
     assert cache_file.with_name(f"{cache_file.stem}-radii-k5.pt").exists()  # the real k-NN radii, beside them
 
     cache_file.write_bytes(b"not a torch file")  # corrupt: detected, warned about, rebuilt

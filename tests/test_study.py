@@ -105,7 +105,7 @@ def finished_study(project_folder):
 @pytest.mark.e2e
 def test_two_workers_finish_the_study_without_lost_or_duplicated_trials(finished_study):
     cwd, result = finished_study
-    trials = optuna_trials(cwd, "tiny:dcgan:fashion-mnist")
+    trials = optuna_trials(cwd, "tiny:dcgan:digits")
     assert [t.number for t in trials] == [0, 1, 2]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2  # both workers took trials
@@ -146,7 +146,7 @@ def test_leaderboard_csv_has_one_row_per_metric_with_best_run_and_counts(finishe
             "failed", "top_k_mean", "top_k_std"} <= set(board.columns)
     fid = board[board["metric"] == "fid_domain"].iloc[0]
     assert (fid["study"], fid["variant"], fid["dataset"], fid["complete"], fid["failed"]) == (
-        "tiny", "dcgan", "fashion-mnist", 3, 0)
+        "tiny", "dcgan", "digits", 3, 0)
     children = mlflow_runs(cwd, "tiny").dropna(subset=["metrics.fid_domain"])
     assert fid["best"] == pytest.approx(children["metrics.fid_domain"].min())
     assert fid["best_run_id"] == children.loc[children["metrics.fid_domain"].idxmin(), "run_id"]
@@ -285,7 +285,7 @@ def test_workers_train_the_study_they_are_given_not_its_file_again(tmp_path, mon
     """A spec built or changed in Python reaches every worker process as it is."""
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "digits.toml"
-    path.write_text(TINY_STUDY.format(steps=40, eval_every=20).replace('"fashion-mnist"', '"digits"'))
+    path.write_text(TINY_STUDY.format(steps=40, eval_every=20))
     spec = dataclasses.replace(load_study(path), trials=2,
                                budget=Budget(steps=4, eval_every=2, eval_samples=64, batch_size=16))
     study = run_study("gan", spec, workers=2, storage=str(tmp_path / "journal.log"),

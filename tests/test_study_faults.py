@@ -36,19 +36,19 @@ def test_rerun_after_sigkill_keeps_completed_trials_and_closes_the_killed_runs(p
             break
     # Then kill it in the middle of trial 1, at its first evaluation (the sample grid at step 50): the
     # trial has 50 steps and a scoring left then, on the slowest device and the fastest.
-    grid = tmp_path / "results" / "studies" / "killed_dcgan_fashion-mnist" / "trial-0001" / "samples" / "step_0000050.png"
+    grid = tmp_path / "results" / "studies" / "killed_dcgan_digits" / "trial-0001" / "samples" / "step_0000050.png"
     deadline = time.monotonic() + 120
     while not grid.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    before = optuna_trials(tmp_path, "killed:dcgan:fashion-mnist")
+    before = optuna_trials(tmp_path, "killed:dcgan:digits")
     assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING], "".join(lines)
 
     result = bench(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trial 1 marked failed" in result.stdout
-    after = optuna_trials(tmp_path, "killed:dcgan:fashion-mnist")
+    after = optuna_trials(tmp_path, "killed:dcgan:digits")
     assert [t.state for t in after] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert after[0].value == before[0].value and after[0].params == before[0].params
     assert "ended during the trial" in after[1].user_attrs["fail_reason"]
@@ -76,7 +76,7 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
     args = ["run", "--variant", "gan", "--study", str(study), "--workers", "2"]
     process = subprocess.Popen([BENCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=clean_env())
-    folders = [tmp_path / "results" / "studies" / "sigterm_gan_fashion-mnist" / f"trial-{n:04d}" for n in (0, 1)]
+    folders = [tmp_path / "results" / "studies" / "sigterm_gan_digits" / f"trial-{n:04d}" for n in (0, 1)]
     deadline = time.monotonic() + 120
     while not all((folder / "samples" / f"step_{first_grid:07d}.png").exists() for folder in folders) \
             and time.monotonic() < deadline:
@@ -85,7 +85,7 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "stopped by SIGTERM after the workers checkpointed their trials" in stderr and "Traceback" not in stderr
-    interrupted = optuna_trials(tmp_path, "sigterm:gan:fashion-mnist")
+    interrupted = optuna_trials(tmp_path, "sigterm:gan:digits")
     assert [t.state for t in interrupted] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
     stopped_at = {t.number: int(re.search(r"stopped by SIGTERM at step (\d+)", t.user_attrs["fail_reason"])[1])
                   for t in interrupted[:2]}
@@ -96,7 +96,7 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
     result = bench(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "gan 2/2 done (0 pruned, 0 failed, 2 stopped and retried)" in result.stdout, result.stdout[-3000:]
-    after = optuna_trials(tmp_path, "sigterm:gan:fashion-mnist")
+    after = optuna_trials(tmp_path, "sigterm:gan:digits")
     assert [t.state for t in after] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     runs = mlflow_runs(tmp_path, "sigterm").set_index("run_id")
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
@@ -117,7 +117,7 @@ def test_sigterm_checkpoints_the_running_trials_and_the_rerun_resumes_them_from_
 # -- trials that go bad fail with their reason; the other worker goes on --------------------------
 
 FAULTS_STUDY = """
-dataset = "fashion-mnist"
+dataset = "digits"
 objective = "fid_domain"
 trials = 2
 sampler = "random"
@@ -139,7 +139,7 @@ def test_diverged_and_doctor_stopped_trials_fail_with_their_reasons_while_the_wo
     cwd = project_folder("going-bad")
     (cwd / "going_bad.toml").write_text(FAULTS_STUDY)
     # The first trials, queued the Optuna way: one diverges, the doctor stops one, two are healthy.
-    name = "going_bad:faulty_dcgan:fashion-mnist"
+    name = "going_bad:faulty_dcgan:digits"
     queued = optuna.create_study(storage=open_storage(str(cwd / "results" / "optuna" / "journal.log")),
                                  study_name=name)
     for fault in ("nan", "detached_fake", "none", "none"):
