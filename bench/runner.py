@@ -173,7 +173,10 @@ def _checked_lanes(variants: Sequence[str] | str | None, spec: StudySpec, trials
         for arm, reason in lane.skipped_arms.items():
             say(f"{lane.variant.name}: arm '{arm}' skipped: {reason}")
     autocast_dtype(resolve_device(device), amp)
-    data = load_dataset(spec.dataset, "train")
+    try:
+        data = load_dataset(spec.dataset, "train")
+    except ConfigError as exc:  # a subset larger than the dataset, an image folder's layout: set in the file
+        raise ConfigError(f"{spec.path}: {exc}") from None
     if spec.budget.batch_size > len(data):
         raise ConfigError(f"{spec.path}: budget.batch_size {spec.budget.batch_size} is larger than {spec.dataset}'s "
                           f"{len(data)} training images; {batch_fix(len(data), 'it')}")
