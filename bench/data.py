@@ -18,7 +18,7 @@ import torch
 
 from bench import readers
 from bench.checkpoint import is_count
-from bench.errors import ConfigError, DatasetNotFound
+from bench.errors import ConfigError, DatasetNotFound, SubsetTooLarge
 from bench.locations import DATA_ROOT
 from bench.readers import UnreadableFile
 from bench.scores import check_samples
@@ -90,7 +90,7 @@ def load_dataset(name: str, split: str = "train", *, root: Path | str | None = N
         if split == "test":
             return ImageDataset(name, split, data.images, data.labels, data.num_classes)
         if size > len(data):
-            raise ConfigError(f"subset {size} is larger than the {len(data):,} training images of '{whole}'; "
+            raise SubsetTooLarge(f"subset {size} is larger than the {len(data):,} training images of '{whole}'; "
                               f"choose at most {len(data):,}")
         keep = balanced_subset(data.labels, size)
         return ImageDataset(name, split, data.images[keep], data.labels[keep], data.num_classes)

@@ -9,6 +9,10 @@ class ConfigError(BenchError, ValueError):
     """An unknown name or a value outside its valid range."""
 
 
+class SubsetTooLarge(ConfigError):
+    """A training subset (NAME[N], a study's ``subset``) with more images than its dataset holds."""
+
+
 class DatasetNotFound(BenchError, FileNotFoundError):
     """A dataset whose files are not on this machine."""
 

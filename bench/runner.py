@@ -27,7 +27,7 @@ import torch
 from bench.config import HEARTBEAT_SECONDS, PROGRESS_SECONDS
 from bench.data import batch_fix, check_scoring_split, load_dataset
 from bench.devices import autocast_dtype, resolve_device
-from bench.errors import BenchError, ConfigError, Interrupted
+from bench.errors import BenchError, ConfigError, Interrupted, SubsetTooLarge
 from bench.connections import redact
 from bench.processes import handling_stop_signals
 from bench.progress import StudyProgress
@@ -175,8 +175,8 @@ def _checked_lanes(variants: Sequence[str] | str | None, spec: StudySpec, trials
     autocast_dtype(resolve_device(device), amp)
     try:
         data = load_dataset(spec.dataset, "train")
-    except ConfigError as exc:  # a subset larger than the dataset, an image folder's layout: set in the file
-        raise ConfigError(f"{spec.path}: {exc}") from None
+    except SubsetTooLarge as exc:  # the file's `subset`
+        raise SubsetTooLarge(f"{spec.path}: {exc}") from None
     if spec.budget.batch_size > len(data):
         raise ConfigError(f"{spec.path}: budget.batch_size {spec.budget.batch_size} is larger than {spec.dataset}'s "
                           f"{len(data)} training images; {batch_fix(len(data), 'it')}")

@@ -107,8 +107,10 @@ def scorer(feature_cache) -> Scorer:
 
 @pytest.fixture(scope="session")
 def project_folder(scorer, feature_cache, tmp_path_factory):
-    """project_folder(name) -> a fresh folder to run `bench` in, its results/cache already holding
-    the real test-split features (computing them is a tested path of its own, not repeated here)."""
+    """project_folder(name) -> a fresh folder to run `bench` in, its results/cache already holding the real
+    test-split features of Fashion-MNIST and digits, the datasets its studies train on (computing them is a
+    tested path of its own, not repeated here)."""
+    Scorer("digits", "domain", cache_dir=feature_cache)
 
     def make(name: str) -> Path:
         folder = tmp_path_factory.mktemp(name)

@@ -1,5 +1,5 @@
 """Variants compared at equal budget: the best-of-k arithmetic against brute force, then one real
-three-variant study with two workers (real Fashion-MNIST, journal file, SQLite MLflow store) that
+three-variant study with two workers (real digits, journal file, SQLite MLflow store) that
 `bench compare`, the progress lines and `bench report` (rendered in headless Chromium) are checked on."""
 
 from __future__ import annotations
@@ -188,29 +188,30 @@ def test_report_renders_every_variant_its_best_score_and_samples_in_chromium(com
 
 @pytest.mark.e2e
 def test_images_made_elsewhere_rank_beside_the_variants_marked_external_and_outside_best_of_k(comparison, tmp_path):
-    """Real test-split images stand in for an outside model's samples, recorded in a copy of the study's store."""
+    """Real training images stand in for an outside model's samples (images the scores' test split does not
+    hold), recorded in a copy of the study's store."""
     cwd = tmp_path / "project"
     shutil.copytree(comparison[0], cwd)
     folder = cwd / "outside"
     folder.mkdir()
-    for number, image in enumerate(load_dataset("digits", "test").images[:300]):
+    for number, image in enumerate(load_dataset("digits", "train").images[:300]):
         Image.fromarray(image[0].numpy()).save(folder / f"{number:04d}.png")
     recorded = bench("eval", "--images", "outside", "--name", "test-split", "--study", "versus.toml",
-                     "--provenance", "the digits' own test images", cwd=cwd)
+                     "--provenance", "the digits' own training images", cwd=cwd)
     assert recorded.returncode == 0, recorded.stderr[-3000:]
     assert "test-split recorded in study versus as an external entry" in recorded.stdout
     board = leaderboard(f"sqlite:///{cwd / 'results' / 'mlflow.db'}", "versus")
     fid = board[board["metric"] == "fid_domain"].set_index("variant")
-    assert fid.loc["test-split", "external"] == "the digits' own test images"
+    assert fid.loc["test-split", "external"] == "the digits' own training images"
     assert fid.loc["test-split", "best"] < fid.loc[list(VARIANTS), "best"].min()  # real images beat 40-step GANs
     assert set(board.loc[board["variant"].isin(VARIANTS), "external"]) == {""}
     compared = compare_study("versus", f"sqlite:///{cwd / 'results' / 'mlflow.db'}")
     assert "test-split" not in set(compared.summary["variant"]) and compared.common_k == TRIALS
     assert list(compared.external["name"]) == ["test-split"]
     printed = "\n".join(report_lines(compared))  # what `bench compare` prints
-    assert "external entries" in printed and "the digits' own test images" in printed
+    assert "external entries" in printed and "the digits' own training images" in printed
     page = write_report("versus", cwd / "report.html", f"sqlite:///{cwd / 'results' / 'mlflow.db'}").read_text()
     card = re.search(r"<div class='variant' data-variant='test-split'>(.*?)</div>", page, re.DOTALL)
-    assert card and "external: the digits&#x27; own test images" in card.group(1)
+    assert card and "external: the digits&#x27; own training images" in card.group(1)
     with pytest.raises(ConfigError, match="'dcgan' is the name of a variant ganbench trains"):
         record_images(None, "dcgan", "versus", "fid_domain", tracking=f"sqlite:///{cwd / 'results' / 'mlflow.db'}")

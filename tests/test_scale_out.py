@@ -1,6 +1,6 @@
 """Studies shared through PostgreSQL and an MLflow tracking server: a real PostgreSQL server
 (Debian's, started on loopback for this module), a real `bench server`, real `bench run`
-processes on real Fashion-MNIST."""
+processes on real digits."""
 
 from __future__ import annotations
 

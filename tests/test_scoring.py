@@ -1,4 +1,4 @@
-"""Scoring: FID/KID on real Fashion-MNIST, the real-feature cache, class-aware metrics,
+"""Scoring: FID/KID on real Fashion-MNIST (the real-feature cache on digits), class-aware metrics,
 the Inception extractor, and `bench eval`."""
 
 import json

@@ -1,4 +1,5 @@
-"""Study files, and `bench run` end to end: real Fashion-MNIST, real journal file, real SQLite MLflow store."""
+"""Study files, and `bench run` end to end: real digits (scikit-learn's 8x8 images), real journal file, real SQLite
+MLflow store."""
 
 from __future__ import annotations
 
@@ -92,9 +93,10 @@ def test_malformed_study_file_and_unknown_study_are_user_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def finished_study(project_folder):
-    """`bench run` with 2 worker processes on a 3-trial study, then `bench leaderboard -o`."""
+    """`bench run` with 2 worker processes on a 3-trial study, then `bench leaderboard -o`. Each trial trains
+    for seconds, so that the second worker, starting a moment after the first, finds a trial left to take."""
     cwd = project_folder("study")
-    study = write_study(cwd, "tiny")
+    study = write_study(cwd, "tiny", steps=200, eval_every=100)
     result = bench("run", "--variant", "dcgan", "--study", str(study), "--workers", "2", "--seed", "7", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     board = bench("leaderboard", "--study", "tiny", "-o", "results/board.csv", cwd=cwd)
@@ -110,7 +112,7 @@ def test_two_workers_finish_the_study_without_lost_or_duplicated_trials(finished
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2  # both workers took trials
     assert sorted(t.user_attrs["seed"] for t in trials) == [7, 8, 9]
-    assert all(t.intermediate_values.keys() == {30, 60} for t in trials)  # reported for the pruner
+    assert all(t.intermediate_values.keys() == {100, 200} for t in trials)  # reported for the pruner
     assert "database is locked" not in result.stderr
     assert "bench ui --study tiny" in result.stdout
 
@@ -130,10 +132,10 @@ def test_mlflow_holds_parent_and_child_runs_with_params_metrics_and_images(finis
 
     client = mlflow.MlflowClient()
     run_id = children["run_id"].iloc[0]
-    assert [m.step for m in client.get_metric_history(run_id, "fid_domain")] == [30, 60]
-    assert [m.step for m in client.get_metric_history(run_id, "loss_d")] == list(range(1, 61))
+    assert [m.step for m in client.get_metric_history(run_id, "fid_domain")] == [100, 200]
+    assert [m.step for m in client.get_metric_history(run_id, "loss_d")] == list(range(1, 201))
     images = [a.path for a in client.list_artifacts(run_id, "images")]
-    assert {int(m.group(1)) for path in images if (m := re.search(r"samples\+step\+(\d+)\+", path))} == {30, 60}
+    assert {int(m.group(1)) for path in images if (m := re.search(r"samples\+step\+(\d+)\+", path))} == {100, 200}
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"checkpoint", "final_samples"} <= artifacts
 
