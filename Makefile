@@ -1,7 +1,8 @@
 # `make run`: set up, then run the main job on the embedded defaults (the `quick` study).
 # `make test`: set up, then run the test suite in two pytest-xdist workers, each test file in one
-# worker, each worker with its share of the cores (the suite also drives a headless Chromium and starts
-# a throwaway PostgreSQL server on loopback per worker, stopped again when its tests end).
+# worker, the files with the most long tests first (tests/conftest.py), each worker with its share of
+# the cores (the suite also drives a headless Chromium and starts a throwaway PostgreSQL server on
+# loopback per worker, stopped again when its tests end).
 # `make docs`: set up, then build the documentation site into build/site (offline, --strict).
 # `make fast`: set up, then the fast lane: every test but those marked e2e (real trainings, studies,
 # servers, the browser, `bench` run as a process for many seconds, Inception on a CPU), in two workers too.
@@ -19,10 +20,10 @@ run: setup
 	$(BIN)/bench run --variant dcgan --study quick
 
 test: setup browser postgres
-	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadfile
+	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 fast: setup
-	$(BIN)/python -m pytest tests -m "not e2e" -n $(WORKERS) --dist loadfile
+	$(BIN)/python -m pytest tests -m "not e2e" -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 learning: setup
 	$(BIN)/python -m pytest tests -m learning -s

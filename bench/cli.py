@@ -212,6 +212,7 @@ image_size_option = click.option(
 @config_option("eval_samples")
 @config_option("final_samples", help="Score the finished generator once more on N samples with every extractor "
                                      "(papers: 10000; 0: off).")
+@config_option("real_samples", help="Real test images the scorings compare with (all of a smaller split).")
 @config_option("features", help="Extractor for the evaluations: domain, inception, or auto (domain where the "
                                 "dataset has a domain classifier).")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
@@ -526,13 +527,14 @@ def eval_command(checkpoint, images, dataset, name, study, provenance, tracking_
             raise UserError("--images needs --dataset: the dataset whose real images they are scored against")
         scored = evaluate_images(images, dataset, features=features, samples=samples, device=device)
         click.echo(f"{scored.folder} as samples of {scored.dataset}, {scored.samples} images, real statistics: "
-                   f"{scored.real_split} split ({scored.real_features_source})")
+                   f"{scored.real_split} split, {scored.real_samples} images ({scored.real_features_source})")
     elif dataset is not None:
         raise UserError("--dataset goes with --images; a checkpoint is scored on the dataset it trained on")
     else:
         scored = evaluate(checkpoint, features=features, samples=10000 if samples is None else samples, device=device)
         click.echo(f"{scored.config.variant} on {scored.config.dataset}, step {scored.step}, {scored.samples} "
-                   f"samples, real statistics: {scored.real_split} split ({scored.real_features_source})")
+                   f"samples, real statistics: {scored.real_split} split, {scored.real_samples} images "
+                   f"({scored.real_features_source})")
     for key, value in scored.scores.items():
         click.echo(f"  {key:<16} {value:.6g}")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from bench.errors import ConfigError
 from bench.registry import HParamValue
-from bench.scores import EXTRACTORS, check_samples
+from bench.scores import EXTRACTORS, REAL_SAMPLES, check_samples
 
 HEARTBEAT_SECONDS = 10
 """How often a running trial records its heartbeat in a database storage."""
@@ -42,6 +42,10 @@ class Budget:
     """When set, the finished generator is scored once more, on this many samples, with every
     feature extractor (the papers' protocol: 10,000 samples against the 10,000 test images), as
     the last row of ``scores``; evaluations during training stay at ``eval_samples`` with ``features``."""
+    real_samples: int = REAL_SAMPLES
+    """The real statistics every scoring compares with come from this many test images (the whole split
+    where it has fewer). Fewer make Inception's real features cheaper on a CPU and FID larger (its bias
+    grows as either side shrinks): compare only scores made against the same number."""
 
     def validate(self) -> None:
         """Refuses a value no run can have, naming the field (a study file prefixes its path)."""
@@ -51,7 +55,8 @@ class Budget:
             raise ConfigError(f"batch_size must be at least 2, got {self.batch_size}: batch norm, the minibatch "
                               "statistics and a discriminator's verdict on a batch need two images or more")
         check_samples("eval_samples is", self.eval_samples)
-        for key in ("eval_samples", "final_samples"):
+        check_samples("real_samples is", self.real_samples)
+        for key in ("eval_samples", "final_samples", "real_samples"):
             if getattr(self, key) > MAX_SAMPLES:
                 raise ConfigError(f"{key} {getattr(self, key)} is more than anyone scores ({MAX_SAMPLES:,} at most; "
                                   "FID is usually reported on 10,000 or 50,000)")

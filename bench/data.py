@@ -172,13 +172,33 @@ def resized(name: str, side: int | None) -> str:
 
 
 def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
+    values, labels = _digits_file()
+    images = np.rint(values.reshape(-1, 1, 8, 8) * (255 / 16)).astype(np.uint8)
     # scikit-learn ships no split: every fifth image is held out, the same on every machine.
     keep = (np.arange(len(images)) % 5 == 0) == (split == "test")
-    return torch.from_numpy(images[keep].copy()), torch.from_numpy(digits.target[keep].astype(np.int64))
+    return torch.from_numpy(images[keep].copy()), torch.from_numpy(labels[keep])
+
+
+def _digits_file() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: (1797, 64) pixel values 0-16 and (1797,) labels, read from the file that
+    ``sklearn.datasets.load_digits`` reads, without importing scikit-learn's dataset loaders (and the
+    rest of scikit-learn they pull in) into every process that uses digits; through ``load_digits``
+    where the file is not there."""
+    file = _digits_path()
+    if not file.is_file():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.data, digits.target.astype(np.int64)
+    table = np.loadtxt(file, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def _digits_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    return Path(spec.origin if spec and spec.origin else ".").parent / "datasets" / "data" / "digits.csv.gz"
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -245,7 +245,7 @@ class Trainer:
         try:
             self._scoring = True
             for extractor in available_extractors(config.dataset) if final else (config.features,):
-                scorer = shared_scorer(config.dataset, extractor, self.device, config.data_root)
+                scorer = shared_scorer(config.dataset, extractor, self.device, config.data_root, config.real_samples)
                 samples = config.final_samples if final else config.eval_samples
                 scores |= scorer.score(self.variant, samples, seed=config.seed)
                 if self.variant.averaging:  # what the average adds: the raw G on the same noise

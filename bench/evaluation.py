@@ -17,7 +17,7 @@ from bench.data import load_dataset, load_image_folder, to_unit_range
 from bench.devices import resolve_device
 from bench.errors import ConfigError
 from bench.registry import Variant, get_variant
-from bench.scores import check_samples
+from bench.scores import REAL_SAMPLES, check_samples
 from bench.scoring import shared_scorer
 from bench.study import StudySpec, load_study
 
@@ -52,6 +52,8 @@ class Evaluation:
     samples: int
     features: str
     real_split: str
+    real_samples: int
+    """The real images the statistics come from: ``config.real_samples``, or the whole split where it has fewer."""
     real_features_source: str
     """Where the real statistics came from: computed now, or the cache file."""
     scores: dict[str, float]
@@ -73,9 +75,11 @@ def evaluate(checkpoint: Path | str, *, features: str | None = None, samples: in
     variant, config, step = load_trained(checkpoint, device)
     # The standard Inception FID is what papers quote, but at a few images/s it is for GPUs only.
     features = features or ("inception" if variant.device.type == "cuda" else default_extractor(config.dataset))
-    scorer = shared_scorer(config.dataset, features, variant.device, config.data_root)  # refuses unknown features
+    scorer = shared_scorer(config.dataset, features, variant.device, config.data_root,  # refuses unknown features
+                           config.real_samples)
     scores = scorer.score(variant, samples, seed=config.seed)
-    return Evaluation(config, step, samples, features, scorer.real_split, scorer.real_features_source, scores)
+    return Evaluation(config, step, samples, features, scorer.real_split, len(scorer.real_features),
+                      scorer.real_features_source, scores)
 
 
 @dataclass(frozen=True)
@@ -87,18 +91,21 @@ class ImagesEvaluation:
     samples: int
     features: str
     real_split: str
+    real_samples: int
     real_features_source: str
     scores: dict[str, float]
 
 
 def evaluate_images(folder: Path | str, dataset: str, *, features: str | None = None, samples: int | None = None,
-                    device: str = "auto", data_root: str | None = None) -> ImagesEvaluation:
+                    device: str = "auto", data_root: str | None = None,
+                    real_samples: int = REAL_SAMPLES) -> ImagesEvaluation:
     """Scores the images in ``folder`` (PNG, JPEG, ...: directly in it, or in sub-folders) as a generator's
     samples of ``dataset``, with the scorer a trained variant of that dataset gets: the same extractor, real
     statistics and sample count, so that a model trained elsewhere ranks beside ganbench's. The images are
     read as an image folder dataset is (grayscale when every image is, else RGB; decoded to 8 bits) and must
     have the dataset's channels and size: resizing changes FID, so it is left to the caller. ``samples``:
-    that many, drawn with a fixed seed (default: every image).
+    that many, drawn with a fixed seed (default: every image). ``real_samples``: the test images the real
+    statistics come from, as a run's budget sets them.
 
     Example::
 
@@ -121,18 +128,20 @@ def evaluate_images(folder: Path | str, dataset: str, *, features: str | None = 
         raise ConfigError(f"--samples {count} is more than the {len(generated)} images in {folder}")
     device = resolve_device(device)
     features = features or ("inception" if device.type == "cuda" else default_extractor(dataset))
-    scorer = shared_scorer(dataset, features, device, data_root)
+    scorer = shared_scorer(dataset, features, device, data_root, real_samples)
     # Fewer than all: a seeded draw, not the first files (a folder sorted by class would give a few classes).
     chosen = torch.randperm(len(generated), generator=torch.Generator().manual_seed(0))[:count].sort().values
     scores = scorer.score_images(to_unit_range(generated.images[chosen] if count < len(generated) else generated.images))
-    return ImagesEvaluation(folder, dataset, count, features, scorer.real_split, scorer.real_features_source, scores)
+    return ImagesEvaluation(folder, dataset, count, features, scorer.real_split, len(scorer.real_features),
+                            scorer.real_features_source, scores)
 
 
 def study_images(folder: Path | str, study: str, *, dataset: str | None = None, device: str = "auto",
                  data_root: str | None = None) -> tuple[ImagesEvaluation, StudySpec]:
     """(the images of ``folder`` scored as ``study`` scores its trials, the study): against its
     dataset (``dataset``, if given, must be it), with its objective's extractor, on as many images as its
-    trials' last scoring takes (budget.final_samples, else budget.eval_samples; the folder must hold them)."""
+    trials' last scoring takes (budget.final_samples, else budget.eval_samples; the folder must hold them),
+    against as many real images as they are (budget.real_samples)."""
     from bench.scores import extractor_of
 
     spec = load_study(study)
@@ -141,7 +150,8 @@ def study_images(folder: Path | str, study: str, *, dataset: str | None = None, 
                           "or record the images in a study of that dataset")
     samples = spec.budget.final_samples or spec.budget.eval_samples
     scored = evaluate_images(folder, spec.dataset, features=extractor_of(spec.objective) or spec.features,
-                             samples=samples, device=device, data_root=data_root)
+                             samples=samples, device=device, data_root=data_root,
+                             real_samples=spec.budget.real_samples)
     return scored, spec
 
 
@@ -174,5 +184,6 @@ def record_images(scored: ImagesEvaluation, name: str, study: str, objective: st
         entry = 0
     tags = external_tags(name, entry, study=study, dataset=scored.dataset, extractor=scored.features,
                          objective=objective, provenance=(provenance or f"images from {scored.folder}")[:5000])
-    params = {"dataset": scored.dataset, "features": scored.features, "seed": 0, "eval_samples": scored.samples}
+    params = {"dataset": scored.dataset, "features": scored.features, "seed": 0, "eval_samples": scored.samples,
+              "real_samples": scored.real_samples}
     return Tracking(store, study).record_external(tags, params, scored.scores)

@@ -23,7 +23,7 @@ from bench.devices import autocast_dtype, resolve_device
 from bench.engine import TrainConfig, Trainer
 from bench.errors import ConfigError
 from bench.registry import REFERENCE_VARIANT, HParamValue, get_variant
-from bench.scores import check_samples
+from bench.scores import REAL_SAMPLES, check_samples
 from bench.scoring import Scorer
 from bench.connections import redact
 from bench.locations import FEATURE_CACHE
@@ -335,7 +335,7 @@ def run_perf(plan: PerfPlan, out: Path | None) -> dict:
                        "machine": platform.machine(), "processor": platform.processor()},
               "training": [training_throughput(name, dataset=dataset, steps=steps, repeats=repeats, device=device)
                            for name in variants],
-              "scoring": scoring_seconds(dataset=dataset, samples=plan.scoring_samples, real_samples=10000, repeats=3,
+              "scoring": scoring_seconds(dataset=dataset, samples=plan.scoring_samples, real_samples=REAL_SAMPLES, repeats=3,
                                          device=device),
               "overhead": {name: overhead(tracking=name != "doctor", doctor=name != "tracking", steps=plan.overhead_steps,
                                           dataset=dataset, repeats=repeats, device=device)

@@ -26,6 +26,8 @@ NEAREST_K = 5
 """Neighbours for precision, recall, density and coverage, as in StudioGAN and the prdc package."""
 MIN_SAMPLES = NEAREST_K + 1
 """The fewest images on either side of a scoring: each image's k-th nearest other image must exist."""
+REAL_SAMPLES = 10000
+"""Real test images the real statistics come from by default (all of a smaller split): the papers' 10,000."""
 
 
 def check_samples(what: str, count: int, fix: str = "") -> None:

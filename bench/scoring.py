@@ -35,7 +35,7 @@ from bench.features import DomainFeatures, PrecomputedFeatures
 from bench.inception import InceptionFeatures
 from bench.locations import FEATURE_CACHE
 from bench.registry import Variant
-from bench.scores import EXTRACTORS, Evidence, check_samples, KernelDistance, class_histogram, score_all
+from bench.scores import EXTRACTORS, REAL_SAMPLES, Evidence, check_samples, KernelDistance, class_histogram, score_all
 
 
 IMAGE_RANGE_LIMIT = 1e3
@@ -75,7 +75,7 @@ class Scorer:
     """
 
     def __init__(self, dataset: str, extractor: str = "domain", *, real_split: str = "test",
-                 real_samples: int = 10000, device: torch.device | str = "cpu",
+                 real_samples: int = REAL_SAMPLES, device: torch.device | str = "cpu",
                  cache_dir: Path | str = FEATURE_CACHE, batch_size: int | None = None,
                  data_root: Path | str | None = None):
         if extractor not in EXTRACTORS:
@@ -195,16 +195,17 @@ def draw_samples(variant: Variant, samples: int, *, seed: int, batch_size: int =
     return images, labels, latent
 
 
-def shared_scorer(dataset: str, extractor: str, device: torch.device, data_root: str | None) -> Scorer:
-    """One scorer per dataset, extractor and device in a process: a study worker's trials share its
+def shared_scorer(dataset: str, extractor: str, device: torch.device, data_root: str | None,
+                  real_samples: int = REAL_SAMPLES) -> Scorer:
+    """One scorer per dataset, extractor, device and number of real images in a process: a study worker's trials share its
     real features, their subsets and the extractor (building one costs seconds). A classifier
     trained or replaced since (`bench features train` in the same notebook) gets a new one."""
     classifier = weights_path(dataset)
     version = None if classifier is None else (str(classifier.resolve()), classifier.stat().st_mtime_ns)
-    return _scorer(dataset, extractor, device, data_root, version)
+    return _scorer(dataset, extractor, device, data_root, real_samples, version)
 
 
 @functools.lru_cache(maxsize=4)
-def _scorer(dataset: str, extractor: str, device: torch.device, data_root: str | None,
+def _scorer(dataset: str, extractor: str, device: torch.device, data_root: str | None, real_samples: int,
             classifier: tuple | None) -> Scorer:
-    return Scorer(dataset, extractor, device=device, data_root=data_root)
+    return Scorer(dataset, extractor, device=device, data_root=data_root, real_samples=real_samples)

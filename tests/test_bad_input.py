@@ -45,6 +45,7 @@ FILES = {
     "search_seeds.toml": b'seeds = 3\n[space]\nlr = { low = 1e-4, high = 1e-3 }\n',
     "baseline_elsewhere.toml": b'variant = "gan"\nseeds = 2\n[arms]\nbaseline = { n_critic = 5 }\nsmooth = { label_smoothing = 0.1 }\n',
     "few_final.toml": b'[budget]\nfinal_samples = 3\n[space]\nlr = { low = 1e-4, high = 1e-3 }\n',
+    "few_real.toml": b'[budget]\nreal_samples = 0\n[space]\nlr = { low = 1e-4, high = 1e-3 }\n',
 }
 
 # (command line, a fragment the one error line must hold); paths are relative to a fresh folder.
@@ -107,6 +108,8 @@ CASES = [
     (["run", "--variant", "gan", "--study", "space_scalar.toml"], "'space' must be a table"),
     (["run", "--variant", "gan", "--study", "huge_eval.toml"], "budget.eval_samples 1000000000000 is more than"),
     (["run", "--variant", "gan", "--study", "few_final.toml"], "final_samples is 3: scoring needs at least 6"),
+    (["run", "--variant", "gan", "--study", "few_real.toml"], "few_real.toml: budget.real_samples is 0: scoring needs at least 6"),
+    (["train", "--variant", "gan", "--real-samples", "500000"], "real_samples 500000 is more than anyone scores"),
     (["run", "--variant", "gan", "--study", "a:b.toml"], "a:b.toml: a study's name (its file's name) may not hold ':'"),
     (["run", "--variant", "gan", "--study", "big_subset.toml"],
      "big_subset.toml: subset 5000 is larger than the 1,437 training images of 'digits'; choose at most 1,437"),

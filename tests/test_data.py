@@ -1,5 +1,6 @@
 """Datasets load from the real files; batches are in [-1, 1]; missing data says how to get it."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +22,20 @@ def test_digits_are_scikit_learns_real_8x8_images():
     assert len(train) + len(test) == 1797
     assert train.image_shape == (1, 8, 8) and train.num_classes == 10
     assert train.images.max() == 255 and train.images.min() == 0
+    from sklearn.datasets import load_digits
+
+    # Read from scikit-learn's file, the same images and labels as its loader gives.
+    digits = load_digits()
+    assert torch.equal(test.images[:, 0], torch.from_numpy(np.rint(digits.images[::5] * (255 / 16)).astype(np.uint8)))
+    assert test.labels.tolist() == digits.target[::5].tolist()
+    assert train.labels.tolist() == np.delete(digits.target, np.s_[::5]).tolist()
+
+
+def test_digits_come_from_scikit_learns_loader_where_its_file_moved(monkeypatch, tmp_path):
+    read = data._digits("test")
+    monkeypatch.setattr(data, "_digits_path", lambda: tmp_path / "digits.csv.gz")
+    moved = data._digits("test")
+    assert torch.equal(moved[0], read[0]) and torch.equal(moved[1], read[1])
 
 
 def test_batches_are_in_minus_one_to_one(fashion_train):

@@ -308,16 +308,17 @@ def test_engine_scores_every_eval_every_steps_and_bench_eval_scores_a_checkpoint
     out = tmp_path / "run"
     _scorer.cache_clear()
     # Both on the CPU, whose `bench eval` defaults to the domain features (on a GPU: Inception).
-    result = train(TrainConfig("dcgan", steps=20, eval_every=10, eval_samples=200, device="cpu"), out, progress=False)
+    config = TrainConfig("dcgan", steps=20, eval_every=10, eval_samples=200, real_samples=500, device="cpu")
+    result = train(config, out, progress=False)
     assert list(result.scores["step"]) == [10, 20]
     assert {"fid_domain", "kid_domain", "classes_covered", "class_kl"} <= set(result.scores.columns)
     assert (out / "scores.csv").exists()
     # In-process (a `bench` process would add seconds of start-up and check nothing more).
     shown = CliRunner().invoke(main, ["eval", "--checkpoint", str(out), "--samples", "200", "--device", "cpu"])
     assert shown.exit_code == 0, shown.output
-    assert "dcgan on fashion-mnist, step 20, 200 samples" in shown.stdout
+    assert "dcgan on fashion-mnist, step 20, 200 samples, real statistics: test split, 500 images" in shown.stdout
     fid_line = next(line for line in shown.stdout.splitlines() if line.strip().startswith("fid_domain"))
-    # same generator, same sampling seed, same real statistics: the same number as in training
+    # same generator, same sampling seed, same real statistics (the run's 500 images): the same number as in training
     assert float(fid_line.split()[1]) == pytest.approx(result.scores["fid_domain"].iloc[-1], rel=1e-4)
     # One scorer per process (a study worker's trials share it): built at the first evaluation only.
     assert _scorer.cache_info().misses == 1

@@ -172,6 +172,7 @@ batch_size = 64
 eval_every = 8
 eval_samples = 200
 final_samples = 32
+real_samples = 64
 """
 
 
@@ -188,12 +189,16 @@ def test_an_epoch_budget_gives_every_variant_the_same_real_batches_and_a_final_i
     for _, row in trials.iterrows():
         n_critic = 5 if row["tags.bench.variant"] == "wgan" else 1
         steps = math.ceil(real_batches / n_critic)
-        assert (row["params.epochs"], row["params.steps"]) == ("1", str(steps))
+        assert (row["params.epochs"], row["params.steps"], row["params.real_samples"]) == ("1", str(steps), "64")
         domain = [m.step for m in client.get_metric_history(row["run_id"], "fid_domain")]
         inception = [m.step for m in client.get_metric_history(row["run_id"], "fid_inception")]
         assert domain == [*range(8, steps, 8), steps] and inception == [steps]  # Inception only at the end
         assert (row["tags.bench.extractor"], row["tags.bench.device"], row["tags.bench.precision"]) == (
             "domain", "cpu", "float32")  # as the engine resolved them
+    # Scored against the study's 64 real test images, with either extractor: statistics computed once.
+    cache = tmp_path / "results" / "cache" / "real-features"
+    cached = sorted(path.name.split("-")[:4] for path in cache.glob("*-float32.pt"))
+    assert cached == [["digits", "test", "64", "domain"], ["digits", "test", "64", "inception"]], cached
     for variant in ("gan", "wgan"):
         for trial in optuna_trials(tmp_path, f"lit:{variant}:digits"):
             run_row = trials[trials["run_id"] == trial.user_attrs["mlflow_run_id"]].iloc[0]
