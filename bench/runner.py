@@ -219,7 +219,7 @@ def _check_definition(spec: StudySpec, backend: optuna.storages.BaseStorage, sto
     for stored in backend.get_all_studies():
         own = stored.study_name.startswith(f"{spec.name}:")
         recorded = stored.user_attrs.get(StudyAttr.DEFINITION) if own else None
-        difference = None if recorded is None else _difference(recorded, defined)
+        difference = None if recorded is None else _difference(StudySpec.recorded_definition(recorded), defined)
         if difference is not None:
             key, there, here = difference
             raise ConfigError(

@@ -244,15 +244,7 @@ def test_real_features_are_computed_once_and_shared_across_processes(tmp_path):
     (cache_file,) = (tmp_path / "real-features").glob("*-float32.pt")
     assert "digits-test-300-domain" in cache_file.name
     assert cache_file.with_name(f"{cache_file.stem}-radii-k5.pt").exists()  # the real k-NN radii, beside them
-
-    cache_file.write_bytes(b"not a torch file")  # corrupt: detected, warned about, rebuilt
-    assert probe_cache(tmp_path) == ["computed", "1"]
-    assert probe_cache(tmp_path) == ["cache", "0"]
-
-    state = torch.load(cache_file, weights_only=True)
-    state["key"]["checksum"] = "an older classifier"  # mismatched: rebuilt as well
-    torch.save(state, cache_file)
-    assert probe_cache(tmp_path) == ["computed", "1"]
+    # A damaged, foreign or mismatched entry is rebuilt with one warning: tests/test_feature_cache.py, in-process.
 
 
 @pytest.mark.e2e  # the Inception network on a CPU: tens of seconds

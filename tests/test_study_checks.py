@@ -14,7 +14,8 @@ from bench import trials as trial_loop
 from bench.cli import main
 from bench.errors import ConfigError
 from bench.registry import HParam
-from bench.schema import Tag, tag_column
+from bench.schema import StudyAttr, Tag, tag_column
+from bench.storage import open_storage
 from tests.helpers import mlflow_runs
 from variants.gan import GAN
 
@@ -76,6 +77,16 @@ def test_a_file_of_the_same_name_with_another_budget_is_refused_before_any_trial
     result = invoke(tmp_path, monkeypatch, "--variant", "gan", "--study", str(again), "--trials", "2")
     assert result.exit_code == 0, result.output
     assert "2 trials in Optuna" in result.output
+
+    # A definition recorded before a budget key existed (real_samples) continues at that key's default.
+    storage = open_storage(str(journal))
+    [stored] = storage.get_all_studies()
+    definition = stored.user_attrs[StudyAttr.DEFINITION]
+    del definition["budget"]["real_samples"]
+    storage.set_study_user_attr(stored._study_id, StudyAttr.DEFINITION, definition)
+    result = invoke(tmp_path, monkeypatch, "--variant", "gan", "--study", str(again), "--trials", "3")
+    assert result.exit_code == 0, result.output
+    assert "3 trials in Optuna" in result.output
 
 
 class AlwaysNaN(GAN):
