@@ -62,6 +62,21 @@ def bench(*args: str, cwd: Path | None = None, timeout: float = 600) -> subproce
     return subprocess.run([BENCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=clean_env())
 
 
+def bench_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`bench ARGS` in ``cwd``, run in this process (click's CliRunner) as :func:`bench` runs it in its own, for
+    the commands that read back what a study recorded (compare, report, leaderboard): a process would add
+    seconds of start-up and test nothing more than the many tests that run `bench` as one do."""
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    with contextlib.chdir(cwd):
+        result = CliRunner().invoke(main, list(args), env={"MLFLOW_TRACKING_URI": None})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(["bench", *args], result.exit_code, result.stdout, result.stderr)
+
+
 def optuna_trials(cwd: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     storage = open_storage(str(cwd / "results" / "optuna" / "journal.log"))
     return optuna.load_study(study_name=name, storage=storage).get_trials()

@@ -23,7 +23,7 @@ from bench.errors import ConfigError
 from bench.evaluation import record_images
 from bench.ranking import leaderboard
 from bench.report import write_report
-from tests.helpers import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials
+from tests.helpers import BENCH, TINY_STUDY, bench, bench_here, clean_env, mlflow_runs, optuna_trials
 
 VARIANTS = ("cgan", "dcgan", "ragan")
 TRIALS = 3  # as in TINY_STUDY
@@ -79,7 +79,7 @@ def comparison(project_folder):
         run = subprocess.run([BENCH, "run", "--study", "versus.toml", "--workers", "2", "--progress-every", "2"],
                              cwd=cwd, stdout=output, stderr=subprocess.PIPE, text=True, timeout=900, env=clean_env())
     assert run.returncode == 0, run.stderr[-3000:]
-    compared = bench("compare", "--study", "versus", "-o", "results/compare", cwd=cwd)
+    compared = bench_here("compare", "--study", "versus", "-o", "results/compare", cwd=cwd)
     assert compared.returncode == 0, compared.stderr[-3000:]
     return cwd, log.read_text(), compared.stdout
 
@@ -164,7 +164,7 @@ def test_output_to_a_file_gets_periodic_progress_lines(comparison):
 @pytest.mark.e2e
 def test_report_renders_every_variant_its_best_score_and_samples_in_chromium(comparison, tmp_path):
     cwd, _, _ = comparison
-    result = bench("report", "--study", "versus", "-o", "results/report.html", cwd=cwd)
+    result = bench_here("report", "--study", "versus", "-o", "results/report.html", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     page = cwd / "results" / "report.html"
     chromium = shutil.which("chromium")

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import pytest
 
-from tests.helpers import TINY_STUDY, clean_env
+from tests.helpers import TINY_STUDY, bench_here, clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -248,8 +248,7 @@ def test_the_report_is_no_wider_than_a_1400_px_window(reported_study, tmp_path):
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed (`make test` installs it)"
     cwd = reported_study
-    result = subprocess.run([BENCH, "report", "--study", "wide", "-o", "results/report.html"], cwd=cwd,
-                            capture_output=True, text=True, timeout=600, env=clean_env())
+    result = bench_here("report", "--study", "wide", "-o", "results/report.html", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     page = (cwd / "results" / "report.html").read_text()
     assert "class='wide'" in page and page.count("<table") == page.count("<div class='wide'><table")

@@ -41,7 +41,7 @@ from bench.storage import MAX_RETRIES
 from bench.study import load_study
 from bench.tracking import FINAL_SAMPLES, MAX_SAMPLES_BYTES, Tracking, TrackingStore
 from bench.trials import run_again
-from tests.helpers import BENCH, TINY_STUDY, clean_env
+from tests.helpers import BENCH, TINY_STUDY, bench_here, clean_env
 
 STUDY = "live"
 OBJECTIVE = "fid_domain"
@@ -309,13 +309,11 @@ def test_compare_and_report_on_a_real_study_with_a_trial_still_running(tmp_path)
             pytest.fail("trial 1 never started: " + "".join(lines))
         os.killpg(process.pid, signal.SIGSTOP)
 
-        compared = subprocess.run([BENCH, "compare", "--study", "live", "-o", "out"], cwd=tmp_path,
-                                  capture_output=True, text=True, timeout=300, env=clean_env())
+        compared = bench_here("compare", "--study", "live", "-o", "out", cwd=tmp_path)
         assert compared.returncode == 0, compared.stderr[-3000:]
         assert "the study is still running: 1 trial running" in compared.stdout, compared.stdout
         assert re.search(r"^\s*gan\s+1\s+0\s+0\s+1\s", compared.stdout, re.MULTILINE), compared.stdout
-        reported = subprocess.run([BENCH, "report", "--study", "live", "-o", "report.html"], cwd=tmp_path,
-                                  capture_output=True, text=True, timeout=300, env=clean_env())
+        reported = bench_here("report", "--study", "live", "-o", "report.html", cwd=tmp_path)
         assert reported.returncode == 0, reported.stderr[-3000:]
         page = (tmp_path / "report.html").read_text()
         assert "The study is still running: 1 trial running" in page

@@ -27,7 +27,8 @@ from bench.registry import get_variant, variants
 from bench.runner import run_studies, run_study
 from bench.study import available_studies, load_study
 from bench.connections import redact
-from tests.helpers import BENCH, TINY_STUDY, bench, clean_env, mlflow_runs, optuna_trials, write_study
+from tests.helpers import (BENCH, TINY_STUDY, bench, bench_here, clean_env, mlflow_runs, optuna_trials,
+                           write_study)
 
 # -- study files -------------------------------------------------------------------------------
 
@@ -99,7 +100,7 @@ def finished_study(project_folder):
     study = write_study(cwd, "tiny", steps=200, eval_every=100)
     result = bench("run", "--variant", "dcgan", "--study", str(study), "--workers", "2", "--seed", "7", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
-    board = bench("leaderboard", "--study", "tiny", "-o", "results/board.csv", cwd=cwd)
+    board = bench_here("leaderboard", "--study", "tiny", "-o", "results/board.csv", cwd=cwd)
     assert board.returncode == 0, board.stderr[-3000:]
     return cwd, result
 
