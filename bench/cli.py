@@ -18,6 +18,7 @@ from bench.errors import BenchError, Interrupted
 from bench.locations import MLFLOW_ARTIFACTS, MLFLOW_DB, OPTUNA_JOURNAL, RESULTS
 from bench.processes import stop_seen, stopping_on_signals
 from bench.registry import REFERENCE_VARIANT
+from bench.scores import REAL_SAMPLES
 
 
 class UserError(click.ClickException):
@@ -490,7 +491,7 @@ def doctor(run, tracking_uri) -> None:
 @click.option("--name", default=None, help="With --images and --study: record the scores in the study as this "
                                           "external entry (shown beside its variants, marked external).")
 @click.option("--study", default=None, help="With --images and --name: the study to record them in; the images are "
-                                           "scored as its trials are (dataset, extractor, sample count).")
+                                           "scored as its trials are (dataset, extractor, samples, real samples).")
 @click.option("--provenance", default="", help="Where the images come from (model, checkpoint, settings), kept "
                                                "with the external entry.")
 @tracking_uri_option
@@ -499,9 +500,14 @@ def doctor(run, tracking_uri) -> None:
                    "the dataset has a domain classifier].")
 @click.option("--samples", default=None, type=int,
               help="Generated samples to score [default: 10000 from a checkpoint, every image of --images].")
+@click.option("--real-samples", default=None, type=int,
+              help="With --images and --dataset: the real test images the statistics come from [default: "
+                   f"{REAL_SAMPLES}, all of a smaller split]; a checkpoint is scored as its run was, a study's "
+                   "entry as its trials are.")
 @device_option
 @reports_user_errors
-def eval_command(checkpoint, images, dataset, name, study, provenance, tracking_uri, features, samples, device) -> None:
+def eval_command(checkpoint, images, dataset, name, study, provenance, tracking_uri, features, samples, real_samples,
+                 device) -> None:
     """Scores a trained generator, or a folder of its images: FID and KID (named by extractor) and the
     class-aware metrics. With --images, --name and --study, records them in the study as an external entry."""
     from bench.evaluation import check_entry_name, evaluate, evaluate_images, record_images, study_images
@@ -511,6 +517,9 @@ def eval_command(checkpoint, images, dataset, name, study, provenance, tracking_
     if (name is None) != (study is None) or (name is not None and images is None):
         raise UserError("--name and --study go together, with --images: the external entry and the study to record "
                         "it in")
+    if real_samples is not None and (images is None or study is not None):
+        raise UserError("--real-samples goes with --images and --dataset: a checkpoint is scored against the real "
+                        "images its run was, a study's entry against its trials'")
     if images is not None and study is not None:
         if features is not None or samples is not None:
             raise UserError("a study scores its entries as it scores its trials: leave out --features and --samples")
@@ -525,15 +534,16 @@ def eval_command(checkpoint, images, dataset, name, study, provenance, tracking_
     elif images is not None:
         if dataset is None:
             raise UserError("--images needs --dataset: the dataset whose real images they are scored against")
-        scored = evaluate_images(images, dataset, features=features, samples=samples, device=device)
+        scored = evaluate_images(images, dataset, features=features, samples=samples, device=device,
+                                 real_samples=REAL_SAMPLES if real_samples is None else real_samples)
         click.echo(f"{scored.folder} as samples of {scored.dataset}, {scored.samples} images, real statistics: "
-                   f"{scored.real_split} split, {scored.real_samples} images ({scored.real_features_source})")
+                   f"{scored.real_split} split, {scored.real_images} images ({scored.real_features_source})")
     elif dataset is not None:
         raise UserError("--dataset goes with --images; a checkpoint is scored on the dataset it trained on")
     else:
         scored = evaluate(checkpoint, features=features, samples=10000 if samples is None else samples, device=device)
         click.echo(f"{scored.config.variant} on {scored.config.dataset}, step {scored.step}, {scored.samples} "
-                   f"samples, real statistics: {scored.real_split} split, {scored.real_samples} images "
+                   f"samples, real statistics: {scored.real_split} split, {scored.real_images} images "
                    f"({scored.real_features_source})")
     for key, value in scored.scores.items():
         click.echo(f"  {key:<16} {value:.6g}")

@@ -185,7 +185,7 @@ def _digits_file() -> tuple[np.ndarray, np.ndarray]:
     rest of scikit-learn they pull in) into every process that uses digits; through ``load_digits``
     where the file is not there."""
     file = _digits_path()
-    if not file.is_file():
+    if file is None or not file.is_file():
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -194,11 +194,11 @@ def _digits_file() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1], table[:, -1].astype(np.int64)
 
 
-def _digits_path() -> Path:
+def _digits_path() -> Path | None:
     import importlib.util
 
     spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
-    return Path(spec.origin if spec and spec.origin else ".").parent / "datasets" / "data" / "digits.csv.gz"
+    return Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -36,8 +36,9 @@ from bench.scoring import shared_scorer
 
 CHECKPOINT = checkpoint.FILENAME
 GRID_SIZE = 64
-RUN_IDENTITY = ("variant", "dataset", "batch_size", "seed", "hparams")
-"""What a resumed run must share with the saved one; steps, device and intervals may change."""
+RUN_IDENTITY = ("variant", "dataset", "batch_size", "seed", "hparams", "real_samples")
+"""What a resumed run must share with the saved one (its scores stay comparable); steps, device and intervals
+may change."""
 
 
 @dataclass
@@ -318,7 +319,8 @@ class Trainer:
         state = checkpoint.load(path)
         with checkpoint.damaged(path):
             TrainConfig.from_saved(state["config"])
-        changed = [key for key in RUN_IDENTITY if state["config"].get(key) != getattr(self.config, key)]
+        saved = {**dataclasses.asdict(TrainConfig(self.config.variant)), **state["config"]}  # older: defaults
+        changed = [key for key in RUN_IDENTITY if saved.get(key) != getattr(self.config, key)]
         saved_data = {"image_shape": tuple(state["image_shape"]), "num_classes": state["num_classes"]}
         changed += [key for key, value in saved_data.items() if value != getattr(self.variant, key)]
         if changed:

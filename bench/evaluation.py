@@ -52,8 +52,8 @@ class Evaluation:
     samples: int
     features: str
     real_split: str
-    real_samples: int
-    """The real images the statistics come from: ``config.real_samples``, or the whole split where it has fewer."""
+    real_images: int
+    """How many real images the statistics come from: ``config.real_samples``, or the whole split where it has fewer."""
     real_features_source: str
     """Where the real statistics came from: computed now, or the cache file."""
     scores: dict[str, float]
@@ -92,6 +92,8 @@ class ImagesEvaluation:
     features: str
     real_split: str
     real_samples: int
+    """The real images asked for (what a run's budget records), and below how many there were."""
+    real_images: int
     real_features_source: str
     scores: dict[str, float]
 
@@ -101,11 +103,11 @@ def evaluate_images(folder: Path | str, dataset: str, *, features: str | None = 
                     real_samples: int = REAL_SAMPLES) -> ImagesEvaluation:
     """Scores the images in ``folder`` (PNG, JPEG, ...: directly in it, or in sub-folders) as a generator's
     samples of ``dataset``, with the scorer a trained variant of that dataset gets: the same extractor, real
-    statistics and sample count, so that a model trained elsewhere ranks beside ganbench's. The images are
+    statistics (``real_samples`` of them, as a run's budget sets them) and sample count, so that a model trained
+    elsewhere ranks beside ganbench's. The images are
     read as an image folder dataset is (grayscale when every image is, else RGB; decoded to 8 bits) and must
     have the dataset's channels and size: resizing changes FID, so it is left to the caller. ``samples``:
-    that many, drawn with a fixed seed (default: every image). ``real_samples``: the test images the real
-    statistics come from, as a run's budget sets them.
+    that many, drawn with a fixed seed (default: every image).
 
     Example::
 
@@ -132,8 +134,8 @@ def evaluate_images(folder: Path | str, dataset: str, *, features: str | None = 
     # Fewer than all: a seeded draw, not the first files (a folder sorted by class would give a few classes).
     chosen = torch.randperm(len(generated), generator=torch.Generator().manual_seed(0))[:count].sort().values
     scores = scorer.score_images(to_unit_range(generated.images[chosen] if count < len(generated) else generated.images))
-    return ImagesEvaluation(folder, dataset, count, features, scorer.real_split, len(scorer.real_features),
-                            scorer.real_features_source, scores)
+    return ImagesEvaluation(folder, dataset, count, features, scorer.real_split, real_samples,
+                            len(scorer.real_features), scorer.real_features_source, scores)
 
 
 def study_images(folder: Path | str, study: str, *, dataset: str | None = None, device: str = "auto",

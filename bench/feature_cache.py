@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from bench.classifier import file_stem
-from bench.data import ImageDataset, split_subset, to_unit_range
+from bench.data import ImageDataset, balanced_subset, split_subset, to_unit_range
 from bench.errors import ConfigError
 from bench.features import SPOT_ROWS, FeatureExtractor
 from bench.readers import UnreadableFile, load_tensors, regular_file
@@ -63,9 +64,14 @@ class FeatureCache:
                 "device": self.device.type, "precision": PRECISION}
 
     def load(self, real: ImageDataset, samples: int) -> tuple[Tensor, Tensor, str]:
-        """The first ``samples`` real images' features and k-NN radii on the device, and where they
-        came from: "cache" or "computed" (then written to the cache)."""
-        samples = min(samples, len(real))
+        """The features and k-NN radii of ``samples`` real images on the device, and where they came from:
+        "cache" or "computed" (then written to the cache). The images are the whole split, or where it has
+        more a seeded draw across its classes (:func:`~bench.data.balanced_subset`): the first of a folder
+        read class by class would be a few classes."""
+        if samples < len(real):
+            chosen = balanced_subset(real.labels, samples)
+            real = dataclasses.replace(real, images=real.images[chosen], labels=real.labels[chosen])
+        samples = len(real)
         features_path, radii_path = self.paths(real, samples)
         for path in (features_path, radii_path):
             self._check_replaceable(path)

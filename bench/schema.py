@@ -83,7 +83,7 @@ TRIAL_TAGS = (Tag.TRIAL, Tag.VARIANT, Tag.STATE, Tag.STUDY, Tag.DATASET)
 RUN_PARAMS = (*BUDGET_KEYS, "dataset", "features", "seed")
 """The params a trial run records besides its hyperparameters."""
 STUDY_PARAMS = ("study_file", "objective", "sampler", "pruner", "steps", "batch_size", "eval_every",
-                "eval_samples", "amp", "workers")
+                "eval_samples", "real_samples", "amp", "workers")
 """The params of a study's parent run that the report shows."""
 
 TRIAL, STUDY = "trial", "study"

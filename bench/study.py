@@ -133,7 +133,7 @@ class StudySpec:
         """A definition as a study's first command recorded it, with the budget keys that ganbench had
         not yet at the time (real_samples, ...) at their defaults: what its trials ran with."""
         if isinstance(recorded, dict) and isinstance(recorded.get("budget"), dict):
-            return {**recorded, "budget": {**dataclasses.asdict(Budget()), **recorded["budget"]}}
+            return {**recorded, "budget": {**dataclasses.asdict(STUDY_BUDGET), **recorded["budget"]}}
         return recorded
 
     def make_pruner(self) -> optuna.pruners.BasePruner:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterator
@@ -70,7 +71,7 @@ def bench_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
     from bench.cli import main
 
-    with contextlib.chdir(cwd):
+    with contextlib.chdir(cwd), warnings.catch_warnings():  # the command's own warning display stays its own
         result = CliRunner().invoke(main, list(args), env={"MLFLOW_TRACKING_URI": None})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception

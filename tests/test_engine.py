@@ -77,6 +77,14 @@ def test_resume_refuses_changed_hyperparameters(tmp_path):
     train(config(steps=2), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="hparams differ from the saved run"):
         Trainer(config(steps=4, hparams={"lr": 1e-3}), tmp_path, resume=True, progress=False)
+    # Scores against other real images would not compare with the saved ones.
+    with pytest.raises(ConfigError, match="real_samples differ from the saved run"):
+        Trainer(config(steps=4, real_samples=500), tmp_path, resume=True, progress=False)
+    # A checkpoint saved before real_samples existed was scored against the default: it resumes at it.
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    del state["config"]["real_samples"]
+    torch.save(state, tmp_path / CHECKPOINT)
+    assert Trainer(config(steps=4), tmp_path, resume=True, progress=False).run().history["step"].max() == 4
 
 
 def test_fixed_noise_grid_is_the_same_across_runs_of_one_seed():

@@ -87,6 +87,11 @@ def test_a_file_of_the_same_name_with_another_budget_is_refused_before_any_trial
     result = invoke(tmp_path, monkeypatch, "--variant", "gan", "--study", str(again), "--trials", "3")
     assert result.exit_code == 0, result.output
     assert "3 trials in Optuna" in result.output
+    fewer = study_file(tmp_path / "fewer", steps=4)  # ...and only at it
+    fewer.write_text(fewer.read_text().replace("[space]", "real_samples = 500\n\n[space]"))
+    storage.set_study_user_attr(stored._study_id, StudyAttr.DEFINITION, definition)
+    result = invoke(tmp_path, monkeypatch, "--variant", "gan", "--study", str(fewer))
+    assert result.exit_code == 2 and "budget.real_samples 10000" in result.stderr, result.output
 
 
 class AlwaysNaN(GAN):
