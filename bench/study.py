@@ -334,7 +334,8 @@ CHOICE_TYPES = (str, int, float, bool)
 def _typed(path: Path, table: dict, key: str, kind: type, default: Any, prefix: str = "") -> Any:
     value = table.get(key, default)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ConfigError(f"{path}: '{prefix}{key}' must be a {kind.__name__}, got {value!r}")
+        kind_name = {int: "an integer", str: "a string", float: "a number"}.get(kind, kind.__name__)
+        raise ConfigError(f"{path}: '{prefix}{key}' must be {kind_name}, got {value!r}")
     return value
 
 

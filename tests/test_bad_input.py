@@ -46,6 +46,7 @@ FILES = {
     "baseline_elsewhere.toml": b'variant = "gan"\nseeds = 2\n[arms]\nbaseline = { n_critic = 5 }\nsmooth = { label_smoothing = 0.1 }\n',
     "few_final.toml": b'[budget]\nfinal_samples = 3\n[space]\nlr = { low = 1e-4, high = 1e-3 }\n',
     "few_real.toml": b'[budget]\nreal_samples = 0\n[space]\nlr = { low = 1e-4, high = 1e-3 }\n',
+    "many_real.toml": b'[budget]\nreal_samples = "many"\n[space]\nlr = { low = 1e-4, high = 1e-3 }\n',
 }
 
 # (command line, a fragment the one error line must hold); paths are relative to a fresh folder.
@@ -110,6 +111,8 @@ CASES = [
     (["run", "--variant", "gan", "--study", "few_final.toml"], "final_samples is 3: scoring needs at least 6"),
     (["run", "--variant", "gan", "--study", "few_real.toml"], "few_real.toml: budget.real_samples is 0: scoring needs at least 6"),
     (["train", "--variant", "gan", "--real-samples", "500000"], "real_samples 500000 is more than anyone scores"),
+    (["run", "--variant", "gan", "--study", "many_real.toml"],
+     "many_real.toml: 'budget.real_samples' must be an integer, got 'many'"),
     (["run", "--variant", "gan", "--study", "a:b.toml"], "a:b.toml: a study's name (its file's name) may not hold ':'"),
     (["run", "--variant", "gan", "--study", "big_subset.toml"],
      "big_subset.toml: subset 5000 is larger than the 1,437 training images of 'digits'; choose at most 1,437"),
