@@ -133,6 +133,13 @@ def with_subset(name: str, size: int | None) -> str:
     return subset
 
 
+def seeded_draw(count: int, size: int) -> torch.Tensor:
+    """The sorted indices of ``size`` of ``count`` images, a uniform draw without replacement, the same on every
+    machine: where a scoring takes fewer images than a folder holds, the first files of a folder read class by
+    class would be a few classes."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(0))[:size].sort().values
+
+
 def balanced_subset(labels: torch.Tensor, size: int, seed: int = SUBSET_SEED) -> torch.Tensor:
     """The sorted indices of ``size`` images, drawn without replacement as evenly across the classes of
     ``labels`` as their sizes allow (one class: a uniform draw), the same for a given seed on every machine:

@@ -37,8 +37,8 @@ from bench.scoring import shared_scorer
 CHECKPOINT = checkpoint.FILENAME
 GRID_SIZE = 64
 RUN_IDENTITY = ("variant", "dataset", "batch_size", "seed", "hparams", "real_samples")
-"""What a resumed run must share with the saved one (its scores stay comparable); steps, device and intervals
-may change."""
+"""What a resumed run must share with the saved one (real_samples: its scores' real images); steps, device and
+intervals may change."""
 
 
 @dataclass
@@ -318,9 +318,8 @@ class Trainer:
         (RNG states must stay CPU tensors) and load_state_dict moves weights and moments here."""
         state = checkpoint.load(path)
         with checkpoint.damaged(path):
-            TrainConfig.from_saved(state["config"])
-        saved = {**dataclasses.asdict(TrainConfig(self.config.variant)), **state["config"]}  # older: defaults
-        changed = [key for key in RUN_IDENTITY if saved.get(key) != getattr(self.config, key)]
+            saved = TrainConfig.from_saved(state["config"])  # a field an older checkpoint lacks: its default
+        changed = [key for key in RUN_IDENTITY if getattr(saved, key) != getattr(self.config, key)]
         saved_data = {"image_shape": tuple(state["image_shape"]), "num_classes": state["num_classes"]}
         changed += [key for key, value in saved_data.items() if value != getattr(self.variant, key)]
         if changed:

@@ -13,7 +13,7 @@ import torch
 from bench import checkpoint
 from bench.classifier import default_extractor
 from bench.config import TrainConfig
-from bench.data import load_dataset, load_image_folder, to_unit_range
+from bench.data import load_dataset, load_image_folder, seeded_draw, to_unit_range
 from bench.devices import resolve_device
 from bench.errors import ConfigError
 from bench.registry import Variant, get_variant
@@ -92,8 +92,9 @@ class ImagesEvaluation:
     features: str
     real_split: str
     real_samples: int
-    """The real images asked for (what a run's budget records), and below how many there were."""
+    """The real images asked for, as a run's budget records them."""
     real_images: int
+    """The real images the statistics come from: ``real_samples``, or the whole split where it has fewer."""
     real_features_source: str
     scores: dict[str, float]
 
@@ -131,8 +132,7 @@ def evaluate_images(folder: Path | str, dataset: str, *, features: str | None = 
     device = resolve_device(device)
     features = features or ("inception" if device.type == "cuda" else default_extractor(dataset))
     scorer = shared_scorer(dataset, features, device, data_root, real_samples)
-    # Fewer than all: a seeded draw, not the first files (a folder sorted by class would give a few classes).
-    chosen = torch.randperm(len(generated), generator=torch.Generator().manual_seed(0))[:count].sort().values
+    chosen = seeded_draw(len(generated), count)
     scores = scorer.score_images(to_unit_range(generated.images[chosen] if count < len(generated) else generated.images))
     return ImagesEvaluation(folder, dataset, count, features, scorer.real_split, real_samples,
                             len(scorer.real_features), scorer.real_features_source, scores)

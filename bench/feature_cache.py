@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from bench.classifier import file_stem
-from bench.data import ImageDataset, balanced_subset, split_subset, to_unit_range
+from bench.data import ImageDataset, seeded_draw, split_subset, to_unit_range
 from bench.errors import ConfigError
 from bench.features import SPOT_ROWS, FeatureExtractor
 from bench.readers import UnreadableFile, load_tensors, regular_file
@@ -66,10 +66,9 @@ class FeatureCache:
     def load(self, real: ImageDataset, samples: int) -> tuple[Tensor, Tensor, str]:
         """The features and k-NN radii of ``samples`` real images on the device, and where they came from:
         "cache" or "computed" (then written to the cache). The images are the whole split, or where it has
-        more a seeded draw across its classes (:func:`~bench.data.balanced_subset`): the first of a folder
-        read class by class would be a few classes."""
+        more a seeded uniform draw (:func:`~bench.data.seeded_draw`), which keeps its classes' shares."""
         if samples < len(real):
-            chosen = balanced_subset(real.labels, samples)
+            chosen = seeded_draw(len(real), samples)
             real = dataclasses.replace(real, images=real.images[chosen], labels=real.labels[chosen])
         samples = len(real)
         features_path, radii_path = self.paths(real, samples)

@@ -34,7 +34,7 @@ from bench.progress import StudyProgress
 from bench.registry import get_variant, variants as registered_variants
 from bench.schema import StudyAttr, study_tags
 from bench.storage import check_storage, default_storage, open_storage
-from bench.study import StudySpec, VariantStudy, load_study
+from bench.study import STUDY_BUDGET, StudySpec, VariantStudy, load_study
 from bench.tracking import Tracking, TrackingStore
 from bench.trials import Job, open_variant_study, take_trials, work
 
@@ -219,13 +219,21 @@ def _check_definition(spec: StudySpec, backend: optuna.storages.BaseStorage, sto
     for stored in backend.get_all_studies():
         own = stored.study_name.startswith(f"{spec.name}:")
         recorded = stored.user_attrs.get(StudyAttr.DEFINITION) if own else None
-        difference = None if recorded is None else _difference(StudySpec.recorded_definition(recorded), defined)
+        difference = None if recorded is None else _difference(_with_budget_defaults(recorded), defined)
         if difference is not None:
             key, there, here = difference
             raise ConfigError(
                 f"{spec.path}: the study '{spec.name}' in {redact(storage)} was defined with {key} {there}, and this "
                 f"file gives {here}; to start a new study, give the file another name (its name names the study), or "
                 f"put {key} back to continue the stored one")
+
+
+def _with_budget_defaults(recorded: object) -> object:
+    """A definition as a study's first command recorded it, with the budget keys that ganbench had not yet
+    at the time (real_samples, ...) at their defaults: what its trials ran with."""
+    if isinstance(recorded, dict) and isinstance(recorded.get("budget"), dict):
+        return {**recorded, "budget": {**dataclasses.asdict(STUDY_BUDGET), **recorded["budget"]}}
+    return recorded
 
 
 def _difference(recorded: object, defined: object, key: str = "") -> tuple[str, str, str] | None:

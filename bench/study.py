@@ -128,14 +128,6 @@ class StudySpec:
             "space_if_present": [dataclasses.asdict(dim) for dim in self.space_if_present],
             "arms": {arm.name: arm.hparams for arm in self.arms}, "seeds": self.seeds}))
 
-    @staticmethod
-    def recorded_definition(recorded: Any) -> Any:
-        """A definition as a study's first command recorded it, with the budget keys that ganbench had
-        not yet at the time (real_samples, ...) at their defaults: what its trials ran with."""
-        if isinstance(recorded, dict) and isinstance(recorded.get("budget"), dict):
-            return {**recorded, "budget": {**dataclasses.asdict(STUDY_BUDGET), **recorded["budget"]}}
-        return recorded
-
     def make_pruner(self) -> optuna.pruners.BasePruner:
         if self.pruner == "median":
             # A GAN's first evaluation is too early to judge it by: the pruner may act from the second.

@@ -203,6 +203,8 @@ def test_images_made_elsewhere_rank_beside_the_variants_marked_external_and_outs
     board = leaderboard(f"sqlite:///{cwd / 'results' / 'mlflow.db'}", "versus")
     fid = board[board["metric"] == "fid_domain"].set_index("variant")
     assert fid.loc["test-split", "external"] == "the digits' own training images"
+    external = mlflow_runs(cwd, "versus").query("`tags.bench.variant` == 'test-split'")
+    assert external["params.real_samples"].tolist() == ["10000"]  # as the trials record it (all 360 used)
     assert fid.loc["test-split", "best"] < fid.loc[list(VARIANTS), "best"].min()  # real images beat 40-step GANs
     assert set(board.loc[board["variant"].isin(VARIANTS), "external"]) == {""}
     compared = compare_study("versus", f"sqlite:///{cwd / 'results' / 'mlflow.db'}")

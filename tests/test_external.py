@@ -48,6 +48,14 @@ def test_a_checkpoints_samples_written_as_images_score_as_the_checkpoint_does(tm
     assert through_files["fid_domain"] == pytest.approx(direct["fid_domain"], rel=1e-3)
     result = CliRunner().invoke(main, ["eval", "--images", str(folder), "--dataset", "digits", "--device", "cpu"])
     assert result.exit_code == 0 and f"{through_files['fid_domain']:.6g}" in result.output
+    assert "real statistics: test split, 360 images" in result.output  # 10,000 asked for: the whole split
+    # Against fewer real images, as a run with that real_samples is scored; a checkpoint keeps its run's.
+    fewer = CliRunner().invoke(main, ["eval", "--images", str(folder), "--dataset", "digits", "--real-samples", "64"])
+    assert fewer.exit_code == 0 and "real statistics: test split, 64 images" in fewer.output, fewer.output
+    assert evaluate_images(folder, "digits", device="cpu", real_samples=64).scores["fid_domain"] == pytest.approx(
+        float(next(line for line in fewer.output.splitlines() if "fid_domain" in line).split()[1]), rel=1e-5)
+    refused = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--real-samples", "64"])
+    assert refused.exit_code == 2 and "--real-samples goes with --images and --dataset" in refused.stderr
 
 
 def test_images_that_cannot_be_compared_with_the_dataset_are_refused_in_one_line(tmp_path, fashion_test):

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.cli import main
-from bench.data import balanced_subset, load_dataset, to_unit_range
+from bench.data import load_dataset, seeded_draw, to_unit_range
 from bench.engine import TrainConfig, train
 from bench.errors import ConfigError, TrainingDiverged
 from bench.readers import UnreadableFile
@@ -144,14 +144,17 @@ SCORED = {"wrong width", "wrong dtype", "radii of wrong shape", "features x1e30"
 """The cases scored end to end (a Scorer each); the others compare the tensors the Scorer is built from."""
 
 
-def test_fewer_real_samples_than_the_split_holds_are_a_draw_across_its_classes(tmp_path):
+def test_fewer_real_samples_than_the_split_holds_are_a_seeded_draw_and_cached_as_one(tmp_path):
     """Not the first images: a folder read class by class would give its first classes only."""
     real = load_dataset("digits", "test")
     scorer = Scorer("digits", "domain", real_samples=20, cache_dir=tmp_path)
-    chosen = balanced_subset(real.labels, 20)
-    assert torch.bincount(real.labels[chosen], minlength=10).tolist() == [2] * 10
+    chosen = seeded_draw(len(real), 20)
     assert torch.allclose(scorer.real_features, scorer.features(to_unit_range(real.images[chosen])), atol=1e-5)
     assert not torch.allclose(scorer.real_features, scorer.features(to_unit_range(real.images[:20])), atol=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the drawn entry passes the cache's checks as it is
+        again = Scorer("digits", "domain", real_samples=20, cache_dir=tmp_path)
+    assert again.real_features_source == "cache" and torch.equal(again.real_features, scorer.real_features)
 
 
 @pytest.mark.parametrize("name, which, change, reseal, fragment", DAMAGE, ids=[case[0] for case in DAMAGE])
